@@ -1,0 +1,320 @@
+"""modelvault's exceptions: one tree, one root.
+
+Every error modelvault raises on purpose derives from :class:`ModelVaultError`.
+Foreign errors (botocore, SQLAlchemy, torch, OS) are translated where they
+enter, ``raise ... from exc``, to the most specific class below. Many classes
+are also built-in exceptions, so ``except LookupError`` or ``except ValueError``
+keep working for callers that do not know modelvault.
+
+    ModelVaultError
+    ├── ConfigError (ValueError)
+    ├── MissingDependencyError (ImportError)
+    ├── InvalidArgumentError (ValueError)
+    │   ├── InvalidNameError
+    │   ├── InvalidVersionError
+    │   ├── InvalidSpecError
+    │   └── InvalidDeviceError
+    ├── NotFoundError (LookupError)
+    │   ├── ModelNotFoundError
+    │   ├── VersionNotFoundError
+    │   ├── AliasNotFoundError
+    │   ├── VariantNotFoundError
+    │   ├── BlobNotFoundError
+    │   ├── PluginNotFoundError
+    │   └── StoreNotFoundError
+    ├── ConflictError
+    │   ├── ModelExistsError
+    │   ├── VersionExistsError
+    │   └── VariantExistsError
+    ├── FormatError (ValueError)
+    │   ├── TruncatedError
+    │   ├── CorruptError
+    │   ├── ManifestError
+    │   ├── UnsupportedVersionError
+    │   ├── UnsupportedDigestError
+    │   ├── UnsafePathError
+    │   ├── PayloadMismatchError
+    │   └── UnknownFormatError
+    ├── IntegrityError (ValueError)
+    ├── RegistryError
+    │   ├── RegistryUnavailableError (ConnectionError)
+    │   ├── SchemaBehindError
+    │   └── SchemaAheadError
+    ├── StorageError (OSError)
+    │   ├── StoreUnavailableError (ConnectionError)
+    │   ├── StoreAccessError (PermissionError)
+    │   └── StorageFullError
+    ├── IncompatibleError
+    │   └── NoCompatibleVariantError
+    └── DeviceError (RuntimeError)
+        ├── DeviceUnavailableError
+        └── DeviceOutOfMemoryError (MemoryError)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "AliasNotFoundError",
+    "BlobNotFoundError",
+    "ConfigError",
+    "ConflictError",
+    "CorruptError",
+    "DeviceError",
+    "DeviceOutOfMemoryError",
+    "DeviceUnavailableError",
+    "FormatError",
+    "IncompatibleError",
+    "IntegrityError",
+    "InvalidArgumentError",
+    "InvalidDeviceError",
+    "InvalidNameError",
+    "InvalidSpecError",
+    "InvalidVersionError",
+    "ManifestError",
+    "MissingDependencyError",
+    "ModelExistsError",
+    "ModelNotFoundError",
+    "ModelVaultError",
+    "NoCompatibleVariantError",
+    "NotFoundError",
+    "PayloadMismatchError",
+    "PluginNotFoundError",
+    "RegistryError",
+    "RegistryUnavailableError",
+    "SchemaAheadError",
+    "SchemaBehindError",
+    "StorageError",
+    "StorageFullError",
+    "StoreAccessError",
+    "StoreNotFoundError",
+    "StoreUnavailableError",
+    "TruncatedError",
+    "UnknownFormatError",
+    "UnsafePathError",
+    "UnsupportedDigestError",
+    "UnsupportedVersionError",
+    "VariantExistsError",
+    "VariantNotFoundError",
+    "VersionExistsError",
+    "VersionNotFoundError",
+]
+
+
+class ModelVaultError(Exception):
+    """Root of every error modelvault raises on purpose."""
+
+    #: A short hint for the user: what to do next. The CLI prints it after the message.
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class ConfigError(ModelVaultError, ValueError):
+    """A setting (environment variable, URL, option) has a value modelvault cannot use."""
+
+
+class MissingDependencyError(ModelVaultError, ImportError):
+    """An optional dependency is needed for this operation but is not installed."""
+
+    def __init__(self, package: str, extra: str | None, purpose: str) -> None:
+        self.package = package
+        self.extra = extra
+        install = f"pip install 'modelvault[{extra}]'" if extra else f"pip install {package}"
+        super().__init__(f"{purpose} needs {package}, which is not installed", hint=f"run: {install}")
+
+
+class InvalidArgumentError(ModelVaultError, ValueError):
+    """An argument is malformed."""
+
+
+class InvalidNameError(InvalidArgumentError):
+    """A model, alias or label name breaks the naming rules."""
+
+
+class InvalidVersionError(InvalidArgumentError):
+    """A version string is not a semantic version."""
+
+
+class InvalidSpecError(InvalidArgumentError):
+    """A version spec (range, alias, digest) cannot be parsed."""
+
+
+class InvalidDeviceError(InvalidArgumentError):
+    """A device string names no device that exists."""
+
+
+class NotFoundError(ModelVaultError, LookupError):
+    """Something asked for does not exist."""
+
+
+class ModelNotFoundError(NotFoundError):
+    """No model has this name."""
+
+
+class VersionNotFoundError(NotFoundError):
+    """No version of the model matches the spec."""
+
+
+class AliasNotFoundError(NotFoundError):
+    """The model has no alias of this name."""
+
+
+class VariantNotFoundError(NotFoundError):
+    """The version has no variant of this kind or digest."""
+
+
+class BlobNotFoundError(NotFoundError):
+    """A blob is missing from the store."""
+
+    def __init__(self, digest: str, where: str, *, hint: str | None = None) -> None:
+        self.digest = digest
+        self.where = where
+        super().__init__(f"blob {digest} not found in {where}", hint=hint)
+
+
+class PluginNotFoundError(NotFoundError):
+    """No format plugin or store back end is registered under this name."""
+
+
+class StoreNotFoundError(NotFoundError):
+    """The store location (bucket, directory) does not exist."""
+
+
+class ConflictError(ModelVaultError):
+    """The operation contradicts what the registry already holds."""
+
+
+class ModelExistsError(ConflictError):
+    """A model of this name already exists."""
+
+
+class VersionExistsError(ConflictError):
+    """The version exists with different content; versions are immutable."""
+
+
+class VariantExistsError(ConflictError):
+    """The version already has this variant."""
+
+
+class FormatError(ModelVaultError, ValueError):
+    """A container, bundle or manifest is malformed."""
+
+
+class TruncatedError(FormatError):
+    """The data ends before the format says it should."""
+
+
+class CorruptError(FormatError):
+    """A checksum over a structural part (preamble, index) does not match."""
+
+
+class ManifestError(FormatError):
+    """A manifest breaks the schema: wrong types, missing fields, bad extents."""
+
+
+class UnsupportedVersionError(FormatError):
+    """The container was written by a newer, incompatible format version."""
+
+
+class UnsupportedDigestError(FormatError):
+    """A digest names an algorithm this modelvault does not know."""
+
+
+class UnsafePathError(FormatError):
+    """A path inside a container would escape the target directory."""
+
+
+class PayloadMismatchError(FormatError):
+    """The payload disagrees with its description (weights vs graph, wrong kind of file)."""
+
+
+class UnknownFormatError(FormatError):
+    """The kind of a file or object cannot be detected; name the format explicitly."""
+
+
+class IntegrityError(ModelVaultError, ValueError):
+    """Bytes do not match their digest: the data is damaged or was tampered with."""
+
+    def __init__(
+        self, message: str, *, expected: str, actual: str, where: str = "", hint: str | None = None
+    ) -> None:
+        self.expected = expected
+        self.actual = actual
+        self.where = where
+        super().__init__(message, hint=hint)
+
+
+class RegistryError(ModelVaultError):
+    """The registry database failed or refused an operation."""
+
+
+class RegistryUnavailableError(RegistryError, ConnectionError):
+    """The registry database cannot be reached."""
+
+
+class SchemaBehindError(RegistryError):
+    """The database schema is older than this modelvault; it needs an upgrade."""
+
+
+class SchemaAheadError(RegistryError):
+    """The database schema is newer than this modelvault; upgrade modelvault instead."""
+
+
+class StorageError(ModelVaultError, OSError):
+    """A blob store failed an operation."""
+
+
+class StoreUnavailableError(StorageError, ConnectionError):
+    """The store cannot be reached (endpoint down, network)."""
+
+
+class StoreAccessError(StorageError, PermissionError):
+    """The store refused the credentials or the operation."""
+
+
+class StorageFullError(StorageError):
+    """No space left where the bytes were being written."""
+
+
+class IncompatibleError(ModelVaultError):
+    """The artifact cannot run on this machine."""
+
+
+class NoCompatibleVariantError(IncompatibleError):
+    """No variant of the version fits this machine; ``reasons`` says why, per variant."""
+
+    def __init__(self, message: str, reasons: Sequence[tuple[str, str]], *, hint: str | None = None):
+        self.reasons = list(reasons)
+        lines = "; ".join(f"{name}: {why}" for name, why in self.reasons)
+        super().__init__(f"{message} ({lines})" if lines else message, hint=hint)
+
+
+class DeviceError(ModelVaultError, RuntimeError):
+    """The target device cannot take the model."""
+
+
+class DeviceUnavailableError(DeviceError):
+    """The requested device does not exist on this machine."""
+
+
+class DeviceOutOfMemoryError(DeviceError, MemoryError):
+    """The model does not fit in the device's free memory."""
+
+
+def describe(exc: BaseException) -> dict[str, Any]:
+    """A JSON-ready description of an error, for ``--json`` output."""
+    out: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+    hint = getattr(exc, "hint", None)
+    if hint:
+        out["hint"] = hint
+    return out
