@@ -276,7 +276,6 @@ def decode_msgpack(data: bytes | bytearray | memoryview, *, what: str) -> Any:
             object_pairs_hook=_pairs,
             ext_hook=_no_ext,
             timestamp=0,
-            max_buffer_size=max(n, 1),
             max_str_len=min(n, LIMITS.string),
             max_bin_len=min(n, LIMITS.string),
             max_array_len=min(n, LIMITS.tensors),
