@@ -46,6 +46,8 @@ __all__ = [
     "finalize",
     "read_blob",
     "tensor_views",
+    "DirectorySource",
+    "write_directory",
 ]
 
 TENSORS_MEDIA_TYPE = "application/vnd.modelvault.tensors.v1"
@@ -363,3 +365,46 @@ def tensor_views(manifest: Manifest, blob_index: int, data: memoryview) -> dict[
         if t.blob == blob_index:
             out[t.name] = data[t.offset : t.offset + t.nbytes]
     return out
+
+
+class DirectorySource:
+    """A container whose blobs are files named by digest in one directory.
+
+    The simplest :class:`ContainerSource`; :func:`write_directory` makes one.
+    """
+
+    def __init__(self, manifest: Manifest, directory: Path) -> None:
+        self._manifest = manifest
+        self.directory = Path(directory)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @staticmethod
+    def blob_name(digest: str) -> str:
+        return digest.replace(":", "-")
+
+    def locate(self, index: int) -> BlobLocation:
+        ref = self._manifest.blobs[index]
+        return BlobLocation(self.directory / self.blob_name(ref.digest), 0, ref.size, ref.digest)
+
+
+def write_directory(draft: Draft, directory: str | os.PathLike[str]) -> DirectorySource:
+    """Write a draft's blobs (hashing them on the way) and its manifest into ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for b in draft.blobs:
+        h = new_hasher(draft.digest_algorithm)
+        tmp = out / f".tmp-{os.getpid()}-{id(b)}"
+        with tmp.open("wb") as f:
+            for chunk in b.source.chunks():
+                h.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        b.digest = h.digest_str()
+        os.replace(tmp, out / DirectorySource.blob_name(b.digest))
+    manifest = finalize(draft)
+    (out / "manifest.msgpack").write_bytes(manifest.encode())
+    return DirectorySource(manifest, out)
