@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -89,11 +89,11 @@ def _unwrap(state: Any) -> Any:
     return state
 
 
-def _engines_in_pickle(data: bytes, member: str) -> list[EngineState]:
+def _engines_in_pickle(data: bytes, member: str, class_names: Collection[str]) -> list[EngineState]:
     obj = inert_loads(data, what=member, allow_persistent=True)
     out = []
     for inert in _walk(obj, set()):
-        if inert.qualname in ENGINE_CLASS_NAMES:
+        if inert.qualname in class_names:
             state = _unwrap(inert.state)
             if not isinstance(state, (list, tuple)) or not all(
                 isinstance(x, (str, bytes)) for x in state
@@ -110,7 +110,9 @@ def _engines_in_pickle(data: bytes, member: str) -> list[EngineState]:
     return out
 
 
-def _scan_zip(zf: zipfile.ZipFile, prefix: str, depth: int) -> list[EngineState]:
+def _scan_zip(
+    zf: zipfile.ZipFile, prefix: str, depth: int, class_names: Collection[str]
+) -> list[EngineState]:
     found: list[EngineState] = []
     for info in zf.infolist():
         if info.is_dir():
@@ -129,18 +131,24 @@ def _scan_zip(zf: zipfile.ZipFile, prefix: str, depth: int) -> list[EngineState]
             if depth >= _MAX_DEPTH:
                 raise FormatError(f"{where}: archives nest deeper than {_MAX_DEPTH} levels")
             with zipfile.ZipFile(io.BytesIO(data)) as inner:
-                found.extend(_scan_zip(inner, where + "!", depth + 1))
+                found.extend(_scan_zip(inner, where + "!", depth + 1, class_names))
         elif data[:1] == b"\x80":
-            found.extend(_engines_in_pickle(data, where))
+            found.extend(_engines_in_pickle(data, where, class_names))
         elif is_pkl:
             raise FormatError(f"{where} is not a pickle")
     return found
 
 
-def find_engine_states(path: Path) -> list[EngineState]:
-    """Every engine info list in the saved program at ``path``, in archive order."""
+def find_engine_states(
+    path: Path, *, class_names: Collection[str] = ENGINE_CLASS_NAMES
+) -> list[EngineState]:
+    """Every engine info list in the saved program at ``path``, in archive order.
+
+    ``class_names`` are the pickled class names of engine objects (tests pass
+    torch's own torchbind test class, whose state has the same shape).
+    """
     try:
         with zipfile.ZipFile(path) as zf:
-            return _scan_zip(zf, "", 0)
+            return _scan_zip(zf, "", 0, class_names)
     except zipfile.BadZipFile as exc:
         raise FormatError(f"{path} is a damaged zip archive: {exc}") from None

@@ -260,7 +260,7 @@ class TorchTensorRTPlugin(FormatPlugin):
             if ir == "torchscript":
                 import torch
 
-                return torch.jit.load(str(path), map_location=device)
+                return torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
             program = tt.load(str(path))
         finally:
             if cleanup:
@@ -358,7 +358,7 @@ def _portable_program(portable: ContainerSource) -> Any:
         path = plugin.export_native(portable, Path(tmp) / "portable.pt2")
         import torch
 
-        return torch.export.load(str(path))  # type: ignore[no-untyped-call]
+        return torch.export.load(str(path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
