@@ -241,12 +241,16 @@ def _extract_file(source: ContainerSource, entry: dict[str, Any], target: Path) 
     ref = source.manifest.blobs[index]
     loc = source.locate(index)
     with loc.path.open("rb", buffering=0) as src, open(target, "xb") as out:
+
+        def write(chunk: memoryview) -> None:
+            out.write(chunk)
+
         src.seek(loc.offset)
         read_verified_into(
             src,
             ref.size,
             ref.digest,
-            lambda c: out.write(c) and None,
+            write,
             where=f"{entry['path']} ({loc.path})",
         )
         out.flush()
