@@ -390,7 +390,7 @@ class Vault:
         from .errors import NoCompatibleVariantError
 
         try:
-            info, choice = self.choose(spec, device, variant=variant)
+            _, choice = self.choose(spec, device, variant=variant)
         except NoCompatibleVariantError:
             if not build_missing:
                 raise

@@ -72,7 +72,7 @@ def _default(o: Any) -> Any:
     return str(o)
 
 
-def emit(data: Any, *, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
+def emit(data: Any, *, as_json: bool, human: Callable[[Any], object] | None = None) -> None:
     """Print ``data`` as JSON, or through ``human`` for people."""
     if as_json or human is None:
         json.dump(data, sys.stdout, indent=2, default=_default, sort_keys=False)
