@@ -9,6 +9,7 @@ paths import torch or torch_tensorrt, and only when called.
 
 from __future__ import annotations
 
+from .build import build_variant_for, recorded_compile_settings
 from .engine_info import ABI_LAYOUTS, EngineInfo, parse_engine_info
 from .plugin import TorchTensorRTPlugin, build_variant, import_runtime, inspect_program, refit
 from .requirements import requirements_from_engines, validate_requirements
@@ -18,9 +19,11 @@ __all__ = [
     "EngineInfo",
     "TorchTensorRTPlugin",
     "build_variant",
+    "build_variant_for",
     "import_runtime",
     "inspect_program",
     "parse_engine_info",
+    "recorded_compile_settings",
     "refit",
     "requirements_from_engines",
     "validate_requirements",

@@ -35,7 +35,15 @@ from .archive import IR, detect_ir, find_engine_states
 from .engine_info import EngineInfo, parse_engine_info
 from .requirements import requirements_from_engines
 
-__all__ = ["MEDIA_TYPES", "TorchTensorRTPlugin", "import_runtime", "inspect_program"]
+__all__ = [
+    "MEDIA_TYPES",
+    "TorchTensorRTPlugin",
+    "build_variant",
+    "compile_portable",
+    "import_runtime",
+    "inspect_program",
+    "refit",
+]
 
 MEDIA_TYPES: dict[str, str] = {
     "exported_program": "application/vnd.pytorch.export.pt2+zip",
@@ -375,9 +383,17 @@ def build_variant(
     Returns the compiled ``torch.fx.GraphModule``; the vault pushes it back
     with :meth:`TorchTensorRTPlugin.pack` as a new variant.
     """
+    return compile_portable(portable_source, device=device, settings=settings)[0]
+
+
+def compile_portable(
+    portable_source: ContainerSource, *, device: str, settings: Mapping[str, Any]
+) -> tuple[Any, tuple[Any, ...], dict[str, Any] | None]:
+    """:func:`build_variant`, also returning the inputs it compiled for (a push needs them)."""
     if portable_source.manifest.plugin != "exported_program":
         raise InvalidArgumentError(
-            f"build on miss compiles from an ExportedProgram variant; this one is {portable_source.manifest.plugin!r}"
+            "build on miss compiles from an ExportedProgram variant; "
+            f"this one is {portable_source.manifest.plugin!r}"
         )
     tt = import_runtime("building a TensorRT variant")
     ep = _portable_program(portable_source)
@@ -388,15 +404,17 @@ def build_variant(
         example = getattr(ep, "example_inputs", None)
         if not example:
             raise InvalidArgumentError(
-                "the portable program records no example inputs; pass compile_settings={'arg_inputs': (...)}"
+                "the portable program records no example inputs; "
+                "pass compile_settings={'arg_inputs': (...)}"
             )
         arg_inputs, kwarg_inputs = example[0], example[1] or kwarg_inputs
     import torch
 
     arg_inputs = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in arg_inputs)
-    return tt.dynamo.compile(
+    module = tt.dynamo.compile(
         ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, device=torch.device(device), **opts
     )
+    return module, arg_inputs, kwarg_inputs
 
 
 def refit(
