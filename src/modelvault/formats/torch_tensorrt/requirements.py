@@ -63,19 +63,14 @@ def requirements_from_engines(
                 "Rebuild it on an Ampere or newer GPU, or without hardware_compatible=True"
             )
     exact = sorted({e.sm for e in engines if not e.hw_compatible}, key=_sm_key)
-    hw = [e for e in engines if e.hw_compatible]
     if len(exact) > 1:
         raise EngineInfoError(
             f"the program's engines were built for different GPUs (compute capabilities {', '.join(exact)}); "
             "a variant runs on one GPU architecture: compile one program per architecture"
         )
-    ccs: Any
-    if exact:
-        ccs = exact
-    else:
-        ccs = {"min": max((e.sm for e in hw), key=_sm_key)}
-        if _sm_key(ccs["min"]) < HW_COMPAT_MIN:
-            ccs = {"min": "8.0"}
+    # TensorRT's hardware compatibility level (kAMPERE_PLUS) runs on every Ampere or newer
+    # GPU, whichever of them built the engine.
+    ccs: Any = exact or {"min": f"{HW_COMPAT_MIN[0]}.{HW_COMPAT_MIN[1]}"}
     platforms = sorted({e.target_platform for e in engines if e.target_platform is not None})
     if len(platforms) > 1:
         raise EngineInfoError(
