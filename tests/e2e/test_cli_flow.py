@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+
 import pytest
 
 from tests.e2e.conftest import files_under
 
 
 def test_push_ls_show_pull_roundtrip(mvault, model_dir, tmp_path):
-    r = mvault("push", "team/encoder:1.0.0", str(model_dir), "--alias", "prod", "--label", "task=nlp", "--json")
+    r = mvault(
+        "push",
+        "team/encoder:1.0.0",
+        str(model_dir),
+        "--alias",
+        "prod",
+        "--label",
+        "task=nlp",
+        "--json",
+    )
     assert r.code == 0, r.err
     pushed = json.loads(r.out)
     assert pushed["created"] is True and pushed["format"] == "files"
@@ -143,7 +153,9 @@ def test_bad_alias_names(mvault, model_dir, alias):
     assert "alias" in r.err.lower()
 
 
-@pytest.mark.parametrize("spec", ["m@9.9.9", "m@^7", "m@nope", "nothere@1.0.0", "m@>=5,<6", "m@blake3:" + "ab" * 32])
+@pytest.mark.parametrize(
+    "spec", ["m@9.9.9", "m@^7", "m@nope", "nothere@1.0.0", "m@>=5,<6", "m@blake3:" + "ab" * 32]
+)
 def test_specs_that_match_nothing(mvault, model_dir, spec):
     assert mvault("push", "m:1.0.0", str(model_dir)).code == 0
     r = mvault("show", spec)
