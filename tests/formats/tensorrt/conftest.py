@@ -70,6 +70,9 @@ _FAKES = {
 def trt_names() -> Iterator[None]:
     """While active, the stand-in classes pickle under torch_tensorrt's module names."""
     saved: dict[str, Any] = {}
+    for parent in ("torch_tensorrt", "torch_tensorrt.dynamo"):
+        saved[parent] = sys.modules.get(parent)
+        sys.modules[parent] = _module(parent)
     for mod_name, classes in _FAKES.items():
         saved[mod_name] = sys.modules.get(mod_name)
         mod = _module(mod_name)
