@@ -10,6 +10,7 @@ as a real ``encode_metadata``) without importing torch_tensorrt.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import enum
 import io
@@ -69,6 +70,13 @@ _FAKES = {
 @pytest.fixture
 def trt_names() -> Iterator[None]:
     """While active, the stand-in classes pickle under torch_tensorrt's module names."""
+    with pickled_as_torch_tensorrt():
+        yield
+
+
+@contextlib.contextmanager
+def pickled_as_torch_tensorrt() -> Iterator[None]:
+    """Context manager form of ``trt_names``: keep it short, since it shadows torch_tensorrt."""
     saved: dict[str, Any] = {}
     for parent in ("torch_tensorrt", "torch_tensorrt.dynamo"):
         saved[parent] = sys.modules.get(parent)
