@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from ..errors import (
@@ -222,6 +222,8 @@ def run_transaction(
                 result = fn(session)
                 session.commit()
                 return result
+        except IntegrityError:
+            raise  # the caller decides: a lost race, or a real conflict
         except DBAPIError as exc:
             if attempt < attempts and is_retryable(exc):
                 # Full jitter: contenders that collided spread out instead of colliding again.
@@ -238,7 +240,9 @@ def _alembic_config(connection: Connection | None = None) -> Any:
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).resolve().parent.parent / "migrations"))
+    cfg.set_main_option(
+        "script_location", str(Path(__file__).resolve().parent.parent / "migrations")
+    )
     cfg.attributes["connection"] = connection
     return cfg
 
@@ -292,7 +296,11 @@ def check_schema(engine: Engine, *, auto_upgrade: bool) -> None:
     if auto_upgrade:
         _upgrade_engine(engine)
         return
-    what = "has no registry tables yet" if status == "empty" else f"is at revision {rev}, behind {head_revision()}"
+    what = (
+        "has no registry tables yet"
+        if status == "empty"
+        else f"is at revision {rev}, behind {head_revision()}"
+    )
     raise SchemaBehindError(
         f"registry {describe_url(engine.url)} {what}; run: mvault db upgrade",
         hint="run: mvault db upgrade",
@@ -320,16 +328,19 @@ def _upgrade_engine(engine: Engine) -> str:
     from alembic import command
 
     try:
-        with engine.connect().execution_options(mv_write=True) as conn, conn.begin():
-            with _migration_lock(conn):
-                rev = _revision_of(conn)
-                if _status(rev, conn) == "ahead":
-                    raise SchemaAheadError(
-                        f"the database was upgraded by a newer modelvault (revision {rev}); upgrade modelvault",
-                        hint="run: pip install --upgrade modelvault",
-                    )
-                command.upgrade(_alembic_config(conn), "head")
-                new = _revision_of(conn)
+        with (
+            engine.connect().execution_options(mv_write=True) as conn,
+            conn.begin(),
+            _migration_lock(conn),
+        ):
+            rev = _revision_of(conn)
+            if _status(rev, conn) == "ahead":
+                raise SchemaAheadError(
+                    f"the database was upgraded by a newer modelvault (revision {rev}); upgrade modelvault",
+                    hint="run: pip install --upgrade modelvault",
+                )
+            command.upgrade(_alembic_config(conn), "head")
+            new = _revision_of(conn)
     except DBAPIError as exc:
         raise translate(engine.url, exc) from exc
     return new or ""
@@ -358,7 +369,12 @@ def current(url: str) -> dict[str, str | None]:
         raise translate(engine.url, exc) from exc
     finally:
         engine.dispose()
-    return {"url": describe_url(engine.url), "current": rev, "head": head_revision(), "status": status}
+    return {
+        "url": describe_url(engine.url),
+        "current": rev,
+        "head": head_revision(),
+        "status": status,
+    }
 
 
 def sqlite_path_missing(url: URL) -> bool:

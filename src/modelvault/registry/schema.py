@@ -63,7 +63,11 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 #: Table options for MySQL/MariaDB (see the module docstring).
-MYSQL_TABLE_ARGS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+MYSQL_TABLE_ARGS = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
 
 NAME_LEN = 128
 DIGEST_LEN = 200
@@ -89,7 +93,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         # MySQL and SQLite columns are naive: store UTC wall time.
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
-    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:

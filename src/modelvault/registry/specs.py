@@ -82,7 +82,9 @@ def validate_name(kind: Literal["model", "alias"], value: object) -> str:
         raise InvalidNameError(f"a {kind} name must not be empty")
     limit = 128 if kind == "model" else 64
     if len(value) > limit:
-        raise InvalidNameError(f"{kind} name {value[:40]!r}... is {len(value)} characters; at most {limit}")
+        raise InvalidNameError(
+            f"{kind} name {value[:40]!r}... is {len(value)} characters; at most {limit}"
+        )
     _bad_chars(f"{kind} name", value)
     if kind == "model":
         if value.startswith("/") or value.endswith("/") or "//" in value:
@@ -103,7 +105,9 @@ def validate_name(kind: Literal["model", "alias"], value: object) -> str:
             "'.', '_' and '-' (at most 64 characters)"
         )
     if value.lower() in _RESERVED_ALIASES:
-        raise InvalidNameError(f"alias {value!r} is reserved: 'latest' always means the highest release")
+        raise InvalidNameError(
+            f"alias {value!r} is reserved: 'latest' always means the highest release"
+        )
     if _VERSIONISH.match(value):
         raise InvalidNameError(f"alias {value!r} looks like a version; pick a name such as 'prod'")
     return value
@@ -117,11 +121,17 @@ def validate_label(key: object, value: object) -> tuple[str, str]:
             f"digits, '.', '_', '/' and '-' (at most {MAX_LABEL_KEY} characters)"
         )
     if not isinstance(value, str):
-        raise InvalidNameError(f"label {key}: the value must be a string, got {type(value).__name__}")
+        raise InvalidNameError(
+            f"label {key}: the value must be a string, got {type(value).__name__}"
+        )
     if len(value) > MAX_LABEL_VALUE:
-        raise InvalidNameError(f"label {key}: the value is {len(value)} characters; at most {MAX_LABEL_VALUE}")
+        raise InvalidNameError(
+            f"label {key}: the value is {len(value)} characters; at most {MAX_LABEL_VALUE}"
+        )
     if not value.isprintable():
-        raise InvalidNameError(f"label {key}: the value {value!r:.80} contains unprintable characters")
+        raise InvalidNameError(
+            f"label {key}: the value {value!r:.80} contains unprintable characters"
+        )
     return key, value
 
 
@@ -142,6 +152,10 @@ class Comparator:
         if self.op == "<":
             return v < self.version
         return v <= self.version
+
+
+def _clamp(t: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (min(t[0], MAX_NUMBER), min(t[1], MAX_NUMBER), min(t[2], MAX_NUMBER))
 
 
 @dataclass(frozen=True)
@@ -184,8 +198,7 @@ class RangeSpec:
                 hi = min(hi, core)
         # A bumped bound (``<=9223372036854775807`` -> ``<9223372036854775808.0.0``)
         # may pass 2**63; clamp so it still binds to a BIGINT column.
-        clamp = lambda t: tuple(min(x, MAX_NUMBER) for x in t)  # noqa: E731
-        return clamp(lo), clamp(hi)  # type: ignore[return-value]
+        return _clamp(lo), _clamp(hi)
 
     def __str__(self) -> str:
         return self.text
@@ -233,7 +246,9 @@ def _partial(text: str, spec: str) -> tuple[list[int], tuple[str, ...]]:
     try:
         v = SemVer.parse(text)
     except InvalidVersionError as exc:
-        raise InvalidSpecError(f"spec {spec!r:.80}: {text!r:.40} is not a version ({exc})") from None
+        raise InvalidSpecError(
+            f"spec {spec!r:.80}: {text!r:.40} is not a version ({exc})"
+        ) from None
     return [v.major, v.minor, v.patch], v.prerelease
 
 
@@ -284,9 +299,13 @@ def parse_spec(text: object) -> Spec:
         raise InvalidSpecError(f"a version spec must be a string, got {type(text).__name__}")
     spec = text.strip()
     if not spec:
-        raise InvalidSpecError("empty version spec; use a version (1.2.3), a range (^1.2), latest or an alias")
+        raise InvalidSpecError(
+            "empty version spec; use a version (1.2.3), a range (^1.2), latest or an alias"
+        )
     if len(spec) > MAX_SPEC:
-        raise InvalidSpecError(f"version spec {spec[:40]!r}... is too long ({len(spec)} > {MAX_SPEC})")
+        raise InvalidSpecError(
+            f"version spec {spec[:40]!r}... is too long ({len(spec)} > {MAX_SPEC})"
+        )
     if not spec.isprintable():
         raise InvalidSpecError(f"version spec {spec!r:.80} contains control characters")
     if spec == "latest":
@@ -301,7 +320,9 @@ def parse_spec(text: object) -> Spec:
         try:
             return AliasSpec(validate_name("alias", spec))
         except InvalidNameError as exc:
-            raise InvalidSpecError(f"{spec!r:.80} is neither a version, a range nor an alias: {exc}") from None
+            raise InvalidSpecError(
+                f"{spec!r:.80} is neither a version, a range nor an alias: {exc}"
+            ) from None
     if "," not in spec and spec[0] not in "<>=^~":
         try:
             return ExactSpec(SemVer.parse(spec))
