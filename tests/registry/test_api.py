@@ -25,7 +25,8 @@ def test_register_and_resolve(reg: Registry) -> None:
         "team/resnet", "1.2.3", [variant("a")], labels={"task": "vision"}
     )
     assert created
-    assert info.model == "team/resnet" and info.version == "1.2.3"
+    assert info.model == "team/resnet"
+    assert info.version == "1.2.3"
     assert info.labels == {"task": "vision"}
     [v] = info.variants
     assert v.manifest_digest == digest("manifest:a")
@@ -42,11 +43,13 @@ def test_register_and_resolve(reg: Registry) -> None:
 def test_identical_content_is_noop(reg: Registry) -> None:
     first, created = reg.register_version("m", "1.0.0", [variant("a"), variant("b")])
     again, created2 = reg.register_version("m", "1.0.0", [variant("b"), variant("a")])
-    assert created and not created2
+    assert created
+    assert not created2
     assert again.created_at == first.created_at
     # build metadata does not make a different version
     same, created3 = reg.register_version("m", "1.0.0+ci.7", [variant("a"), variant("b")])
-    assert not created3 and same.version == "1.0.0"
+    assert not created3
+    assert same.version == "1.0.0"
     assert [e.kind for e in reg.events("m")].count("version.register") == 1
 
 
@@ -54,7 +57,8 @@ def test_different_content_raises(reg: Registry) -> None:
     reg.register_version("m", "1.0.0", [variant("a")])
     with pytest.raises(VersionExistsError) as err:
         reg.register_version("m", "1.0.0+other", [variant("b")])
-    assert digest("manifest:a") in str(err.value) and digest("manifest:b") in str(err.value)
+    assert digest("manifest:a") in str(err.value)
+    assert digest("manifest:b") in str(err.value)
     with pytest.raises(VersionExistsError):
         reg.register_version("m", "1.0.0", [variant("a"), variant("b")])
 
@@ -75,7 +79,9 @@ def test_add_variant(reg: Registry) -> None:
 
 def test_create_model(reg: Registry) -> None:
     m = reg.create_model("org/name", description="hello")
-    assert m.name == "org/name" and m.version_count == 0 and m.latest is None
+    assert m.name == "org/name"
+    assert m.version_count == 0
+    assert m.latest is None
     assert reg.create_model("org/name").description == "hello"
     with pytest.raises(ModelExistsError):
         reg.create_model("org/name", exist_ok=False)
@@ -157,7 +163,8 @@ def test_delete_version(reg: Registry) -> None:
     with pytest.raises(ConflictError, match="prod"):
         reg.delete_version("m", "1.0.0")
     res = reg.delete_version("m", "1.0.0", force=True)
-    assert res.aliases_removed == ["prod"] and res.variants == [digest("manifest:a")]
+    assert res.aliases_removed == ["prod"]
+    assert res.variants == [digest("manifest:a")]
     with pytest.raises(VersionNotFoundError):
         reg.get_version("m", "1.0.0")
     kinds = [e.kind for e in reg.events("m")]
@@ -194,7 +201,8 @@ def test_labels_and_listing(reg: Registry) -> None:
     asc = reg.list_versions("m", descending=False, include_prerelease=False, limit=100)
     assert [v.version for v in asc.items] == [f"1.{i}.0" for i in range(12) if i % 4 != 3]
     odd = reg.list_versions("m", label="parity=odd", limit=100)
-    assert len(odd.items) == 6 and all(v.labels["parity"] == "odd" for v in odd.items)
+    assert len(odd.items) == 6
+    assert all(v.labels["parity"] == "odd" for v in odd.items)
     assert reg.set_labels("m", "1.0.0", {"parity": "zero", "x": "y"}) == {
         "parity": "zero",
         "x": "y",
@@ -211,9 +219,11 @@ def test_labels_and_listing(reg: Registry) -> None:
     assert [page1.items[0].name, page2.items[0].name] == [
         "m",
         "other",
-    ] and page2.next_cursor is None
+    ]
+    assert page2.next_cursor is None
     info = page1.items[0]
-    assert info.version_count == 12 and info.latest == "1.10.0"
+    assert info.version_count == 12
+    assert info.latest == "1.10.0"
     future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
     assert reg.list_models(since=future).items == []
     assert reg.list_versions("m", since=future).items == []

@@ -196,7 +196,7 @@ def insert_ignore(
     result = session.connection().execute(stmt, rows[0] if len(rows) == 1 else rows)
     if result.returns_rows:  # PostgreSQL: rowcount is -1 here; count the RETURNING rows
         return len(result.fetchall())
-    return max(int(result.rowcount or 0), 0)  # type: ignore[attr-defined]
+    return max(int(result.rowcount or 0), 0)
 
 
 def add_variant_rows(
@@ -516,7 +516,7 @@ def model_summaries(
 ) -> tuple[dict[int, int], dict[int, str], dict[int, dict[str, str]]]:
     """Version counts, highest releases and aliases for a page of models."""
     ids = [m.id for m in models]
-    counts: dict[int, int] = {
+    counts: dict[int, int] = {  # noqa: C416  (dict() would read the Result as a mapping)
         mid: n
         for mid, n in session.execute(
             select(Version.model_id, func.count())
