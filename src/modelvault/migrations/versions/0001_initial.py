@@ -222,20 +222,17 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_variant_blobs_blob_digest"), table_name="variant_blobs")
-    op.drop_table("variant_blobs")
-    op.drop_index(op.f("ix_variants_manifest_digest"), table_name="variants")
-    op.drop_table("variants")
-    op.drop_index(op.f("ix_labels_key_value"), table_name="labels")
-    op.drop_table("labels")
-    op.drop_index(op.f("ix_aliases_version_id"), table_name="aliases")
-    op.drop_table("aliases")
-    op.drop_index(op.f("ix_versions_model_id_created_at"), table_name="versions")
-    op.drop_table("versions")
-    op.drop_index(op.f("ix_alias_history_model_id_alias_id"), table_name="alias_history")
-    op.drop_table("alias_history")
-    op.drop_index(op.f("ix_models_created_at"), table_name="models")
-    op.drop_table("models")
-    op.drop_index(op.f("ix_events_model_id"), table_name="events")
-    op.drop_table("events")
-    op.drop_table("blobs")
+    # Dropping a table drops its indexes; dropping indexes first fails on MySQL,
+    # where an index that backs a foreign key cannot go while the key exists.
+    for table in (
+        "variant_blobs",
+        "variants",
+        "labels",
+        "aliases",
+        "alias_history",
+        "versions",
+        "models",
+        "events",
+        "blobs",
+    ):
+        op.drop_table(table)
