@@ -55,7 +55,7 @@ def utcnow() -> dt.datetime:
 
 
 def check_digest(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _DIGEST_RE.match(value):
+    if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
         raise InvalidArgumentError(
             f"{what} {value!r:.100} is not a digest; expected '<algorithm>:<lowercase hex>'"
         )
@@ -63,7 +63,7 @@ def check_digest(value: object, what: str) -> str:
 
 
 def check_word(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _WORD_RE.match(value):
+    if not isinstance(value, str) or not _WORD_RE.fullmatch(value):
         raise InvalidArgumentError(
             f"{what} {value!r:.100} must be 1-64 letters, digits or '._+/-', starting with a letter or digit"
         )
@@ -159,7 +159,7 @@ def check_variant(v: object) -> VariantInput:
         check_digest(digest, "blob digest")
         check_size(size, "blob size")
         check_word(role, "blob role")
-        if not isinstance(media, str) or not _MEDIA_RE.match(media):
+        if not isinstance(media, str) or not _MEDIA_RE.fullmatch(media):
             raise InvalidArgumentError(
                 f"blob media type {media!r:.100} must be 1-128 printable ASCII characters"
             )

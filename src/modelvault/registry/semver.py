@@ -90,7 +90,7 @@ class SemVer:
             raise InvalidVersionError(
                 f"version {text[:40]!r}... is {len(text)} characters; at most {MAX_VERSION_TEXT}"
             )
-        m = _SEMVER_RE.match(text)
+        m = _SEMVER_RE.fullmatch(text)
         if m is None:
             raise InvalidVersionError(
                 f"{text!r:.80} is not a semantic version; expected MAJOR.MINOR.PATCH with "

@@ -93,13 +93,13 @@ def validate_name(kind: Literal["model", "alias"], value: object) -> str:
                 "(e.g. team/resnet50): no leading, trailing or double '/'"
             )
         for seg in value.split("/"):
-            if seg in (".", "..") or not _MODEL_SEGMENT.match(seg):
+            if seg in (".", "..") or not _MODEL_SEGMENT.fullmatch(seg):
                 raise InvalidNameError(
                     f"model name {value!r}: each part must start with a letter or digit and "
                     "contain only letters, digits, '.', '_' and '-'"
                 )
         return value
-    if not _ALIAS_RE.match(value):
+    if not _ALIAS_RE.fullmatch(value):
         raise InvalidNameError(
             f"alias {value!r}: must start with a letter and contain only letters, digits, "
             "'.', '_' and '-' (at most 64 characters)"
@@ -115,7 +115,7 @@ def validate_name(kind: Literal["model", "alias"], value: object) -> str:
 
 def validate_label(key: object, value: object) -> tuple[str, str]:
     """Check a label pair: key ``[A-Za-z0-9][A-Za-z0-9._/-]{0,63}``, value printable, <= 256."""
-    if not isinstance(key, str) or not _LABEL_KEY_RE.match(key):
+    if not isinstance(key, str) or not _LABEL_KEY_RE.fullmatch(key):
         raise InvalidNameError(
             f"label key {key!r:.80} must start with a letter or digit and contain only letters, "
             f"digits, '.', '_', '/' and '-' (at most {MAX_LABEL_KEY} characters)"
@@ -237,7 +237,7 @@ Spec = ExactSpec | RangeSpec | LatestSpec | AliasSpec | DigestSpec
 
 def _partial(text: str, spec: str) -> tuple[list[int], tuple[str, ...]]:
     """Parse a possibly partial version: ``1``, ``1.2``, or a full semver."""
-    m = _PARTIAL_RE.match(text)
+    m = _PARTIAL_RE.fullmatch(text)
     if m:
         parts = [int(g) for g in m.groups() if g is not None]
         if any(p > MAX_NUMBER for p in parts):
@@ -311,7 +311,7 @@ def parse_spec(text: object) -> Spec:
     if spec == "latest":
         return LatestSpec()
     if ":" in spec:
-        if not _DIGEST_RE.match(spec):
+        if not _DIGEST_RE.fullmatch(spec):
             raise InvalidSpecError(
                 f"{spec!r:.80} is not a digest; expected '<algorithm>:<lowercase hex>' such as blake3:9f2c..."
             )
@@ -330,7 +330,7 @@ def parse_spec(text: object) -> Spec:
             pass  # a partial version such as 1.2 is a range
     comparators: list[Comparator] = []
     for piece in spec.split(","):
-        m = _COMPARATOR_RE.match(piece.strip())
+        m = _COMPARATOR_RE.fullmatch(piece.strip())
         if m is None:
             raise InvalidSpecError(
                 f"version spec {spec!r:.80}: {piece.strip()!r:.40} is not a comparator such as >=1.0 or <2"
