@@ -136,13 +136,13 @@ class LocalStore(BlobStore):
         check_range(offset, length)
         try:
             with open(path, "rb", buffering=0) as f:
-                data = os.pread(f.fileno(), length, offset)
                 size = os.fstat(f.fileno()).st_size
+                data = os.pread(f.fileno(), length, offset) if offset + length <= size else b""
         except FileNotFoundError:
             raise BlobNotFoundError(digest, self.url) from None
         except OSError as exc:
             raise os_error(exc, str(path), "reading") from exc
-        if len(data) != length:
+        if offset + length > size or len(data) != length:
             raise InvalidArgumentError(
                 f"range {offset}+{length} is past the end of blob {digest} ({size} bytes)"
             )
