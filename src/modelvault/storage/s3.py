@@ -234,7 +234,14 @@ class S3Store(BlobStore):
         """A 404 on HEAD can mean a missing bucket; say so instead of 'blob missing'."""
         if self._bucket_checked:
             return
-        self._call("checking the bucket", None, self.client.head_bucket, Bucket=self.bucket)
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except bexc.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                exc.response.setdefault("Error", {})["Code"] = "NoSuchBucket"
+            raise self._translate(exc, "checking the bucket") from exc
+        except bexc.BotoCoreError as exc:
+            raise self._translate(exc, "checking the bucket") from exc
         self._bucket_checked = True
 
     def _head(self, digest: str) -> dict[str, Any] | None:
