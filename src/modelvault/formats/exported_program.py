@@ -63,7 +63,21 @@ def _user_signature(ep: torch.export.ExportedProgram) -> dict[str, Any]:
             node = produced.get(name)
             val = node.meta.get("val") if node is not None else getattr(spec.arg, "value", None)
             outputs.append(describe_value(name or "output", val))
-    return {"inputs": inputs, "outputs": outputs}
+    return {"inputs": inputs, "outputs": outputs, "dims": _dims(ep)}
+
+
+def _dims(ep: torch.export.ExportedProgram) -> dict[str, dict[str, int | None]]:
+    """The range of each dynamic dimension's symbol; ``None`` for unbounded."""
+
+    def bound(v: Any) -> int | None:
+        try:
+            return int(v)
+        except (TypeError, ValueError, OverflowError):
+            return None  # infinity
+
+    return {
+        str(sym): {"min": bound(r.lower), "max": bound(r.upper)} for sym, r in ep.range_constraints.items()
+    }
 
 
 class ExportedProgramPlugin(FormatPlugin):
@@ -228,6 +242,23 @@ class ExportedProgramPlugin(FormatPlugin):
     def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
         """Write a ``.pt2`` with ``torch.export.save``."""
         ep = self.load(source, device="cpu")
+        # Loaded weights are views into one section buffer; torch.export.save would
+        # treat them as views of one storage, so give each its own (ties kept).
+        owned: dict[tuple[Any, ...], torch.Tensor] = {}
+
+        def own(t: torch.Tensor) -> torch.Tensor:
+            k = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, isinstance(t, torch.nn.Parameter))
+            if k not in owned:
+                c = t.detach().clone()
+                owned[k] = torch.nn.Parameter(c, t.requires_grad) if isinstance(t, torch.nn.Parameter) else c
+            return owned[k]
+
+        for k in list(ep.state_dict):
+            ep.state_dict[k] = own(ep.state_dict[k])
+        for k in list(ep.constants):
+            v = ep.constants[k]
+            if isinstance(v, torch.Tensor):
+                ep.constants[k] = own(v)
         dest = Path(dest)
         torch.export.save(ep, str(dest))
         return dest

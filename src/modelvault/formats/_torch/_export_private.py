@@ -55,7 +55,11 @@ def serialize_graph(ep: torch.export.ExportedProgram) -> bytes:
             serialize_example_inputs=False,
         )
         return bytes(art.exported_program)
-    # Older torch: serialize a shallow copy whose weights are meta placeholders.
+    return _serialize_with_placeholders(ep)
+
+
+def _serialize_with_placeholders(ep: torch.export.ExportedProgram) -> bytes:
+    """For torch without the serializer's switches: weights swapped for meta tensors during the call."""
     saved = (ep._state_dict, ep._constants, ep._example_inputs)
     try:
         ep._state_dict = {k: _meta_like(v) for k, v in saved[0].items()}
