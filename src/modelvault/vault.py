@@ -103,10 +103,13 @@ class Vault:
     @property
     def store(self) -> BlobStore:
         if self._store is None:
+            from .config import settings
             from .storage import open_store
 
             arg = self._store_arg
-            self._store = open_store(arg) if arg is None or isinstance(arg, str) else arg
+            if arg is None:
+                arg = settings().store_url
+            self._store = open_store(arg) if isinstance(arg, str) else arg
         return self._store
 
     @property
@@ -161,11 +164,11 @@ class Vault:
         again is a no-op; different content under an existing version raises
         :class:`~modelvault.errors.VersionExistsError`.
         """
-        from .registry import parse_version, validate_name
+        from .registry import SemVer, validate_name
 
         name, version = _split_ref(name, version)
         validate_name("model", name)
-        version = str(parse_version(version))
+        version = str(SemVer.parse(version))
         alias_list = list(aliases)
         for a in alias_list:
             validate_name("alias", a)

@@ -27,12 +27,21 @@ from typing import BinaryIO
 
 from ..errors import (
     CorruptError,
-    FormatError,
     IntegrityError,
+    PayloadMismatchError,
     TruncatedError,
+    UnknownFormatError,
     UnsupportedVersionError,
 )
-from .container import BlobLocation, Draft, DraftBlob, finalize, read_blob
+from .container import (
+    BlobLocation,
+    Draft,
+    finalize,
+    make_parents,
+    probe_manifest,
+    read_blob,
+    remove_dirs,
+)
 from .digest import (
     CHUNK,
     digest_bytes,
@@ -138,28 +147,18 @@ def write_bundle(
     placeholder = placeholder_digest(draft.digest_algorithm)
     for b in draft.blobs:
         b.digest = None
-    # Size the header with placeholder digests: digests of one algorithm all have
-    # the same length, so the real manifest encodes to exactly as many bytes.
-    hex_len = len(placeholder) - len(draft.digest_algorithm) - 1
-    probe = Draft(
-        **{
-            **draft.__dict__,
-            "blobs": [
-                # distinct placeholders, so finalize() does not merge them
-                DraftBlob(
-                    b.role, b.media_type, b.source, f"{draft.digest_algorithm}:{i:0{hex_len}x}"
-                )
-                for i, b in enumerate(draft.blobs)
-            ],
-        }
-    )
-    manifest_len = len(finalize(probe).encode())
+    # Size the header with placeholder digests (this also validates every field).
+    manifest_len = len(probe_manifest(draft).encode())
     sizes = [b.source.size for b in draft.blobs]
     data_offset, extents, index_len = _plan(manifest_len, placeholder, sizes)
     file_len = extents[-1][0] + extents[-1][1] if extents else data_offset
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    created = make_parents(dest.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except BaseException:
+        remove_dirs(created)
+        raise
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -171,8 +170,9 @@ def write_bundle(
                     f, b.source.chunks(), draft.digest_algorithm, progress
                 )
                 if written != size:
-                    raise FormatError(
-                        f"a {b.role} blob produced {written} bytes, {size} were announced"
+                    raise PayloadMismatchError(
+                        f"a {b.role} blob produced {written} bytes, but its source announced {size}",
+                        hint="the source changed while it was being written; try again",
                     )
             manifest = finalize(draft)
             if len(manifest.blobs) != len(draft.blobs):
@@ -196,6 +196,7 @@ def write_bundle(
         return manifest
     except BaseException:
         tmp.unlink(missing_ok=True)
+        remove_dirs(created)
         raise
 
 
@@ -242,37 +243,59 @@ class _Header:
     header_len: int
 
 
+def _read_upto(f: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes; fewer only at the end (pipes and raw streams return short reads)."""
+    parts = []
+    left = n
+    while left > 0:
+        data = f.read(left)
+        if not data:
+            break
+        parts.append(data)
+        left -= len(data)
+    return b"".join(parts)
+
+
 def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
-    data = f.read(n)
+    data = _read_upto(f, n)
     if len(data) != n:
         raise TruncatedError(f"bundle ends inside the {what} ({len(data)} of {n} bytes)")
     return data
 
 
-def _parse_preamble(pre: bytes) -> tuple[int, int, int, int, int]:
+def _parse_preamble(pre: bytes) -> tuple[int, int, int, int, int, int]:
     if len(pre) < PREAMBLE_SIZE:
         if MAGIC.startswith(pre[:8]) or pre[:8] == MAGIC:
             raise TruncatedError(
                 f"bundle ends inside the preamble ({len(pre)} of {PREAMBLE_SIZE} bytes)"
             )
-        raise FormatError("not a modelvault bundle (too short, wrong magic)")
+        raise UnknownFormatError("not a modelvault bundle (too short, wrong magic)")
     if pre[:8] != MAGIC:
-        raise FormatError(
+        raise UnknownFormatError(
             "not a modelvault bundle (wrong magic bytes)", hint="is this a .mvpk file?"
         )
     (crc,) = struct.unpack("<I", pre[60:64])
-    if zlib.crc32(pre[:60]) != crc:
-        raise CorruptError("bundle preamble is damaged (checksum mismatch)")
+    crc_ok = zlib.crc32(pre[:60]) == crc
     _, major, minor, flags, m_len, i_len, data_offset, file_len, index_crc, reserved = _PRE.unpack(
         pre[:60]
     )
+    # The major version is checked before the checksum: a later major may lay the
+    # rest of the preamble out differently, and deserves "unsupported", not "damaged".
     if major != FORMAT_VERSION[0]:
         raise UnsupportedVersionError(
-            f"bundle format {major}.{minor} is not supported; this modelvault reads {FORMAT_VERSION[0]}.x",
-            hint="upgrade modelvault to read it" if major > FORMAT_VERSION[0] else None,
+            f"bundle format {major}.{minor} is not supported; this modelvault reads {FORMAT_VERSION[0]}.x"
+            + ("" if crc_ok else " (and the preamble checksum does not match: it may be damaged)"),
+            hint="upgrade modelvault to read it" if major > FORMAT_VERSION[0] and crc_ok else None,
         )
-    if flags != 0 or reserved != bytes(8):
-        raise CorruptError("bundle preamble has unknown flags set")
+    if not crc_ok:
+        raise CorruptError("bundle preamble is damaged (checksum mismatch)")
+    if flags != 0:
+        raise UnsupportedVersionError(
+            f"bundle preamble sets flags {flags:#x}, which this modelvault does not know",
+            hint="upgrade modelvault to read it",
+        )
+    if reserved != bytes(8):
+        raise CorruptError("bundle preamble's reserved bytes are not zero")
     if not 0 < m_len <= LIMITS.manifest_bytes:
         raise CorruptError(
             f"bundle says its manifest is {m_len} bytes; the limit is {LIMITS.manifest_bytes}"
@@ -280,13 +303,16 @@ def _parse_preamble(pre: bytes) -> tuple[int, int, int, int, int]:
     if not 0 < i_len <= MAX_INDEX:
         raise CorruptError(f"bundle says its index is {i_len} bytes; the limit is {MAX_INDEX}")
     if data_offset != align(PREAMBLE_SIZE + m_len + i_len) or file_len < data_offset:
-        raise CorruptError("bundle preamble's lengths and offsets disagree")
-    return m_len, i_len, data_offset, file_len, index_crc
+        raise CorruptError(
+            f"bundle preamble's lengths and offsets disagree (data offset {data_offset}, "
+            f"file length {file_len}, header {PREAMBLE_SIZE + m_len + i_len} bytes)"
+        )
+    return minor, m_len, i_len, data_offset, file_len, index_crc
 
 
 def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
-    pre = f.read(PREAMBLE_SIZE)
-    m_len, i_len, data_offset, file_len, index_crc = _parse_preamble(pre)
+    pre = _read_upto(f, PREAMBLE_SIZE)
+    minor, m_len, i_len, data_offset, file_len, index_crc = _parse_preamble(pre)
     if actual_size is not None and actual_size < PREAMBLE_SIZE + m_len + i_len:
         raise TruncatedError(
             f"bundle is {actual_size} bytes but its header alone needs {PREAMBLE_SIZE + m_len + i_len}"
@@ -306,6 +332,14 @@ def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
             f"bundle manifest is damaged: it hashes to {actual_digest}, the index says {expected_digest}"
         )
     manifest = Manifest.decode(manifest_bytes)
+    if manifest.format_version[1] != minor:
+        raise CorruptError(
+            f"bundle preamble says format 1.{minor}, its manifest {manifest.format_version[0]}.{manifest.format_version[1]}"
+        )
+    if algo != manifest.digest_algorithm:
+        raise CorruptError(
+            f"bundle index names the manifest by {algo}; the manifest's digest_algorithm is {manifest.digest_algorithm}"
+        )
     raw = index["blobs"]
     if not isinstance(raw, list) or len(raw) != len(manifest.blobs):
         raise CorruptError(
@@ -394,11 +428,18 @@ class Bundle:
         return read_blob(self, index)
 
     def verify(self, progress: Progress | None = None) -> None:
-        """Hash every blob; raise :class:`IntegrityError` naming the first bad one."""
+        """Hash every blob; raise :class:`IntegrityError` naming the first bad one.
+
+        The zero padding between the parts is checked too (:class:`CorruptError`),
+        so a bundle that verifies has no byte left unchecked.
+        """
         with self.path.open("rb", buffering=0) as f:
+            pos = self._h.header_len
             for i, ref in enumerate(self.manifest.blobs):
                 offset, size = self._h.extents[i]
-                f.seek(offset)
+                f.seek(pos)
+                _check_padding(f, offset - pos, f"before blob {i}")
+                pos = offset + size
                 read_verified_into(
                     f,
                     size,
@@ -406,21 +447,35 @@ class Bundle:
                     (lambda c: progress(c.nbytes)) if progress else None,
                     where=f"{self.path} blob {i} ({ref.role})",
                 )
+            if not self.manifest.blobs:
+                f.seek(pos)
+                _check_padding(f, self._h.data_offset - pos, "after the index")
+
+
+def _check_padding(f: BinaryIO, n: int, where: str) -> None:
+    data = _read_exact(f, n, f"padding {where}")
+    if data.count(0) != n:
+        raise CorruptError(f"bundle padding {where} is not zero")
 
 
 def stream_blobs(f: BinaryIO) -> Iterator[tuple[Manifest, int, Iterator[bytes]]]:
     """Read a bundle front to back from a non-seekable stream.
 
-    Yields ``(manifest, index, chunks)`` per blob; ``chunks`` must be consumed
-    before the next item. A blob's chunks are verified as a whole: the last
-    iteration raises :class:`IntegrityError` when the bytes do not match, so a
-    consumer writes to a temporary place and publishes only after the blob ended.
+    Yields ``(manifest, index, chunks)`` per blob. A blob's chunks are verified
+    as a whole: the last iteration raises :class:`IntegrityError` when the bytes
+    do not match, so a consumer writes to a temporary place and publishes only
+    after the blob ended. A blob the consumer does not read to the end is read
+    (and verified) before the next one; after the last blob the stream must end.
     """
     header = _read_header(f, None)
     pos = header.header_len
+    previous: Iterator[bytes] | None = None
     for i, ref in enumerate(header.manifest.blobs):
+        if previous is not None:
+            for _ in previous:  # the consumer skipped the rest: keep the stream in step
+                pass
         offset, size = header.extents[i]
-        _read_exact(f, offset - pos, "padding")
+        _check_padding(f, offset - pos, f"before blob {i}")
         pos = offset
 
         def chunks(ref_size: int = size, digest: str = ref.digest, i: int = i) -> Iterator[bytes]:
@@ -443,5 +498,13 @@ def stream_blobs(f: BinaryIO) -> Iterator[tuple[Manifest, int, Iterator[bytes]]]
                     where=f"bundle blob {i}",
                 )
 
-        yield header.manifest, i, chunks()
+        previous = chunks()
+        yield header.manifest, i, previous
         pos += size
+    if previous is not None:
+        for _ in previous:
+            pass
+    else:
+        _check_padding(f, header.data_offset - pos, "after the index")
+    if f.read(1):
+        raise CorruptError("bundle has unexpected bytes after its end")

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ManifestError, PayloadMismatchError
-from .digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into
+from .digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
 from .manifest import (
     ALIGNMENT,
     DTYPE_SIZES,
+    LIMITS,
     BlobRef,
     Manifest,
     TensorEntry,
@@ -45,7 +46,10 @@ __all__ = [
     "TensorSectionBuilder",
     "TensorSectionSource",
     "finalize",
+    "make_parents",
+    "probe_manifest",
     "read_blob",
+    "remove_dirs",
     "tensor_views",
     "write_directory",
 ]
@@ -129,9 +133,14 @@ class TensorSectionSource(BlobSource):
 
 
 def _as_bytes_view(data: Any) -> memoryview:
-    view = memoryview(data)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise ManifestError(
+            f"tensor data must expose the buffer protocol, got {type(data).__name__}"
+        ) from None
     if not view.c_contiguous:
-        raise ValueError("tensor data must be C-contiguous")
+        raise ManifestError("tensor data must be C-contiguous")
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
@@ -379,12 +388,23 @@ def tensor_views(manifest: Manifest, blob_index: int, data: memoryview) -> dict[
 class DirectorySource:
     """A container whose blobs are files named by digest in one directory.
 
-    The simplest :class:`ContainerSource`; :func:`write_directory` makes one.
+    The simplest :class:`ContainerSource`; :func:`write_directory` makes one,
+    :meth:`open` reads one back (``manifest.msgpack`` next to the blobs).
     """
+
+    MANIFEST_NAME = "manifest.msgpack"
 
     def __init__(self, manifest: Manifest, directory: Path) -> None:
         self._manifest = manifest
         self.directory = Path(directory)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> DirectorySource:
+        """Read and validate ``directory/manifest.msgpack`` (blobs are verified when read)."""
+        path = Path(directory) / cls.MANIFEST_NAME
+        with path.open("rb") as f:
+            data = f.read(LIMITS.manifest_bytes + 1)
+        return cls(Manifest.decode(data), Path(directory))
 
     @property
     def manifest(self) -> Manifest:
@@ -399,21 +419,98 @@ class DirectorySource:
         return BlobLocation(self.directory / self.blob_name(ref.digest), 0, ref.size, ref.digest)
 
 
+def probe_manifest(draft: Draft) -> Manifest:
+    """The manifest ``draft`` will have, with distinct placeholder digests.
+
+    Validates every field before any byte is written; digests of one algorithm
+    all have the same length, so it also encodes to the final manifest's length.
+    """
+    hex_len = digest_hex_length(draft.digest_algorithm)
+    probe = Draft(
+        **{
+            **draft.__dict__,
+            "blobs": [
+                # distinct placeholders, so finalize() does not merge them
+                DraftBlob(
+                    b.role, b.media_type, b.source, f"{draft.digest_algorithm}:{i:0{hex_len}x}"
+                )
+                for i, b in enumerate(draft.blobs)
+            ],
+        }
+    )
+    manifest = finalize(probe)
+    manifest.encode()
+    return manifest
+
+
 def write_directory(draft: Draft, directory: str | os.PathLike[str]) -> DirectorySource:
-    """Write a draft's blobs (hashing them on the way) and its manifest into ``directory``."""
+    """Write a draft's blobs (hashing them on the way) and its manifest into ``directory``.
+
+    The manifest is validated first; each blob and the manifest are written to a
+    temporary name, synced and renamed, so a failure leaves no partial file.
+    """
+    probe_manifest(draft)
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    for b in draft.blobs:
-        h = new_hasher(draft.digest_algorithm)
-        tmp = out / f".tmp-{os.getpid()}-{id(b)}"
-        with tmp.open("wb") as f:
-            for chunk in b.source.chunks():
-                h.update(chunk)
-                f.write(chunk)
+    created = make_parents(out)
+    written: list[Path] = []
+    tmp: Path | None = None
+    try:
+        for b in draft.blobs:
+            h = new_hasher(draft.digest_algorithm)
+            tmp = out / f".tmp-{os.getpid()}-{id(b)}"
+            size = 0
+            with tmp.open("xb") as f:
+                for chunk in b.source.chunks():
+                    h.update(chunk)
+                    f.write(chunk)
+                    size += chunk.nbytes
+                f.flush()
+                os.fsync(f.fileno())
+            if size != b.source.size:
+                raise PayloadMismatchError(
+                    f"a {b.role} blob produced {size} bytes, but its source announced {b.source.size}",
+                    hint="the source changed while it was being written; try again",
+                )
+            b.digest = h.digest_str()
+            final = out / DirectorySource.blob_name(b.digest)
+            existed = final.exists()
+            os.replace(tmp, final)
+            tmp = None
+            if not existed:
+                written.append(final)
+        manifest = finalize(draft)
+        tmp = out / f".tmp-{os.getpid()}-manifest"
+        with tmp.open("xb") as f:
+            f.write(manifest.encode())
             f.flush()
             os.fsync(f.fileno())
-        b.digest = h.digest_str()
-        os.replace(tmp, out / DirectorySource.blob_name(b.digest))
-    manifest = finalize(draft)
-    (out / "manifest.msgpack").write_bytes(manifest.encode())
-    return DirectorySource(manifest, out)
+        os.replace(tmp, out / DirectorySource.MANIFEST_NAME)
+        return DirectorySource(manifest, out)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        for p in written:
+            p.unlink(missing_ok=True)
+        remove_dirs(created)
+        raise
+
+
+def make_parents(directory: Path) -> list[Path]:
+    """``mkdir -p directory``; returns the directories it created, deepest last."""
+    missing: list[Path] = []
+    d = Path(directory)
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+    return list(reversed(missing))
+
+
+def remove_dirs(created: list[Path]) -> None:
+    """Undo :func:`make_parents` after a failure (only directories left empty)."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            return

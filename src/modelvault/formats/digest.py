@@ -129,6 +129,7 @@ def parse_digest(value: object) -> tuple[str, str]:
 
 
 def digest_hex_length(algorithm: str) -> int:
+    """Hex digits in a digest of ``algorithm``; :class:`UnsupportedDigestError` if unknown."""
     parse_digest(f"{algorithm}:{'0' * ALGORITHMS.get(algorithm, 0)}")
     return ALGORITHMS[algorithm]
 
@@ -146,6 +147,7 @@ def digest_bytes(data: bytes | bytearray | memoryview, algorithm: str = DEFAULT_
 
 
 def hash_chunks(chunks: Iterable[memoryview | bytes], algorithm: str = DEFAULT_ALGORITHM) -> str:
+    """The digest string of the concatenation of ``chunks``."""
     h = new_hasher(algorithm)
     for c in chunks:
         h.update(c)
@@ -252,7 +254,7 @@ def digest_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM
     p = Path(path)
     with p.open("rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
-        _pipelined(f.readinto, size, h.update)  # type: ignore[arg-type]
+        _pipelined(f.readinto, size, h.update)
     return h.digest_str()
 
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from ..errors import ManifestError, PayloadMismatchError, UnsafePathError
 from .base import FormatPlugin
-from .container import ContainerSource, Draft, FileSource
+from .container import ContainerSource, Draft, FileSource, make_parents, remove_dirs
 from .digest import read_verified_into
 
-__all__ = ["FilesPlugin", "check_relative_path"]
+__all__ = ["FilesPlugin", "check_link_target", "check_relative_path"]
 
 MEDIA_TYPE = "application/octet-stream"
 MAX_PATH = 4096
@@ -46,6 +46,42 @@ def check_relative_path(path: object, what: str = "path") -> str:
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafePathError(f"{what} {path!r:.80} has an empty, '.' or '..' component")
     return path
+
+
+def check_link_target(path: str, target: object) -> str:
+    """Return ``target`` if symlink ``path`` (relative to the tree root) may point there.
+
+    A target is relative; after dropping empty and ``.`` components it is some
+    ``..`` components followed only by names, and the ``..`` never climb above
+    the root. Forbidding ``..`` after a name matters: ``d/link/..`` leaves the
+    tree when ``d/link`` is itself a symlink to the root, although it looks
+    like ``d`` on paper. Each link then resolves inside the tree, and so do
+    chains of them.
+
+    >>> check_link_target("a/link", "../b/c")
+    '../b/c'
+    """
+    if not isinstance(target, str) or not target:
+        raise UnsafePathError(f"symlink {path!r:.80} has an empty or non-string target")
+    if "\x00" in target or len(target) > MAX_PATH or not target.isprintable():
+        raise UnsafePathError(
+            f"symlink {path!r:.80} has a target with control characters or too long"
+        )
+    if target.startswith("/"):
+        raise UnsafePathError(
+            f"symlink {path!r:.80} has an absolute target {target!r:.80}; only relative targets stay inside the tree"
+        )
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ".." in parts[ups:]:
+        raise UnsafePathError(
+            f"symlink {path!r:.80} -> {target!r:.80}: '..' may only lead the target, not follow a name"
+        )
+    if ups > path.count("/"):
+        raise UnsafePathError(f"symlink {path!r:.80} points outside the tree ({target!r:.80})")
+    return target
 
 
 class FilesPlugin(FormatPlugin):
@@ -84,8 +120,8 @@ class FilesPlugin(FormatPlugin):
                 }
             )
 
-        if root.is_file() and not root.is_symlink():
-            add_file(root, root.name)
+        if root.is_file() and (follow_symlinks or not root.is_symlink()):
+            add_file(root, check_relative_path(root.name))
             draft.payload = {"entries": entries, "root": "file"}
             return draft
         if not root.is_dir() or (root.is_symlink() and not follow_symlinks):
@@ -97,7 +133,7 @@ class FilesPlugin(FormatPlugin):
             here = Path(dirpath)
             rel_dir = here.relative_to(root).as_posix()
             if rel_dir != ".":
-                entries.append({"path": rel_dir, "type": "dir"})
+                entries.append({"path": check_relative_path(rel_dir), "type": "dir"})
             for name in sorted(filenames) + [
                 d for d in dirnames if (here / d).is_symlink() and not follow_symlinks
             ]:
@@ -107,11 +143,17 @@ class FilesPlugin(FormatPlugin):
                 if path.is_symlink() and not follow_symlinks:
                     target = os.readlink(path)
                     resolved = (path.parent / target).resolve()
-                    if posixpath.isabs(target) or not resolved.is_relative_to(root_real):
+                    try:
+                        check_link_target(rel, target)
+                        if not resolved.is_relative_to(root_real):
+                            raise UnsafePathError(
+                                f"symlink {rel!r:.80} points outside the tree ({target!r:.80})"
+                            )
+                    except UnsafePathError as exc:
                         raise UnsafePathError(
-                            f"symlink {rel} points outside the tree ({target})",
+                            exc.message,
                             hint="copy its target into the tree, or pack with follow_symlinks=True",
-                        )
+                        ) from None
                     entries.append({"path": rel, "target": target, "type": "symlink"})
                 elif path.is_file():
                     add_file(path, rel)
@@ -144,8 +186,12 @@ class FilesPlugin(FormatPlugin):
         dest = Path(dest)
         if dest.exists() or dest.is_symlink():
             raise FileExistsError(f"{dest} already exists; choose a new path")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        created = make_parents(dest.parent)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        except BaseException:
+            remove_dirs(created)
+            raise
         try:
             if root_kind == "file":
                 (entry,) = entries
@@ -174,6 +220,7 @@ class FilesPlugin(FormatPlugin):
             return dest
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            remove_dirs(created)
             raise
 
 
@@ -208,21 +255,7 @@ def _parse_payload(source: ContainerSource) -> tuple[list[dict[str, Any]], str]:
             if not isinstance(e.get("executable"), bool):
                 raise ManifestError(f"files entry {i} ({path!r:.80}) needs a boolean 'executable'")
         if e["type"] == "symlink":
-            target = e.get("target")
-            if (
-                not isinstance(target, str)
-                or not target
-                or posixpath.isabs(target)
-                or "\x00" in target
-            ):
-                raise UnsafePathError(
-                    f"symlink {path!r:.80} has an absolute or empty target {target!r:.80}"
-                )
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-            if resolved == ".." or resolved.startswith("../") or posixpath.isabs(resolved):
-                raise UnsafePathError(
-                    f"symlink {path!r:.80} points outside the tree ({target!r:.80})"
-                )
+            check_link_target(path, e.get("target"))
         out.append(e)
     if root == "file" and (len(out) != 1 or out[0]["type"] != "file" or "/" in out[0]["path"]):
         raise ManifestError("a single-file container must list exactly one top-level file")
