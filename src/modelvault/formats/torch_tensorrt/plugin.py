@@ -221,6 +221,11 @@ class TorchTensorRTPlugin(FormatPlugin):
                 "the engines are weight-stripped but not refittable (immutable_weights=True); "
                 "they could never get their weights back"
             )
+        if any(stripped) and ir == "torchscript":
+            raise EngineInfoError(
+                "weight-stripped engines in a TorchScript program cannot be refit by torch_tensorrt; "
+                "save the module with output_format='exported_program'"
+            )
         draft = Draft(plugin=self.name, plugin_version=self.version, frameworks=fw, target=target)
         index = draft.add_blob("program", MEDIA_TYPES[ir], FileSource(path))
         draft.payload = {
