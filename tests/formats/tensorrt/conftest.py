@@ -32,6 +32,7 @@ STACK_STRING = "__torch__.torch.classes._TorchScriptTesting._StackString"
 
 # -- a metadata pickle naming torch_tensorrt's real globals --------------------------
 
+
 def _module(name: str) -> types.ModuleType:
     mod = types.ModuleType(name)
     return mod
@@ -135,7 +136,10 @@ def info_list(
 ) -> list[str | bytes]:
     """One engine info list in the ABI's layout, with the engine base64 (pickled form) or raw."""
     layouts = ABI_LAYOUTS[abi]
-    fields = next((lay.fields for lay in layouts if count is None or len(lay.fields) == count), layouts[-1].fields)
+    fields = next(
+        (lay.fields for lay in layouts if count is None or len(lay.fields) == count),
+        layouts[-1].fields,
+    )
     values: dict[str, str | bytes] = {
         "abi": abi,
         "name": name,
@@ -154,6 +158,7 @@ def info_list(
 
 
 # -- real torch archives holding a list-of-strings torchbind object ----------------
+
 
 @pytest.fixture(scope="session")
 def torchbind() -> Any:
@@ -174,7 +179,10 @@ def rename_engine_class(src: Path, dest: Path) -> Path:
 
     def rewrite(data: bytes) -> bytes:
         buf = io.BytesIO()
-        with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zout:
+        with (
+            zipfile.ZipFile(io.BytesIO(data)) as zin,
+            zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zout,
+        ):
             for info in zin.infolist():
                 body = zin.read(info)
                 if body[:4] == b"PK\x03\x04":
@@ -197,7 +205,11 @@ def save_torchscript(torchbind: Any, path: Path, states: list[list[str | bytes]]
             super().__init__()
             self.lin = torch.nn.Linear(2, 2)
             for i, st in enumerate(states):
-                setattr(self, f"engine{i}", torchbind([str(x) if isinstance(x, str) else x.decode() for x in st]))
+                setattr(
+                    self,
+                    f"engine{i}",
+                    torchbind([str(x) if isinstance(x, str) else x.decode() for x in st]),
+                )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.lin(x)
@@ -220,6 +232,8 @@ def save_pt2(torchbind: Any, path: Path, states: list[list[str | bytes]]) -> Pat
 
     ep = torch.export.export(M(), (torch.ones(1, 2),))
     for i, st in enumerate(states):
-        ep._constants[f"_run_on_acc_{i}_engine"] = torchbind([x if isinstance(x, str) else x.decode() for x in st])
+        ep._constants[f"_run_on_acc_{i}_engine"] = torchbind(
+            [x if isinstance(x, str) else x.decode() for x in st]
+        )
     torch.export.save(ep, str(path))
     return path

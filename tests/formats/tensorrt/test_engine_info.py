@@ -128,36 +128,48 @@ def test_metadata_with_persistent_ids_is_refused() -> None:
 
 def test_hardware_flag_contradicting_settings(trt_names: None) -> None:
     md = metadata_b64(hardware_compatible=True)
-    with pytest.raises(EngineInfoError, match=r"hardware-compatible flag \(0\) contradicts the compile settings"):
+    with pytest.raises(
+        EngineInfoError, match=r"hardware-compatible flag \(0\) contradicts the compile settings"
+    ):
         parse_engine_info(info_list("9", hw=False, metadata=md))
 
 
 # -- bad input ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("abi", "hint"), [("3", "Torch-TensorRT 2.2 or newer"), ("10", "upgrade modelvault")])
+@pytest.mark.parametrize(
+    ("abi", "hint"), [("3", "Torch-TensorRT 2.2 or newer"), ("10", "upgrade modelvault")]
+)
 def test_unknown_abi(abi: str, hint: str) -> None:
     fields = info_list("9")
     fields[0] = abi
     with pytest.raises(UnsupportedVersionError, match=f"engine ABI '{abi}' is not known") as exc:
         parse_engine_info(fields, where="m.pt2:custom_obj_0")
-    assert "known: \"4\", \"5\", \"6\", \"7\", \"8\", \"9\"" in str(exc.value)
+    assert 'known: "4", "5", "6", "7", "8", "9"' in str(exc.value)
     assert "m.pt2:custom_obj_0" in str(exc.value)
     assert hint in (exc.value.hint or "")
 
 
-@pytest.mark.parametrize(("abi", "count", "expected"), [("9", 11, "12"), ("6", 10, "9"), ("5", 9, "7 or 8"), ("4", 7, "6")])
+@pytest.mark.parametrize(
+    ("abi", "count", "expected"),
+    [("9", 11, "12"), ("6", 10, "9"), ("5", 9, "7 or 8"), ("4", 7, "6")],
+)
 def test_wrong_field_count(abi: str, count: int, expected: str) -> None:
     fields = info_list("9")[:count] if count <= 12 else info_list("9")
     fields[0] = abi
-    with pytest.raises(EngineInfoError, match=f'ABI "{abi}" engine info has {count} fields; that ABI has {expected}'):
+    with pytest.raises(
+        EngineInfoError,
+        match=f'ABI "{abi}" engine info has {count} fields; that ABI has {expected}',
+    ):
         parse_engine_info(fields)
 
 
 def test_corrupted_engine_blob() -> None:
     fields = info_list("9")
     fields[3] = "ZnRy!!not-base64"
-    with pytest.raises(EngineInfoError, match="not valid base64; the engine blob is corrupted or truncated"):
+    with pytest.raises(
+        EngineInfoError, match="not valid base64; the engine blob is corrupted or truncated"
+    ):
         parse_engine_info(fields)
 
 
@@ -194,14 +206,25 @@ def test_device_name_may_contain_the_delimiter() -> None:
     assert (dev.id, dev.major, dev.minor, dev.name) == (1, 9, 0, "GPU 100%")
 
 
-@pytest.mark.parametrize(("index", "value", "message"), [
-    (6, "yes", "field hw_compatible must be '0' or '1'"),
-    (8, "solaris_sparc", "target platform 'solaris_sparc' is not one of"),
-    (10, "2", "field resource_allocation_strategy must be '0' or '1'"),
-    (7, "not base64!", "serialized metadata is not base64"),
-    (7, base64.b64encode(pickle.dumps([1, 2])).decode(), "serialized metadata is a list, not a dict"),
-    (7, base64.b64encode(b"\x80\x04garbage").decode(), "serialized metadata is not a readable pickle"),
-])
+@pytest.mark.parametrize(
+    ("index", "value", "message"),
+    [
+        (6, "yes", "field hw_compatible must be '0' or '1'"),
+        (8, "solaris_sparc", "target platform 'solaris_sparc' is not one of"),
+        (10, "2", "field resource_allocation_strategy must be '0' or '1'"),
+        (7, "not base64!", "serialized metadata is not base64"),
+        (
+            7,
+            base64.b64encode(pickle.dumps([1, 2])).decode(),
+            "serialized metadata is a list, not a dict",
+        ),
+        (
+            7,
+            base64.b64encode(b"\x80\x04garbage").decode(),
+            "serialized metadata is not a readable pickle",
+        ),
+    ],
+)
 def test_bad_fields(index: int, value: str, message: str) -> None:
     fields = info_list("9")
     fields[index] = value

@@ -27,7 +27,11 @@ from modelvault.errors import (
 )
 from modelvault.formats.container import write_directory
 from modelvault.formats.registry import detect_path, get_plugin
-from modelvault.formats.torch_tensorrt import TorchTensorRTPlugin, inspect_program, requirements_from_engines
+from modelvault.formats.torch_tensorrt import (
+    TorchTensorRTPlugin,
+    inspect_program,
+    requirements_from_engines,
+)
 from modelvault.formats.torch_tensorrt.archive import detect_ir, find_engine_states
 from modelvault.targets import GpuDevice, Machine
 
@@ -43,8 +47,16 @@ from .conftest import (
 )
 
 FW = {"tensorrt": "10.3.0", "torch_tensorrt": "2.13.0", "cuda": "12.4"}
-H100 = Machine("linux_x86_64", True, (GpuDevice(0, "H100", (9, 0)),), cuda="12.4", tensorrt="10.3.0",
-               torch_tensorrt="2.13.0", torch_tensorrt_abi="9", torch="2.13.0")
+H100 = Machine(
+    "linux_x86_64",
+    True,
+    (GpuDevice(0, "H100", (9, 0)),),
+    cuda="12.4",
+    tensorrt="10.3.0",
+    torch_tensorrt="2.13.0",
+    torch_tensorrt_abi="9",
+    torch="2.13.0",
+)
 
 
 @pytest.fixture(params=["torchscript", "exported_program"])
@@ -52,10 +64,14 @@ def program(request: pytest.FixtureRequest, torchbind: Any, tmp_path: Path) -> P
     """A TensorRT-looking program of each IR, with two ABI 9 engines built on SM 9.0."""
     with pickled_as_torch_tensorrt():
         md = metadata_b64(enabled_precisions=set(), optimization_level=3)
-    states = [info_list("9", sm=(9, 0), metadata=md, name=f"_run_on_acc_{i}_engine") for i in range(2)]
+    states = [
+        info_list("9", sm=(9, 0), metadata=md, name=f"_run_on_acc_{i}_engine") for i in range(2)
+    ]
     save = save_torchscript if request.param == "torchscript" else save_pt2
     raw = save(torchbind, tmp_path / f"raw{request.param}", states)
-    return rename_engine_class(raw, tmp_path / ("model.ts" if request.param == "torchscript" else "model.pt2"))
+    return rename_engine_class(
+        raw, tmp_path / ("model.ts" if request.param == "torchscript" else "model.pt2")
+    )
 
 
 def test_real_archives_hold_the_states_where_expected(torchbind: Any, tmp_path: Path) -> None:
@@ -98,20 +114,33 @@ def test_pack_records_requirements_and_engines(program: Path, tmp_path: Path) ->
     }
     assert dict(m.frameworks)["tensorrt"] == "10.3.0"
     assert m.payload["ir"] == ("torchscript" if program.suffix == ".ts" else "exported_program")
-    assert [e["name"] for e in m.payload["engines"]] == ["_run_on_acc_0_engine", "_run_on_acc_1_engine"]
+    assert [e["name"] for e in m.payload["engines"]] == [
+        "_run_on_acc_0_engine",
+        "_run_on_acc_1_engine",
+    ]
     assert m.payload["engines"][0]["engine_size"] == len(PLAN)
     assert m.payload["weights"] == "in_engines"
     assert plugin.check(src, "cuda:0", H100) == []
-    assert plugin.check(src, "cuda:0", Machine("linux_x86_64", True, (GpuDevice(0, "A100", (8, 0)),),
-                                               tensorrt="10.3.0", torch_tensorrt="2.13.0",
-                                               torch_tensorrt_abi="9", cuda="12.1")) == [
-        "built for compute capability 9.0; cuda:0 (A100) is 8.0"
-    ]
+    assert plugin.check(
+        src,
+        "cuda:0",
+        Machine(
+            "linux_x86_64",
+            True,
+            (GpuDevice(0, "A100", (8, 0)),),
+            tensorrt="10.3.0",
+            torch_tensorrt="2.13.0",
+            torch_tensorrt_abi="9",
+            cuda="12.1",
+        ),
+    ) == ["built for compute capability 9.0; cuda:0 (A100) is 8.0"]
     out = plugin.export_native(src, tmp_path / f"out{plugin.native_suffix(src)}")
     assert out.read_bytes() == program.read_bytes()
 
 
-def test_load_without_torch_tensorrt_names_the_missing_package(program: Path, tmp_path: Path) -> None:
+def test_load_without_torch_tensorrt_names_the_missing_package(
+    program: Path, tmp_path: Path
+) -> None:
     pytest.importorskip("torch")
     try:
         import torch_tensorrt  # noqa: F401
@@ -120,7 +149,9 @@ def test_load_without_torch_tensorrt_names_the_missing_package(program: Path, tm
     else:
         pytest.skip("torch_tensorrt is importable here; the integration tests cover loading")
     src = write_directory(get_plugin("torch_tensorrt").pack(program, frameworks=FW), tmp_path / "c")
-    with pytest.raises(MissingDependencyError, match="loading a TensorRT variant needs torch_tensorrt") as exc:
+    with pytest.raises(
+        MissingDependencyError, match="loading a TensorRT variant needs torch_tensorrt"
+    ) as exc:
         get_plugin("torch_tensorrt").load(src, device="cuda:0")
     assert exc.value.hint == "run: pip install 'modelvault[tensorrt]'"
 
@@ -132,7 +163,9 @@ def test_corrupted_blob_is_refused_before_deserializing(program: Path, tmp_path:
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="does not match its digest; refusing to deserialize it"):
+    with pytest.raises(
+        IntegrityError, match="does not match its digest; refusing to deserialize it"
+    ):
         plugin.export_native(src, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
 
@@ -205,7 +238,9 @@ def test_unknown_abi_in_a_program(torchbind: Any, tmp_path: Path) -> None:
     fields = info_list("9")
     fields[0] = "12"
     with pytest.raises(UnsupportedVersionError, match="engine ABI '12' is not known") as exc:
-        get_plugin("torch_tensorrt").pack(_program_with(torchbind, tmp_path, [fields]), frameworks=FW)
+        get_plugin("torch_tensorrt").pack(
+            _program_with(torchbind, tmp_path, [fields]), frameworks=FW
+        )
     assert "custom_obj_0" in str(exc.value)
 
 
@@ -213,31 +248,46 @@ def test_corrupted_engine_in_a_program(torchbind: Any, tmp_path: Path) -> None:
     fields = info_list("9")
     fields[3] = "@@@@"
     with pytest.raises(EngineInfoError, match="the engine blob is corrupted or truncated"):
-        get_plugin("torch_tensorrt").pack(_program_with(torchbind, tmp_path, [fields]), frameworks=FW)
+        get_plugin("torch_tensorrt").pack(
+            _program_with(torchbind, tmp_path, [fields]), frameworks=FW
+        )
 
 
 def test_hardware_compatible_on_turing_is_a_contradiction(torchbind: Any, tmp_path: Path) -> None:
-    prog = _program_with(torchbind, tmp_path, [info_list("9", sm=(7, 5), hw=True, device_name="Tesla T4")])
-    with pytest.raises(EngineInfoError, match=r"claims to be hardware-compatible but was built on compute "
-                                              r"capability 7.5 \(Tesla T4\).*needs Ampere \(8.0\) or newer"):
+    prog = _program_with(
+        torchbind, tmp_path, [info_list("9", sm=(7, 5), hw=True, device_name="Tesla T4")]
+    )
+    with pytest.raises(
+        EngineInfoError,
+        match=r"claims to be hardware-compatible but was built on compute "
+        r"capability 7.5 \(Tesla T4\).*needs Ampere \(8.0\) or newer",
+    ):
         get_plugin("torch_tensorrt").pack(prog, frameworks=FW)
 
 
 def test_engines_for_two_architectures_are_refused(torchbind: Any, tmp_path: Path) -> None:
-    prog = _program_with(torchbind, tmp_path, [info_list("9", sm=(8, 6)), info_list("9", sm=(9, 0))])
-    with pytest.raises(EngineInfoError, match="built for different GPUs \\(compute capabilities 8.6, 9.0\\)"):
+    prog = _program_with(
+        torchbind, tmp_path, [info_list("9", sm=(8, 6)), info_list("9", sm=(9, 0))]
+    )
+    with pytest.raises(
+        EngineInfoError, match=r"built for different GPUs \(compute capabilities 8.6, 9.0\)"
+    ):
         get_plugin("torch_tensorrt").pack(prog, frameworks=FW)
 
 
 def test_unknown_tensorrt_version_is_refused(program: Path) -> None:
     if Machine.probe().tensorrt:
         pytest.skip("tensorrt is importable here, so its version is known")
-    with pytest.raises(InvalidArgumentError, match="cannot tell which TensorRT version built these engines") as exc:
+    with pytest.raises(
+        InvalidArgumentError, match="cannot tell which TensorRT version built these engines"
+    ) as exc:
         get_plugin("torch_tensorrt").pack(program)
     assert "frameworks={'tensorrt'" in (exc.value.hint or "")
 
 
-@pytest.mark.parametrize("frameworks", [{"tensorrt": "ten"}, {"tensorrt": "10.3", "onnx": "1.0"}, {"tensorrt": 10}])
+@pytest.mark.parametrize(
+    "frameworks", [{"tensorrt": "ten"}, {"tensorrt": "10.3", "onnx": "1.0"}, {"tensorrt": 10}]
+)
 def test_bad_frameworks_option(program: Path, frameworks: Any) -> None:
     with pytest.raises(InvalidArgumentError):
         get_plugin("torch_tensorrt").pack(program, frameworks=frameworks)
@@ -261,10 +311,14 @@ def test_requirements_refuse_mixed_abis_and_dla() -> None:
 def test_older_abi_takes_the_platform_from_the_option() -> None:
     from modelvault.formats.torch_tensorrt import parse_engine_info
 
-    req = requirements_from_engines([parse_engine_info(info_list("4"))], tensorrt="8.6.1", platform="linux_aarch64")
+    req = requirements_from_engines(
+        [parse_engine_info(info_list("4"))], tensorrt="8.6.1", platform="linux_aarch64"
+    )
     assert req["platform"] == "linux_aarch64" and req["torch_tensorrt_abi"] == "4"
     assert req["compute_capabilities"] == ["8.6"]
-    hw = requirements_from_engines([parse_engine_info(info_list("6", hw=True, sm=(8, 9)))], tensorrt="10.0.1")
+    hw = requirements_from_engines(
+        [parse_engine_info(info_list("6", hw=True, sm=(8, 9)))], tensorrt="10.0.1"
+    )
     assert hw["compute_capabilities"] == {"min": "8.0"}
 
 
@@ -284,7 +338,9 @@ def test_variant_push_show_and_choose(vault: Any, program: Path, tmp_path: Path)
     portable.mkdir()
     (portable / "model.bin").write_bytes(b"weights")
     vault.push(portable, "resnet50", "1.3.0")
-    r = vault.push(program, "resnet50", "1.3.0", format="torch_tensorrt", variant=True, frameworks=FW)
+    r = vault.push(
+        program, "resnet50", "1.3.0", format="torch_tensorrt", variant=True, frameworks=FW
+    )
     assert r.variant_added
     shown = vault.show("resnet50:1.3.0")
     kinds = {v["format"]: v for v in shown["variants"]}
@@ -297,8 +353,15 @@ def test_variant_push_show_and_choose(vault: Any, program: Path, tmp_path: Path)
     cpu_choice = choose_variant(info.variants, "cpu", machine=H100)
     assert cpu_choice.variant.format == "files"
     assert any("needs a CUDA device" in why for _, why in cpu_choice.rejected)
-    t4 = Machine("linux_x86_64", True, (GpuDevice(0, "T4", (7, 5)),), tensorrt="10.3.0",
-                 torch_tensorrt="2.13.0", torch_tensorrt_abi="9", cuda="12.4")
+    t4 = Machine(
+        "linux_x86_64",
+        True,
+        (GpuDevice(0, "T4", (7, 5)),),
+        tensorrt="10.3.0",
+        torch_tensorrt="2.13.0",
+        torch_tensorrt_abi="9",
+        cuda="12.4",
+    )
     assert choose_variant(info.variants, "cuda:0", machine=t4).variant.format == "files"
 
 
@@ -306,8 +369,15 @@ def test_only_trt_variants_and_no_fit_explains(vault: Any, program: Path) -> Non
     vault.push(program, "m", "1.0.0", format="torch_tensorrt", frameworks=FW)
     from modelvault.loader import choose_variant
 
-    a100 = Machine("linux_x86_64", True, (GpuDevice(0, "A100", (8, 0)),), tensorrt="10.7.0",
-                   torch_tensorrt="2.13.0", torch_tensorrt_abi="9", cuda="12.4")
+    a100 = Machine(
+        "linux_x86_64",
+        True,
+        (GpuDevice(0, "A100", (8, 0)),),
+        tensorrt="10.7.0",
+        torch_tensorrt="2.13.0",
+        torch_tensorrt_abi="9",
+        cuda="12.4",
+    )
     with pytest.raises(NoCompatibleVariantError) as exc:
         choose_variant(vault.resolve("m:1.0.0").variants, "cuda:0", machine=a100)
     text = str(exc.value)

@@ -28,19 +28,64 @@ PLATFORMS = ["linux_x86_64", "linux_aarch64"]
 VARIANTS: list[tuple[str, Mapping[str, Any]]] = [
     ("portable", {"device": "any"}),
     ("portable-cuda", {"device": "cuda"}),
-    ("trt-sm86", {"kind": "tensorrt", "device": "cuda", "compute_capabilities": ["8.6"], "tensorrt": "10.3",
-                  "torch_tensorrt_abi": "9", "platform": "linux_x86_64", "cuda": "12"}),
-    ("trt-sm90", {"kind": "tensorrt", "device": "cuda", "compute_capabilities": ["9.0"], "tensorrt": "10.3",
-                  "torch_tensorrt_abi": "9", "platform": "linux_x86_64", "cuda": "12"}),
-    ("trt-hw", {"kind": "tensorrt", "device": "cuda", "compute_capabilities": {"min": "8.0"}, "tensorrt": "10.3",
-                "torch_tensorrt_abi": "9", "platform": "linux_x86_64", "cuda": "12"}),
-    ("trt-sm75-arm", {"kind": "tensorrt", "device": "cuda", "compute_capabilities": ["7.5"], "tensorrt": "10.7",
-                      "torch_tensorrt_abi": "8", "platform": "linux_aarch64", "cuda": "12"}),
+    (
+        "trt-sm86",
+        {
+            "kind": "tensorrt",
+            "device": "cuda",
+            "compute_capabilities": ["8.6"],
+            "tensorrt": "10.3",
+            "torch_tensorrt_abi": "9",
+            "platform": "linux_x86_64",
+            "cuda": "12",
+        },
+    ),
+    (
+        "trt-sm90",
+        {
+            "kind": "tensorrt",
+            "device": "cuda",
+            "compute_capabilities": ["9.0"],
+            "tensorrt": "10.3",
+            "torch_tensorrt_abi": "9",
+            "platform": "linux_x86_64",
+            "cuda": "12",
+        },
+    ),
+    (
+        "trt-hw",
+        {
+            "kind": "tensorrt",
+            "device": "cuda",
+            "compute_capabilities": {"min": "8.0"},
+            "tensorrt": "10.3",
+            "torch_tensorrt_abi": "9",
+            "platform": "linux_x86_64",
+            "cuda": "12",
+        },
+    ),
+    (
+        "trt-sm75-arm",
+        {
+            "kind": "tensorrt",
+            "device": "cuda",
+            "compute_capabilities": ["7.5"],
+            "tensorrt": "10.7",
+            "torch_tensorrt_abi": "8",
+            "platform": "linux_aarch64",
+            "cuda": "12",
+        },
+    ),
 ]
 
 
-def machine(sm: tuple[int, int] = (8, 6), trt: str | None = "10.3.0", abi: str | None = "9",
-            platform: str = "linux_x86_64", cuda: str | None = "12.4") -> Machine:
+def machine(
+    sm: tuple[int, int] = (8, 6),
+    trt: str | None = "10.3.0",
+    abi: str | None = "9",
+    platform: str = "linux_x86_64",
+    cuda: str | None = "12.4",
+) -> Machine:
     return Machine(
         platform=platform,
         cuda_available=True,
@@ -61,10 +106,17 @@ def expected_fit(req: Mapping[str, Any], m: Machine) -> bool:
     ccs = req["compute_capabilities"]
     sm_ok = sm >= (8, 0) if isinstance(ccs, dict) else f"{sm[0]}.{sm[1]}" in ccs
     trt_ok = m.tensorrt is not None and ".".join(m.tensorrt.split(".")[:2]) == req["tensorrt"]
-    return sm_ok and trt_ok and m.torch_tensorrt_abi == req["torch_tensorrt_abi"] and m.platform == req["platform"]
+    return (
+        sm_ok
+        and trt_ok
+        and m.torch_tensorrt_abi == req["torch_tensorrt_abi"]
+        and m.platform == req["platform"]
+    )
 
 
-@pytest.mark.parametrize(("sm", "trt", "abi", "platform"), list(itertools.product(SMS, TRTS, ABIS, PLATFORMS)))
+@pytest.mark.parametrize(
+    ("sm", "trt", "abi", "platform"), list(itertools.product(SMS, TRTS, ABIS, PLATFORMS))
+)
 def test_machine_matrix(sm: tuple[int, int], trt: str, abi: str, platform: str) -> None:
     m = machine(sm, trt, abi, platform)
     fitting, rejected = rank(VARIANTS, m, "cuda:0")
@@ -104,7 +156,9 @@ TRT_REQ = dict(VARIANTS[2][1])
 
 
 def test_message_exact_sm() -> None:
-    assert check(TRT_REQ, machine((9, 0)), "cuda:0") == ["built for compute capability 8.6; cuda:0 (GPU sm90) is 9.0"]
+    assert check(TRT_REQ, machine((9, 0)), "cuda:0") == [
+        "built for compute capability 8.6; cuda:0 (GPU sm90) is 9.0"
+    ]
 
 
 def test_message_hardware_compatible_on_turing() -> None:
@@ -121,9 +175,16 @@ def test_message_tensorrt_minor() -> None:
 
 
 def test_message_tensorrt_missing_names_the_import_problem() -> None:
-    m = Machine("linux_x86_64", True, (GpuDevice(0, "A10", (8, 6)),), cuda="12.4",
-                problems={"tensorrt": "tensorrt is not importable: ImportError: libnvinfer.so.10: cannot open",
-                          "torch_tensorrt": "torch_tensorrt is not installed"})
+    m = Machine(
+        "linux_x86_64",
+        True,
+        (GpuDevice(0, "A10", (8, 6)),),
+        cuda="12.4",
+        problems={
+            "tensorrt": "tensorrt is not importable: ImportError: libnvinfer.so.10: cannot open",
+            "torch_tensorrt": "torch_tensorrt is not installed",
+        },
+    )
     reasons = check(TRT_REQ, m, "cuda:0")
     assert reasons == [
         "needs TensorRT 10.3; tensorrt is not importable: ImportError: libnvinfer.so.10: cannot open",
@@ -151,7 +212,9 @@ def test_message_no_gpu() -> None:
 
 
 def test_message_missing_device_index() -> None:
-    assert "cuda:3 does not exist here (this machine has 1 GPU(s))" in check({"device": "cuda"}, machine(), "cuda:3")
+    assert "cuda:3 does not exist here (this machine has 1 GPU(s))" in check(
+        {"device": "cuda"}, machine(), "cuda:3"
+    )
 
 
 def test_unknown_requirement_keys_do_not_fit() -> None:
@@ -170,8 +233,15 @@ def test_malformed_compute_capabilities(ccs: Any) -> None:
 
 
 def test_second_gpu_is_checked_when_asked_for() -> None:
-    m = Machine("linux_x86_64", True, (GpuDevice(0, "T4", (7, 5)), GpuDevice(1, "H100", (9, 0))),
-                cuda="12.4", tensorrt="10.3.1", torch_tensorrt="2.13.0", torch_tensorrt_abi="9")
+    m = Machine(
+        "linux_x86_64",
+        True,
+        (GpuDevice(0, "T4", (7, 5)), GpuDevice(1, "H100", (9, 0))),
+        cuda="12.4",
+        tensorrt="10.3.1",
+        torch_tensorrt="2.13.0",
+        torch_tensorrt_abi="9",
+    )
     req = dict(VARIANTS[3][1])
     assert check(req, m, "cuda:1") == []
     assert check(req, m, "cuda:0") == ["built for compute capability 9.0; cuda:0 (T4) is 7.5"]
@@ -187,7 +257,10 @@ def test_device_strings() -> None:
 
 def test_describe_requirements() -> None:
     assert describe_requirements(TRT_REQ) == "TensorRT 10.3, ABI 9, SM 8.6, linux_x86_64, CUDA 12"
-    assert describe_requirements(VARIANTS[4][1]) == "TensorRT 10.3, ABI 9, SM >= 8.0 (hardware-compatible), linux_x86_64, CUDA 12"
+    assert (
+        describe_requirements(VARIANTS[4][1])
+        == "TensorRT 10.3, ABI 9, SM >= 8.0 (hardware-compatible), linux_x86_64, CUDA 12"
+    )
     assert describe_requirements({"device": "any"}) == "portable"
     assert describe_requirements({"device": "cuda"}) == "portable (CUDA)"
 
