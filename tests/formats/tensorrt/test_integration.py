@@ -139,6 +139,25 @@ def _push_portable(vault: Any, model: Any, x: Any, name: str) -> None:
     vault.push(ep, name, "1.0.0", format="exported_program")
 
 
+def test_build_variant_for_compiles_from_the_recorded_signature(vault: Any) -> None:
+    import torch
+
+    from modelvault.formats.torch_tensorrt import build_variant_for
+
+    model = _model()
+    x = torch.randn(2, 3, 16, 16, device="cuda")
+    _push_portable(vault, model, x, "sig")
+    # no inputs given: they come from the portable variant's signature (batch 1..8)
+    built = build_variant_for(
+        vault, "sig:1.0.0", device="cuda:0", settings={"min_block_size": 1}, options={}
+    )
+    for batch in (1, 3, 8):
+        xb = torch.randn(batch, 3, 16, 16, device="cuda")
+        torch.testing.assert_close(built(xb), model(xb), atol=ATOL, rtol=ATOL)
+    formats = sorted(v["format"] for v in vault.show("sig:1.0.0")["variants"])
+    assert formats == ["exported_program", "torch_tensorrt"]
+
+
 def test_build_on_miss_compiles_pushes_and_is_reused(vault: Any) -> None:
     import torch
 

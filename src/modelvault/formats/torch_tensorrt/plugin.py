@@ -41,6 +41,7 @@ __all__ = [
     "build_variant",
     "compile_portable",
     "import_runtime",
+    "inputs_from_signature",
     "inspect_program",
     "refit",
 ]
@@ -287,6 +288,7 @@ class TorchTensorRTPlugin(FormatPlugin):
             return refit(
                 program,
                 portable,
+                device=device,
                 arg_inputs=options.get("arg_inputs"),
                 kwarg_inputs=options.get("kwarg_inputs"),
             )
@@ -362,18 +364,69 @@ def _verified_file(source: ContainerSource, index: int) -> tuple[Path, str | Non
 # build on miss and refit: called by the vault
 
 
-def _portable_program(portable: ContainerSource) -> Any:
+def _portable_program(portable: ContainerSource, device: str) -> Any:
+    """The version's portable ExportedProgram, weights on ``device``."""
+    import torch
+
     from ..registry import get_plugin
 
     plugin = get_plugin(portable.manifest.plugin)
+    obj = plugin.load(portable, device=device)
+    if isinstance(obj, torch.export.ExportedProgram):
+        return obj
     tmp = tempfile.mkdtemp(prefix="mvault-trt-")
     try:
         path = plugin.export_native(portable, Path(tmp) / "portable.pt2")
-        import torch
-
         return torch.export.load(str(path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def inputs_from_signature(signature: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Compile inputs (``min_shape``/``opt_shape``/``max_shape``/``dtype``) from a portable
+    program's recorded signature; a dynamic dimension spans its recorded range, with
+    ``opt`` at the range's low end.
+
+    Raises :class:`InvalidArgumentError` when the signature cannot say (a non-tensor
+    input, an unbounded or derived dimension): pass ``arg_inputs`` then.
+    """
+    dims = signature.get("dims") or {}
+    out: list[dict[str, Any]] = []
+    for entry in signature.get("inputs") or []:
+        name = entry.get("name", "?")
+        if "shape" not in entry or "dtype" not in entry:
+            raise InvalidArgumentError(
+                f"input {name!r} is not a tensor; pass compile_settings={{'arg_inputs': (...)}}"
+            )
+        lo: list[int] = []
+        hi: list[int] = []
+        for d in entry["shape"]:
+            if isinstance(d, int):
+                lo.append(d)
+                hi.append(d)
+                continue
+            rng = dims.get(str(d))
+            if not isinstance(rng, Mapping) or rng.get("max") is None:
+                raise InvalidArgumentError(
+                    f"input {name!r} has dimension {d!r} without a finite recorded range; "
+                    "pass compile_settings={'arg_inputs': (torch_tensorrt.Input(...), ...)}"
+                )
+            lo.append(max(int(rng.get("min") or 1), 1))
+            hi.append(int(rng["max"]))
+        out.append(
+            {
+                "name": name,
+                "min_shape": lo,
+                "opt_shape": list(lo),
+                "max_shape": hi,
+                "dtype": entry["dtype"],
+            }
+        )
+    if not out:
+        raise InvalidArgumentError(
+            "the portable program records no inputs; pass compile_settings={'arg_inputs': (...)}"
+        )
+    return out
 
 
 def build_variant(
@@ -401,21 +454,25 @@ def compile_portable(
             f"this one is {portable_source.manifest.plugin!r}"
         )
     tt = import_runtime("building a TensorRT variant")
-    ep = _portable_program(portable_source)
+    import torch
+
+    ep = _portable_program(portable_source, device)
     opts = dict(settings)
     arg_inputs = opts.pop("arg_inputs", None)
     kwarg_inputs = opts.pop("kwarg_inputs", None)
     if arg_inputs is None:
-        example = getattr(ep, "example_inputs", None)
-        if not example:
-            raise InvalidArgumentError(
-                "the portable program records no example inputs; "
-                "pass compile_settings={'arg_inputs': (...)}"
+        specs = inputs_from_signature(portable_source.manifest.signature)
+        arg_inputs = tuple(
+            tt.Input(
+                min_shape=s["min_shape"],
+                opt_shape=s["opt_shape"],
+                max_shape=s["max_shape"],
+                dtype=getattr(torch, s["dtype"]),
             )
-        arg_inputs, kwarg_inputs = example[0], example[1] or kwarg_inputs
-    import torch
-
-    arg_inputs = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in arg_inputs)
+            for s in specs
+        )
+    else:
+        arg_inputs = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in arg_inputs)
     module = tt.dynamo.compile(
         ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, device=torch.device(device), **opts
     )
@@ -426,16 +483,13 @@ def refit(
     program: Any,
     portable_source: ContainerSource,
     *,
+    device: str = "cuda:0",
     arg_inputs: Any = None,
     kwarg_inputs: Any = None,
 ) -> Any:
     """Put the portable variant's weights into weight-stripped engines (``refit_module_weights``)."""
     tt = import_runtime("refitting TensorRT engines")
-    ep = _portable_program(portable_source)
-    if arg_inputs is None:
-        example = getattr(ep, "example_inputs", None)
-        if example:
-            arg_inputs, kwarg_inputs = example[0], example[1] or kwarg_inputs
+    ep = _portable_program(portable_source, device)
     return tt.dynamo.refit_module_weights(
         program, ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, in_place=False
     )
