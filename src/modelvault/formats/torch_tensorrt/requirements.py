@@ -86,8 +86,8 @@ def requirements_from_engines(
         raise InvalidArgumentError(
             "cannot tell which TensorRT version built these engines (the program does not record it and "
             "tensorrt is not importable here)",
-            hint="pass the building environment's versions, e.g. frameworks={'tensorrt': '10.3.0', "
-            "'torch_tensorrt': '2.5.0', 'cuda': '12.4'} (CLI: --tensorrt-version 10.3.0)",
+            hint="push from the environment that built the engines (with tensorrt importable), or pass "
+            "frameworks={'tensorrt': '10.3.0', 'torch_tensorrt': '2.5.0', 'cuda': '12.4'}",
         )
     req: dict[str, Any] = {
         "kind": "tensorrt",
