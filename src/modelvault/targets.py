@@ -18,7 +18,7 @@ all optional except ``device``:
 | ``platform`` | ``"linux_x86_64"`` | ``linux_x86_64``, ``linux_aarch64``, ``windows_x86_64``, ``windows_arm64`` |
 | ``cuda`` | ``"12"`` | CUDA major version the engines were built against; must match |
 | ``kind`` | ``"tensorrt"`` or ``"portable"`` | how the loader ranks it (default: ``"tensorrt"`` when ``tensorrt`` is set) |
-| ``built_on`` | ``"cpu"`` or ``"cuda:8.6"`` | where a portable program's weights were when pushed (informational) |
+| ``built_on`` | ``"cpu"``, ``"cuda:9.0"`` | the device the artifact was built on (informational) |
 
 A key this modelvault does not know makes the variant not fit (with the
 reason "upgrade modelvault"), so an old reader never loads a variant whose

@@ -136,9 +136,13 @@ def test_tensor_missing_from_payload_too_is_named(tmp_path: Path) -> None:
 
 def test_wrong_shape_is_named(tmp_path: Path) -> None:
     ep = export(CASES[0])
-    tensors = [(k, torch.zeros(3) if k.endswith("layers.0.0.bias") else v) for k, v in _sd_tensors(ep)]
+    tensors = [
+        (k, torch.zeros(3) if k.endswith("layers.0.0.bias") else v) for k, v in _sd_tensors(ep)
+    ]
     source = write(replace_section(plugin.pack(ep), tensors), tmp_path)
-    with pytest.raises(PayloadMismatchError, match=r"layers\.0\.0\.bias.*float32\[16\].*float32\[3\]"):
+    with pytest.raises(
+        PayloadMismatchError, match=r"layers\.0\.0\.bias.*float32\[16\].*float32\[3\]"
+    ):
         plugin.load(source)
 
 
@@ -146,7 +150,9 @@ def test_wrong_dtype_is_named(tmp_path: Path) -> None:
     ep = export(CASES[0])
     tensors = [(k, v.half() if k.endswith("layers.2.0.weight") else v) for k, v in _sd_tensors(ep)]
     source = write(replace_section(plugin.pack(ep), tensors), tmp_path)
-    with pytest.raises(PayloadMismatchError, match=r"layers\.2\.0\.weight.*float32\[16, 16\].*float16\[16, 16\]"):
+    with pytest.raises(
+        PayloadMismatchError, match=r"layers\.2\.0\.weight.*float32\[16, 16\].*float16\[16, 16\]"
+    ):
         plugin.load(source)
 
 
