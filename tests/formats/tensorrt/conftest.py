@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from modelvault.formats.torch_tensorrt.engine_info import ABI_LAYOUTS
+from tests.cli.conftest import Result, mvault  # noqa: F401  (re-exported fixture)
 
 PLAN = b"ftrt" + bytes(range(256)) * 4  # stands in for a TensorRT plan: only its bytes matter here
 STACK_STRING = "__torch__.torch.classes._TorchScriptTesting._StackString"

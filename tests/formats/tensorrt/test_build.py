@@ -203,3 +203,74 @@ def test_recorded_compile_settings() -> None:
         [{"settings": {"enabled_precisions": ["torch_tensorrt._enums.dtype(2)"]}}]
     )
     assert recorded_compile_settings([]) == {}
+
+
+def _trt_program(torchbind: Any, tmp_path: Path, **settings: Any) -> Path:
+    from .conftest import metadata_b64, pickled_as_torch_tensorrt
+
+    with pickled_as_torch_tensorrt():
+        md = metadata_b64(**settings)
+    raw = save_pt2(torchbind, tmp_path / "raw.pt2", [info_list("9", sm=(9, 0), metadata=md)])
+    return rename_engine_class(raw, tmp_path / "trt.pt2")
+
+
+def test_wants_build(vault: Any, torchbind: Any, tmp_path: Path) -> None:
+    from modelvault.formats.torch_tensorrt import wants_build
+
+    vault.push(_dynamic_ep(), "m", "1.0.0")
+    vault.push(
+        _trt_program(torchbind, tmp_path),
+        "m",
+        "1.0.0",
+        format="torch_tensorrt",
+        variant=True,
+        frameworks=FW,
+    )
+    by_format = {v.format: v for v in vault.resolve("m:1.0.0").variants}
+    portable, trt = by_format["exported_program"], by_format["torch_tensorrt"]
+    assert wants_build(portable, "cuda:0", True)
+    assert not wants_build(portable, "cuda:0", False)
+    assert not wants_build(portable, "cpu", True)
+    assert not wants_build(trt, "cuda:0", True)
+
+
+def test_load_options_refit_from_the_portable_variant(
+    vault: Any, torchbind: Any, tmp_path: Path
+) -> None:
+    from modelvault.formats.torch_tensorrt import load_options
+
+    prog = _trt_program(torchbind, tmp_path, immutable_weights=False, strip_engine_weights=True)
+    vault.push(prog, "s", "1.0.0", format="torch_tensorrt", frameworks=FW)
+    variants = vault.resolve("s:1.0.0").variants
+    trt_source = vault._source(variants[0])
+    with pytest.raises(
+        NoCompatibleVariantError, match="stored without weights and the version has no portable"
+    ):
+        load_options(vault, variants, trt_source)
+    vault.push(_dynamic_ep(), "s", "1.0.0", variant=True)
+    variants = vault.resolve("s:1.0.0").variants
+    opts = load_options(vault, variants, trt_source)
+    assert opts["refit_from"].manifest.plugin == "exported_program"
+    portable = next(v for v in variants if v.format == "exported_program")
+    assert load_options(vault, variants, vault._source(portable)) == {}
+
+
+def test_cli_push_variant_and_show(mvault: Any, torchbind: Any, tmp_path: Path) -> None:
+    """`mvault push NAME:VERSION trt.ep --variant` detects the format; without TensorRT here it says what to do."""
+    portable = tmp_path / "portable"
+    portable.mkdir()
+    (portable / "w.bin").write_bytes(b"w")
+    assert mvault("push", "resnet50:1.3.0", str(portable)).code == 0
+    prog = _trt_program(torchbind, tmp_path)
+    ep_file = prog.rename(tmp_path / "trt_sm90.ep")
+    r = mvault("push", "resnet50:1.3.0", str(ep_file), "--variant")
+    if Machine.probe().tensorrt is None:
+        assert r.code != 0
+        assert "cannot tell which TensorRT version built these engines" in r.err
+        assert "Traceback" not in r.err
+        shown = mvault("show", "resnet50:1.3.0")
+        assert "torch_tensorrt" not in shown.out  # nothing was registered
+    else:
+        assert r.code == 0, r.err
+        shown = mvault("show", "resnet50:1.3.0")
+        assert "torch_tensorrt" in shown.out and "compute_capabilities" in shown.out
