@@ -247,3 +247,17 @@ def test_platform_spellings() -> None:
     assert normalize_platform("Platform.LINUX_X86_64") == "linux_x86_64"
     info = parse_engine_info(info_list("9", platform="win_x86_64"))
     assert info.target_platform == "windows_x86_64"
+
+
+def test_inert_reader_refuses_allocation_and_code_gadgets() -> None:
+    from modelvault.formats.torch_tensorrt.inert_pickle import Inert, inert_loads, to_plain
+
+    # REDUCE(builtins.bytearray, (n,)) would allocate n bytes if bytearray were real
+    bomb = b"\x80\x02cbuiltins\nbytearray\nJ\x00\x10\xa5\xd4\x85R."
+    obj = inert_loads(bomb, what="test")
+    assert isinstance(obj, Inert) and obj.qualname == "builtins.bytearray"
+    # getattr/eval chains stay records
+    gadget = b"\x80\x02cbuiltins\neval\nX\x0c\x00\x00\x00__import__()\x85R."
+    assert to_plain(inert_loads(gadget, what="test")) == "builtins.eval('__import__()')"
+    with pytest.raises(FormatError, match="test is not a readable pickle"):
+        inert_loads(b"\x80\x02cbuiltins\nset\n", what="test")

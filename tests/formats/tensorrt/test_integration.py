@@ -87,7 +87,12 @@ def test_push_load_compare_both_irs(vault: Any, ir: str, tmp_path: Path) -> None
     trt, x = _compile(model)
     expected = model(x)
     path = tmp_path / ("m.pt2" if ir == "exported_program" else "m.ts")
-    torch_tensorrt.save(trt, str(path), output_format=ir, arg_inputs=[x])
+    extra = (
+        {"dynamic_shapes": {"x": {0: torch.export.Dim("batch", min=1, max=8)}}}
+        if ir == "exported_program"
+        else {}
+    )
+    torch_tensorrt.save(trt, str(path), output_format=ir, arg_inputs=[x], **extra)
     r = vault.push(path, "small", "1.0.0", format="torch_tensorrt")
     assert r.format == "torch_tensorrt"
     shown = vault.show("small:1.0.0")

@@ -153,7 +153,7 @@ class TorchTensorRTPlugin(FormatPlugin):
 
         Options: ``ir`` (``"exported_program"``, the default, or
         ``"torchscript"``) for live modules; ``arg_inputs``,
-        ``kwarg_inputs``, ``inputs``, ``retrace`` passed to
+        ``kwarg_inputs``, ``inputs``, ``retrace``, ``dynamic_shapes`` passed to
         ``torch_tensorrt.save``; ``frameworks`` (versions of the environment
         that built the engines; defaults to this machine's); ``platform``
         (for ABIs older than "6").
@@ -196,7 +196,7 @@ class TorchTensorRTPlugin(FormatPlugin):
         dest = tmp / f"program{_SUFFIX[ir]}"
         kwargs = {
             k: options[k]
-            for k in ("arg_inputs", "kwarg_inputs", "inputs", "retrace")
+            for k in ("arg_inputs", "kwarg_inputs", "inputs", "retrace", "dynamic_shapes")
             if k in options
         }
         tt.save(obj, str(dest), output_format=ir, **kwargs)
