@@ -408,3 +408,64 @@ def test_same_variant_twice(vault: Any, program: Path, tmp_path: Path) -> None:
     with pytest.raises(VariantExistsError):
         vault.push(copy, "m", "1.0.0", format="torch_tensorrt", variant=True, frameworks=FW)
     assert len(vault.resolve("m:1.0.0").variants) == 2
+
+
+# -- load order, with a stand-in runtime module (real TensorRT: test_integration.py) --
+
+
+@pytest.fixture
+def stand_in_runtime(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """A ``torch_tensorrt`` module whose ``load`` records the bytes it was handed and then
+    fails the way TensorRT does on a plan it cannot use."""
+    import sys
+    import types
+
+    seen: list[bytes] = []
+    mod = types.ModuleType("torch_tensorrt")
+
+    def load(path: str) -> Any:
+        seen.append(Path(path).read_bytes())
+        raise RuntimeError(
+            "IRuntime::deserializeCudaEngine: Error Code 1: Serialization (Version tag does not match)"
+        )
+
+    mod.load = load  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", mod)
+    return seen
+
+
+def test_requirements_are_checked_before_any_engine_is_deserialized(
+    program: Path, tmp_path: Path, stand_in_runtime: list[bytes]
+) -> None:
+    plugin = get_plugin("torch_tensorrt")
+    src = write_directory(plugin.pack(program, frameworks=FW), tmp_path / "c")
+    a100 = Machine(
+        "linux_x86_64",
+        True,
+        (GpuDevice(0, "A100", (8, 0)),),
+        cuda="12.4",
+        tensorrt="10.3.0",
+        torch_tensorrt="2.13.0",
+        torch_tensorrt_abi="9",
+    )
+    with pytest.raises(
+        NoCompatibleVariantError, match=r"built for compute capability 9.0; cuda:0 \(A100\) is 8.0"
+    ):
+        plugin.load(src, device="cuda:0", machine=a100)
+    assert stand_in_runtime == []
+
+
+def test_tensorrt_refusal_becomes_a_device_error(
+    program: Path, tmp_path: Path, stand_in_runtime: list[bytes]
+) -> None:
+    from modelvault.errors import DeviceError
+
+    if program.suffix == ".ts":
+        pytest.skip("TorchScript programs are read by torch.jit.load, not torch_tensorrt.load")
+    plugin = get_plugin("torch_tensorrt")
+    src = write_directory(plugin.pack(program, frameworks=FW), tmp_path / "c")
+    with pytest.raises(
+        DeviceError, match="TensorRT could not deserialize this variant's engines on cuda:0"
+    ):
+        plugin.load(src, device="cuda:0", machine=H100)
+    assert stand_in_runtime == [program.read_bytes()]  # the verified program, byte for byte

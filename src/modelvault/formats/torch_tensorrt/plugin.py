@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ...errors import (
+    DeviceError,
     EngineInfoError,
     InvalidArgumentError,
     MissingDependencyError,
@@ -276,6 +277,13 @@ class TorchTensorRTPlugin(FormatPlugin):
 
                 return torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
             program = tt.load(str(path))
+        except (RuntimeError, ValueError) as exc:
+            # Every recorded requirement was checked above, so this is TensorRT refusing the plan
+            # (a driver or library mismatch the engine info cannot record).
+            raise DeviceError(
+                f"TensorRT could not deserialize this variant's engines on {device}: {exc}",
+                hint="load the portable variant (variant='exported_program'), or rebuild with build_missing=True",
+            ) from exc
         finally:
             if cleanup:
                 shutil.rmtree(cleanup, ignore_errors=True)
