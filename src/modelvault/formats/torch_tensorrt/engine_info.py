@@ -84,8 +84,18 @@ _MDV = (*_RA, "requires_native_multidevice")
 ABI_LAYOUTS: dict[str, tuple[AbiLayout, ...]] = {
     "4": (_layout("4", (), "1.4-2.2", 'core/runtime/runtime.h (ABI_VERSION "4")'),),
     "5": (
-        _layout("5", _HW, "2.3-2.4", "PR #2445 (HW_COMPATIBLE, ABI bump); count inferred from the ABI 4 and 6 headers"),
-        _layout("5", _MD, "2.3-2.4", "PR #2445 (HW_COMPATIBLE, ABI bump); count inferred from the ABI 4 and 6 headers"),
+        _layout(
+            "5",
+            _HW,
+            "2.3-2.4",
+            "PR #2445 (HW_COMPATIBLE, ABI bump); count inferred from the ABI 4 and 6 headers",
+        ),
+        _layout(
+            "5",
+            _MD,
+            "2.3-2.4",
+            "PR #2445 (HW_COMPATIBLE, ABI bump); count inferred from the ABI 4 and 6 headers",
+        ),
     ),
     "6": (_layout("6", _TP, "2.5-2.7", 'core/runtime/runtime.h (ABI_VERSION "6")'),),
     "7": (_layout("7", _OA, "2.8-2.9", 'core/runtime/runtime.h (ABI_VERSION "7")'),),
