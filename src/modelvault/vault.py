@@ -393,7 +393,6 @@ class Vault:
     ) -> Any:
         """Load a model version onto ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
         from .errors import NoCompatibleVariantError
-
         from .formats.torch_tensorrt.build import load_options, wants_build
 
         try:
