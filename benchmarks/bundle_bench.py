@@ -2,7 +2,7 @@
 
 Measures, in one run, on one directory (median of ``--runs`` runs each):
 
-* plain write: the same bytes, same chunk size, to a file in the same
+* plain write: the same bytes, same chunk size, to a new file in the same
   directory, with fsync (as ``write_bundle`` does);
 * ``write_bundle`` of a draft whose tensor section holds one tensor of
   ``--size`` bytes;
@@ -73,16 +73,9 @@ def plain_read(path: Path, buf: memoryview, offset: int) -> None:
 def verified_read(path: Path, buf: memoryview) -> None:
     bundle = Bundle.open(path)
     loc = bundle.locate(0)
-    pos = 0
-
-    def take(chunk: memoryview) -> None:
-        nonlocal pos
-        buf[pos : pos + chunk.nbytes] = chunk
-        pos += chunk.nbytes
-
     with open(path, "rb", buffering=0) as f:
         f.seek(loc.offset)
-        read_verified_into(f, loc.size, loc.digest, take)
+        read_verified_into(f, loc.size, loc.digest, into=buf)
 
 
 def hash_only(data: memoryview) -> None:
@@ -150,8 +143,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         res: dict[str, float] = {}
-        res["plain_write_s"] = timed(lambda: plain_write(plain, data), args.runs)
-        res["bundle_write_s"] = timed(do_bundle, args.runs)
+
+        def fresh(path: Path) -> Callable[[], None]:
+            # Both writers get a new file: replacing a 1 GiB file first frees its
+            # blocks, which on a filesystem mounted with `discard` costs seconds.
+            def clear() -> None:
+                path.unlink(missing_ok=True)
+                os.sync()
+
+            return clear
+
+        res["plain_write_s"] = timed(lambda: plain_write(plain, data), args.runs, fresh(plain))
+        res["bundle_write_s"] = timed(do_bundle, args.runs, fresh(bundle_path))
+        plain.unlink(missing_ok=True)
         offset = Bundle.open(bundle_path).locate(0).offset
         plain_read(bundle_path, out, offset)  # warm the cache
         res["plain_read_warm_s"] = timed(lambda: plain_read(bundle_path, out, offset), args.runs)

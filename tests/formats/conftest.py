@@ -196,3 +196,9 @@ def listing(root: Path) -> list[str]:
         for d, dirs, files in os.walk(root)
         for n in dirs + files
     )
+
+
+def expect(err: BaseException, kind: type[BaseException], text: str) -> None:
+    """``err`` is a ``kind`` whose message contains ``text``."""
+    assert isinstance(err, kind), f"expected {kind.__name__}, got {err!r}"
+    assert text in str(err), f"{text!r} not in {str(err)!r}"

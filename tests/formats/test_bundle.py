@@ -36,7 +36,8 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
     b.verify()
     for i, ref in enumerate(m.blobs):
         off, size = b.extents[i]
-        assert off % 4096 == 0 and size == ref.size
+        assert off % 4096 == 0
+        assert size == ref.size
         data = b.read_blob(i)
         assert digest_bytes(data) == ref.digest
     assert b.read_blob(1) == b"graph bytes\n" * 100
@@ -60,7 +61,8 @@ def test_empty_container(tmp_path: Path) -> None:
     m = write_bundle(Draft("empty", "1"), tmp_path / "e.mvpk")
     b = Bundle.open(tmp_path / "e.mvpk")
     b.verify()
-    assert m.blobs == () and os.path.getsize(tmp_path / "e.mvpk") == 4096
+    assert m.blobs == ()
+    assert os.path.getsize(tmp_path / "e.mvpk") == 4096
     with open(tmp_path / "e.mvpk", "rb") as f:
         assert list(stream_blobs(f)) == []
 
@@ -127,10 +129,14 @@ def test_stream_blobs_detects_a_damaged_blob(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[b.extents[1][0] + 5] ^= 1
     f, t = _pipe_reader(bytes(data))
-    with f, pytest.raises(IntegrityError, match="blob 1"):  # type: ignore[attr-defined]
+
+    def drain() -> None:
         for _m, _i, chunks in stream_blobs(f):  # type: ignore[arg-type]
             for _ in chunks:
                 pass
+
+    with f, pytest.raises(IntegrityError, match="blob 1"):  # type: ignore[attr-defined]
+        drain()
     t.join()
 
 
@@ -189,11 +195,9 @@ def test_failed_write_leaves_nothing(
     d.add_blob("good", "x/y", BytesSource(b"fine"))
     d.add_blob("bad", "x/y", source)
     dest = tmp_path / "new" / "deeper" / "out"
+    write = write_bundle if writer == "bundle" else write_directory
     with pytest.raises(error, match=match):
-        if writer == "bundle":
-            write_bundle(d, dest)
-        else:
-            write_directory(d, dest)
+        write(d, dest)
     assert listing(tmp_path) == []
 
 

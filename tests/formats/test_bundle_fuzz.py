@@ -50,7 +50,7 @@ def _read_all(data: bytes, tmp: Path) -> None:
             for _ in chunks:
                 pass
     except (FormatError, IntegrityError) as exc:
-        assert str(exc)
+        assert str(exc)  # noqa: PT017 (any of these errors is fine; each must say something)
     path = tmp / "f.mvpk"
     path.write_bytes(data)
     try:
@@ -59,7 +59,7 @@ def _read_all(data: bytes, tmp: Path) -> None:
         for i in range(len(b.manifest.blobs)):
             b.read_blob(i)
     except (FormatError, IntegrityError) as exc:
-        assert str(exc)
+        assert str(exc)  # noqa: PT017 (any of these errors is fine; each must say something)
 
 
 def _fix_checksums(data: bytearray) -> bytes:
@@ -119,7 +119,9 @@ PLAIN = st.recursive(
     | st.floats(allow_nan=True)
     | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 FIELD_VALUES = {
@@ -127,7 +129,8 @@ FIELD_VALUES = {
         st.fixed_dictionaries(
             {},
             optional={
-                "digest": st.sampled_from([blob_wire("r", b"x")["digest"], "md5:00", "blake3:"]) | PLAIN,
+                "digest": st.sampled_from([blob_wire("r", b"x")["digest"], "md5:00", "blake3:"])
+                | PLAIN,
                 "media_type": st.text(max_size=5) | PLAIN,
                 "role": st.sampled_from(["file", "tensors", "X"]) | PLAIN,
                 "size": st.integers(-5, 2**64 - 1) | PLAIN,
@@ -167,7 +170,10 @@ FIELD_VALUES = {
         {},
         optional={
             **FIELD_VALUES,
-            **{k: PLAIN for k in ("frameworks", "metadata", "payload", "signature", "target", "tensor_aliases")},
+            **dict.fromkeys(
+                ("frameworks", "metadata", "payload", "signature", "target", "tensor_aliases"),
+                PLAIN,
+            ),
             "unknown": PLAIN,
         },
     ),
@@ -182,7 +188,7 @@ def test_random_manifests(tmp_path: Path, fields: dict[str, Any], keep_base: boo
     try:
         Manifest.decode(raw)
     except (FormatError, IntegrityError) as exc:
-        assert str(exc)
+        assert str(exc)  # noqa: PT017 (any of these errors is fine; each must say something)
     _read_all(assemble(raw, [b"x"]), tmp_path)
 
 

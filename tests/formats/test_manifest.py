@@ -79,7 +79,9 @@ def test_hand_encoded_canonical_manifest_decodes() -> None:
         # keys out of order
         msgpack.packb({"tensors": [], **manifest_wire()}, use_bin_type=True),
         # a 32-bit float where canonical form is 64-bit
-        packb(manifest_wire()).replace(b"\xa8metadata\x80", b"\xa8metadata\x81\xa1f\xca\x3f\x80\x00\x00"),
+        packb(manifest_wire()).replace(
+            b"\xa8metadata\x80", b"\xa8metadata\x81\xa1f\xca\x3f\x80\x00\x00"
+        ),
         # a non-minimal integer (uint16 for 1)
         packb(manifest_wire()).replace(b"\x92\x01\x00", b"\x92\xcd\x00\x01\x00"),
     ],
@@ -102,7 +104,16 @@ def test_non_canonical_bytes_are_refused(raw: bytes) -> None:
         (b"\x81\x01\x02", "not valid msgpack|keys must be strings"),
         (b"\xdd\xff\xff\xff\xff", "not valid msgpack"),
     ],
-    ids=["empty", "reserved-byte", "trailing", "not-map", "ext", "dup-key", "int-key", "huge-array"],
+    ids=[
+        "empty",
+        "reserved-byte",
+        "trailing",
+        "not-map",
+        "ext",
+        "dup-key",
+        "int-key",
+        "huge-array",
+    ],
 )
 def test_malformed_msgpack_is_refused(data: bytes, match: str) -> None:
     with pytest.raises(ManifestError, match=match):
@@ -179,7 +190,9 @@ BAD_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "match"), BAD_FIELDS, ids=[str(b[:2]) for b in BAD_FIELDS])
+@pytest.mark.parametrize(
+    ("path", "value", "match"), BAD_FIELDS, ids=[str(b[:2]) for b in BAD_FIELDS]
+)
 def test_schema_violations_are_refused(path: list[Any], value: Any, match: str) -> None:
     Manifest.decode(packb(_mutate(["metadata"], {})))  # the unmutated base is valid
     with pytest.raises((ManifestError, UnsupportedDigestError), match=match):
@@ -195,7 +208,11 @@ def test_overlapping_tensors_and_duplicate_names_are_refused() -> None:
         )
     with pytest.raises(ManifestError, match="duplicate tensor name"):
         Manifest.decode(
-            packb(manifest_wire(blobs, tensors=[{**t, "name": "a"}, {**t, "name": "a", "offset": 4096}]))
+            packb(
+                manifest_wire(
+                    blobs, tensors=[{**t, "name": "a"}, {**t, "name": "a", "offset": 4096}]
+                )
+            )
         )
     with pytest.raises(ManifestError, match="repeats digest"):
         Manifest.decode(packb(manifest_wire(blobs * 2)))
@@ -242,7 +259,7 @@ def test_depth_string_and_size_limits(monkeypatch: pytest.MonkeyPatch) -> None:
         deep = [deep]
     with pytest.raises(ManifestError, match="deeper than 32"):
         Manifest("p", "1", metadata={"d": deep}).encode()
-    with pytest.raises(ManifestError, match="deeper than 32|not valid msgpack"):
+    with pytest.raises(ManifestError, match=r"deeper than 32|not valid msgpack"):
         Manifest.decode(packb(manifest_wire(metadata={"d": deep})))
     big = packb(manifest_wire(metadata={"s": "x" * (manifest_mod.LIMITS.string + 1)}))
     with pytest.raises(ManifestError, match="not valid msgpack"):
@@ -282,7 +299,8 @@ def test_tensor_section_alignment_padding_and_aliases() -> None:
     assert data[3:4096] == bytes(4093)  # padding is zeros
     assert data[4104:8192] == bytes(8192 - 4104)
     assert entries["b"].strides == (2, 1)
-    assert entries["c"].shape == () and entries["c"].strides == ()
+    assert entries["c"].shape == ()
+    assert entries["c"].strides == ()
     d.compute_digests()
     m = finalize(d)
     assert m.tensor_aliases == {"a2": "a"}
