@@ -8,6 +8,7 @@ TypeError, struct.error, MemoryError or the like.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -24,7 +25,7 @@ from modelvault.formats.manifest import Manifest
 from .conftest import assemble, blob_wire, manifest_wire, packb, small_draft
 
 SETTINGS = settings(
-    max_examples=250,
+    max_examples=int(os.environ.get("MVAULT_FUZZ_EXAMPLES", "300")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
