@@ -53,11 +53,13 @@ def packb(obj: Any) -> bytes:
     return out
 
 
-def blob_wire(role: str, data: bytes, media_type: str = "application/octet-stream") -> dict:
+def blob_wire(
+    role: str, data: bytes, media_type: str = "application/octet-stream"
+) -> dict[str, Any]:
     return {"digest": digest_bytes(data), "media_type": media_type, "role": role, "size": len(data)}
 
 
-def manifest_wire(blobs: list[dict] | None = None, **fields: Any) -> dict[str, Any]:
+def manifest_wire(blobs: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
     """A valid version-1.0 manifest as a plain dict (override any field)."""
     m: dict[str, Any] = {
         "blobs": blobs or [],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,7 +194,7 @@ def test_unknown_major_flags_and_reserved(tmp_path: Path) -> None:
     assert "preamble says format 1.1" in str(err)
 
 
-def _tensor(name: str, offset: int = 0, nbytes: int = 16, **kw: object) -> dict:
+def _tensor(name: str, offset: int = 0, nbytes: int = 16, **kw: object) -> dict[str, Any]:
     t = {"blob": 0, "dtype": "float32", "name": name, "nbytes": nbytes, "offset": offset}
     t.update({"shape": [nbytes // 4], "strides": [1]})
     t.update(kw)
@@ -291,7 +292,7 @@ def test_not_a_bundle(tmp_path: Path) -> None:
 # -- files containers that try to escape the target directory ----------------------
 
 
-def _files_bundle(tmp_path: Path, entries: list[dict], blobs: list[bytes]) -> Path:
+def _files_bundle(tmp_path: Path, entries: list[dict[str, Any]], blobs: list[bytes]) -> Path:
     wire = manifest_wire(
         [blob_wire("file", b) for b in blobs],
         plugin={"name": "files", "version": "1"},
@@ -300,7 +301,7 @@ def _files_bundle(tmp_path: Path, entries: list[dict], blobs: list[bytes]) -> Pa
     return write(tmp_path / "evil.mvpk", assemble(wire, blobs))
 
 
-def _file(path: str, blob: int = 0) -> dict:
+def _file(path: str, blob: int = 0) -> dict[str, Any]:
     return {"blob": blob, "executable": False, "path": path, "type": "file"}
 
 
@@ -371,7 +372,7 @@ def test_files_container_with_damaged_blob_leaves_nothing(tmp_path: Path) -> Non
         ({"root": "file", "entries": [_file("a"), _file("b")]}, "exactly one top-level file"),
     ],
 )
-def test_files_payload_schema(tmp_path: Path, payload: dict, match: str) -> None:
+def test_files_payload_schema(tmp_path: Path, payload: dict[str, Any], match: str) -> None:
     wire = manifest_wire(
         [blob_wire("file", b"x")], plugin={"name": "files", "version": "1"}, payload=payload
     )

@@ -10,7 +10,7 @@ import pytest
 
 from modelvault.errors import PayloadMismatchError, UnsafePathError
 from modelvault.formats.bundle import Bundle, write_bundle
-from modelvault.formats.container import write_directory
+from modelvault.formats.container import DirectorySource, write_directory
 from modelvault.formats.files import FilesPlugin, check_link_target, check_relative_path
 from modelvault.formats.registry import detect_path, get_plugin
 
@@ -57,15 +57,16 @@ def tree(tmp_path: Path) -> Path:
 def test_tree_round_trip(tmp_path: Path, tree: Path, via: str) -> None:
     plugin = FilesPlugin()
     draft = plugin.pack(tree)
+    source: Bundle | DirectorySource
     if via == "bundle":
-        m = write_bundle(draft, tmp_path / "t.mvpk")
-        source: object = Bundle.open(tmp_path / "t.mvpk")
+        write_bundle(draft, tmp_path / "t.mvpk")
+        source = Bundle.open(tmp_path / "t.mvpk")
     else:
         source = write_directory(draft, tmp_path / "dir")
-        m = source.manifest  # type: ignore[attr-defined]
+    m = source.manifest
     # hard links and identical files share one blob
     assert len(m.blobs) == 5  # empty, run.sh (+ its hard link), unicode, same1=same2, deep
-    out = plugin.export_native(source, tmp_path / "out" / "tree")  # type: ignore[arg-type]
+    out = plugin.export_native(source, tmp_path / "out" / "tree")
     assert snapshot(out) == snapshot(tree)
     assert (out / "run.sh").stat().st_mode & 0o777 == 0o755
     assert (out / "empty.txt").stat().st_mode & 0o777 == 0o644
