@@ -10,28 +10,17 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
-import pytest
 
-import modelvault.config
 from modelvault.errors import FormatError, IntegrityError
 from modelvault.formats.bundle import Bundle, stream_blobs
 from modelvault.formats.container import BytesSource, Draft, TensorSectionBuilder
 from modelvault.formats.digest import digest_bytes
 
 MAGIC = b"\x89MVPK\r\n\x1a"
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("MVAULT_HOME", str(tmp_path / "mvault-home"))
-    modelvault.config.reload()
-    yield
-    modelvault.config.reload()
 
 
 def align(n: int, a: int = 4096) -> int:
@@ -85,7 +74,7 @@ def assemble(
     major: int = 1,
     minor: int = 0,
     flags: int = 0,
-    index: dict[str, Any] | None = None,
+    index: dict[str, Any] | bytes | None = None,
     manifest_digest: str | None = None,
     extents: list[list[int]] | None = None,
 ) -> bytes:
@@ -103,7 +92,10 @@ def assemble(
     data_offset = align(64 + len(mbytes))
     while True:  # the layout fixed point
         ext = extents if extents is not None else layout(data_offset)
-        idx = packb(index if index is not None else {"blobs": ext, "manifest": mdigest})
+        if isinstance(index, bytes):
+            idx = index
+        else:
+            idx = packb(index if index is not None else {"blobs": ext, "manifest": mdigest})
         need = align(64 + len(mbytes) + len(idx))
         if need == data_offset:
             break

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from modelvault.errors import IntegrityError, ManifestError, PayloadMismatchError
+from modelvault.errors import (
+    IntegrityError,
+    InvalidArgumentError,
+    ManifestError,
+    PayloadMismatchError,
+)
 from modelvault.formats.bundle import PREAMBLE_SIZE, Bundle, stream_blobs, write_bundle
 from modelvault.formats.container import (
     BlobSource,
@@ -43,6 +48,21 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
     assert b.read_blob(1) == b"graph bytes\n" * 100
     assert os.path.getsize(path) == b.extents[-1][0] + b.extents[-1][1]
     assert listing(tmp_path) == ["m.mvpk"]
+
+
+def test_ref_is_recorded_outside_the_manifest(tmp_path: Path) -> None:
+    plain = write_bundle(small_draft(), tmp_path / "a.mvpk")
+    tagged = write_bundle(
+        small_draft(), tmp_path / "b.mvpk", ref={"name": "resnet", "version": "1.2.3"}
+    )
+    assert plain.digest == tagged.digest
+    assert Bundle.open(tmp_path / "a.mvpk").ref is None
+    b = Bundle.open(tmp_path / "b.mvpk")
+    assert b.ref == {"name": "resnet", "version": "1.2.3"}
+    b.verify()
+    with pytest.raises(InvalidArgumentError, match="ref must map exactly"):
+        write_bundle(small_draft(), tmp_path / "c.mvpk", ref={"name": "x"})
+    assert not (tmp_path / "c.mvpk").exists()
 
 
 def test_same_digests_in_bundle_and_directory(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from modelvault.errors import (
@@ -19,6 +20,7 @@ from modelvault.errors import (
     UnsupportedVersionError,
 )
 from modelvault.formats.bundle import Bundle, write_bundle
+from modelvault.formats.digest import digest_bytes
 from modelvault.formats.files import FilesPlugin
 
 from .conftest import (
@@ -264,6 +266,31 @@ def test_bad_index_extents(tmp_path: Path) -> None:
     err = refuse(write(tmp_path / "keys.mvpk", assemble(m, blobs, index={"blobs": []})))
     assert isinstance(err, CorruptError)
     assert "must be a map" in str(err)
+
+
+def test_index_ref_and_canonical_form(tmp_path: Path) -> None:
+    blob = b"x" * 10
+    m = manifest_wire([blob_wire("r", blob)])
+    digest = digest_bytes(packb(m))
+    ok = {"name": "resnet", "version": "1.0.0"}
+    path = write(
+        tmp_path / "ok.mvpk",
+        assemble(m, [blob], index={"blobs": [[4096, 10]], "manifest": digest, "ref": ok}),
+    )
+    assert Bundle.open(path).ref == ok
+    for bad in (
+        {"name": "x"},
+        {"name": "x", "version": 1},
+        {**ok, "by": "me"},
+        "x",
+        {"name": "", "version": "1"},
+    ):
+        idx = {"blobs": [[4096, 10]], "manifest": digest, "ref": bad}
+        err = refuse(write(tmp_path / "ref.mvpk", assemble(m, [blob], index=idx)))
+        expect(err, CorruptError, "'ref' must map exactly")
+    unsorted = msgpack.packb({"manifest": digest, "blobs": [[4096, 10]]}, use_bin_type=True)
+    err = refuse(write(tmp_path / "order.mvpk", assemble(m, [blob], index=unsorted)))
+    expect(err, CorruptError, "not canonically encoded")
 
 
 def test_unknown_digest_algorithms(tmp_path: Path) -> None:
