@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -37,6 +36,7 @@ from ..errors import (
 from .container import (
     BlobLocation,
     Draft,
+    create_temp,
     finalize,
     make_parents,
     probe_manifest,
@@ -196,11 +196,10 @@ def write_bundle(
 
     created = make_parents(dest.parent)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = create_temp(dest.parent, f".{dest.name}.")
     except BaseException:
         remove_dirs(created)
         raise
-    tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(bytes(data_offset))
