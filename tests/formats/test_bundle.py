@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from modelvault.errors import (
+    BlobNotFoundError,
     IntegrityError,
     InvalidArgumentError,
     ManifestError,
@@ -26,7 +27,7 @@ from modelvault.formats.container import (
     read_blob,
     write_directory,
 )
-from modelvault.formats.digest import digest_bytes
+from modelvault.formats.digest import digest_bytes, read_verified_into
 
 from .conftest import listing, small_draft
 
@@ -267,3 +268,40 @@ def test_preamble_fields(tmp_path: Path) -> None:
     assert data_offset == Bundle.open(path).extents[0][0] == 4096
     assert file_len == len(data)
     assert data[64 + m_len + i_len : data_offset] == bytes(data_offset - 64 - m_len - i_len)
+
+
+def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        write_bundle(small_draft(), tmp_path / "m.mvpk")
+        write_directory(small_draft(), tmp_path / "dir")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.mvpk").stat().st_mode & 0o777 == 0o644
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "dir").iterdir()} == {0o644}
+
+
+def test_directory_source_missing_blob(tmp_path: Path) -> None:
+    src = write_directory(small_draft(), tmp_path / "dir")
+    victim = src.locate(1).path
+    victim.unlink()
+    with pytest.raises(BlobNotFoundError, match="not found in"):
+        read_blob(DirectorySource.open(tmp_path / "dir"), 1)
+    with pytest.raises(FileNotFoundError):
+        DirectorySource.open(tmp_path / "nowhere")
+
+
+def test_read_verified_into_a_buffer(tmp_path: Path) -> None:
+    data = os.urandom(3 * (1 << 20) + 5)
+    p = tmp_path / "blob"
+    p.write_bytes(data)
+    buf = bytearray(len(data) + 10)
+    with open(p, "rb", buffering=0) as f:
+        read_verified_into(f, len(data), digest_bytes(data), into=memoryview(buf))
+    assert bytes(buf[: len(data)]) == data
+    with open(p, "rb", buffering=0) as f, pytest.raises(IntegrityError, match="damaged"):
+        read_verified_into(f, len(data), digest_bytes(b"other"), into=memoryview(buf))
+    with open(p, "rb", buffering=0) as f, pytest.raises(IntegrityError, match="truncated"):
+        read_verified_into(f, len(data) + 1, digest_bytes(data), into=memoryview(buf))
+    with open(p, "rb", buffering=0) as f, pytest.raises(InvalidArgumentError, match="writable"):
+        read_verified_into(f, len(data), digest_bytes(data), into=memoryview(bytes(10)))

@@ -153,6 +153,16 @@ def test_pack_refuses_special_files_and_missing_paths(tmp_path: Path) -> None:
         FilesPlugin().pack(tmp_path)
 
 
+def test_root_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").write_text("x")
+    os.symlink("real", tmp_path / "link")
+    with pytest.raises(PayloadMismatchError, match="is a symlink") as info:
+        FilesPlugin().pack(tmp_path / "link")
+    assert "follow_symlinks" in (info.value.hint or "")
+    draft = FilesPlugin().pack(tmp_path / "link", follow_symlinks=True)
+    assert draft.payload["entries"][0]["path"] == "link"
+
+
 def test_detection(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("x")
     assert detect_path(tmp_path / "x").name in {

@@ -19,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 import blake3
 
-from ..errors import IntegrityError, ManifestError, UnsupportedDigestError
+from ..errors import IntegrityError, InvalidArgumentError, ManifestError, UnsupportedDigestError
 
 __all__ = [
     "ALGORITHMS",
@@ -235,7 +235,7 @@ def read_verified_into(
     if into is not None:
         into = into.cast("B") if into.format != "B" or into.ndim != 1 else into
         if into.readonly or into.nbytes < size:
-            raise ValueError(f"into must be a writable buffer of at least {size} bytes")
+            raise InvalidArgumentError(f"into must be a writable buffer of at least {size} bytes")
     h = new_hasher(algo)
 
     def eat(view: memoryview) -> None:
