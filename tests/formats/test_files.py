@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelvault.errors import PayloadMismatchError, UnsafePathError
 from modelvault.formats.bundle import Bundle, write_bundle
@@ -199,3 +203,39 @@ def test_unpack_failure_removes_created_parents(tmp_path: Path, tree: Path) -> N
     with pytest.raises(Exception, match="damaged"):
         plugin.export_native(Bundle.open(tmp_path / "t.mvpk"), tmp_path / "x" / "y" / "z")
     assert listing(tmp_path) == before
+
+
+NAME = st.text(alphabet=st.sampled_from("abcXYZ019 -_.é✓名"), min_size=1, max_size=8).filter(
+    lambda n: n not in (".", "..")
+)
+TREE = st.recursive(
+    st.tuples(st.binary(max_size=3000), st.booleans()),
+    lambda inner: st.dictionaries(NAME, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.dictionaries(NAME, TREE, max_size=5))
+def test_random_trees_round_trip(tmp_path: Path, spec: dict[str, Any]) -> None:
+    base = Path(tempfile.mkdtemp(dir=tmp_path))
+    root = base / "src"
+    root.mkdir()
+
+    def build(d: Path, node: dict[str, Any]) -> None:
+        for name, child in node.items():
+            if isinstance(child, dict):
+                (d / name).mkdir()
+                build(d / name, child)
+            else:
+                data, exe = child
+                (d / name).write_bytes(data)
+                (d / name).chmod(0o755 if exe else 0o644)
+
+    build(root, spec)
+    plugin = FilesPlugin()
+    write_bundle(plugin.pack(root), base / "t.mvpk")
+    out = plugin.export_native(Bundle.open(base / "t.mvpk"), base / "out")
+    assert snapshot(out) == snapshot(root)
