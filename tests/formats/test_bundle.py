@@ -305,3 +305,12 @@ def test_read_verified_into_a_buffer(tmp_path: Path) -> None:
         read_verified_into(f, len(data) + 1, digest_bytes(data), into=memoryview(buf))
     with open(p, "rb", buffering=0) as f, pytest.raises(InvalidArgumentError, match="writable"):
         read_verified_into(f, len(data), digest_bytes(data), into=memoryview(bytes(10)))
+
+
+def test_destination_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(OSError, match="Not a directory"):
+        write_bundle(small_draft(), tmp_path / "file" / "x.mvpk")
+    with pytest.raises(OSError):
+        write_directory(small_draft(), tmp_path / "file" / "dir")
+    assert listing(tmp_path) == ["file"]
