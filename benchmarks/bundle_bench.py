@@ -2,7 +2,7 @@
 
 Measures, in one run, on one directory (median of ``--runs`` runs each):
 
-* plain write: the same bytes, same chunk size, to a file in the same
+* plain write: the same bytes, same chunk size, to a new file in the same
   directory, with fsync (as ``write_bundle`` does);
 * ``write_bundle`` of a draft whose tensor section holds one tensor of
   ``--size`` bytes;
@@ -13,7 +13,8 @@ Measures, in one run, on one directory (median of ``--runs`` runs each):
   ``read_verified_into`` into a buffer (warm and cold);
 * hashing alone: the digest of the same bytes already in memory.
 
-Writes ``benchmarks/results/bundle.json`` and prints a Markdown table.
+Peers alternate run by run. Writes ``benchmarks/results/bundle.json`` and
+prints a Markdown table.
 
     PYTHONPATH=src python benchmarks/bundle_bench.py --size 1GiB --runs 3
 """
@@ -73,16 +74,9 @@ def plain_read(path: Path, buf: memoryview, offset: int) -> None:
 def verified_read(path: Path, buf: memoryview) -> None:
     bundle = Bundle.open(path)
     loc = bundle.locate(0)
-    pos = 0
-
-    def take(chunk: memoryview) -> None:
-        nonlocal pos
-        buf[pos : pos + chunk.nbytes] = chunk
-        pos += chunk.nbytes
-
     with open(path, "rb", buffering=0) as f:
         f.seek(loc.offset)
-        read_verified_into(f, loc.size, loc.digest, take)
+        read_verified_into(f, loc.size, loc.digest, into=buf)
 
 
 def hash_only(data: memoryview) -> None:
@@ -90,17 +84,6 @@ def hash_only(data: memoryview) -> None:
     for start in range(0, data.nbytes, CHUNK):
         h.update(data[start : start + CHUNK])
     h.digest_str()
-
-
-def timed(fn: Callable[[], None], runs: int, before: Callable[[], None] | None = None) -> float:
-    times = []
-    for _ in range(runs):
-        if before is not None:
-            before()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def machine(directory: Path) -> dict[str, str]:
@@ -121,7 +104,8 @@ def machine(directory: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="1GiB")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured write rounds first")
     ap.add_argument("--dir", type=Path, default=HERE / ".work")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -150,21 +134,52 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         res: dict[str, float] = {}
-        res["plain_write_s"] = timed(lambda: plain_write(plain, data), args.runs)
-        res["bundle_write_s"] = timed(do_bundle, args.runs)
+        times: dict[str, list[float]] = {}
+
+        def clear(path: Path) -> None:
+            # Both writers get a new file: replacing a 1 GiB file first frees its
+            # blocks, which on a filesystem mounted with `discard` costs seconds.
+            path.unlink(missing_ok=True)
+            os.sync()
+
+        def measure(key: str, fn: Callable[[], None], before: Callable[[], object] | None) -> None:
+            if before is not None:
+                before()
+            t0 = time.perf_counter()
+            fn()
+            times.setdefault(key, []).append(time.perf_counter() - t0)
+
+        # Peers run in alternation, round after round, so that drift in a shared
+        # machine (disk, CPU) reaches both sides of each comparison alike.
+        def do_plain() -> None:
+            plain_write(plain, data)
+
+        for _ in range(args.warmup):
+            for fn, path in ((do_plain, plain), (do_bundle, bundle_path)):
+                clear(path)
+                fn()
+        for _ in range(args.runs):
+            measure("plain_write_s", lambda: plain_write(plain, data), lambda: clear(plain))
+            measure("bundle_write_s", do_bundle, lambda: clear(bundle_path))
+        plain.unlink(missing_ok=True)
         offset = Bundle.open(bundle_path).locate(0).offset
         plain_read(bundle_path, out, offset)  # warm the cache
-        res["plain_read_warm_s"] = timed(lambda: plain_read(bundle_path, out, offset), args.runs)
-        res["verified_read_warm_s"] = timed(lambda: verified_read(bundle_path, out), args.runs)
-        res["hash_only_s"] = timed(lambda: hash_only(data), args.runs)
+        for _ in range(args.runs):
+            measure("plain_read_warm_s", lambda: plain_read(bundle_path, out, offset), None)
+            measure("verified_read_warm_s", lambda: verified_read(bundle_path, out), None)
+            measure("hash_only_s", lambda: hash_only(data), None)
         cold = drop_caches()
         if cold:
-            res["plain_read_cold_s"] = timed(
-                lambda: plain_read(bundle_path, out, offset), args.runs, drop_caches
-            )
-            res["verified_read_cold_s"] = timed(
-                lambda: verified_read(bundle_path, out), args.runs, drop_caches
-            )
+            for _ in range(args.runs):
+                measure(
+                    "plain_read_cold_s",
+                    lambda: plain_read(bundle_path, out, offset),
+                    drop_caches,
+                )
+                measure(
+                    "verified_read_cold_s", lambda: verified_read(bundle_path, out), drop_caches
+                )
+        res = {k: statistics.median(v) for k, v in times.items()}
         if bytes(out[:4096]) != bytes(data[:4096]) or out[-4096:] != data[-4096:]:
             raise RuntimeError("verified read returned different bytes")
     finally:
@@ -188,7 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         ">= 80% of plain write",
         w_ratio >= 0.8,
     )
-    summary: dict[str, object] = {"write_ratio": w_ratio}
+
+    def paired(peer: str, key: str) -> float:
+        """Median over rounds of peer/ours, each round's two runs taken side by side."""
+        return statistics.median(p / o for p, o in zip(times[peer], times[key]))
+
+    summary: dict[str, object] = {
+        "write_ratio": w_ratio,
+        "write_ratio_paired": paired("plain_write_s", "bundle_write_s"),
+    }
     for temp in ("warm", "cold"):
         pk, vk = f"plain_read_{temp}_s", f"verified_read_{temp}_s"
         if pk not in res:
@@ -196,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         r_ratio = res[pk] / res[vk]
         cost = (res[vk] - res[pk]) / res[pk]
         summary[f"read_ratio_{temp}"] = r_ratio
+        summary[f"read_ratio_{temp}_paired"] = paired(pk, vk)
         summary[f"verify_cost_{temp}"] = cost
         row(f"plain sequential read ({temp} cache)", pk, None)
         row(
@@ -213,17 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "size_bytes": size,
         "runs": args.runs,
+        "warmup_write_rounds": args.warmup,
         "chunk_bytes": CHUNK,
         "cold_cache_measured": "plain_read_cold_s" in res,
         "machine": info,
         "seconds_median": res,
+        "seconds_all": times,
         "summary": summary,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     print(
-        f"{gib:g} GiB, median of {args.runs}; machine: {info['cpus']} cores, "
+        f"{gib:g} GiB, median of {args.runs} alternating runs; machine: {info['cpus']} cores, "
         f"{info['memory_gib']} GiB, {info['device']} ({info['filesystem']})\n"
     )
     print("| operation | seconds | GiB/s | vs plain | goal | |")

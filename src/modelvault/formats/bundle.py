@@ -4,7 +4,7 @@ Layout (``docs/FORMAT.md`` is the specification)::
 
     [0, 64)                 preamble: magic, version, lengths, CRC-32s
     [64, 64+M)              manifest (canonical msgpack)
-    [64+M, 64+M+I)          index (msgpack): manifest digest, [offset, size] per blob
+    [64+M, 64+M+I)          index (msgpack): manifest digest, [offset, size] per blob, ref
     zero padding            up to data_offset, a multiple of 4096
     blob 0, pad, blob 1 ... each blob at the next multiple of 4096
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +27,7 @@ from typing import BinaryIO
 from ..errors import (
     CorruptError,
     IntegrityError,
+    InvalidArgumentError,
     PayloadMismatchError,
     TruncatedError,
     UnknownFormatError,
@@ -36,6 +36,7 @@ from ..errors import (
 from .container import (
     BlobLocation,
     Draft,
+    create_temp,
     finalize,
     make_parents,
     probe_manifest,
@@ -98,12 +99,14 @@ def _check_ref(ref: object) -> dict[str, str] | None:
         return None
     if (
         not isinstance(ref, dict)
-        or set(ref) - {"name", "version"}
+        or set(ref) != {"name", "version"}
         or not all(
             isinstance(v, str) and 0 < len(v) <= 256 and v.isprintable() for v in ref.values()
         )
     ):
-        raise CorruptError("bundle index 'ref' must map 'name' and 'version' to short strings")
+        raise CorruptError(
+            "bundle index 'ref' must map exactly 'name' and 'version' to strings of 1-256 printable characters"
+        )
     return dict(ref)
 
 
@@ -181,17 +184,22 @@ def write_bundle(
     # Size the header with placeholder digests (this also validates every field).
     manifest_len = len(probe_manifest(draft).encode())
     sizes = [b.source.size for b in draft.blobs]
-    ref = _check_ref(dict(ref)) if ref else None
+    if ref:
+        try:
+            ref = _check_ref(dict(ref))
+        except CorruptError as exc:
+            raise InvalidArgumentError(exc.message.replace("bundle index 'ref'", "ref")) from None
+    else:
+        ref = None
     data_offset, extents, index_len = _plan(manifest_len, placeholder, sizes, ref)
     file_len = extents[-1][0] + extents[-1][1] if extents else data_offset
 
     created = make_parents(dest.parent)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = create_temp(dest.parent, f".{dest.name}.")
     except BaseException:
         remove_dirs(created)
         raise
-    tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(bytes(data_offset))
@@ -368,6 +376,8 @@ def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
             "bundle index must be a map with 'blobs', 'manifest' and optionally 'ref'"
         )
     ref = _check_ref(index.get("ref"))
+    if encode_msgpack(index) != index_bytes:
+        raise CorruptError("bundle index is not canonically encoded msgpack")
     expected_digest = index["manifest"]
     algo, _ = parse_digest(expected_digest)
     actual_digest = digest_bytes(manifest_bytes, algo)

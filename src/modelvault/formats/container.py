@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import ManifestError, PayloadMismatchError
+from ..errors import BlobNotFoundError, ManifestError, PayloadMismatchError
 from .digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
 from .manifest import (
     ALIGNMENT,
@@ -45,6 +46,7 @@ __all__ = [
     "FileSource",
     "TensorSectionBuilder",
     "TensorSectionSource",
+    "create_temp",
     "finalize",
     "make_parents",
     "probe_manifest",
@@ -416,7 +418,10 @@ class DirectorySource:
 
     def locate(self, index: int) -> BlobLocation:
         ref = self._manifest.blobs[index]
-        return BlobLocation(self.directory / self.blob_name(ref.digest), 0, ref.size, ref.digest)
+        path = self.directory / self.blob_name(ref.digest)
+        if not path.is_file():
+            raise BlobNotFoundError(ref.digest, str(self.directory))
+        return BlobLocation(path, 0, ref.size, ref.digest)
 
 
 def probe_manifest(draft: Draft) -> Manifest:
@@ -457,9 +462,9 @@ def write_directory(draft: Draft, directory: str | os.PathLike[str]) -> Director
     try:
         for b in draft.blobs:
             h = new_hasher(draft.digest_algorithm)
-            tmp = out / f".tmp-{os.getpid()}-{id(b)}"
+            fd, tmp = create_temp(out, ".tmp-")
             size = 0
-            with tmp.open("xb") as f:
+            with os.fdopen(fd, "wb") as f:
                 for chunk in b.source.chunks():
                     h.update(chunk)
                     f.write(chunk)
@@ -479,8 +484,8 @@ def write_directory(draft: Draft, directory: str | os.PathLike[str]) -> Director
             if not existed:
                 written.append(final)
         manifest = finalize(draft)
-        tmp = out / f".tmp-{os.getpid()}-manifest"
-        with tmp.open("xb") as f:
+        fd, tmp = create_temp(out, ".tmp-")
+        with os.fdopen(fd, "wb") as f:
             f.write(manifest.encode())
             f.flush()
             os.fsync(f.fileno())
@@ -493,6 +498,21 @@ def write_directory(draft: Draft, directory: str | os.PathLike[str]) -> Director
             p.unlink(missing_ok=True)
         remove_dirs(created)
         raise
+
+
+def create_temp(directory: Path, prefix: str) -> tuple[int, Path]:
+    """A new, uniquely named file in ``directory``, open for writing.
+
+    Unlike ``tempfile.mkstemp`` (mode 0600) it gets the mode any new file gets
+    (0666 less the umask), so the file keeps it after the rename into place.
+    """
+    for _ in range(100):
+        path = Path(directory) / f"{prefix}{secrets.token_hex(8)}.tmp"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {directory}")  # pragma: no cover
 
 
 def make_parents(directory: Path) -> list[Path]:

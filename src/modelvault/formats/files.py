@@ -124,7 +124,11 @@ class FilesPlugin(FormatPlugin):
             add_file(root, check_relative_path(root.name))
             draft.payload = {"entries": entries, "root": "file"}
             return draft
-        if not root.is_dir() or (root.is_symlink() and not follow_symlinks):
+        if root.is_symlink() and not follow_symlinks:
+            raise PayloadMismatchError(
+                f"{root} is a symlink", hint="pack its target, or pass follow_symlinks=True"
+            )
+        if not root.is_dir():
             raise PayloadMismatchError(f"{root} is neither a regular file nor a directory")
 
         root_real = root.resolve()

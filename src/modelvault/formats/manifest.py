@@ -5,7 +5,9 @@ maps are written with sorted keys, every field is always present, and only
 plain msgpack types are used (nil, bool, int, float, str, bin, array, map; no
 extension types). Decoding is safe on hostile input: hard size limits, no
 extension types, no duplicate keys, and a full schema check before anything
-else looks at the data. ``docs/FORMAT.md`` is the specification.
+else looks at the data; bytes that are not the canonical encoding of what
+they hold are refused, so one manifest has exactly one digest.
+``docs/FORMAT.md`` is the specification.
 """
 
 from __future__ import annotations
