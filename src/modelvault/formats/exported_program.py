@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.export.passes
 
 from ..errors import FormatError, PayloadMismatchError, UnknownFormatError
 from ._torch import _export_private as private
@@ -76,7 +77,8 @@ def _dims(ep: torch.export.ExportedProgram) -> dict[str, dict[str, int | None]]:
             return None  # infinity
 
     return {
-        str(sym): {"min": bound(r.lower), "max": bound(r.upper)} for sym, r in ep.range_constraints.items()
+        str(sym): {"min": bound(r.lower), "max": bound(r.upper)}
+        for sym, r in ep.range_constraints.items()
     }
 
 
@@ -117,7 +119,8 @@ class ExportedProgramPlugin(FormatPlugin):
         builder = TensorSectionBuilder()
         add_tensors(
             builder,
-            [(_SD + k, v) for k, v in state_dict.items()] + [(_CONST + k, v) for k, v in constants.items()],
+            [(_SD + k, v) for k, v in state_dict.items()]
+            + [(_CONST + k, v) for k, v in constants.items()],
         )
         draft.add_tensor_section(builder)
         graph_blob = draft.add_blob("graph", GRAPH_MEDIA_TYPE, BytesSource(graph))
@@ -125,7 +128,10 @@ class ExportedProgramPlugin(FormatPlugin):
             "layout": 1,
             "graph": {"blob": graph_blob, "schema": private.schema_version()},
             "state_dict": {
-                k: {"parameter": isinstance(v, torch.nn.Parameter), "requires_grad": bool(v.requires_grad)}
+                k: {
+                    "parameter": isinstance(v, torch.nn.Parameter),
+                    "requires_grad": bool(v.requires_grad),
+                }
                 for k, v in state_dict.items()
             },
             "constants": list(constants),
@@ -157,7 +163,9 @@ class ExportedProgramPlugin(FormatPlugin):
             try:
                 ep = torch.export.load(str(path))
             except Exception as exc:
-                raise UnknownFormatError(f"{path} could not be opened with torch.export.load: {exc}") from exc
+                raise UnknownFormatError(
+                    f"{path} could not be opened with torch.export.load: {exc}"
+                ) from exc
             assert isinstance(ep, torch.export.ExportedProgram)
             return ep
         raise UnknownFormatError(
@@ -178,7 +186,9 @@ class ExportedProgramPlugin(FormatPlugin):
             sd = ep.state_dict
             for k, info in payload["state_dict"].items():
                 t = tensors[_SD + k]
-                sd[k] = torch.nn.Parameter(t, bool(info["requires_grad"])) if info["parameter"] else t
+                sd[k] = (
+                    torch.nn.Parameter(t, bool(info["requires_grad"])) if info["parameter"] else t
+                )
             for k in payload["constants"]:
                 ep.constants[k] = tensors[_CONST + k]
             built = str(source.manifest.target.get("built_on", "cpu"))
@@ -247,10 +257,20 @@ class ExportedProgramPlugin(FormatPlugin):
         owned: dict[tuple[Any, ...], torch.Tensor] = {}
 
         def own(t: torch.Tensor) -> torch.Tensor:
-            k = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, isinstance(t, torch.nn.Parameter))
+            k = (
+                t.data_ptr(),
+                tuple(t.shape),
+                tuple(t.stride()),
+                t.dtype,
+                isinstance(t, torch.nn.Parameter),
+            )
             if k not in owned:
                 c = t.detach().clone()
-                owned[k] = torch.nn.Parameter(c, t.requires_grad) if isinstance(t, torch.nn.Parameter) else c
+                owned[k] = (
+                    torch.nn.Parameter(c, t.requires_grad)
+                    if isinstance(t, torch.nn.Parameter)
+                    else c
+                )
             return owned[k]
 
         for k in list(ep.state_dict):
@@ -276,7 +296,9 @@ def _check_payload(source: ContainerSource) -> dict[str, Any]:
         and 0 <= p["graph"]["blob"] < len(source.manifest.blobs)
         and isinstance(p.get("state_dict"), dict)
         and all(
-            isinstance(v, dict) and isinstance(v.get("parameter"), bool) and isinstance(v.get("requires_grad"), bool)
+            isinstance(v, dict)
+            and isinstance(v.get("parameter"), bool)
+            and isinstance(v.get("requires_grad"), bool)
             for v in p["state_dict"].values()
         )
         and isinstance(p.get("constants"), list)
@@ -302,7 +324,10 @@ def _check_weights(
     used: set[str] = set()
     problems = []
     for spec in ep.graph_signature.input_specs:
-        if spec.kind not in (kinds.PARAMETER, kinds.BUFFER, kinds.CONSTANT_TENSOR) or spec.target is None:
+        if (
+            spec.kind not in (kinds.PARAMETER, kinds.BUFFER, kinds.CONSTANT_TENSOR)
+            or spec.target is None
+        ):
             continue
         in_sd = spec.kind == kinds.PARAMETER or (spec.kind == kinds.BUFFER and spec.persistent)
         name = (_SD if in_sd else _CONST) + spec.target
@@ -322,7 +347,9 @@ def _check_weights(
             )
     extra = sorted(stored - used)
     if extra:
-        problems.append(f"unexpected tensor(s) {', '.join(repr(e.split('/', 1)[1]) for e in extra[:5])}")
+        problems.append(
+            f"unexpected tensor(s) {', '.join(repr(e.split('/', 1)[1]) for e in extra[:5])}"
+        )
     if problems:
         raise PayloadMismatchError(
             "the weights disagree with the graph: " + "; ".join(problems[:8]),

@@ -20,12 +20,12 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import MissingDependencyError, PayloadMismatchError, UnknownFormatError
-from .base import FormatPlugin
-from .container import ContainerSource, Draft, TensorSectionBuilder
 from ._torch.device import resolve_device
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
 from ._torch.stream import load_tensors
+from .base import FormatPlugin
+from .container import ContainerSource, Draft, TensorSectionBuilder
 
 __all__ = ["TensorsPlugin"]
 
@@ -36,7 +36,9 @@ def _safetensors() -> Any:
     try:
         import safetensors.torch
     except ImportError as exc:
-        raise MissingDependencyError("safetensors", "torch", "reading and writing .safetensors files") from exc
+        raise MissingDependencyError(
+            "safetensors", "torch", "reading and writing .safetensors files"
+        ) from exc
     return safetensors.torch
 
 
@@ -103,15 +105,21 @@ class TensorsPlugin(FormatPlugin):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
         if not looks_like_safetensors(path):
-            raise UnknownFormatError(f"{path} is not a .safetensors file (its header is not a safetensors header)")
+            raise UnknownFormatError(
+                f"{path} is not a .safetensors file (its header is not a safetensors header)"
+            )
         st = _safetensors()
         try:
             out: dict[str, torch.Tensor] = st.load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own SafetensorError
-            raise PayloadMismatchError(f"{path} is not a readable .safetensors file: {exc}") from exc
+            raise PayloadMismatchError(
+                f"{path} is not a readable .safetensors file: {exc}"
+            ) from exc
         return out
 
-    def load(self, source: ContainerSource, *, device: str = "cpu", **options: Any) -> dict[str, torch.Tensor]:
+    def load(
+        self, source: ContainerSource, *, device: str = "cpu", **options: Any
+    ) -> dict[str, torch.Tensor]:
         """The state dict on ``device``; the tensors are views into one buffer per section."""
         dev = resolve_device(device)
         order = source.manifest.payload.get("order")

@@ -61,7 +61,9 @@ def is_torchscript_archive(data: Path | bytes) -> bool:
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
     tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
-    return "data.pkl" in tails and ("constants.pkl" in tails or any(t.startswith("code/") for t in tails))
+    return "data.pkl" in tails and (
+        "constants.pkl" in tails or any(t.startswith("code/") for t in tails)
+    )
 
 
 def _extra_file_names(data: Path | bytes) -> list[str]:
@@ -125,7 +127,9 @@ def _signature(module: Any, example_inputs: Any) -> dict[str, Any]:
         outputs = [describe_value(f"output{i}", v) for i, v in enumerate(outs)]
         return {"inputs": inputs, "outputs": outputs}
     inputs = [{"name": a.name, "type": str(a.type)} for a in args]
-    outputs = [{"name": r.name or f"output{i}", "type": str(r.type)} for i, r in enumerate(schema.returns)]
+    outputs = [
+        {"name": r.name or f"output{i}", "type": str(r.type)} for i, r in enumerate(schema.returns)
+    ]
     return {"inputs": inputs, "outputs": outputs}
 
 
@@ -158,12 +162,16 @@ class TorchScriptPlugin(FormatPlugin):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist")
             if not is_torchscript_archive(path):
-                raise UnknownFormatError(f"{path} is not a TorchScript archive (no data.pkl and code/ inside)")
-            extra = {n: "" for n in _extra_file_names(path)}
+                raise UnknownFormatError(
+                    f"{path} is not a TorchScript archive (no data.pkl and code/ inside)"
+                )
+            extra = dict.fromkeys(_extra_file_names(path), "")
             try:
-                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)  # type: ignore[no-untyped-call]
             except Exception as exc:
-                raise PayloadMismatchError(f"{path} could not be loaded as TorchScript: {exc}") from exc
+                raise PayloadMismatchError(
+                    f"{path} could not be loaded as TorchScript: {exc}"
+                ) from exc
         elif isinstance(obj, torch.jit.ScriptModule):
             module = obj
         else:
@@ -181,12 +189,14 @@ class TorchScriptPlugin(FormatPlugin):
             draft.add_tensor_section(builder)
         else:
             archive = self._save(module, extra)
+        traced = isinstance(module, torch.jit.TracedModule)  # type: ignore[attr-defined]
+        kind = "traced" if traced else "scripted"
         blob = draft.add_blob("archive", ARCHIVE_MEDIA_TYPE, BytesSource(archive))
         draft.payload = {
             "layout": 1,
             "archive": {"blob": blob},
             "weights": mode,
-            "kind": "traced" if isinstance(module, torch.jit.TracedModule) else "scripted",
+            "kind": kind,
             "tensors": {
                 k: {"parameter": is_param, "requires_grad": bool(t.requires_grad)}
                 for k, (t, is_param) in weights.items()
@@ -225,8 +235,12 @@ class TorchScriptPlugin(FormatPlugin):
                     + "; ".join(
                         p
                         for p in (
-                            f"missing tensor(s) {', '.join(map(repr, missing[:5]))}" if missing else "",
-                            f"unexpected tensor(s) {', '.join(map(repr, extra_t[:5]))}" if extra_t else "",
+                            f"missing tensor(s) {', '.join(map(repr, missing[:5]))}"
+                            if missing
+                            else "",
+                            f"unexpected tensor(s) {', '.join(map(repr, extra_t[:5]))}"
+                            if extra_t
+                            else "",
                         )
                         if p
                     ),
@@ -234,15 +248,17 @@ class TorchScriptPlugin(FormatPlugin):
                 )
         tensors = load_tensors(source, dev) if section else {}
         try:
-            archive = read_blob(source, payload["archive"]["blob"], max_size=_MAX_ARCHIVE)  # verified
+            archive = read_blob(
+                source, payload["archive"]["blob"], max_size=_MAX_ARCHIVE
+            )  # verified
             if not is_torchscript_archive(archive):
                 raise PayloadMismatchError(
                     f"blob {payload['archive']['blob']} is not a TorchScript archive",
                     hint="the container is damaged or was not written by modelvault's torchscript format",
                 )
-            extra = {n: "" for n in payload["extra_files"]}
+            extra = dict.fromkeys(payload["extra_files"], "")
             try:
-                module = torch.jit.load(io.BytesIO(archive), map_location=dev, _extra_files=extra)
+                module = torch.jit.load(io.BytesIO(archive), map_location=dev, _extra_files=extra)  # type: ignore[no-untyped-call]
             except Exception as exc:
                 raise PayloadMismatchError(
                     f"blob {payload['archive']['blob']} could not be loaded as TorchScript: {exc}"
@@ -280,7 +296,9 @@ class TorchScriptPlugin(FormatPlugin):
                     f"the weights hold {to_name(t.dtype)}{list(t.shape)}"
                 )
                 continue
-            values[path] = torch.nn.Parameter(t, bool(meta["requires_grad"])) if meta["parameter"] else t
+            values[path] = (
+                torch.nn.Parameter(t, bool(meta["requires_grad"])) if meta["parameter"] else t
+            )
         if problems:
             raise PayloadMismatchError(
                 "the weights disagree with the module: " + "; ".join(problems[:8]),
@@ -316,7 +334,9 @@ def _check_payload(source: ContainerSource) -> dict[str, Any]:
         and p.get("weights") in ("section", "archive")
         and isinstance(p.get("tensors"), dict)
         and all(
-            isinstance(v, dict) and isinstance(v.get("parameter"), bool) and isinstance(v.get("requires_grad"), bool)
+            isinstance(v, dict)
+            and isinstance(v.get("parameter"), bool)
+            and isinstance(v.get("requires_grad"), bool)
             for v in p["tensors"].values()
         )
         and isinstance(p.get("extra_files"), list)

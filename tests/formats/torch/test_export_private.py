@@ -33,7 +33,10 @@ def test_placeholder_fallback_matches_and_restores() -> None:
 def test_deserialize_graph_uses_the_given_tensors() -> None:
     case = CASES[4]
     ep = export(case)
-    sd = {k: v.clone() if not isinstance(v, torch.nn.Parameter) else torch.nn.Parameter(v.clone()) for k, v in ep.state_dict.items()}
+    sd = {
+        k: v.clone() if not isinstance(v, torch.nn.Parameter) else torch.nn.Parameter(v.clone())
+        for k, v in ep.state_dict.items()
+    }
     consts = {k: v.clone() for k, v in ep.constants.items()}
     back = private.deserialize_graph(private.serialize_graph(ep), sd, consts)
     assert all(back.state_dict[k] is v for k, v in sd.items())
@@ -44,4 +47,5 @@ def test_deserialize_graph_uses_the_given_tensors() -> None:
 
 def test_schema_version_text() -> None:
     major, minor = private.schema_version().split(".")
-    assert int(major) >= 1 and int(minor) >= 0
+    assert int(major) >= 1
+    assert int(minor) >= 0

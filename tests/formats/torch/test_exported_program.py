@@ -40,7 +40,8 @@ def test_round_trip_gives_identical_outputs(case: Case, tmp_path: Path) -> None:
     assert set(loaded.state_dict) == set(ep.state_dict)
     for k, v in ep.state_dict.items():
         w = loaded.state_dict[k]
-        assert w.dtype == v.dtype and torch.equal(w, v), k
+        assert w.dtype == v.dtype, k
+        assert torch.equal(w, v), k
         assert isinstance(w, torch.nn.Parameter) == isinstance(v, torch.nn.Parameter), k
     for k, v in ep.constants.items():
         assert torch.equal(loaded.constants[k], v), k
@@ -54,15 +55,18 @@ def test_manifest_records_signature_versions_and_sizes(tmp_path: Path) -> None:
     assert m.frameworks["torch"] == torch.__version__
     assert m.target == {"device": "any", "built_on": "cpu"}
     (inp,) = m.signature["inputs"]
-    assert inp["name"] == "x" and inp["dtype"] == "float32"
-    assert isinstance(inp["shape"][0], str) and inp["shape"][1] == 16  # dynamic batch, static width
+    assert inp["name"] == "x"
+    assert inp["dtype"] == "float32"
+    assert isinstance(inp["shape"][0], str)
+    assert inp["shape"][1] == 16
     assert m.signature["outputs"][0]["shape"][0] == inp["shape"][0]
     assert m.signature["dims"][inp["shape"][0]] == {"min": 2, "max": 64}
     n_params = sum(p.numel() for p in MLP().parameters())
     assert m.metadata["parameters"] == n_params
     assert m.metadata["parameter_bytes"] == 4 * n_params
     graph = [b for b in m.blobs if b.role == "graph"]
-    assert len(graph) == 1 and graph[0].media_type == GRAPH_MEDIA_TYPE
+    assert len(graph) == 1
+    assert graph[0].media_type == GRAPH_MEDIA_TYPE
     assert m.payload["graph"]["blob"] == m.blobs.index(graph[0])
 
 
@@ -136,9 +140,13 @@ def test_tensor_missing_from_payload_too_is_named(tmp_path: Path) -> None:
 
 def test_wrong_shape_is_named(tmp_path: Path) -> None:
     ep = export(CASES[0])
-    tensors = [(k, torch.zeros(3) if k.endswith("layers.0.0.bias") else v) for k, v in _sd_tensors(ep)]
+    tensors = [
+        (k, torch.zeros(3) if k.endswith("layers.0.0.bias") else v) for k, v in _sd_tensors(ep)
+    ]
     source = write(replace_section(plugin.pack(ep), tensors), tmp_path)
-    with pytest.raises(PayloadMismatchError, match=r"layers\.0\.0\.bias.*float32\[16\].*float32\[3\]"):
+    with pytest.raises(
+        PayloadMismatchError, match=r"layers\.0\.0\.bias.*float32\[16\].*float32\[3\]"
+    ):
         plugin.load(source)
 
 
@@ -146,7 +154,9 @@ def test_wrong_dtype_is_named(tmp_path: Path) -> None:
     ep = export(CASES[0])
     tensors = [(k, v.half() if k.endswith("layers.2.0.weight") else v) for k, v in _sd_tensors(ep)]
     source = write(replace_section(plugin.pack(ep), tensors), tmp_path)
-    with pytest.raises(PayloadMismatchError, match=r"layers\.2\.0\.weight.*float32\[16, 16\].*float16\[16, 16\]"):
+    with pytest.raises(
+        PayloadMismatchError, match=r"layers\.2\.0\.weight.*float32\[16, 16\].*float16\[16, 16\]"
+    ):
         plugin.load(source)
 
 
@@ -205,7 +215,7 @@ def test_pack_refuses_what_is_not_a_program(tmp_path: Path) -> None:
     bad = tmp_path / "x.pt2"
     bad.write_text("not a zip")
     assert not plugin.can_pack_path(bad)
-    with pytest.raises(UnknownFormatError, match="not a .pt2 archive"):
+    with pytest.raises(UnknownFormatError, match=r"not a \.pt2 archive"):
         plugin.pack(bad)
     with pytest.raises(FileNotFoundError):
         plugin.pack(tmp_path / "nope.pt2")

@@ -13,7 +13,9 @@ from torch import nn
 class MLP(nn.Module):
     def __init__(self, width: int = 16, depth: int = 3) -> None:
         super().__init__()
-        self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(depth)])
+        self.layers = nn.Sequential(
+            *[nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(depth)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -44,7 +46,9 @@ class Block(nn.Module):
         self.head = nn.Linear(dim, vocab, bias=False)
         self.head.weight = self.embed.weight  # tied: one storage
         self.register_buffer("pos", torch.randn(ctx, dim), persistent=False)
-        self.register_buffer("mask", torch.triu(torch.ones(ctx, ctx, dtype=torch.bool), 1), persistent=False)
+        self.register_buffer(
+            "mask", torch.triu(torch.ones(ctx, ctx, dtype=torch.bool), 1), persistent=False
+        )
         self.register_buffer("scale", torch.tensor(0.5))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -99,7 +103,12 @@ def _tokens(b: int, n: int) -> tuple[torch.Tensor]:
 
 CASES = [
     Case("mlp", MLP, lambda: (torch.randn(4, 16),), lambda: (torch.randn(4, 16),)),
-    Case("conv_bn", lambda: ConvBN().eval(), lambda: (torch.randn(2, 3, 12, 12),), lambda: (torch.randn(2, 3, 12, 12),)),
+    Case(
+        "conv_bn",
+        lambda: ConvBN().eval(),
+        lambda: (torch.randn(2, 3, 12, 12),),
+        lambda: (torch.randn(2, 3, 12, 12),),
+    ),
     Case("transformer", lambda: Block().eval(), lambda: _tokens(2, 8), lambda: _tokens(2, 8)),
     Case(
         "dynamic",
@@ -128,7 +137,16 @@ def export(case: Case) -> torch.export.ExportedProgram:
 
 def outputs_equal(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+        return (
+            isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a.cpu(), b.cpu())
+        )
     if isinstance(a, (tuple, list)):
-        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(outputs_equal(x, y) for x, y in zip(a, b))
+        return (
+            isinstance(b, (tuple, list))
+            and len(a) == len(b)
+            and all(outputs_equal(x, y) for x, y in zip(a, b))
+        )
     return bool(a == b)

@@ -81,7 +81,8 @@ def deserialize_graph(
     The tensors are used as they are (no copy, no device move). ``graph`` is
     JSON: nothing in it is unpickled.
     """
-    artifact = _serde.SerializedArtifact(graph, dict(state_dict), dict(constants), b"")
+    # The dataclass is annotated with bytes, but the deserializer takes ready dicts as well.
+    artifact = _serde.SerializedArtifact(graph, dict(state_dict), dict(constants), b"")  # type: ignore[arg-type]
     ep = _serde.deserialize(artifact)
     assert isinstance(ep, torch.export.ExportedProgram)
     return ep

@@ -41,7 +41,9 @@ def resolve_device(device: Any) -> torch.device:
     elif isinstance(device, str):
         text = device.strip()
     else:
-        raise InvalidDeviceError(f"device must be a string like 'cpu' or 'cuda:0', got {type(device).__name__}")
+        raise InvalidDeviceError(
+            f"device must be a string like 'cpu' or 'cuda:0', got {type(device).__name__}"
+        )
     m = _DEVICE_RE.match(text)
     if not m:
         raise InvalidDeviceError(

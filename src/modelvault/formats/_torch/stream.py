@@ -160,7 +160,7 @@ def _pipeline(
 def _stream_cpu(
     fd: int, offset: int, size: int, dest: torch.Tensor, hasher: Any, chunk: int, ring: int
 ) -> int:
-    view = memoryview(dest.numpy()) if size else memoryview(b"")
+    view = memoryview(dest.numpy()) if size else memoryview(b"")  # type: ignore[arg-type]
     n_chunks = -(-size // chunk)
     short = [False]
 
@@ -187,9 +187,9 @@ def _stream_cuda(
     device = dest.device
     chunk = min(chunk, max(size, 1))
     slots = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(ring)]
-    slot_views = [memoryview(s.numpy()) for s in slots]
+    slot_views = [memoryview(s.numpy()) for s in slots]  # type: ignore[arg-type]
     events: list[Any] = [None] * ring
-    stream = torch.cuda.Stream(device)
+    stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
     n_chunks = -(-size // chunk)
 
     def read(j: int) -> int:
@@ -208,7 +208,7 @@ def _stream_cuda(
         start = j * chunk
         with torch.cuda.stream(stream):
             dest[start : start + n].copy_(slots[k][:n], non_blocking=True)
-            ev = torch.cuda.Event()
+            ev = torch.cuda.Event()  # type: ignore[no-untyped-call]
             ev.record(stream)
         events[k] = ev
 

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write
+
+from modelvault.errors import (
+    DeviceOutOfMemoryError,
+    DeviceUnavailableError,
+    InvalidDeviceError,
+    PayloadMismatchError,
+)
+from modelvault.formats._torch import dtypes
+from modelvault.formats._torch.device import check_free_memory, human_bytes, resolve_device
+from modelvault.formats._torch.stream import load_tensors
+from modelvault.formats.manifest import DTYPE_SIZES
+from modelvault.formats.tensors import TensorsPlugin
+
+SRC = Path(__file__).resolve().parents[3] / "src"
+
+
+def test_import_modelvault_does_not_import_torch() -> None:
+    code = (
+        "import sys, modelvault, modelvault.formats.registry, modelvault.formats.container;"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(SRC)})
+
+
+def test_dtype_names_round_trip() -> None:
+    for name in DTYPE_SIZES:
+        if hasattr(torch, name):
+            dt = dtypes.from_name(name)
+            assert dtypes.to_name(dt) == name
+            assert dtypes.itemsize(dt) == torch.empty(0, dtype=dt).element_size()
+    with pytest.raises(PayloadMismatchError, match="complex32"):
+        dtypes.to_name(torch.complex32)
+    with pytest.raises(PayloadMismatchError, match="not available"):
+        dtypes.from_name("float99")
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device(" cpu ") == torch.device("cpu")
+    for bad in ("gpu", "cuda:", "CUDA", "cuda:0:1", "mps", "cpu:3"):
+        with pytest.raises(InvalidDeviceError, match="device"):
+            resolve_device(bad)
+    with pytest.raises(InvalidDeviceError, match="string"):
+        resolve_device(0)
+    if not torch.cuda.is_available():
+        for want in ("cuda", "cuda:0", "cuda:7"):
+            with pytest.raises(DeviceUnavailableError, match="no usable CUDA device"):
+                resolve_device(want)
+
+
+def test_check_free_memory_is_a_no_op_on_cpu() -> None:
+    check_free_memory(torch.device("cpu"), 1 << 60)
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(12) == "12 B"
+    assert issubclass(DeviceOutOfMemoryError, MemoryError)
+
+
+@pytest.mark.parametrize(("chunk", "ring"), [(4096, 1), (4096 * 3, 2), (1 << 20, 4)])
+def test_streamed_loading_with_small_chunks(chunk: int, ring: int, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    sd = {f"t{i}": torch.randn(100 + 37 * i) for i in range(20)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    out = load_tensors(source, torch.device("cpu"), chunk=chunk, ring=ring)
+    for k, v in sd.items():
+        assert torch.equal(out[k], v)
