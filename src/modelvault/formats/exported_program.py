@@ -181,7 +181,9 @@ class ExportedProgramPlugin(FormatPlugin):
         payload = _check_payload(source)
         graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
         ep = self._skeleton(source, payload, graph)
-        tensors = load_tensors(source, dev)  # verified; freed again if anything below fails
+        tensors = load_tensors(
+            source, dev, mmap=bool(options.get("mmap", True))
+        )  # verified; freed again if anything below fails
         try:
             sd = ep.state_dict
             for k, info in payload["state_dict"].items():

@@ -123,7 +123,7 @@ class TensorsPlugin(FormatPlugin):
         """The state dict on ``device``; the tensors are views into one buffer per section."""
         dev = resolve_device(device)
         order = source.manifest.payload.get("order")
-        tensors = load_tensors(source, dev)
+        tensors = load_tensors(source, dev, mmap=bool(options.get("mmap", True)))
         if not isinstance(order, list) or set(order) != set(tensors):
             raise PayloadMismatchError(
                 "the tensors payload's name list disagrees with the stored tensors",

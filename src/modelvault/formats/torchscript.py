@@ -246,7 +246,7 @@ class TorchScriptPlugin(FormatPlugin):
                     ),
                     hint="the container is inconsistent; push the module again",
                 )
-        tensors = load_tensors(source, dev) if section else {}
+        tensors = load_tensors(source, dev, mmap=bool(options.get("mmap", True))) if section else {}
         try:
             archive = read_blob(
                 source, payload["archive"]["blob"], max_size=_MAX_ARCHIVE

@@ -73,3 +73,25 @@ def test_streamed_loading_with_small_chunks(chunk: int, ring: int, tmp_path: Pat
     out = load_tensors(source, torch.device("cpu"), chunk=chunk, ring=ring)
     for k, v in sd.items():
         assert torch.equal(out[k], v)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_both_cpu_paths_verify(mmap: bool, tmp_path: Path) -> None:
+    from helpers import corrupt_blob
+
+    from modelvault.errors import IntegrityError
+
+    sd = {"a": torch.randn(3000), "b": torch.arange(7)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    out = load_tensors(source, torch.device("cpu"), mmap=mmap)
+    assert torch.equal(out["a"], sd["a"])
+    out["a"].add_(1)  # writes stay private: the file keeps its bytes
+    again = load_tensors(source, torch.device("cpu"), mmap=mmap)
+    assert torch.equal(again["a"], sd["a"])
+    corrupt_blob(source, 0, at=4096 * 3 + 1)
+    with pytest.raises(IntegrityError, match="damaged"):
+        load_tensors(source, torch.device("cpu"), mmap=mmap)
+    path = source.locate(0).path
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(IntegrityError, match="truncated"):
+        load_tensors(source, torch.device("cpu"), mmap=mmap)

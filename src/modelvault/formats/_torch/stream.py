@@ -1,7 +1,11 @@
 """Load tensor sections onto a device at disk speed, verifying on the way.
 
-CPU: the section is read with parallel ``preadv`` calls straight into one
-buffer, hashed in order as chunks arrive, then sliced into views.
+CPU: by default the section's file is mapped copy-on-write (``MAP_PRIVATE``,
+prefaulted), hashed through the mapping and then viewed as tensors: no copy,
+and writes to a tensor never reach the file. Containers are immutable files
+replaced only by atomic renames, so the verified bytes stay the mapped bytes.
+With ``mmap=False`` the section is instead read with parallel ``preadv`` calls
+into private memory, hashed in order as chunks arrive.
 
 CUDA: one device buffer for the section is allocated after checking free
 memory; the file streams through a small ring of pinned host buffers. Reader
@@ -17,6 +21,7 @@ any failure the device memory is dropped before the error propagates.
 
 from __future__ import annotations
 
+import mmap as _mmap
 import os
 from collections import deque
 from collections.abc import Callable
@@ -44,9 +49,16 @@ def _tensor_blobs(source: ContainerSource) -> list[int]:
 
 
 def load_tensors(
-    source: ContainerSource, device: torch.device, *, chunk: int = CHUNK, ring: int = RING
+    source: ContainerSource,
+    device: torch.device,
+    *,
+    chunk: int = CHUNK,
+    ring: int = RING,
+    mmap: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Every tensor of the container (aliases included) on ``device``, verified.
+
+    On the CPU, ``mmap=True`` maps the section copy-on-write instead of copying it.
 
     Raises :class:`DeviceOutOfMemoryError` before allocating when the sections
     do not fit, :class:`IntegrityError` when bytes do not match their digest.
@@ -58,9 +70,12 @@ def load_tensors(
     buffers: list[torch.Tensor] = []
     try:
         for i in blobs:
-            buf = _allocate(device, sizes[i])
+            if device.type == "cpu" and mmap and sizes[i] > 0:
+                buf = map_blob(source, i)
+            else:
+                buf = _allocate(device, sizes[i])
+                read_blob_into(source, i, buf, chunk=chunk, ring=ring)
             buffers.append(buf)
-            read_blob_into(source, i, buf, chunk=chunk, ring=ring)
             out.update(views_from_buffer(source.manifest, i, buf))
     except BaseException:
         out.clear()
@@ -83,6 +98,55 @@ def _allocate(device: torch.device, size: int) -> torch.Tensor:
             f"{human_bytes(free)} ({free} bytes) is free",
             hint="free GPU memory or load onto another device",
         ) from exc
+
+
+def _integrity(ref: Any, where: str, actual: str, truncated: bool) -> IntegrityError:
+    if truncated:
+        return IntegrityError(
+            f"blob {ref.digest} is truncated: {actual} of {ref.size} bytes in {where}",
+            expected=ref.digest,
+            actual=f"{actual} bytes",
+            where=where,
+        )
+    return IntegrityError(
+        f"blob {ref.digest} is damaged: its bytes hash to {actual} (in {where})",
+        expected=ref.digest,
+        actual=actual,
+        where=where,
+        hint="the copy is corrupt or was tampered with; fetch it again",
+    )
+
+
+def map_blob(source: ContainerSource, index: int) -> torch.Tensor:
+    """Blob ``index`` as a uint8 CPU tensor over a verified copy-on-write file mapping."""
+    ref = source.manifest.blobs[index]
+    loc = source.locate(index)
+    where = str(loc.path)
+    algo, _ = parse_digest(ref.digest)
+    start = loc.offset - loc.offset % _mmap.ALLOCATIONGRANULARITY
+    delta = loc.offset - start
+    with open(loc.path, "rb") as f:
+        have = os.fstat(f.fileno()).st_size - loc.offset
+        if have < ref.size:
+            raise _integrity(ref, where, str(max(have, 0)), truncated=True)
+        flags = _mmap.MAP_PRIVATE | getattr(_mmap, "MAP_POPULATE", 0)
+        mm = _mmap.mmap(
+            f.fileno(),
+            delta + ref.size,
+            flags=flags,
+            prot=_mmap.PROT_READ | _mmap.PROT_WRITE,
+            offset=start,
+        )
+    if not loc.verified:
+        hasher = new_hasher(algo)
+        with memoryview(mm) as view:
+            hasher.update(view[delta : delta + ref.size])
+        actual = hasher.digest_str()
+        if actual != ref.digest:
+            mm.close()
+            raise _integrity(ref, where, actual, truncated=False)
+    # The tensor keeps the mapping alive; it is unmapped when the last view goes.
+    return torch.frombuffer(mm, dtype=torch.uint8, offset=delta, count=ref.size)
 
 
 def _read_exact(fd: int, view: memoryview, offset: int) -> int:
@@ -113,22 +177,11 @@ def read_blob_into(
     finally:
         os.close(fd)
     if got != ref.size:
-        raise IntegrityError(
-            f"blob {ref.digest} is truncated: {got} of {ref.size} bytes in {where}",
-            expected=ref.digest,
-            actual=f"{got} bytes",
-            where=where,
-        )
+        raise _integrity(ref, where, str(got), truncated=True)
     if hasher is not None:
         actual = hasher.digest_str()
         if actual != ref.digest:
-            raise IntegrityError(
-                f"blob {ref.digest} is damaged: its bytes hash to {actual} (in {where})",
-                expected=ref.digest,
-                actual=actual,
-                where=where,
-                hint="the copy is corrupt or was tampered with; fetch it again",
-            )
+            raise _integrity(ref, where, actual, truncated=False)
 
 
 def _pipeline(
