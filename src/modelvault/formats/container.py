@@ -169,9 +169,7 @@ class TensorSectionBuilder:
         if name in self._names or name in self.aliases:
             raise ManifestError(f"tensor {name!r} added twice")
         if dtype not in DTYPE_SIZES:
-            raise ManifestError(
-                f"tensor {name!r}: dtype {dtype!r} is not supported by the tensor section"
-            )
+            raise ManifestError(f"tensor {name!r}: dtype {dtype!r} is not supported by the tensor section")
         shape_t = tuple(int(d) for d in shape)
         view = _as_bytes_view(data)
         expected = math.prod(shape_t) * DTYPE_SIZES[dtype]
@@ -230,9 +228,7 @@ class Draft:
         self.blobs.append(DraftBlob(role, media_type, source))
         return len(self.blobs) - 1
 
-    def add_tensor_section(
-        self, builder: TensorSectionBuilder, role: str = "tensors"
-    ) -> int | None:
+    def add_tensor_section(self, builder: TensorSectionBuilder, role: str = "tensors") -> int | None:
         """Lay out ``builder``'s tensors as one blob; None when it holds no tensors."""
         if not len(builder):
             self.tensor_aliases.update(builder.aliases)
@@ -300,10 +296,7 @@ def _remap_payload(payload: Mapping[str, Any], remap: Mapping[int, int]) -> dict
 
     def walk(v: Any) -> Any:
         if isinstance(v, dict):
-            return {
-                k: (remap[x] if k == "blob" and isinstance(x, int) and x in remap else walk(x))
-                for k, x in v.items()
-            }
+            return {k: (remap[x] if k == "blob" and isinstance(x, int) and x in remap else walk(x)) for k, x in v.items()}
         if isinstance(v, list):
             return [walk(x) for x in v]
         return v
@@ -348,9 +341,7 @@ def read_blob(source: ContainerSource, index: int, *, max_size: int = 1 << 34) -
     """Read blob ``index`` into memory, verified against its digest."""
     ref = source.manifest.blobs[index]
     if ref.size > max_size:
-        raise ManifestError(
-            f"blob {index} is {ref.size} bytes; refusing to read more than {max_size} into memory"
-        )
+        raise ManifestError(f"blob {index} is {ref.size} bytes; refusing to read more than {max_size} into memory")
     loc = source.locate(index)
     buf = bytearray(ref.size)
     view = memoryview(buf)

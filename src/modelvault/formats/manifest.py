@@ -107,12 +107,7 @@ class BlobRef:
     digest: str
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "digest": self.digest,
-            "media_type": self.media_type,
-            "role": self.role,
-            "size": self.size,
-        }
+        return {"digest": self.digest, "media_type": self.media_type, "role": self.role, "size": self.size}
 
 
 @dataclass(frozen=True)
@@ -200,9 +195,7 @@ class Manifest:
     def decode(cls, data: bytes | bytearray | memoryview) -> Manifest:
         """Parse and validate manifest bytes. Raises a :class:`FormatError` subclass."""
         if len(data) > LIMITS.manifest_bytes:
-            raise ManifestError(
-                f"manifest is {len(data)} bytes; the limit is {LIMITS.manifest_bytes}"
-            )
+            raise ManifestError(f"manifest is {len(data)} bytes; the limit is {LIMITS.manifest_bytes}")
         obj = decode_msgpack(data, what="manifest")
         m = _from_wire(obj)
         _validate(m)
@@ -379,9 +372,7 @@ def _from_wire(obj: Any) -> Manifest:
         )
     tensors_raw = _req(obj, "tensors", list, "manifest")
     if len(tensors_raw) > LIMITS.tensors:
-        raise ManifestError(
-            f"manifest lists {len(tensors_raw)} tensors; the limit is {LIMITS.tensors}"
-        )
+        raise ManifestError(f"manifest lists {len(tensors_raw)} tensors; the limit is {LIMITS.tensors}")
     tensors = []
     for i, t in enumerate(tensors_raw):
         w = f"tensors[{i}]"
@@ -408,9 +399,7 @@ def _from_wire(obj: Any) -> Manifest:
         plugin_version=_req(plugin, "version", str, "manifest.plugin"),
         blobs=tuple(blobs),
         tensors=tuple(tensors),
-        tensor_aliases=_str_map(
-            _req(obj, "tensor_aliases", dict, "manifest"), "manifest.tensor_aliases"
-        ),
+        tensor_aliases=_str_map(_req(obj, "tensor_aliases", dict, "manifest"), "manifest.tensor_aliases"),
         frameworks=_str_map(_req(obj, "frameworks", dict, "manifest"), "manifest.frameworks"),
         target=_plain(_req(obj, "target", dict, "manifest"), "manifest.target"),
         signature=_plain(_req(obj, "signature", dict, "manifest"), "manifest.signature"),
@@ -458,15 +447,11 @@ def _validate(m: Manifest) -> None:
         if t.dtype not in DTYPE_SIZES:
             raise ManifestError(f"{w}: unknown dtype {t.dtype!r:.40}")
         if len(t.shape) > LIMITS.ndim or len(t.strides) != len(t.shape):
-            raise ManifestError(
-                f"{w}: shape and strides must have the same length (at most {LIMITS.ndim})"
-            )
+            raise ManifestError(f"{w}: shape and strides must have the same length (at most {LIMITS.ndim})")
         if any(d < 0 for d in t.shape) or any(s < 0 for s in t.strides):
             raise ManifestError(f"{w}: negative dimension or stride")
         if not 0 <= t.blob < len(m.blobs):
-            raise ManifestError(
-                f"{w}: blob index {t.blob} is out of range (container has {len(m.blobs)} blobs)"
-            )
+            raise ManifestError(f"{w}: blob index {t.blob} is out of range (container has {len(m.blobs)} blobs)")
         item = DTYPE_SIZES[t.dtype]
         numel = t.numel
         if numel * item != t.nbytes:
@@ -474,13 +459,9 @@ def _validate(m: Manifest) -> None:
                 f"{w}: nbytes {t.nbytes} disagrees with shape {list(t.shape)} x {item}-byte {t.dtype} = {numel * item}"
             )
         if _span_elements(t.shape, t.strides) > numel:
-            raise ManifestError(
-                f"{w}: strides {list(t.strides)} reach past the tensor's {numel} elements"
-            )
+            raise ManifestError(f"{w}: strides {list(t.strides)} reach past the tensor's {numel} elements")
         if t.offset < 0 or t.offset % ALIGNMENT:
-            raise ManifestError(
-                f"{w}: offset {t.offset} is not a non-negative multiple of {ALIGNMENT}"
-            )
+            raise ManifestError(f"{w}: offset {t.offset} is not a non-negative multiple of {ALIGNMENT}")
         blob = m.blobs[t.blob]
         if t.offset + t.nbytes > blob.size:
             raise ManifestError(
@@ -498,6 +479,4 @@ def _validate(m: Manifest) -> None:
         if alias in names:
             raise ManifestError(f"tensor alias {alias!r:.60} is also a tensor name")
         if target not in names:
-            raise ManifestError(
-                f"tensor alias {alias!r:.60} points at unknown tensor {target!r:.60}"
-            )
+            raise ManifestError(f"tensor alias {alias!r:.60} points at unknown tensor {target!r:.60}")
