@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ManifestError, PayloadMismatchError
-from .digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into
+from .digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
 from .manifest import (
     ALIGNMENT,
     DTYPE_SIZES,
+    LIMITS,
     BlobRef,
     Manifest,
     TensorEntry,
@@ -38,15 +39,18 @@ __all__ = [
     "BlobSource",
     "BytesSource",
     "ContainerSource",
+    "DirectorySource",
     "Draft",
     "DraftBlob",
     "FileSource",
     "TensorSectionBuilder",
     "TensorSectionSource",
     "finalize",
+    "make_parents",
+    "probe_manifest",
     "read_blob",
+    "remove_dirs",
     "tensor_views",
-    "DirectorySource",
     "write_directory",
 ]
 
@@ -129,9 +133,14 @@ class TensorSectionSource(BlobSource):
 
 
 def _as_bytes_view(data: Any) -> memoryview:
-    view = memoryview(data)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise ManifestError(
+            f"tensor data must expose the buffer protocol, got {type(data).__name__}"
+        ) from None
     if not view.c_contiguous:
-        raise ValueError("tensor data must be C-contiguous")
+        raise ManifestError("tensor data must be C-contiguous")
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
@@ -169,7 +178,9 @@ class TensorSectionBuilder:
         if name in self._names or name in self.aliases:
             raise ManifestError(f"tensor {name!r} added twice")
         if dtype not in DTYPE_SIZES:
-            raise ManifestError(f"tensor {name!r}: dtype {dtype!r} is not supported by the tensor section")
+            raise ManifestError(
+                f"tensor {name!r}: dtype {dtype!r} is not supported by the tensor section"
+            )
         shape_t = tuple(int(d) for d in shape)
         view = _as_bytes_view(data)
         expected = math.prod(shape_t) * DTYPE_SIZES[dtype]
@@ -228,7 +239,9 @@ class Draft:
         self.blobs.append(DraftBlob(role, media_type, source))
         return len(self.blobs) - 1
 
-    def add_tensor_section(self, builder: TensorSectionBuilder, role: str = "tensors") -> int | None:
+    def add_tensor_section(
+        self, builder: TensorSectionBuilder, role: str = "tensors"
+    ) -> int | None:
         """Lay out ``builder``'s tensors as one blob; None when it holds no tensors."""
         if not len(builder):
             self.tensor_aliases.update(builder.aliases)
@@ -296,7 +309,10 @@ def _remap_payload(payload: Mapping[str, Any], remap: Mapping[int, int]) -> dict
 
     def walk(v: Any) -> Any:
         if isinstance(v, dict):
-            return {k: (remap[x] if k == "blob" and isinstance(x, int) and x in remap else walk(x)) for k, x in v.items()}
+            return {
+                k: (remap[x] if k == "blob" and isinstance(x, int) and x in remap else walk(x))
+                for k, x in v.items()
+            }
         if isinstance(v, list):
             return [walk(x) for x in v]
         return v
@@ -341,7 +357,9 @@ def read_blob(source: ContainerSource, index: int, *, max_size: int = 1 << 34) -
     """Read blob ``index`` into memory, verified against its digest."""
     ref = source.manifest.blobs[index]
     if ref.size > max_size:
-        raise ManifestError(f"blob {index} is {ref.size} bytes; refusing to read more than {max_size} into memory")
+        raise ManifestError(
+            f"blob {index} is {ref.size} bytes; refusing to read more than {max_size} into memory"
+        )
     loc = source.locate(index)
     buf = bytearray(ref.size)
     view = memoryview(buf)
@@ -370,12 +388,23 @@ def tensor_views(manifest: Manifest, blob_index: int, data: memoryview) -> dict[
 class DirectorySource:
     """A container whose blobs are files named by digest in one directory.
 
-    The simplest :class:`ContainerSource`; :func:`write_directory` makes one.
+    The simplest :class:`ContainerSource`; :func:`write_directory` makes one,
+    :meth:`open` reads one back (``manifest.msgpack`` next to the blobs).
     """
+
+    MANIFEST_NAME = "manifest.msgpack"
 
     def __init__(self, manifest: Manifest, directory: Path) -> None:
         self._manifest = manifest
         self.directory = Path(directory)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> DirectorySource:
+        """Read and validate ``directory/manifest.msgpack`` (blobs are verified when read)."""
+        path = Path(directory) / cls.MANIFEST_NAME
+        with path.open("rb") as f:
+            data = f.read(LIMITS.manifest_bytes + 1)
+        return cls(Manifest.decode(data), Path(directory))
 
     @property
     def manifest(self) -> Manifest:
@@ -390,21 +419,98 @@ class DirectorySource:
         return BlobLocation(self.directory / self.blob_name(ref.digest), 0, ref.size, ref.digest)
 
 
+def probe_manifest(draft: Draft) -> Manifest:
+    """The manifest ``draft`` will have, with distinct placeholder digests.
+
+    Validates every field before any byte is written; digests of one algorithm
+    all have the same length, so it also encodes to the final manifest's length.
+    """
+    hex_len = digest_hex_length(draft.digest_algorithm)
+    probe = Draft(
+        **{
+            **draft.__dict__,
+            "blobs": [
+                # distinct placeholders, so finalize() does not merge them
+                DraftBlob(
+                    b.role, b.media_type, b.source, f"{draft.digest_algorithm}:{i:0{hex_len}x}"
+                )
+                for i, b in enumerate(draft.blobs)
+            ],
+        }
+    )
+    manifest = finalize(probe)
+    manifest.encode()
+    return manifest
+
+
 def write_directory(draft: Draft, directory: str | os.PathLike[str]) -> DirectorySource:
-    """Write a draft's blobs (hashing them on the way) and its manifest into ``directory``."""
+    """Write a draft's blobs (hashing them on the way) and its manifest into ``directory``.
+
+    The manifest is validated first; each blob and the manifest are written to a
+    temporary name, synced and renamed, so a failure leaves no partial file.
+    """
+    probe_manifest(draft)
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    for b in draft.blobs:
-        h = new_hasher(draft.digest_algorithm)
-        tmp = out / f".tmp-{os.getpid()}-{id(b)}"
-        with tmp.open("wb") as f:
-            for chunk in b.source.chunks():
-                h.update(chunk)
-                f.write(chunk)
+    created = make_parents(out)
+    written: list[Path] = []
+    tmp: Path | None = None
+    try:
+        for b in draft.blobs:
+            h = new_hasher(draft.digest_algorithm)
+            tmp = out / f".tmp-{os.getpid()}-{id(b)}"
+            size = 0
+            with tmp.open("xb") as f:
+                for chunk in b.source.chunks():
+                    h.update(chunk)
+                    f.write(chunk)
+                    size += chunk.nbytes
+                f.flush()
+                os.fsync(f.fileno())
+            if size != b.source.size:
+                raise PayloadMismatchError(
+                    f"a {b.role} blob produced {size} bytes, but its source announced {b.source.size}",
+                    hint="the source changed while it was being written; try again",
+                )
+            b.digest = h.digest_str()
+            final = out / DirectorySource.blob_name(b.digest)
+            existed = final.exists()
+            os.replace(tmp, final)
+            tmp = None
+            if not existed:
+                written.append(final)
+        manifest = finalize(draft)
+        tmp = out / f".tmp-{os.getpid()}-manifest"
+        with tmp.open("xb") as f:
+            f.write(manifest.encode())
             f.flush()
             os.fsync(f.fileno())
-        b.digest = h.digest_str()
-        os.replace(tmp, out / DirectorySource.blob_name(b.digest))
-    manifest = finalize(draft)
-    (out / "manifest.msgpack").write_bytes(manifest.encode())
-    return DirectorySource(manifest, out)
+        os.replace(tmp, out / DirectorySource.MANIFEST_NAME)
+        return DirectorySource(manifest, out)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        for p in written:
+            p.unlink(missing_ok=True)
+        remove_dirs(created)
+        raise
+
+
+def make_parents(directory: Path) -> list[Path]:
+    """``mkdir -p directory``; returns the directories it created, deepest last."""
+    missing: list[Path] = []
+    d = Path(directory)
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+    return list(reversed(missing))
+
+
+def remove_dirs(created: list[Path]) -> None:
+    """Undo :func:`make_parents` after a failure (only directories left empty)."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            return

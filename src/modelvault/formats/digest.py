@@ -115,7 +115,9 @@ def parse_digest(value: object) -> tuple[str, str]:
         raise ManifestError(f"digest must be a string like 'blake3:<hex>', got {value!r:.80}")
     m = _DIGEST_RE.match(value)
     if not m:
-        raise ManifestError(f"malformed digest {value!r:.80}; expected '<algorithm>:<lowercase hex>'")
+        raise ManifestError(
+            f"malformed digest {value!r:.80}; expected '<algorithm>:<lowercase hex>'"
+        )
     algo, hexpart = m.group(1), m.group(2)
     if algo not in ALGORITHMS:
         new_hasher(algo)  # raises UnsupportedDigestError
@@ -127,6 +129,7 @@ def parse_digest(value: object) -> tuple[str, str]:
 
 
 def digest_hex_length(algorithm: str) -> int:
+    """Hex digits in a digest of ``algorithm``; :class:`UnsupportedDigestError` if unknown."""
     parse_digest(f"{algorithm}:{'0' * ALGORITHMS.get(algorithm, 0)}")
     return ALGORITHMS[algorithm]
 
@@ -144,6 +147,7 @@ def digest_bytes(data: bytes | bytearray | memoryview, algorithm: str = DEFAULT_
 
 
 def hash_chunks(chunks: Iterable[memoryview | bytes], algorithm: str = DEFAULT_ALGORITHM) -> str:
+    """The digest string of the concatenation of ``chunks``."""
     h = new_hasher(algorithm)
     for c in chunks:
         h.update(c)
@@ -224,7 +228,7 @@ def read_verified_into(
         if consume is not None:
             consume(view)
 
-    got = _pipelined(f.readinto, size, eat)  # type: ignore[arg-type]
+    got = _pipelined(f.readinto, size, eat)  # type: ignore[attr-defined]
     if got != size:
         raise IntegrityError(
             f"blob {expected} is truncated: {got} of {size} bytes{' in ' + where if where else ''}",
@@ -250,13 +254,11 @@ def digest_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM
     p = Path(path)
     with p.open("rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
-        _pipelined(f.readinto, size, h.update)  # type: ignore[arg-type]
+        _pipelined(f.readinto, size, h.update)
     return h.digest_str()
 
 
-def verify_bytes(
-    data: bytes | bytearray | memoryview, expected: str, *, where: str = ""
-) -> None:
+def verify_bytes(data: bytes | bytearray | memoryview, expected: str, *, where: str = "") -> None:
     """Raise :class:`IntegrityError` unless ``data`` hashes to ``expected``."""
     algo, _ = parse_digest(expected)
     actual = digest_bytes(data, algo)

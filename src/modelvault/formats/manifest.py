@@ -10,6 +10,7 @@ else looks at the data. ``docs/FORMAT.md`` is the specification.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -107,7 +108,12 @@ class BlobRef:
     digest: str
 
     def to_wire(self) -> dict[str, Any]:
-        return {"digest": self.digest, "media_type": self.media_type, "role": self.role, "size": self.size}
+        return {
+            "digest": self.digest,
+            "media_type": self.media_type,
+            "role": self.role,
+            "size": self.size,
+        }
 
 
 @dataclass(frozen=True)
@@ -158,10 +164,15 @@ class Manifest:
     payload: Mapping[str, Any] = field(default_factory=dict)
     format_version: tuple[int, int] = FORMAT_VERSION
     digest_algorithm: str = DEFAULT_ALGORITHM
+    #: Top-level fields added by a newer minor version of the format, kept verbatim
+    #: so the manifest re-encodes to the very bytes (and digest) it was read from.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     # -- encoding -----------------------------------------------------------
     def to_wire(self) -> dict[str, Any]:
+        """The manifest as plain msgpack-ready values (before canonical ordering)."""
         return {
+            **dict(self.extra),
             "blobs": [b.to_wire() for b in self.blobs],
             "digest_algorithm": self.digest_algorithm,
             "format": list(self.format_version),
@@ -177,13 +188,13 @@ class Manifest:
 
     def encode(self) -> bytes:
         """Canonical msgpack bytes. Validates first, so a bad manifest is never written."""
+        _validate(self)
         data = encode_msgpack(self.to_wire())
         if len(data) > LIMITS.manifest_bytes:
             raise ManifestError(
                 f"manifest is {len(data)} bytes; the limit is {LIMITS.manifest_bytes}",
                 hint="keep large data in blobs, not in metadata or payload",
             )
-        _validate(self)
         return data
 
     @property
@@ -193,12 +204,23 @@ class Manifest:
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Manifest:
-        """Parse and validate manifest bytes. Raises a :class:`FormatError` subclass."""
+        """Parse and validate manifest bytes. Raises a :class:`FormatError` subclass.
+
+        The bytes must be the canonical encoding of what they hold (what
+        :meth:`encode` would write), so one manifest has one digest.
+        """
         if len(data) > LIMITS.manifest_bytes:
-            raise ManifestError(f"manifest is {len(data)} bytes; the limit is {LIMITS.manifest_bytes}")
+            raise ManifestError(
+                f"manifest is {len(data)} bytes; the limit is {LIMITS.manifest_bytes}"
+            )
         obj = decode_msgpack(data, what="manifest")
         m = _from_wire(obj)
-        _validate(m)
+        if m.encode() != bytes(data):
+            raise ManifestError(
+                "manifest is not canonically encoded (map keys out of order, a non-minimal "
+                "integer or length, or a 32-bit float)",
+                hint="rewrite it with a conforming writer; docs/FORMAT.md gives the rules",
+            )
         return m
 
     # -- conveniences --------------------------------------------------------
@@ -244,7 +266,10 @@ def _canonical(obj: Any, depth: int = 0) -> Any:
 
 def encode_msgpack(obj: Any) -> bytes:
     """Canonical msgpack: sorted keys, plain types only."""
-    out = msgpack.packb(_canonical(obj), use_bin_type=True, strict_types=False)
+    try:
+        out = msgpack.packb(_canonical(obj), use_bin_type=True, strict_types=False)
+    except UnicodeEncodeError as exc:
+        raise ManifestError(f"a manifest string is not valid Unicode: {exc}") from None
     assert isinstance(out, bytes)
     return out
 
@@ -318,6 +343,17 @@ def _plain(v: Any, where: str, depth: int = 0) -> Any:
     raise ManifestError(f"{where} holds a value of type {type(v).__name__}")
 
 
+def _closed(obj: Mapping[str, Any], keys: frozenset[str], where: str) -> None:
+    unknown = set(obj) - keys
+    if unknown:
+        raise ManifestError(f"{where} has unknown fields: {', '.join(sorted(unknown))[:200]}")
+
+
+_BLOB_KEYS = frozenset({"digest", "media_type", "role", "size"})
+_TENSOR_KEYS = frozenset({"blob", "dtype", "name", "nbytes", "offset", "shape", "strides"})
+_PLUGIN_KEYS = frozenset({"name", "version"})
+
+
 def _str_map(v: Any, where: str) -> dict[str, str]:
     if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
         raise ManifestError(f"{where} must map strings to strings")
@@ -343,8 +379,10 @@ def _from_wire(obj: Any) -> Manifest:
     if not isinstance(obj, dict):
         raise ManifestError(f"manifest must be a map, got {type(obj).__name__}")
     fmt = _req(obj, "format", list, "manifest")
-    if len(fmt) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in fmt):
-        raise ManifestError("manifest.format must be [major, minor]")
+    if len(fmt) != 2 or not all(
+        isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 65536 for x in fmt
+    ):
+        raise ManifestError("manifest.format must be [major, minor], two integers 0..65535")
     if fmt[0] != FORMAT_VERSION[0]:
         raise UnsupportedVersionError(
             f"container format {fmt[0]}.{fmt[1]} is not supported; this modelvault reads {FORMAT_VERSION[0]}.x",
@@ -353,7 +391,9 @@ def _from_wire(obj: Any) -> Manifest:
     unknown = set(obj) - _TOP
     if unknown and fmt[1] <= FORMAT_VERSION[1]:
         raise ManifestError(f"manifest has unknown fields: {', '.join(sorted(unknown))[:200]}")
+    extra = {k: _plain(obj[k], f"manifest.{k}") for k in sorted(unknown)}
     plugin = _req(obj, "plugin", dict, "manifest")
+    _closed(plugin, _PLUGIN_KEYS, "manifest.plugin")
     blobs_raw = _req(obj, "blobs", list, "manifest")
     if len(blobs_raw) > LIMITS.blobs:
         raise ManifestError(f"manifest lists {len(blobs_raw)} blobs; the limit is {LIMITS.blobs}")
@@ -362,6 +402,7 @@ def _from_wire(obj: Any) -> Manifest:
         w = f"blobs[{i}]"
         if not isinstance(b, dict):
             raise ManifestError(f"{w} must be a map")
+        _closed(b, _BLOB_KEYS, w)
         blobs.append(
             BlobRef(
                 role=_req(b, "role", str, w),
@@ -372,12 +413,15 @@ def _from_wire(obj: Any) -> Manifest:
         )
     tensors_raw = _req(obj, "tensors", list, "manifest")
     if len(tensors_raw) > LIMITS.tensors:
-        raise ManifestError(f"manifest lists {len(tensors_raw)} tensors; the limit is {LIMITS.tensors}")
+        raise ManifestError(
+            f"manifest lists {len(tensors_raw)} tensors; the limit is {LIMITS.tensors}"
+        )
     tensors = []
     for i, t in enumerate(tensors_raw):
         w = f"tensors[{i}]"
         if not isinstance(t, dict):
             raise ManifestError(f"{w} must be a map")
+        _closed(t, _TENSOR_KEYS, w)
         shape = _req(t, "shape", list, w)
         strides = _req(t, "strides", list, w)
         for name, seq in (("shape", shape), ("strides", strides)):
@@ -399,7 +443,9 @@ def _from_wire(obj: Any) -> Manifest:
         plugin_version=_req(plugin, "version", str, "manifest.plugin"),
         blobs=tuple(blobs),
         tensors=tuple(tensors),
-        tensor_aliases=_str_map(_req(obj, "tensor_aliases", dict, "manifest"), "manifest.tensor_aliases"),
+        tensor_aliases=_str_map(
+            _req(obj, "tensor_aliases", dict, "manifest"), "manifest.tensor_aliases"
+        ),
         frameworks=_str_map(_req(obj, "frameworks", dict, "manifest"), "manifest.frameworks"),
         target=_plain(_req(obj, "target", dict, "manifest"), "manifest.target"),
         signature=_plain(_req(obj, "signature", dict, "manifest"), "manifest.signature"),
@@ -407,6 +453,7 @@ def _from_wire(obj: Any) -> Manifest:
         payload=_plain(_req(obj, "payload", dict, "manifest"), "manifest.payload"),
         format_version=(fmt[0], fmt[1]),
         digest_algorithm=_req(obj, "digest_algorithm", str, "manifest"),
+        extra=extra,
     )
 
 
@@ -418,10 +465,26 @@ def _span_elements(shape: Sequence[int], strides: Sequence[int]) -> int:
 
 
 def _validate(m: Manifest) -> None:
-    if not _PLUGIN_RE.match(m.plugin):
-        raise ManifestError(f"plugin name {m.plugin!r:.80} is not valid")
-    if not (0 < len(m.plugin_version) <= 64):
-        raise ManifestError("plugin version must be a non-empty string of at most 64 characters")
+    major, minor = m.format_version
+    if major != FORMAT_VERSION[0]:
+        raise UnsupportedVersionError(
+            f"container format {major}.{minor} is not supported; this modelvault writes {FORMAT_VERSION[0]}.x"
+        )
+    if set(m.extra) & _TOP:
+        raise ManifestError(f"extra fields {sorted(set(m.extra) & _TOP)} shadow standard fields")
+    if m.extra and minor <= FORMAT_VERSION[1]:
+        raise ManifestError(
+            f"manifest has unknown fields: {', '.join(sorted(m.extra))[:200]}",
+            hint="only a newer minor version of the format may add fields",
+        )
+    if not isinstance(m.plugin, str) or not _PLUGIN_RE.match(m.plugin):
+        raise ManifestError(
+            f"plugin name {m.plugin!r:.80} is not valid (lowercase letters, digits, '_.-'; at most 64)"
+        )
+    if not (0 < len(m.plugin_version) <= 64) or not m.plugin_version.isprintable():
+        raise ManifestError(
+            f"plugin version must be 1-64 printable characters, got {m.plugin_version!r:.80}"
+        )
     digest_hex_length(m.digest_algorithm)
     seen_digests: set[str] = set()
     for i, b in enumerate(m.blobs):
@@ -431,7 +494,11 @@ def _validate(m: Manifest) -> None:
             raise ManifestError(f"blobs[{i}].media_type must be 1-255 printable characters")
         if not 0 <= b.size <= LIMITS.blob_size:
             raise ManifestError(f"blobs[{i}].size {b.size} is out of range")
-        parse_digest(b.digest)
+        algo, _ = parse_digest(b.digest)
+        if algo != m.digest_algorithm:
+            raise ManifestError(
+                f"blobs[{i}].digest uses {algo}; this manifest's digest_algorithm is {m.digest_algorithm}"
+            )
         if b.digest in seen_digests:
             raise ManifestError(f"blobs[{i}] repeats digest {b.digest}; list each blob once")
         seen_digests.add(b.digest)
@@ -447,11 +514,15 @@ def _validate(m: Manifest) -> None:
         if t.dtype not in DTYPE_SIZES:
             raise ManifestError(f"{w}: unknown dtype {t.dtype!r:.40}")
         if len(t.shape) > LIMITS.ndim or len(t.strides) != len(t.shape):
-            raise ManifestError(f"{w}: shape and strides must have the same length (at most {LIMITS.ndim})")
+            raise ManifestError(
+                f"{w}: shape and strides must have the same length (at most {LIMITS.ndim})"
+            )
         if any(d < 0 for d in t.shape) or any(s < 0 for s in t.strides):
             raise ManifestError(f"{w}: negative dimension or stride")
         if not 0 <= t.blob < len(m.blobs):
-            raise ManifestError(f"{w}: blob index {t.blob} is out of range (container has {len(m.blobs)} blobs)")
+            raise ManifestError(
+                f"{w}: blob index {t.blob} is out of range (container has {len(m.blobs)} blobs)"
+            )
         item = DTYPE_SIZES[t.dtype]
         numel = t.numel
         if numel * item != t.nbytes:
@@ -459,9 +530,13 @@ def _validate(m: Manifest) -> None:
                 f"{w}: nbytes {t.nbytes} disagrees with shape {list(t.shape)} x {item}-byte {t.dtype} = {numel * item}"
             )
         if _span_elements(t.shape, t.strides) > numel:
-            raise ManifestError(f"{w}: strides {list(t.strides)} reach past the tensor's {numel} elements")
+            raise ManifestError(
+                f"{w}: strides {list(t.strides)} reach past the tensor's {numel} elements"
+            )
         if t.offset < 0 or t.offset % ALIGNMENT:
-            raise ManifestError(f"{w}: offset {t.offset} is not a non-negative multiple of {ALIGNMENT}")
+            raise ManifestError(
+                f"{w}: offset {t.offset} is not a non-negative multiple of {ALIGNMENT}"
+            )
         blob = m.blobs[t.blob]
         if t.offset + t.nbytes > blob.size:
             raise ManifestError(
@@ -470,13 +545,17 @@ def _validate(m: Manifest) -> None:
         extents.setdefault(t.blob, []).append((t.offset, t.offset + t.nbytes, t.name))
     for blob_index, spans in extents.items():
         spans.sort()
-        for (s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+        for (s0, e0, n0), (s1, _e1, n1) in itertools.pairwise(spans):
             if s1 < e0:
                 raise ManifestError(
                     f"tensors {n0!r:.60} and {n1!r:.60} overlap in blob {blob_index} ({s0}..{e0} and {s1}..)"
                 )
     for alias, target in m.tensor_aliases.items():
+        if not alias or len(alias) > 1024 or not alias.isprintable():
+            raise ManifestError(f"tensor alias {alias!r:.60} must be 1-1024 printable characters")
         if alias in names:
             raise ManifestError(f"tensor alias {alias!r:.60} is also a tensor name")
         if target not in names:
-            raise ManifestError(f"tensor alias {alias!r:.60} points at unknown tensor {target!r:.60}")
+            raise ManifestError(
+                f"tensor alias {alias!r:.60} points at unknown tensor {target!r:.60}"
+            )

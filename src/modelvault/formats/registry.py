@@ -43,14 +43,30 @@ class PluginSpec:
 _BUILTIN: dict[str, PluginSpec] = {
     spec.name: spec
     for spec in (
-        PluginSpec("torch_tensorrt", "modelvault.formats.torch_tensorrt:TorchTensorRTPlugin",
-                   ("torch",), "torch", priority=10),
-        PluginSpec("exported_program", "modelvault.formats.exported_program:ExportedProgramPlugin",
-                   ("torch",), "torch", priority=20),
-        PluginSpec("torchscript", "modelvault.formats.torchscript:TorchScriptPlugin",
-                   ("torch",), "torch", priority=20),
-        PluginSpec("tensors", "modelvault.formats.tensors:TensorsPlugin",
-                   ("torch",), "torch", priority=30),
+        PluginSpec(
+            "torch_tensorrt",
+            "modelvault.formats.torch_tensorrt:TorchTensorRTPlugin",
+            ("torch",),
+            "torch",
+            priority=10,
+        ),
+        PluginSpec(
+            "exported_program",
+            "modelvault.formats.exported_program:ExportedProgramPlugin",
+            ("torch",),
+            "torch",
+            priority=20,
+        ),
+        PluginSpec(
+            "torchscript",
+            "modelvault.formats.torchscript:TorchScriptPlugin",
+            ("torch",),
+            "torch",
+            priority=20,
+        ),
+        PluginSpec(
+            "tensors", "modelvault.formats.tensors:TensorsPlugin", ("torch",), "torch", priority=30
+        ),
         PluginSpec("files", "modelvault.formats.files:FilesPlugin", priority=90),
     )
 }
@@ -117,7 +133,9 @@ def get_plugin(name: str) -> FormatPlugin:
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except ImportError as exc:
-        raise MissingDependencyError(exc.name or module_name, spec.extra, f"the {name} format") from exc
+        raise MissingDependencyError(
+            exc.name or module_name, spec.extra, f"the {name} format"
+        ) from exc
     plugin = cls()
     if not isinstance(plugin, FormatPlugin):
         raise PluginNotFoundError(f"{spec.target} is not a modelvault FormatPlugin")
