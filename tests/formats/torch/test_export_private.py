@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import torch
-from torch_cases import CASES, export, outputs_equal
 
 from modelvault.formats._torch import _export_private as private
+
+from .torch_cases import CASES, export, outputs_equal
 
 
 def test_serialize_graph_is_json_without_weights() -> None:

@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import corrupt_blob, replace_blob, replace_section, write
-from torch_cases import CASES, MLP, Case, export, outputs_equal
 
 from modelvault.errors import (
     DeviceUnavailableError,
@@ -18,6 +16,9 @@ from modelvault.errors import (
 )
 from modelvault.formats.exported_program import GRAPH_MEDIA_TYPE, ExportedProgramPlugin
 from modelvault.formats.registry import detect, detect_path, get_plugin
+
+from .helpers import corrupt_blob, replace_blob, replace_section, write
+from .torch_cases import CASES, MLP, Case, export, outputs_equal
 
 plugin = ExportedProgramPlugin()
 

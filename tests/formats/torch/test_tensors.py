@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from helpers import corrupt_blob, write
 
 from modelvault.errors import IntegrityError, PayloadMismatchError, UnknownFormatError
 from modelvault.formats.registry import detect, detect_path
 from modelvault.formats.tensors import TensorsPlugin
+
+from .helpers import corrupt_blob, write
 
 plugin = TensorsPlugin()
 

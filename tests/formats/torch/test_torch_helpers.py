@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write
 
 from modelvault.errors import (
     DeviceOutOfMemoryError,
@@ -19,6 +18,8 @@ from modelvault.formats._torch.device import check_free_memory, human_bytes, res
 from modelvault.formats._torch.stream import load_tensors
 from modelvault.formats.manifest import DTYPE_SIZES
 from modelvault.formats.tensors import TensorsPlugin
+
+from .helpers import write
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 
@@ -77,9 +78,9 @@ def test_streamed_loading_with_small_chunks(chunk: int, ring: int, tmp_path: Pat
 
 @pytest.mark.parametrize("mmap", [True, False])
 def test_both_cpu_paths_verify(mmap: bool, tmp_path: Path) -> None:
-    from helpers import corrupt_blob
-
     from modelvault.errors import IntegrityError
+
+    from .helpers import corrupt_blob
 
     sd = {"a": torch.randn(3000), "b": torch.arange(7)}
     source = write(TensorsPlugin().pack(sd), tmp_path)

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import corrupt_blob, replace_blob, replace_section, write
-from torch_cases import MLP, Block, ConvBN, MixedDtypes, outputs_equal
 
 from modelvault.errors import (
     IntegrityError,
@@ -18,6 +16,9 @@ from modelvault.errors import (
 )
 from modelvault.formats.registry import detect, detect_path
 from modelvault.formats.torchscript import TorchScriptPlugin, is_torchscript_archive
+
+from .helpers import corrupt_blob, replace_blob, replace_section, write
+from .torch_cases import MLP, Block, ConvBN, MixedDtypes, outputs_equal
 
 plugin = TorchScriptPlugin()
 
