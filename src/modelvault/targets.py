@@ -18,6 +18,7 @@ all optional except ``device``:
 | ``platform`` | ``"linux_x86_64"`` | ``linux_x86_64``, ``linux_aarch64``, ``windows_x86_64``, ``windows_arm64`` |
 | ``cuda`` | ``"12"`` | CUDA major version the engines were built against; must match |
 | ``kind`` | ``"tensorrt"`` or ``"portable"`` | how the loader ranks it (default: ``"tensorrt"`` when ``tensorrt`` is set) |
+| ``built_on`` | ``"cpu"``, ``"cuda:9.0"`` | the device the artifact was built on (informational) |
 
 A key this modelvault does not know makes the variant not fit (with the
 reason "upgrade modelvault"), so an old reader never loads a variant whose
@@ -59,6 +60,7 @@ KNOWN_KEYS = frozenset(
         "platform",
         "cuda",
         "kind",
+        "built_on",
     }
 )
 #: Hardware-compatible TensorRT engines run on Ampere (SM 8.0) and newer.

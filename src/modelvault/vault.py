@@ -521,8 +521,8 @@ class Vault:
             variants = self.resolve(spec).variants
             digests: dict[str, int] = {}
             for v in variants:
-                for d, size, *_ in v.blobs:
-                    digests[d] = size
+                for blob in v.blobs:
+                    digests[blob.digest] = blob.size
         else:
             digests = dict.fromkeys(self.registry.referenced_digests(), 0)
         report: dict[str, Any] = {"checked": 0, "bytes": 0, "missing": [], "damaged": []}

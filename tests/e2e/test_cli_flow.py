@@ -134,7 +134,7 @@ def test_gc_keeps_young_unreferenced_blobs(mvault, model_dir):
         ("m:v1", "version"),
         ("m:01.0.0", "version"),
         ("m", "version"),
-        ("m:1.0.0:extra", "version"),
+        ("m:1.0.0:extra", "name"),
     ],
 )
 def test_push_rejects_malformed_refs(mvault, model_dir, mvault_home, ref, needle):

@@ -125,7 +125,10 @@ def test_order_matches_semver_rules(a: SemVer, b: SemVer) -> None:
     assert (a < b) == (ref < 0)
     assert (a == b) == (ref == 0)
     # the SQL key orders exactly like the rules
-    ka, kb = (a.major, a.minor, a.patch, a.prerelease_key), (b.major, b.minor, b.patch, b.prerelease_key)
+    ka, kb = (
+        (a.major, a.minor, a.patch, a.prerelease_key),
+        (b.major, b.minor, b.patch, b.prerelease_key),
+    )
     assert (ka < kb) == (ref < 0)
     assert set(a.prerelease_key) <= set("0123456789abcdef")
 

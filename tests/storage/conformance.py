@@ -85,7 +85,10 @@ class BlobStoreConformance:
         src = tmp_path / "src.bin"
         src.write_bytes(data)
         seen: list[tuple[int, int]] = []
-        assert store.put_file(d, src, progress=CallbackProgress(lambda a, b, _: seen.append((a, b)))) is True
+        assert (
+            store.put_file(d, src, progress=CallbackProgress(lambda a, b, _: seen.append((a, b))))
+            is True
+        )
         assert seen[0] == (0, self.big) and seen[-1] == (self.big, self.big)
         out = tmp_path / "out" / "blob.bin"
         out.parent.mkdir()
@@ -95,7 +98,10 @@ class BlobStoreConformance:
         assert got[-1] == (self.big, self.big)
         assert sorted(p.name for p in out.parent.iterdir()) == ["blob.bin"]  # no temp left
         assert store.read_range(d, self.big - 10, 10) == data[-10:]
-        assert store.read_range(d, 5 * 1024 * 1024 - 3, 7) == data[5 * 1024 * 1024 - 3 : 5 * 1024 * 1024 + 4]
+        assert (
+            store.read_range(d, 5 * 1024 * 1024 - 3, 7)
+            == data[5 * 1024 * 1024 - 3 : 5 * 1024 * 1024 + 4]
+        )
 
     def test_put_file_slice(self, store: BlobStore, tmp_path: Path) -> None:
         data = os.urandom(10_000)

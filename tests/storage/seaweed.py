@@ -63,7 +63,16 @@ class SeaweedS3:
         self.weed = weed or find_weed()
         self.ports = {
             name: free_port()
-            for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
+            for name in (
+                "master",
+                "master.grpc",
+                "volume",
+                "volume.grpc",
+                "filer",
+                "filer.grpc",
+                "s3",
+                "s3.grpc",
+            )
         }
         self.access_key = ACCESS_KEY
         self.secret_key = SECRET_KEY
@@ -95,7 +104,9 @@ class SeaweedS3:
                     "identities": [
                         {
                             "name": "tester",
-                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "credentials": [
+                                {"accessKey": self.access_key, "secretKey": self.secret_key}
+                            ],
                             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                         }
                     ]

@@ -33,7 +33,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True
     )
     if done.returncode != 0:
-        pytest.fail(f"cannot mount an 8 MiB tmpfs for the disk-full tests (needs root): {done.stderr.strip()}")
+        pytest.fail(
+            f"cannot mount an 8 MiB tmpfs for the disk-full tests (needs root): {done.stderr.strip()}"
+        )
     try:
         yield mnt
     finally:

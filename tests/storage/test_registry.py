@@ -97,7 +97,9 @@ def test_entry_point_store(tmp_path: Path) -> None:
     dist = tmp_path / "thirdparty_store-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-store\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[modelvault.stores]\ntp = thirdparty_store:ThirdParty\n")
+    (dist / "entry_points.txt").write_text(
+        "[modelvault.stores]\ntp = thirdparty_store:ThirdParty\n"
+    )
     sys.path.insert(0, str(tmp_path))
     try:
         store = open_store("tp://somewhere")

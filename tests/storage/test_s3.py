@@ -80,7 +80,10 @@ def test_server_rejects_a_bad_part_checksum(seaweed: SeaweedS3) -> None:
 
     with pytest.raises(ClientError, match="BadDigest"):
         seaweed.client().put_object(
-            Bucket=BUCKET, Key="bad-checksum", Body=b"hello", ChecksumSHA256=base64.b64encode(b"\0" * 32).decode()
+            Bucket=BUCKET,
+            Key="bad-checksum",
+            Body=b"hello",
+            ChecksumSHA256=base64.b64encode(b"\0" * 32).decode(),
         )
 
 
@@ -99,12 +102,19 @@ def test_dedup_sends_zero_bytes(make_s3_store: Callable[..., Any], tmp_path: Pat
     assert counts == {"body_bytes": 0, "HeadObject": 1}
 
 
-def test_list_ignores_foreign_objects(make_s3_store: Callable[..., Any], seaweed: SeaweedS3) -> None:
+def test_list_ignores_foreign_objects(
+    make_s3_store: Callable[..., Any], seaweed: SeaweedS3
+) -> None:
     store: S3Store = make_s3_store()
     d, data = blob(10)
     store.put_bytes(d, data)
     client = seaweed.client()
-    for key in ["blobs/blake3/zz/notablob", "blobs/blake3/00/" + "1" * 64, "blobs/readme.txt", "other"]:
+    for key in [
+        "blobs/blake3/zz/notablob",
+        "blobs/blake3/00/" + "1" * 64,
+        "blobs/readme.txt",
+        "other",
+    ]:
         client.put_object(Bucket=BUCKET, Key=store.prefix + key, Body=b"x")
     assert [b.digest for b in store.list()] == [d]
 
@@ -150,7 +160,9 @@ def test_url_and_endpoint_from_environment(s3_env: SeaweedS3) -> None:
         store.close()
 
 
-def test_wrong_credentials(make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_credentials(
+    make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     store: S3Store = make_s3_store()
     d, data = blob(100)
@@ -166,7 +178,9 @@ def test_wrong_credentials(make_s3_store: Callable[..., Any], monkeypatch: pytes
         other.exists(d)
 
 
-def test_no_credentials(make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_no_credentials(
+    make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -195,7 +209,9 @@ def test_missing_bucket(make_s3_store: Callable[..., Any], tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_endpoint_refusing_connections(make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_endpoint_refusing_connections(
+    make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -209,7 +225,9 @@ def test_endpoint_refusing_connections(make_s3_store: Callable[..., Any], monkey
     assert "AWS_ENDPOINT_URL_S3" in (err.value.hint or "")
 
 
-def test_endpoint_that_never_replies(make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_endpoint_that_never_replies(
+    make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # accepts connections (the kernel does) and never answers
@@ -252,7 +270,9 @@ def test_overwritten_blob_is_refused_by_pull(
     assert dest.read_bytes() == bytes(evil)
 
 
-def test_get_file_missing_blob_leaves_dest(make_s3_store: Callable[..., Any], tmp_path: Path) -> None:
+def test_get_file_missing_blob_leaves_dest(
+    make_s3_store: Callable[..., Any], tmp_path: Path
+) -> None:
     store: S3Store = make_s3_store()
     dest = tmp_path / "keep"
     dest.write_bytes(b"old")
@@ -261,7 +281,9 @@ def test_get_file_missing_blob_leaves_dest(make_s3_store: Callable[..., Any], tm
     assert dest.read_bytes() == b"old"
 
 
-def test_warm_cache_pull_reads_nothing_from_s3(make_s3_store: Callable[..., Any], tmp_path: Path) -> None:
+def test_warm_cache_pull_reads_nothing_from_s3(
+    make_s3_store: Callable[..., Any], tmp_path: Path
+) -> None:
     store: S3Store = make_s3_store()
     d, data = blob(6 << 20)
     store.put_bytes(d, data)
@@ -281,14 +303,18 @@ def _fetch_in_child(args: tuple[str, str, str, str]) -> bool:
     store = S3Store(bucket, prefix, part_size=5 << 20, concurrency=2)
     try:
         BlobCache(Path(cache_root), 1 << 30).fetch(
-            store, digest, progress=CallbackProgress(lambda done, total, label: started.append(done))
+            store,
+            digest,
+            progress=CallbackProgress(lambda done, total, label: started.append(done)),
         )
     finally:
         store.close()
     return bool(started)
 
 
-def test_concurrent_processes_download_once(make_s3_store: Callable[..., Any], tmp_path: Path) -> None:
+def test_concurrent_processes_download_once(
+    make_s3_store: Callable[..., Any], tmp_path: Path
+) -> None:
     import multiprocessing
 
     store: S3Store = make_s3_store()

@@ -45,7 +45,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
             result = _files_flow(args, vault, version, Path(tmp), steps)
     versions = vault.list(args.name, limit=5)
     steps.append({"step": "list", "versions": [v.version for v in versions]})
-    _say(args, f"3. listed {args.name}: " + ", ".join(v.version for v in versions))
+    _say(args, f"4. listed {args.name}: " + ", ".join(v.version for v in versions))
     emit(
         {"ok": True, "name": args.name, "version": version, "steps": steps, **result},
         as_json=args.json,
@@ -104,7 +104,7 @@ def _torch_flow(
     )
     _say(
         args,
-        f"4. loaded it onto {args.device} in {seconds * 1000:.1f} ms; outputs equal the original's",
+        f"3. loaded it onto {args.device} in {seconds * 1000:.1f} ms; outputs equal the original's",
     )
     return {"format": pushed.format}
 
@@ -125,5 +125,5 @@ def _files_flow(
     if not same:
         raise RuntimeError("the loaded files differ from the originals")
     steps.append({"step": "load", "path": str(out), "identical": True})
-    _say(args, "4. loaded it back; every byte identical")
+    _say(args, "3. loaded it back; every byte identical")
     return {"format": "files"}

@@ -20,7 +20,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -83,8 +83,28 @@ def _preamble(
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def _encode_index(manifest_digest: str, extents: list[tuple[int, int]]) -> bytes:
-    return encode_msgpack({"blobs": [[o, s] for o, s in extents], "manifest": manifest_digest})
+def _encode_index(
+    manifest_digest: str, extents: list[tuple[int, int]], ref: Mapping[str, str] | None = None
+) -> bytes:
+    index: dict[str, object] = {"blobs": [[o, s] for o, s in extents], "manifest": manifest_digest}
+    if ref:
+        index["ref"] = dict(ref)
+    return encode_msgpack(index)
+
+
+def _check_ref(ref: object) -> dict[str, str] | None:
+    """The optional ``ref`` of an index: the model name and version it was exported as."""
+    if ref is None:
+        return None
+    if (
+        not isinstance(ref, dict)
+        or set(ref) - {"name", "version"}
+        or not all(
+            isinstance(v, str) and 0 < len(v) <= 256 and v.isprintable() for v in ref.values()
+        )
+    ):
+        raise CorruptError("bundle index 'ref' must map 'name' and 'version' to short strings")
+    return dict(ref)
 
 
 def _layout(data_offset: int, sizes: list[int]) -> list[tuple[int, int]]:
@@ -97,13 +117,16 @@ def _layout(data_offset: int, sizes: list[int]) -> list[tuple[int, int]]:
 
 
 def _plan(
-    manifest_len: int, digest_placeholder: str, sizes: list[int]
+    manifest_len: int,
+    digest_placeholder: str,
+    sizes: list[int],
+    ref: Mapping[str, str] | None = None,
 ) -> tuple[int, list[tuple[int, int]], int]:
     """Fixed point of: data offset -> blob offsets -> index length -> data offset."""
     data_offset = align(PREAMBLE_SIZE + manifest_len)
     for _ in range(8):
         extents = _layout(data_offset, sizes)
-        index_len = len(_encode_index(digest_placeholder, extents))
+        index_len = len(_encode_index(digest_placeholder, extents, ref))
         need = align(PREAMBLE_SIZE + manifest_len + index_len)
         if need == data_offset:
             return data_offset, extents, index_len
@@ -135,9 +158,17 @@ def _write_hashing(
 
 
 def write_bundle(
-    draft: Draft, path: str | os.PathLike[str], *, progress: Progress | None = None
+    draft: Draft,
+    path: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    ref: Mapping[str, str] | None = None,
 ) -> Manifest:
     """Write ``draft`` as one ``.mvpk`` file, atomically, and return its manifest.
+
+    ``ref`` (``{"name": ..., "version": ...}``) records which model version the
+    bundle was exported as, in the index: outside the manifest, so the variant's
+    identity does not depend on it.
 
     One pass over every blob: bytes are hashed while they are written. The file
     appears under ``path`` only when complete and synced; on any error nothing
@@ -150,7 +181,8 @@ def write_bundle(
     # Size the header with placeholder digests (this also validates every field).
     manifest_len = len(probe_manifest(draft).encode())
     sizes = [b.source.size for b in draft.blobs]
-    data_offset, extents, index_len = _plan(manifest_len, placeholder, sizes)
+    ref = _check_ref(dict(ref)) if ref else None
+    data_offset, extents, index_len = _plan(manifest_len, placeholder, sizes, ref)
     file_len = extents[-1][0] + extents[-1][1] if extents else data_offset
 
     created = make_parents(dest.parent)
@@ -179,11 +211,13 @@ def write_bundle(
                 # Two blobs had identical bytes: lay the file out again with each stored once.
                 f.close()
                 tmp.unlink()
-                return _write_deduplicated(draft, dest, progress)
+                return _write_deduplicated(draft, dest, progress, ref)
             manifest_bytes = manifest.encode()
             if len(manifest_bytes) != manifest_len:
                 raise AssertionError("manifest length changed after hashing")  # pragma: no cover
-            index = _encode_index(digest_bytes(manifest_bytes, manifest.digest_algorithm), extents)
+            index = _encode_index(
+                digest_bytes(manifest_bytes, manifest.digest_algorithm), extents, ref
+            )
             assert len(index) == index_len
             f.seek(0)
             f.write(_preamble(manifest_len, index_len, data_offset, file_len, zlib.crc32(index)))
@@ -200,7 +234,9 @@ def write_bundle(
         raise
 
 
-def _write_deduplicated(draft: Draft, dest: Path, progress: Progress | None) -> Manifest:
+def _write_deduplicated(
+    draft: Draft, dest: Path, progress: Progress | None, ref: Mapping[str, str] | None
+) -> Manifest:
     seen: set[str | None] = set()
     unique = []
     for b in draft.blobs:
@@ -212,7 +248,7 @@ def _write_deduplicated(draft: Draft, dest: Path, progress: Progress | None) -> 
     slim = Draft(**{**draft.__dict__, "blobs": unique})
     slim.tensors = list(manifest.tensors)
     slim.payload = dict(manifest.payload)
-    return write_bundle(slim, dest, progress=progress)
+    return write_bundle(slim, dest, progress=progress, ref=ref)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -241,6 +277,7 @@ class _Header:
     file_len: int
     extents: list[tuple[int, int]]
     header_len: int
+    ref: dict[str, str] | None = None
 
 
 def _read_upto(f: BinaryIO, n: int) -> bytes:
@@ -322,8 +359,15 @@ def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
     if zlib.crc32(index_bytes) != index_crc:
         raise CorruptError("bundle index is damaged (checksum mismatch)")
     index = decode_msgpack(index_bytes, what="bundle index")
-    if not isinstance(index, dict) or set(index) != {"blobs", "manifest"}:
-        raise CorruptError("bundle index must be a map with 'blobs' and 'manifest'")
+    if not isinstance(index, dict) or not {"blobs", "manifest"} <= set(index) <= {
+        "blobs",
+        "manifest",
+        "ref",
+    }:
+        raise CorruptError(
+            "bundle index must be a map with 'blobs', 'manifest' and optionally 'ref'"
+        )
+    ref = _check_ref(index.get("ref"))
     expected_digest = index["manifest"]
     algo, _ = parse_digest(expected_digest)
     actual_digest = digest_bytes(manifest_bytes, algo)
@@ -378,6 +422,7 @@ def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
         file_len,
         extents,
         PREAMBLE_SIZE + m_len + i_len,
+        ref,
     )
 
 
@@ -409,6 +454,11 @@ class Bundle:
     @property
     def manifest_bytes(self) -> bytes:
         return self._h.manifest_bytes
+
+    @property
+    def ref(self) -> dict[str, str] | None:
+        """The model name and version the bundle was exported as, if it says."""
+        return dict(self._h.ref) if self._h.ref else None
 
     @property
     def digest(self) -> str:
