@@ -34,7 +34,7 @@ from ._torch.device import resolve_device
 from ._torch.dtypes import from_name, to_name
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import load_tensors
+from ._torch.stream import BackgroundLoad
 from .base import FormatPlugin
 from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
 
@@ -179,11 +179,15 @@ class ExportedProgramPlugin(FormatPlugin):
         """The ExportedProgram with its weights on ``device``; call ``.module()`` to run it."""
         dev = resolve_device(device)
         payload = _check_payload(source)
-        graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
-        ep = self._skeleton(source, payload, graph)
-        tensors = load_tensors(
-            source, dev, mmap=bool(options.get("mmap", True))
-        )  # verified; freed again if anything below fails
+        # Weights stream (verified) on a worker while the graph is parsed and checked here.
+        loading = BackgroundLoad(source, dev, mmap=bool(options.get("mmap", True)))
+        try:
+            graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
+            ep = self._skeleton(source, payload, graph)
+        except BaseException:
+            loading.discard()
+            raise
+        tensors = loading.result()
         try:
             sd = ep.state_dict
             for k, info in payload["state_dict"].items():

@@ -39,7 +39,7 @@ from ._torch.device import resolve_device
 from ._torch.dtypes import to_name
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import load_tensors
+from ._torch.stream import BackgroundLoad
 from .base import FormatPlugin
 from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
 
@@ -246,7 +246,11 @@ class TorchScriptPlugin(FormatPlugin):
                     ),
                     hint="the container is inconsistent; push the module again",
                 )
-        tensors = load_tensors(source, dev, mmap=bool(options.get("mmap", True))) if section else {}
+        # Weights stream (verified) on a worker while the archive is verified and loaded here.
+        loading = (
+            BackgroundLoad(source, dev, mmap=bool(options.get("mmap", True))) if section else None
+        )
+        tensors: dict[str, torch.Tensor] = {}
         try:
             archive = read_blob(
                 source, payload["archive"]["blob"], max_size=_MAX_ARCHIVE
@@ -263,9 +267,13 @@ class TorchScriptPlugin(FormatPlugin):
                 raise PayloadMismatchError(
                     f"blob {payload['archive']['blob']} could not be loaded as TorchScript: {exc}"
                 ) from exc
-            if section:
+            if loading is not None:
+                tensors = loading.result()
+                loading = None
                 self._install(module, payload["tensors"], tensors)
         except BaseException:
+            if loading is not None:
+                loading.discard()
             tensors.clear()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()

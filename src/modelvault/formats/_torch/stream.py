@@ -1,7 +1,7 @@
 """Load tensor sections onto a device at disk speed, verifying on the way.
 
-CPU: by default the section's file is mapped copy-on-write (``MAP_PRIVATE``,
-prefaulted), hashed through the mapping and then viewed as tensors: no copy,
+CPU: by default the section's file is mapped copy-on-write (``MAP_PRIVATE``),
+hashed through the mapping and then viewed as tensors: no copy,
 and writes to a tensor never reach the file. Containers are immutable files
 replaced only by atomic renames, so the verified bytes stay the mapped bytes.
 With ``mmap=False`` the section is instead read with parallel ``preadv`` calls
@@ -36,7 +36,7 @@ from ..digest import new_hasher, parse_digest
 from .device import check_free_memory, human_bytes
 from .section import views_from_buffer
 
-__all__ = ["CHUNK", "RING", "load_tensors", "read_blob_into"]
+__all__ = ["CHUNK", "RING", "BackgroundLoad", "load_tensors", "map_blob", "read_blob_into"]
 
 #: Bytes per read and per host-to-device copy.
 CHUNK = 32 * 1024 * 1024
@@ -88,6 +88,37 @@ def load_tensors(
     return out
 
 
+class BackgroundLoad:
+    """:func:`load_tensors` on a worker thread, so it overlaps rebuilding the graph.
+
+    Reading, hashing and copying release the GIL; the caller meanwhile parses
+    and checks the program. Call :meth:`result` for the tensors, or
+    :meth:`discard` on the error path: it waits for the worker and drops
+    whatever it loaded, so nothing stays on the device.
+    """
+
+    def __init__(self, source: ContainerSource, device: torch.device, **options: Any) -> None:
+        self._device = device
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvault-load")
+        self._future = self._pool.submit(load_tensors, source, device, **options)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def discard(self) -> None:
+        try:
+            self._future.result()
+        except BaseException:  # the caller is already raising the error that matters
+            pass
+        finally:
+            self._pool.shutdown(wait=True)
+            if self._device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
 def _allocate(device: torch.device, size: int) -> torch.Tensor:
     try:
         return torch.empty(size, dtype=torch.uint8, device=device)
@@ -129,11 +160,11 @@ def map_blob(source: ContainerSource, index: int) -> torch.Tensor:
         have = os.fstat(f.fileno()).st_size - loc.offset
         if have < ref.size:
             raise _integrity(ref, where, str(max(have, 0)), truncated=True)
-        flags = _mmap.MAP_PRIVATE | getattr(_mmap, "MAP_POPULATE", 0)
+        # No MAP_POPULATE: on a writable private mapping it would copy every page.
         mm = _mmap.mmap(
             f.fileno(),
             delta + ref.size,
-            flags=flags,
+            flags=_mmap.MAP_PRIVATE,
             prot=_mmap.PROT_READ | _mmap.PROT_WRITE,
             offset=start,
         )
