@@ -34,7 +34,7 @@ from ._torch.device import resolve_device
 from ._torch.dtypes import from_name, to_name
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import BackgroundLoad
+from ._torch.stream import BackgroundLoad, release
 from .base import FormatPlugin
 from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
 
@@ -189,25 +189,13 @@ class ExportedProgramPlugin(FormatPlugin):
             raise
         tensors = loading.result()
         try:
-            sd = ep.state_dict
-            for k, info in payload["state_dict"].items():
-                t = tensors[_SD + k]
-                sd[k] = (
-                    torch.nn.Parameter(t, bool(info["requires_grad"])) if info["parameter"] else t
-                )
-            for k in payload["constants"]:
-                ep.constants[k] = tensors[_CONST + k]
-            built = str(source.manifest.target.get("built_on", "cpu"))
-            if dev.type != "cpu" or not built.startswith("cpu"):
-                # Rewrites device arguments and metadata in the graph; the weights
-                # are already on ``dev`` so their ``.to`` is a no-op.
-                ep = torch.export.passes.move_to_device_pass(ep, str(dev))
-        except BaseException:
-            del tensors
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            return _attach(
+                ep, payload, tensors, dev, str(source.manifest.target.get("built_on", "cpu"))
+            )
+        except BaseException as exc:
+            del ep, tensors
+            release(exc, dev)
             raise
-        return ep
 
     def _skeleton(
         self, source: ContainerSource, payload: dict[str, Any], graph: bytes
@@ -291,6 +279,27 @@ class ExportedProgramPlugin(FormatPlugin):
 
     def native_suffix(self, source: ContainerSource) -> str:
         return ".pt2"
+
+
+def _attach(
+    ep: torch.export.ExportedProgram,
+    payload: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    dev: torch.device,
+    built_on: str,
+) -> torch.export.ExportedProgram:
+    """Put the loaded weights in place of the placeholders; fix the graph's devices."""
+    sd = ep.state_dict
+    for k, info in payload["state_dict"].items():
+        t = tensors[_SD + k]
+        sd[k] = torch.nn.Parameter(t, bool(info["requires_grad"])) if info["parameter"] else t
+    for k in payload["constants"]:
+        ep.constants[k] = tensors[_CONST + k]
+    if dev.type != "cpu" or not built_on.startswith("cpu"):
+        # Rewrites device arguments and metadata in the graph; the weights are
+        # already on ``dev``, so their ``.to`` is a no-op.
+        ep = torch.export.passes.move_to_device_pass(ep, str(dev))
+    return ep
 
 
 def _check_payload(source: ContainerSource) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from ._torch.device import resolve_device
 from ._torch.dtypes import to_name
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import BackgroundLoad
+from ._torch.stream import BackgroundLoad, release
 from .base import FormatPlugin
 from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
 
@@ -271,12 +271,11 @@ class TorchScriptPlugin(FormatPlugin):
                 tensors = loading.result()
                 loading = None
                 self._install(module, payload["tensors"], tensors)
-        except BaseException:
+        except BaseException as exc:
             if loading is not None:
                 loading.discard()
-            tensors.clear()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            tensors = {}
+            release(exc, dev)
             raise
         out_extra = options.get("extra_files")
         if isinstance(out_extra, dict):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import mmap as _mmap
 import os
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +37,15 @@ from ..digest import new_hasher, parse_digest
 from .device import check_free_memory, human_bytes
 from .section import views_from_buffer
 
-__all__ = ["CHUNK", "RING", "BackgroundLoad", "load_tensors", "map_blob", "read_blob_into"]
+__all__ = [
+    "CHUNK",
+    "RING",
+    "BackgroundLoad",
+    "load_tensors",
+    "map_blob",
+    "read_blob_into",
+    "release",
+]
 
 #: Bytes per read and per host-to-device copy.
 CHUNK = 32 * 1024 * 1024
@@ -68,6 +77,7 @@ def load_tensors(
     check_free_memory(device, sum(sizes.values()), what="the weights")
     out: dict[str, torch.Tensor] = {}
     buffers: list[torch.Tensor] = []
+    buf: torch.Tensor | None = None
     try:
         for i in blobs:
             if device.type == "cpu" and mmap and sizes[i] > 0:
@@ -77,15 +87,28 @@ def load_tensors(
                 read_blob_into(source, i, buf, chunk=chunk, ring=ring)
             buffers.append(buf)
             out.update(views_from_buffer(source.manifest, i, buf))
-    except BaseException:
+    except BaseException as exc:
         out.clear()
         buffers.clear()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        buf = None
+        release(exc, device)
         raise
     for alias, target in source.manifest.tensor_aliases.items():
         out[alias] = out[target]
     return out
+
+
+def release(exc: BaseException, device: torch.device) -> None:
+    """Let go of what a failed load allocated.
+
+    A traceback keeps every frame's locals alive, device buffers included, for
+    as long as the caller holds the exception; clearing the finished frames
+    frees them now. Frames still running are left alone (callers drop their
+    own references).
+    """
+    traceback.clear_frames(exc.__traceback__)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class BackgroundLoad:
@@ -111,10 +134,11 @@ class BackgroundLoad:
     def discard(self) -> None:
         try:
             self._future.result()
-        except BaseException:  # the caller is already raising the error that matters
-            pass
+        except BaseException as exc:  # the caller is already raising the error that matters
+            traceback.clear_frames(exc.__traceback__)
         finally:
             self._pool.shutdown(wait=True)
+            del self._future  # it holds the tensors (or the error) until dropped
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
 
