@@ -209,6 +209,16 @@ def main() -> None:
         mem = device != "cpu"
         results["load_torch_export"] = timed(torch_ep, device, args.runs, memory=mem)
         results["load_modelvault_ep"] = timed(mv_ep_load, device, args.runs, memory=True)
+        if device == "cpu":
+            # The same load into private memory instead of a copy-on-write file mapping.
+            results["load_modelvault_ep_private_copy"] = timed(
+                lambda: resident(
+                    ep_plugin.load(open_bundle(mv_ep), device=device, mmap=False).module()
+                ),
+                device,
+                args.runs,
+                memory=True,
+            )
         results["load_safetensors"] = timed(
             lambda: safetensors.torch.load_file(str(st), device=device),
             device,
