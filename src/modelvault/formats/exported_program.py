@@ -34,7 +34,7 @@ from ._torch.device import resolve_device
 from ._torch.dtypes import from_name, to_name
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import BackgroundLoad, release
+from ._torch.stream import BackgroundLoad, release, stream_options
 from .base import FormatPlugin
 from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
 
@@ -180,7 +180,7 @@ class ExportedProgramPlugin(FormatPlugin):
         dev = resolve_device(device)
         payload = _check_payload(source)
         # Weights stream (verified) on a worker while the graph is parsed and checked here.
-        loading = BackgroundLoad(source, dev, mmap=bool(options.get("mmap", True)))
+        loading = BackgroundLoad(source, dev, **stream_options(options))
         try:
             graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
             ep = self._skeleton(source, payload, graph)

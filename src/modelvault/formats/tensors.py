@@ -23,7 +23,7 @@ from ..errors import MissingDependencyError, PayloadMismatchError, UnknownFormat
 from ._torch.device import resolve_device
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import load_tensors
+from ._torch.stream import load_tensors, stream_options
 from .base import FormatPlugin
 from .container import ContainerSource, Draft, TensorSectionBuilder
 
@@ -123,7 +123,7 @@ class TensorsPlugin(FormatPlugin):
         """The state dict on ``device``; the tensors are views into one buffer per section."""
         dev = resolve_device(device)
         order = source.manifest.payload.get("order")
-        tensors = load_tensors(source, dev, mmap=bool(options.get("mmap", True)))
+        tensors = load_tensors(source, dev, **stream_options(options))
         if not isinstance(order, list) or set(order) != set(tensors):
             raise PayloadMismatchError(
                 "the tensors payload's name list disagrees with the stored tensors",

@@ -39,7 +39,7 @@ from ._torch.device import resolve_device
 from ._torch.dtypes import to_name
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import BackgroundLoad, release
+from ._torch.stream import BackgroundLoad, release, stream_options
 from .base import FormatPlugin
 from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
 
@@ -247,9 +247,7 @@ class TorchScriptPlugin(FormatPlugin):
                     hint="the container is inconsistent; push the module again",
                 )
         # Weights stream (verified) on a worker while the archive is verified and loaded here.
-        loading = (
-            BackgroundLoad(source, dev, mmap=bool(options.get("mmap", True))) if section else None
-        )
+        loading = BackgroundLoad(source, dev, **stream_options(options)) if section else None
         tensors: dict[str, torch.Tensor] = {}
         try:
             archive = read_blob(

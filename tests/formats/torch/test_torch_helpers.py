@@ -96,3 +96,15 @@ def test_both_cpu_paths_verify(mmap: bool, tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(IntegrityError, match="truncated"):
         load_tensors(source, torch.device("cpu"), mmap=mmap)
+
+
+def test_tuning_options_pass_through_and_are_checked(tmp_path: Path) -> None:
+    from modelvault.errors import InvalidArgumentError
+
+    sd = {f"t{i}": torch.randn(5000) for i in range(5)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    out = TensorsPlugin().load(source, mmap=False, chunk=8192, ring=3)
+    assert all(torch.equal(out[k], v) for k, v in sd.items())
+    for bad in ({"chunk": 0}, {"chunk": 5000}, {"ring": -1}, {"ring": True}, {"chunk": "1"}):
+        with pytest.raises(InvalidArgumentError, match=r"chunk|ring"):
+            TensorsPlugin().load(source, **bad)

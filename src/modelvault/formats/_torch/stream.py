@@ -25,13 +25,13 @@ import mmap as _mmap
 import os
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from ...errors import DeviceOutOfMemoryError, IntegrityError
+from ...errors import DeviceOutOfMemoryError, IntegrityError, InvalidArgumentError
 from ..container import ContainerSource
 from ..digest import new_hasher, parse_digest
 from .device import check_free_memory, human_bytes
@@ -45,12 +45,28 @@ __all__ = [
     "map_blob",
     "read_blob_into",
     "release",
+    "stream_options",
 ]
 
 #: Bytes per read and per host-to-device copy.
-CHUNK = 32 * 1024 * 1024
-#: Pinned ring slots (and concurrent reads): 4 x 32 MiB of host memory.
-RING = 4
+CHUNK = 16 * 1024 * 1024
+#: Pinned ring slots, and reads in flight: 8 x 16 MiB = 128 MiB of host memory.
+#: Several reads at once are what it takes to pull the page cache at full speed.
+RING = 8
+
+
+def stream_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The loader's tuning options among a plugin's ``load(**options)``: mmap, chunk, ring."""
+    out: dict[str, Any] = {"mmap": bool(options.get("mmap", True))}
+    for key in ("chunk", "ring"):
+        if key in options:
+            value = options[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidArgumentError(f"{key} must be a positive integer, got {value!r:.40}")
+            out[key] = value
+    if "chunk" in out and out["chunk"] % 4096:
+        raise InvalidArgumentError(f"chunk must be a multiple of 4096 bytes, got {out['chunk']}")
+    return out
 
 
 def _tensor_blobs(source: ContainerSource) -> list[int]:
