@@ -108,3 +108,28 @@ def test_tuning_options_pass_through_and_are_checked(tmp_path: Path) -> None:
     for bad in ({"chunk": 0}, {"chunk": 5000}, {"ring": -1}, {"ring": True}, {"chunk": "1"}):
         with pytest.raises(InvalidArgumentError, match=r"chunk|ring"):
             TensorsPlugin().load(source, **bad)
+
+
+@pytest.mark.parametrize(("chunk", "ring"), [(4096, 1), (4096, 3), (3 * 4096, 2), (1 << 20, 8)])
+def test_ring_bookkeeping(chunk: int, ring: int, tmp_path: Path) -> None:
+    """The staging ring used for GPU loads, driven with a CPU destination."""
+    import os
+
+    from modelvault.formats._torch.stream import stream_through_ring
+    from modelvault.formats.digest import digest_bytes, new_hasher
+
+    data = os.urandom(5 * 4096 + 123)
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 10 + data)
+    dest = torch.empty(len(data), dtype=torch.uint8)
+    h = new_hasher()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = stream_through_ring(fd, 10, len(data), dest, h, chunk, ring)
+        assert got == len(data)
+        assert bytes(dest.numpy()) == data
+        assert h.digest_str() == digest_bytes(data)
+        short = torch.empty(len(data) + 50, dtype=torch.uint8)
+        assert stream_through_ring(fd, 10, len(data) + 50, short, None, chunk, ring) == len(data)
+    finally:
+        os.close(fd)

@@ -308,12 +308,25 @@ def _stream_cpu(
 def _stream_cuda(
     fd: int, offset: int, size: int, dest: torch.Tensor, hasher: Any, chunk: int, ring: int
 ) -> int:
+    return stream_through_ring(fd, offset, size, dest, hasher, chunk, ring)
+
+
+def stream_through_ring(
+    fd: int, offset: int, size: int, dest: torch.Tensor, hasher: Any, chunk: int, ring: int
+) -> int:
+    """Read ``size`` bytes at ``offset`` of ``fd`` into ``dest`` through ``ring`` staging slots.
+
+    For a CUDA ``dest`` the slots are pinned and copies are asynchronous on a
+    side stream, an event per slot guarding its reuse; for a CPU ``dest`` (used
+    to test the ring's bookkeeping) copies are plain. Returns the bytes read.
+    """
     device = dest.device
+    cuda = device.type == "cuda"
     chunk = min(chunk, max(size, 1))
-    slots = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(ring)]
+    slots = [torch.empty(chunk, dtype=torch.uint8, pin_memory=cuda) for _ in range(ring)]
     slot_views = [memoryview(s.numpy()) for s in slots]  # type: ignore[arg-type]
     events: list[Any] = [None] * ring
-    stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+    stream = torch.cuda.Stream(device) if cuda else None  # type: ignore[no-untyped-call]
     n_chunks = -(-size // chunk)
 
     def read(j: int) -> int:
@@ -330,6 +343,9 @@ def _stream_cuda(
         if hasher is not None:
             hasher.update(slot_views[k][:n])
         start = j * chunk
+        if stream is None:
+            dest[start : start + n].copy_(slots[k][:n])
+            return
         with torch.cuda.stream(stream):
             dest[start : start + n].copy_(slots[k][:n], non_blocking=True)
             ev = torch.cuda.Event()  # type: ignore[no-untyped-call]
@@ -339,7 +355,9 @@ def _stream_cuda(
     try:
         got = _pipeline(n_chunks, ring, read, consume)
     finally:
-        stream.synchronize()
-    # Later work on the default stream must see the copied bytes.
-    torch.cuda.current_stream(device).wait_stream(stream)
+        if stream is not None:
+            stream.synchronize()
+    if stream is not None:
+        # Later work on the default stream must see the copied bytes.
+        torch.cuda.current_stream(device).wait_stream(stream)
     return got
