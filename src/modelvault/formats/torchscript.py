@@ -17,6 +17,7 @@ Payload (layout 1)::
       "kind": "scripted" | "traced",
       "tensors": {path: {"parameter": bool, "requires_grad": bool}, ...},
       "extra_files": [name, ...],
+      "weights_reason": "<why the section could not be used>",   # only when it fell back
     }
 
 ``path`` is a dotted attribute path (``"encoder.0.weight"``) and is also the
@@ -181,13 +182,22 @@ class TorchScriptPlugin(FormatPlugin):
         weights = _weights(module)
         tensors = {k: t for k, (t, _) in weights.items()}
         draft = Draft(self.name, self.version)
+        fallback = None
         if mode == "section":
             builder = TensorSectionBuilder()
-            add_tensors(builder, tensors.items())
-            with _swapped(module, {k: _placeholder(t) for k, t in tensors.items()}):
-                archive = self._save(module, extra)
-            draft.add_tensor_section(builder)
-        else:
+            try:
+                add_tensors(builder, tensors.items())
+                with _swapped(module, {k: _placeholder(t) for k, t in tensors.items()}):
+                    archive = self._save(module, extra)
+            except (RuntimeError, PayloadMismatchError) as exc:
+                # Some modules cannot have their tensors swapped out (dtypes the
+                # section lacks, attributes TorchScript will not retype): keep
+                # TorchScript's own archive, weights and all, and say so.
+                fallback = f"{type(exc).__name__}: {exc}"[:500]
+                mode = "archive"
+            else:
+                draft.add_tensor_section(builder)
+        if mode == "archive":
             archive = self._save(module, extra)
         traced = isinstance(module, torch.jit.TracedModule)  # type: ignore[attr-defined]
         kind = "traced" if traced else "scripted"
@@ -205,6 +215,8 @@ class TorchScriptPlugin(FormatPlugin):
             else {},
             "extra_files": sorted(extra),
         }
+        if fallback is not None:
+            draft.payload["weights_reason"] = fallback
         fill_common(
             draft,
             parameters={k: t for k, (t, p) in weights.items() if p},

@@ -176,3 +176,25 @@ def test_pack_refusals(tmp_path: Path) -> None:
     assert not plugin.can_pack_path(not_ts)
     with pytest.raises(UnknownFormatError, match="not a TorchScript archive"):
         plugin.pack(not_ts)
+
+
+def test_falls_back_to_the_archive_when_the_section_cannot_hold_a_weight(tmp_path: Path) -> None:
+    class Complex32(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("z", torch.zeros(3, dtype=torch.complex32))
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) + self.z.real.float()
+
+    module = torch.jit.script(Complex32().eval())
+    source = write(plugin.pack(module), tmp_path)
+    payload = source.manifest.payload
+    assert payload["weights"] == "archive"
+    assert "complex32" in payload["weights_reason"]
+    assert not source.manifest.tensors
+    x = torch.randn(2, 3)
+    assert outputs_equal(module(x), plugin.load(source)(x))
+    # The original module kept its own tensors.
+    assert module.z.dtype == torch.complex32
