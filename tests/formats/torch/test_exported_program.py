@@ -220,3 +220,14 @@ def test_pack_refuses_what_is_not_a_program(tmp_path: Path) -> None:
         plugin.pack(bad)
     with pytest.raises(FileNotFoundError):
         plugin.pack(tmp_path / "nope.pt2")
+
+
+def test_round_trip_through_a_bundle(tmp_path: Path) -> None:
+    from modelvault.formats.bundle import Bundle, write_bundle
+
+    case = next(c for c in CASES if c.name == "transformer")
+    ep = export(case)
+    write_bundle(plugin.pack(ep), tmp_path / "m.mvpk")
+    loaded = plugin.load(Bundle.open(tmp_path / "m.mvpk"))
+    probe = case.probe()
+    assert outputs_equal(ep.module()(*probe), loaded.module()(*probe))
