@@ -27,6 +27,7 @@ tensor's name in the tensor section; tied tensors are aliases.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder
 __all__ = ["ARCHIVE_MEDIA_TYPE", "TorchScriptPlugin", "is_torchscript_archive"]
 
 ARCHIVE_MEDIA_TYPE = "application/vnd.pytorch.torchscript+zip"
+# Dotted attribute names, no dunders: what named_parameters()/named_buffers() produce.
+_PATH_RE = re.compile(r"^(?!.*__)[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 _MAX_ARCHIVE = 1 << 36
 
 
@@ -222,6 +225,9 @@ class TorchScriptPlugin(FormatPlugin):
             parameters={k: t for k, (t, p) in weights.items() if p},
             stored=tensors,
             signature=_signature(module, options.get("example_inputs")),
+            # TorchScript code can name devices literally (traced on a GPU, it usually
+            # does): a module built on CUDA is only promised to run on CUDA.
+            device_kind="cuda" if any(t.is_cuda for t in tensors.values()) else "any",
         )
         draft.metadata.update(options.get("metadata") or {})
         return draft
@@ -298,11 +304,17 @@ class TorchScriptPlugin(FormatPlugin):
         values: dict[str, torch.Tensor] = {}
         for path, meta in info.items():
             t = tensors[path]
+            if not _PATH_RE.match(path):
+                problems.append(f"{path!r:.80} is not an attribute path")
+                continue
             try:
                 owner, leaf = _owner(module, path)
                 ph = getattr(owner, leaf)
             except AttributeError:
                 problems.append(f"the module has no attribute {path!r}")
+                continue
+            if not isinstance(owner, torch.jit.ScriptModule):
+                problems.append(f"{path!r} does not belong to a submodule")
                 continue
             if not isinstance(ph, torch.Tensor):
                 problems.append(f"{path!r} is not a tensor in the module")

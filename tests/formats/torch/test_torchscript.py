@@ -198,3 +198,15 @@ def test_falls_back_to_the_archive_when_the_section_cannot_hold_a_weight(tmp_pat
     assert outputs_equal(module(x), plugin.load(source)(x))
     # The original module kept its own tensors.
     assert module.z.dtype == torch.complex32
+
+
+@pytest.mark.parametrize("path", ["__class__", "forward", "layers.__dict__", "layers.0.0..weight"])
+def test_payload_paths_must_name_submodule_tensors(path: str, tmp_path: Path) -> None:
+    module = torch.jit.script(MLP().eval())
+    draft = plugin.pack(module)
+    tensors = _tensors(module)
+    tensors[path] = torch.ones(1)
+    draft.payload["tensors"][path] = {"parameter": False, "requires_grad": False}
+    source = write(replace_section(draft, tensors.items()), tmp_path)
+    with pytest.raises(PayloadMismatchError, match="weights disagree with the module"):
+        plugin.load(source)
