@@ -179,6 +179,8 @@ class Vault:
         draft = self.pack(obj, format=format, **options)
         if metadata:
             draft.metadata.update(dict(metadata))
+        for key, value in dict(options.get("frameworks") or {}).items():
+            draft.frameworks.setdefault(str(key), str(value))
         manifest, uploaded, n_up, n_skip = self._upload_draft(draft, progress)
         return self._register(
             manifest,
@@ -391,16 +393,22 @@ class Vault:
     ) -> Any:
         """Load a model version onto ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
         from .errors import NoCompatibleVariantError
+        from .formats.torch_tensorrt.build import load_options, wants_build
 
         try:
-            _, choice = self.choose(spec, device, variant=variant)
+            info, choice = self.choose(spec, device, variant=variant)
         except NoCompatibleVariantError:
             if not build_missing:
                 raise
             return self._build_missing(spec, device, compile_settings, options)
+        # A portable variant always fits; with build_missing on a GPU, a TensorRT
+        # variant is compiled here instead (and pushed back for the next machine).
+        if variant is None and wants_build(choice.variant, device, build_missing):
+            return self._build_missing(spec, device, compile_settings, options)
         source = self._source(choice.variant)
         plugin = get_plugin(source.manifest.plugin)
-        return plugin.load(source, device=device, **options)
+        extra = load_options(self, list(info.variants), source)  # refit source for stripped engines
+        return plugin.load(source, device=device, **{**extra, **options})
 
     def _build_missing(
         self, spec: str, device: str, settings: Mapping[str, Any] | None, options: Mapping[str, Any]

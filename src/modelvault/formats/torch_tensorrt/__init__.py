@@ -9,9 +9,17 @@ paths import torch or torch_tensorrt, and only when called.
 
 from __future__ import annotations
 
-from .build import build_variant_for, recorded_compile_settings
+from .build import build_variant_for, load_options, recorded_compile_settings, wants_build
 from .engine_info import ABI_LAYOUTS, EngineInfo, parse_engine_info
-from .plugin import TorchTensorRTPlugin, build_variant, import_runtime, inspect_program, refit
+from .plugin import (
+    TorchTensorRTPlugin,
+    build_variant,
+    compile_portable,
+    import_runtime,
+    inputs_from_signature,
+    inspect_program,
+    refit,
+)
 from .requirements import requirements_from_engines, validate_requirements
 
 __all__ = [
@@ -20,11 +28,15 @@ __all__ = [
     "TorchTensorRTPlugin",
     "build_variant",
     "build_variant_for",
+    "compile_portable",
     "import_runtime",
+    "inputs_from_signature",
     "inspect_program",
+    "load_options",
     "parse_engine_info",
     "recorded_compile_settings",
     "refit",
     "requirements_from_engines",
     "validate_requirements",
+    "wants_build",
 ]

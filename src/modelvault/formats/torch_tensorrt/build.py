@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import NoCompatibleVariantError
+from ...targets import parse_device_index
 from .plugin import compile_portable
 
-__all__ = ["build_variant_for", "recorded_compile_settings"]
+__all__ = ["build_variant_for", "load_options", "recorded_compile_settings", "wants_build"]
 
 #: Recorded settings that are ``torch_tensorrt.dynamo.compile`` keyword arguments.
 _COMPILE_KWARGS = (
@@ -107,3 +108,41 @@ def build_variant_for(
     push_opts.update({k: v for k, v in options.items() if k in ("frameworks", "ir")})
     vault.push(module, str(name), str(version), format="torch_tensorrt", variant=True, **push_opts)
     return module
+
+
+def wants_build(variant: Any, device: str, build_missing: bool) -> bool:
+    """Whether ``Vault.load`` should compile instead of loading ``variant``, the best fit.
+
+    True when ``build_missing`` is set, ``device`` is a CUDA device and the best
+    fitting variant is not a TensorRT one (a portable variant always fits, so
+    "nothing fits" alone would never trigger a build).
+    """
+    return (
+        bool(build_missing)
+        and parse_device_index(device)[0] == "cuda"
+        and getattr(variant, "kind", "") != "tensorrt"
+    )
+
+
+def load_options(vault: Any, variants: list[Any], source: Any) -> dict[str, Any]:
+    """Extra ``plugin.load`` options a chosen TensorRT variant needs.
+
+    Weight-stripped engines are refit from the version's portable
+    ExportedProgram variant: returns ``{"refit_from": <its source>}`` then,
+    ``{}`` otherwise (and for any other plugin).
+    """
+    manifest = source.manifest
+    if (
+        manifest.plugin != "torch_tensorrt"
+        or manifest.payload.get("weights") != "refit_from_portable"
+    ):
+        return {}
+    portable = [v for v in variants if v.format == "exported_program"]
+    if not portable:
+        raise NoCompatibleVariantError(
+            "this TensorRT variant's engines were stored without weights and the version has no "
+            "portable ExportedProgram variant to take them from",
+            [],
+            hint="push the model's ExportedProgram to the same version",
+        )
+    return {"refit_from": vault._source(portable[0])}

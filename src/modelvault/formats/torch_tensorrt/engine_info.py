@@ -10,7 +10,7 @@ Fields are only ever appended, at the indices of ``SerializedInfoIndex`` in
 | ABI | fields | added field(s) | releases | read in |
 | --- | --- | --- | --- | --- |
 | "4" | 6 | (base) abi, name, device, engine, input names, output names | 1.4 .. 2.2 | ``core/runtime/runtime.h`` at ABI "4" (RTDevice era) |
-| "5" | 7 or 8 | ``HW_COMPATIBLE_IDX`` (then ``SERIALIZED_METADATA_IDX``) | 2.3 .. 2.4 | inferred: between the ABI "4" and "6" headers; no stored copy of the ABI "5" header was found, so both counts are accepted |
+| "5" | 7 or 8 | ``HW_COMPATIBLE_IDX`` (then ``SERIALIZED_METADATA_IDX``) | 2.3 .. 2.4 | pytorch/TensorRT PR #2445 (hardware compatibility, "Update ABI version ... update engine serialization schema"); the ABI "5" header itself was not found, and "6" adds two fields over it, so 7 and 8 are both accepted |
 | "6" | 9 | ``SERIALIZED_METADATA_IDX``, ``TARGET_PLATFORM_IDX`` | 2.5 .. 2.7 | ``core/runtime/runtime.h`` at ABI "6" |
 | "7" | 10 | ``REQUIRES_OUTPUT_ALLOCATOR_IDX`` | 2.8 .. 2.9 | ``core/runtime/runtime.h`` at ABI "7" |
 | "8" | 11 | ``RESOURCE_ALLOCATION_STRATEGY_IDX`` | 2.10 .. 2.11 | ``_serialized_engine_layout.py`` (``ABI_VERSION = "8"``, ``SERIALIZATION_LEN = 11``) |
@@ -84,8 +84,18 @@ _MDV = (*_RA, "requires_native_multidevice")
 ABI_LAYOUTS: dict[str, tuple[AbiLayout, ...]] = {
     "4": (_layout("4", (), "1.4-2.2", 'core/runtime/runtime.h (ABI_VERSION "4")'),),
     "5": (
-        _layout("5", _HW, "2.3-2.4", "inferred between the ABI 4 and 6 headers"),
-        _layout("5", _MD, "2.3-2.4", "inferred between the ABI 4 and 6 headers"),
+        _layout(
+            "5",
+            _HW,
+            "2.3-2.4",
+            "PR #2445 (HW_COMPATIBLE, ABI bump); count inferred from the ABI 4 and 6 headers",
+        ),
+        _layout(
+            "5",
+            _MD,
+            "2.3-2.4",
+            "PR #2445 (HW_COMPATIBLE, ABI bump); count inferred from the ABI 4 and 6 headers",
+        ),
     ),
     "6": (_layout("6", _TP, "2.5-2.7", 'core/runtime/runtime.h (ABI_VERSION "6")'),),
     "7": (_layout("7", _OA, "2.8-2.9", 'core/runtime/runtime.h (ABI_VERSION "7")'),),

@@ -26,14 +26,14 @@ from ...errors import FormatError
 
 __all__ = ["Inert", "InertUnpickler", "PersistentRef", "inert_loads", "to_plain"]
 
-#: Globals that are safe to resolve to the real thing: they only build containers.
+#: Globals that are safe to resolve to the real thing: they only build containers and cannot
+#: be asked for a huge allocation by a small argument (unlike ``bytearray(10**12)``).
 _REAL: dict[tuple[str, str], Callable[..., Any]] = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("builtins", "list"): list,
     ("builtins", "dict"): dict,
     ("builtins", "tuple"): tuple,
-    ("builtins", "bytearray"): bytearray,
     ("collections", "OrderedDict"): dict,
     ("__builtin__", "set"): set,
     ("__builtin__", "frozenset"): frozenset,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ...errors import (
+    DeviceError,
     EngineInfoError,
     InvalidArgumentError,
     MissingDependencyError,
@@ -41,6 +42,7 @@ __all__ = [
     "build_variant",
     "compile_portable",
     "import_runtime",
+    "inputs_from_signature",
     "inspect_program",
     "refit",
 ]
@@ -152,7 +154,7 @@ class TorchTensorRTPlugin(FormatPlugin):
 
         Options: ``ir`` (``"exported_program"``, the default, or
         ``"torchscript"``) for live modules; ``arg_inputs``,
-        ``kwarg_inputs``, ``inputs``, ``retrace`` passed to
+        ``kwarg_inputs``, ``inputs``, ``retrace``, ``dynamic_shapes`` passed to
         ``torch_tensorrt.save``; ``frameworks`` (versions of the environment
         that built the engines; defaults to this machine's); ``platform``
         (for ABIs older than "6").
@@ -195,7 +197,7 @@ class TorchTensorRTPlugin(FormatPlugin):
         dest = tmp / f"program{_SUFFIX[ir]}"
         kwargs = {
             k: options[k]
-            for k in ("arg_inputs", "kwarg_inputs", "inputs", "retrace")
+            for k in ("arg_inputs", "kwarg_inputs", "inputs", "retrace", "dynamic_shapes")
             if k in options
         }
         tt.save(obj, str(dest), output_format=ir, **kwargs)
@@ -220,6 +222,11 @@ class TorchTensorRTPlugin(FormatPlugin):
             raise EngineInfoError(
                 "the engines are weight-stripped but not refittable (immutable_weights=True); "
                 "they could never get their weights back"
+            )
+        if any(stripped) and ir == "torchscript":
+            raise EngineInfoError(
+                "weight-stripped engines in a TorchScript program cannot be refit by torch_tensorrt; "
+                "save the module with output_format='exported_program'"
             )
         draft = Draft(plugin=self.name, plugin_version=self.version, frameworks=fw, target=target)
         index = draft.add_blob("program", MEDIA_TYPES[ir], FileSource(path))
@@ -270,6 +277,13 @@ class TorchTensorRTPlugin(FormatPlugin):
 
                 return torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
             program = tt.load(str(path))
+        except (RuntimeError, ValueError) as exc:
+            # Every recorded requirement was checked above, so this is TensorRT refusing the plan
+            # (a driver or library mismatch the engine info cannot record).
+            raise DeviceError(
+                f"TensorRT could not deserialize this variant's engines on {device}: {exc}",
+                hint="load the portable variant (variant='exported_program'), or rebuild with build_missing=True",
+            ) from exc
         finally:
             if cleanup:
                 shutil.rmtree(cleanup, ignore_errors=True)
@@ -282,6 +296,7 @@ class TorchTensorRTPlugin(FormatPlugin):
             return refit(
                 program,
                 portable,
+                device=device,
                 arg_inputs=options.get("arg_inputs"),
                 kwarg_inputs=options.get("kwarg_inputs"),
             )
@@ -357,18 +372,69 @@ def _verified_file(source: ContainerSource, index: int) -> tuple[Path, str | Non
 # build on miss and refit: called by the vault
 
 
-def _portable_program(portable: ContainerSource) -> Any:
+def _portable_program(portable: ContainerSource, device: str) -> Any:
+    """The version's portable ExportedProgram, weights on ``device``."""
+    import torch
+
     from ..registry import get_plugin
 
     plugin = get_plugin(portable.manifest.plugin)
+    obj = plugin.load(portable, device=device)
+    if isinstance(obj, torch.export.ExportedProgram):
+        return obj
     tmp = tempfile.mkdtemp(prefix="mvault-trt-")
     try:
         path = plugin.export_native(portable, Path(tmp) / "portable.pt2")
-        import torch
-
         return torch.export.load(str(path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def inputs_from_signature(signature: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Compile inputs (``min_shape``/``opt_shape``/``max_shape``/``dtype``) from a portable
+    program's recorded signature; a dynamic dimension spans its recorded range, with
+    ``opt`` at the range's low end.
+
+    Raises :class:`InvalidArgumentError` when the signature cannot say (a non-tensor
+    input, an unbounded or derived dimension): pass ``arg_inputs`` then.
+    """
+    dims = signature.get("dims") or {}
+    out: list[dict[str, Any]] = []
+    for entry in signature.get("inputs") or []:
+        name = entry.get("name", "?")
+        if "shape" not in entry or "dtype" not in entry:
+            raise InvalidArgumentError(
+                f"input {name!r} is not a tensor; pass compile_settings={{'arg_inputs': (...)}}"
+            )
+        lo: list[int] = []
+        hi: list[int] = []
+        for d in entry["shape"]:
+            if isinstance(d, int):
+                lo.append(d)
+                hi.append(d)
+                continue
+            rng = dims.get(str(d))
+            if not isinstance(rng, Mapping) or rng.get("max") is None:
+                raise InvalidArgumentError(
+                    f"input {name!r} has dimension {d!r} without a finite recorded range; "
+                    "pass compile_settings={'arg_inputs': (torch_tensorrt.Input(...), ...)}"
+                )
+            lo.append(max(int(rng.get("min") or 1), 1))
+            hi.append(int(rng["max"]))
+        out.append(
+            {
+                "name": name,
+                "min_shape": lo,
+                "opt_shape": list(lo),
+                "max_shape": hi,
+                "dtype": entry["dtype"],
+            }
+        )
+    if not out:
+        raise InvalidArgumentError(
+            "the portable program records no inputs; pass compile_settings={'arg_inputs': (...)}"
+        )
+    return out
 
 
 def build_variant(
@@ -396,21 +462,25 @@ def compile_portable(
             f"this one is {portable_source.manifest.plugin!r}"
         )
     tt = import_runtime("building a TensorRT variant")
-    ep = _portable_program(portable_source)
+    import torch
+
+    ep = _portable_program(portable_source, device)
     opts = dict(settings)
     arg_inputs = opts.pop("arg_inputs", None)
     kwarg_inputs = opts.pop("kwarg_inputs", None)
     if arg_inputs is None:
-        example = getattr(ep, "example_inputs", None)
-        if not example:
-            raise InvalidArgumentError(
-                "the portable program records no example inputs; "
-                "pass compile_settings={'arg_inputs': (...)}"
+        specs = inputs_from_signature(portable_source.manifest.signature)
+        arg_inputs = tuple(
+            tt.Input(
+                min_shape=s["min_shape"],
+                opt_shape=s["opt_shape"],
+                max_shape=s["max_shape"],
+                dtype=getattr(torch, s["dtype"]),
             )
-        arg_inputs, kwarg_inputs = example[0], example[1] or kwarg_inputs
-    import torch
-
-    arg_inputs = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in arg_inputs)
+            for s in specs
+        )
+    else:
+        arg_inputs = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in arg_inputs)
     module = tt.dynamo.compile(
         ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, device=torch.device(device), **opts
     )
@@ -421,16 +491,13 @@ def refit(
     program: Any,
     portable_source: ContainerSource,
     *,
+    device: str = "cuda:0",
     arg_inputs: Any = None,
     kwarg_inputs: Any = None,
 ) -> Any:
     """Put the portable variant's weights into weight-stripped engines (``refit_module_weights``)."""
     tt = import_runtime("refitting TensorRT engines")
-    ep = _portable_program(portable_source)
-    if arg_inputs is None:
-        example = getattr(ep, "example_inputs", None)
-        if example:
-            arg_inputs, kwarg_inputs = example[0], example[1] or kwarg_inputs
+    ep = _portable_program(portable_source, device)
     return tt.dynamo.refit_module_weights(
         program, ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, in_place=False
     )

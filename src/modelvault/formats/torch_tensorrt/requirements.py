@@ -63,19 +63,14 @@ def requirements_from_engines(
                 "Rebuild it on an Ampere or newer GPU, or without hardware_compatible=True"
             )
     exact = sorted({e.sm for e in engines if not e.hw_compatible}, key=_sm_key)
-    hw = [e for e in engines if e.hw_compatible]
     if len(exact) > 1:
         raise EngineInfoError(
             f"the program's engines were built for different GPUs (compute capabilities {', '.join(exact)}); "
             "a variant runs on one GPU architecture: compile one program per architecture"
         )
-    ccs: Any
-    if exact:
-        ccs = exact
-    else:
-        ccs = {"min": max((e.sm for e in hw), key=_sm_key)}
-        if _sm_key(ccs["min"]) < HW_COMPAT_MIN:
-            ccs = {"min": "8.0"}
+    # TensorRT's hardware compatibility level (kAMPERE_PLUS) runs on every Ampere or newer
+    # GPU, whichever of them built the engine.
+    ccs: Any = exact or {"min": f"{HW_COMPAT_MIN[0]}.{HW_COMPAT_MIN[1]}"}
     platforms = sorted({e.target_platform for e in engines if e.target_platform is not None})
     if len(platforms) > 1:
         raise EngineInfoError(
@@ -91,8 +86,8 @@ def requirements_from_engines(
         raise InvalidArgumentError(
             "cannot tell which TensorRT version built these engines (the program does not record it and "
             "tensorrt is not importable here)",
-            hint="pass the building environment's versions, e.g. frameworks={'tensorrt': '10.3.0', "
-            "'torch_tensorrt': '2.5.0', 'cuda': '12.4'} (CLI: --tensorrt-version 10.3.0)",
+            hint="push from the environment that built the engines (with tensorrt importable), or pass "
+            "frameworks={'tensorrt': '10.3.0', 'torch_tensorrt': '2.5.0', 'cuda': '12.4'}",
         )
     req: dict[str, Any] = {
         "kind": "tensorrt",
