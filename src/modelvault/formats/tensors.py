@@ -30,6 +30,7 @@ from .container import ContainerSource, Draft, TensorSectionBuilder
 __all__ = ["TensorsPlugin"]
 
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+_ALIASES_KEY = "modelvault.aliases"
 
 
 def _safetensors() -> Any:
@@ -111,10 +112,24 @@ class TensorsPlugin(FormatPlugin):
         st = _safetensors()
         try:
             out: dict[str, torch.Tensor] = st.load_file(str(path), device="cpu")
+            with st.safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
         except Exception as exc:  # safetensors raises its own SafetensorError
             raise PayloadMismatchError(
                 f"{path} is not a readable .safetensors file: {exc}"
             ) from exc
+        # Tied tensors written out by export_native come back tied (stored once),
+        # but only where the two copies really are equal.
+        try:
+            aliases = json.loads(meta.get(_ALIASES_KEY, "{}"))
+        except ValueError:
+            aliases = {}
+        if isinstance(aliases, dict):
+            for alias, target in aliases.items():
+                a = out.get(alias)
+                t = out.get(target) if isinstance(target, str) else None
+                if a is not None and t is not None and a.dtype == t.dtype and torch.equal(a, t):
+                    out[alias] = t
         return out
 
     def load(
@@ -140,7 +155,7 @@ class TensorsPlugin(FormatPlugin):
         aliases = dict(source.manifest.tensor_aliases)
         meta = {"format": "pt"}
         if aliases:
-            meta["modelvault.aliases"] = json.dumps(aliases, sort_keys=True)
+            meta[_ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
         dest = Path(dest)
         st.save_file(owned, str(dest), metadata=meta)
         return dest
