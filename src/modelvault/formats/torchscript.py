@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import InvalidArgumentError, PayloadMismatchError, UnknownFormatError
+from ._torch import _export_private as private
 from ._torch.device import resolve_device
 from ._torch.dtypes import to_name
 from ._torch.section import add_tensors
@@ -111,12 +112,12 @@ def _swapped(module: Any, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
         for path, v in values.items():
             owner, leaf = _owner(module, path)
             saved[path] = getattr(owner, leaf)
-            owner._c.setattr(leaf, v)
+            private.set_script_attribute(owner, leaf, v)
         yield
     finally:
         for path, v in saved.items():
             owner, leaf = _owner(module, path)
-            owner._c.setattr(leaf, v)
+            private.set_script_attribute(owner, leaf, v)
 
 
 def _signature(module: Any, example_inputs: Any) -> dict[str, Any]:
@@ -339,7 +340,7 @@ class TorchScriptPlugin(FormatPlugin):
             key = id(tensors[path])
             v = made.setdefault(key, v)
             owner, leaf = _owner(module, path)
-            owner._c.setattr(leaf, v)
+            private.set_script_attribute(owner, leaf, v)
 
     def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
         """Write a TorchScript archive with ``torch.jit.save`` (extra files included)."""

@@ -50,3 +50,15 @@ def test_schema_version_text() -> None:
     major, minor = private.schema_version().split(".")
     assert int(major) >= 1
     assert int(minor) >= 0
+
+
+def test_set_script_attribute_rebinds_parameters_and_buffers() -> None:
+    module = torch.jit.script(torch.nn.BatchNorm1d(3).eval())
+    weight = torch.nn.Parameter(torch.full((3,), 2.0))
+    mean = torch.full((3,), 0.5)
+    private.set_script_attribute(module, "weight", weight)
+    private.set_script_attribute(module, "running_mean", mean)
+    assert module.weight is weight or torch.equal(module.weight, weight)
+    assert module.weight.data_ptr() == weight.data_ptr()
+    assert module.running_mean.data_ptr() == mean.data_ptr()
+    assert [n for n, _ in module.named_parameters()] == ["weight", "bias"]
