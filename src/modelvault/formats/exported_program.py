@@ -71,10 +71,14 @@ def _dims(ep: torch.export.ExportedProgram) -> dict[str, dict[str, int | None]]:
     """The range of each dynamic dimension's symbol; ``None`` for unbounded."""
 
     def bound(v: Any) -> int | None:
-        try:
-            return int(v)
-        except (TypeError, ValueError, OverflowError):
-            return None  # infinity
+        # Integers come back as ints; the infinities (sympy's and torch's int_oo)
+        # are not integers, and converting them raises a variety of errors.
+        if getattr(v, "is_integer", False) and getattr(v, "is_finite", True):
+            try:
+                return int(v)
+            except Exception:
+                return None
+        return None
 
     return {
         str(sym): {"min": bound(r.lower), "max": bound(r.upper)}

@@ -231,3 +231,14 @@ def test_round_trip_through_a_bundle(tmp_path: Path) -> None:
     loaded = plugin.load(Bundle.open(tmp_path / "m.mvpk"))
     probe = case.probe()
     assert outputs_equal(ep.module()(*probe), loaded.module()(*probe))
+
+
+def test_unbounded_dynamic_dimension_has_no_max(tmp_path: Path) -> None:
+    model = torch.nn.Linear(4, 4)
+    ep = torch.export.export(
+        model, (torch.randn(3, 4),), dynamic_shapes=({0: torch.export.Dim("b")},)
+    )
+    m = write(plugin.pack(ep), tmp_path).manifest
+    (sym,) = m.signature["dims"]
+    assert m.signature["dims"][sym]["max"] is None
+    assert m.signature["inputs"][0]["shape"] == [sym, 4]
