@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.export.passes
 
 from ..errors import FormatError, PayloadMismatchError, UnknownFormatError
 from ._torch import _export_private as private
@@ -33,7 +34,7 @@ from ._torch.device import resolve_device
 from ._torch.dtypes import from_name, to_name
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import load_tensors
+from ._torch.stream import BackgroundLoad, release, stream_options
 from .base import FormatPlugin
 from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
 
@@ -70,10 +71,14 @@ def _dims(ep: torch.export.ExportedProgram) -> dict[str, dict[str, int | None]]:
     """The range of each dynamic dimension's symbol; ``None`` for unbounded."""
 
     def bound(v: Any) -> int | None:
-        try:
-            return int(v)
-        except (TypeError, ValueError, OverflowError):
-            return None  # infinity
+        # Integers come back as ints; the infinities (sympy's and torch's int_oo)
+        # are not integers, and converting them raises a variety of errors.
+        if getattr(v, "is_integer", False) and getattr(v, "is_finite", True):
+            try:
+                return int(v)
+            except Exception:
+                return None
+        return None
 
     return {
         str(sym): {"min": bound(r.lower), "max": bound(r.upper)}
@@ -178,29 +183,23 @@ class ExportedProgramPlugin(FormatPlugin):
         """The ExportedProgram with its weights on ``device``; call ``.module()`` to run it."""
         dev = resolve_device(device)
         payload = _check_payload(source)
-        graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
-        ep = self._skeleton(source, payload, graph)
-        tensors = load_tensors(source, dev)  # verified; freed again if anything below fails
+        # Weights stream (verified) on a worker while the graph is parsed and checked here.
+        loading = BackgroundLoad(source, dev, **stream_options(options))
         try:
-            sd = ep.state_dict
-            for k, info in payload["state_dict"].items():
-                t = tensors[_SD + k]
-                sd[k] = (
-                    torch.nn.Parameter(t, bool(info["requires_grad"])) if info["parameter"] else t
-                )
-            for k in payload["constants"]:
-                ep.constants[k] = tensors[_CONST + k]
-            built = str(source.manifest.target.get("built_on", "cpu"))
-            if dev.type != "cpu" or not built.startswith("cpu"):
-                # Rewrites device arguments and metadata in the graph; the weights
-                # are already on ``dev`` so their ``.to`` is a no-op.
-                ep = torch.export.passes.move_to_device_pass(ep, str(dev))
+            graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
+            ep = self._skeleton(source, payload, graph)
         except BaseException:
-            del tensors
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            loading.discard()
             raise
-        return ep
+        tensors = loading.result()
+        try:
+            return _attach(
+                ep, payload, tensors, dev, str(source.manifest.target.get("built_on", "cpu"))
+            )
+        except BaseException as exc:
+            del ep, tensors
+            release(exc, dev)
+            raise
 
     def _skeleton(
         self, source: ContainerSource, payload: dict[str, Any], graph: bytes
@@ -284,6 +283,27 @@ class ExportedProgramPlugin(FormatPlugin):
 
     def native_suffix(self, source: ContainerSource) -> str:
         return ".pt2"
+
+
+def _attach(
+    ep: torch.export.ExportedProgram,
+    payload: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    dev: torch.device,
+    built_on: str,
+) -> torch.export.ExportedProgram:
+    """Put the loaded weights in place of the placeholders; fix the graph's devices."""
+    sd = ep.state_dict
+    for k, info in payload["state_dict"].items():
+        t = tensors[_SD + k]
+        sd[k] = torch.nn.Parameter(t, bool(info["requires_grad"])) if info["parameter"] else t
+    for k in payload["constants"]:
+        ep.constants[k] = tensors[_CONST + k]
+    if dev.type != "cpu" or not built_on.startswith("cpu"):
+        # Rewrites device arguments and metadata in the graph; the weights are
+        # already on ``dev``, so their ``.to`` is a no-op.
+        ep = torch.export.passes.move_to_device_pass(ep, str(dev))
+    return ep
 
 
 def _check_payload(source: ContainerSource) -> dict[str, Any]:

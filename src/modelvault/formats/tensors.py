@@ -20,16 +20,17 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import MissingDependencyError, PayloadMismatchError, UnknownFormatError
-from .base import FormatPlugin
-from .container import ContainerSource, Draft, TensorSectionBuilder
 from ._torch.device import resolve_device
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import load_tensors
+from ._torch.stream import load_tensors, stream_options
+from .base import FormatPlugin
+from .container import ContainerSource, Draft, TensorSectionBuilder
 
 __all__ = ["TensorsPlugin"]
 
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+_ALIASES_KEY = "modelvault.aliases"
 
 
 def _safetensors() -> Any:
@@ -111,10 +112,24 @@ class TensorsPlugin(FormatPlugin):
         st = _safetensors()
         try:
             out: dict[str, torch.Tensor] = st.load_file(str(path), device="cpu")
+            with st.safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
         except Exception as exc:  # safetensors raises its own SafetensorError
             raise PayloadMismatchError(
                 f"{path} is not a readable .safetensors file: {exc}"
             ) from exc
+        # Tied tensors written out by export_native come back tied (stored once),
+        # but only where the two copies really are equal.
+        try:
+            aliases = json.loads(meta.get(_ALIASES_KEY, "{}"))
+        except ValueError:
+            aliases = {}
+        if isinstance(aliases, dict):
+            for alias, target in aliases.items():
+                a = out.get(alias)
+                t = out.get(target) if isinstance(target, str) else None
+                if a is not None and t is not None and a.dtype == t.dtype and torch.equal(a, t):
+                    out[alias] = t
         return out
 
     def load(
@@ -123,7 +138,7 @@ class TensorsPlugin(FormatPlugin):
         """The state dict on ``device``; the tensors are views into one buffer per section."""
         dev = resolve_device(device)
         order = source.manifest.payload.get("order")
-        tensors = load_tensors(source, dev)
+        tensors = load_tensors(source, dev, **stream_options(options))
         if not isinstance(order, list) or set(order) != set(tensors):
             raise PayloadMismatchError(
                 "the tensors payload's name list disagrees with the stored tensors",
@@ -140,7 +155,7 @@ class TensorsPlugin(FormatPlugin):
         aliases = dict(source.manifest.tensor_aliases)
         meta = {"format": "pt"}
         if aliases:
-            meta["modelvault.aliases"] = json.dumps(aliases, sort_keys=True)
+            meta[_ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
         dest = Path(dest)
         st.save_file(owned, str(dest), metadata=meta)
         return dest

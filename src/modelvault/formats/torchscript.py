@@ -17,6 +17,7 @@ Payload (layout 1)::
       "kind": "scripted" | "traced",
       "tensors": {path: {"parameter": bool, "requires_grad": bool}, ...},
       "extra_files": [name, ...],
+      "weights_reason": "<why the section could not be used>",   # only when it fell back
     }
 
 ``path`` is a dotted attribute path (``"encoder.0.weight"``) and is also the
@@ -26,6 +27,7 @@ tensor's name in the tensor section; tied tensors are aliases.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,17 +37,20 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import InvalidArgumentError, PayloadMismatchError, UnknownFormatError
+from ._torch import _export_private as private
 from ._torch.device import resolve_device
 from ._torch.dtypes import to_name
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
-from ._torch.stream import load_tensors
+from ._torch.stream import BackgroundLoad, release, stream_options
 from .base import FormatPlugin
 from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
 
 __all__ = ["ARCHIVE_MEDIA_TYPE", "TorchScriptPlugin", "is_torchscript_archive"]
 
 ARCHIVE_MEDIA_TYPE = "application/vnd.pytorch.torchscript+zip"
+# Dotted attribute names, no dunders: what named_parameters()/named_buffers() produce.
+_PATH_RE = re.compile(r"^(?!.*__)[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 _MAX_ARCHIVE = 1 << 36
 
 
@@ -107,12 +112,12 @@ def _swapped(module: Any, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
         for path, v in values.items():
             owner, leaf = _owner(module, path)
             saved[path] = getattr(owner, leaf)
-            owner._c.setattr(leaf, v)
+            private.set_script_attribute(owner, leaf, v)
         yield
     finally:
         for path, v in saved.items():
             owner, leaf = _owner(module, path)
-            owner._c.setattr(leaf, v)
+            private.set_script_attribute(owner, leaf, v)
 
 
 def _signature(module: Any, example_inputs: Any) -> dict[str, Any]:
@@ -165,9 +170,9 @@ class TorchScriptPlugin(FormatPlugin):
                 raise UnknownFormatError(
                     f"{path} is not a TorchScript archive (no data.pkl and code/ inside)"
                 )
-            extra = {n: "" for n in _extra_file_names(path)}
+            extra = dict.fromkeys(_extra_file_names(path), "")
             try:
-                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)  # type: ignore[no-untyped-call]
             except Exception as exc:
                 raise PayloadMismatchError(
                     f"{path} could not be loaded as TorchScript: {exc}"
@@ -181,20 +186,31 @@ class TorchScriptPlugin(FormatPlugin):
         weights = _weights(module)
         tensors = {k: t for k, (t, _) in weights.items()}
         draft = Draft(self.name, self.version)
+        fallback = None
         if mode == "section":
             builder = TensorSectionBuilder()
-            add_tensors(builder, tensors.items())
-            with _swapped(module, {k: _placeholder(t) for k, t in tensors.items()}):
-                archive = self._save(module, extra)
-            draft.add_tensor_section(builder)
-        else:
+            try:
+                add_tensors(builder, tensors.items())
+                with _swapped(module, {k: _placeholder(t) for k, t in tensors.items()}):
+                    archive = self._save(module, extra)
+            except (RuntimeError, PayloadMismatchError) as exc:
+                # Some modules cannot have their tensors swapped out (dtypes the
+                # section lacks, attributes TorchScript will not retype): keep
+                # TorchScript's own archive, weights and all, and say so.
+                fallback = f"{type(exc).__name__}: {exc}"[:500]
+                mode = "archive"
+            else:
+                draft.add_tensor_section(builder)
+        if mode == "archive":
             archive = self._save(module, extra)
+        traced = isinstance(module, torch.jit.TracedModule)  # type: ignore[attr-defined]
+        kind = "traced" if traced else "scripted"
         blob = draft.add_blob("archive", ARCHIVE_MEDIA_TYPE, BytesSource(archive))
         draft.payload = {
             "layout": 1,
             "archive": {"blob": blob},
             "weights": mode,
-            "kind": "traced" if isinstance(module, torch.jit.TracedModule) else "scripted",
+            "kind": kind,
             "tensors": {
                 k: {"parameter": is_param, "requires_grad": bool(t.requires_grad)}
                 for k, (t, is_param) in weights.items()
@@ -203,11 +219,16 @@ class TorchScriptPlugin(FormatPlugin):
             else {},
             "extra_files": sorted(extra),
         }
+        if fallback is not None:
+            draft.payload["weights_reason"] = fallback
         fill_common(
             draft,
             parameters={k: t for k, (t, p) in weights.items() if p},
             stored=tensors,
             signature=_signature(module, options.get("example_inputs")),
+            # TorchScript code can name devices literally (traced on a GPU, it usually
+            # does): a module built on CUDA is only promised to run on CUDA.
+            device_kind="cuda" if any(t.is_cuda for t in tensors.values()) else "any",
         )
         draft.metadata.update(options.get("metadata") or {})
         return draft
@@ -244,7 +265,9 @@ class TorchScriptPlugin(FormatPlugin):
                     ),
                     hint="the container is inconsistent; push the module again",
                 )
-        tensors = load_tensors(source, dev) if section else {}
+        # Weights stream (verified) on a worker while the archive is verified and loaded here.
+        loading = BackgroundLoad(source, dev, **stream_options(options)) if section else None
+        tensors: dict[str, torch.Tensor] = {}
         try:
             archive = read_blob(
                 source, payload["archive"]["blob"], max_size=_MAX_ARCHIVE
@@ -254,19 +277,22 @@ class TorchScriptPlugin(FormatPlugin):
                     f"blob {payload['archive']['blob']} is not a TorchScript archive",
                     hint="the container is damaged or was not written by modelvault's torchscript format",
                 )
-            extra = {n: "" for n in payload["extra_files"]}
+            extra = dict.fromkeys(payload["extra_files"], "")
             try:
-                module = torch.jit.load(io.BytesIO(archive), map_location=dev, _extra_files=extra)
+                module = torch.jit.load(io.BytesIO(archive), map_location=dev, _extra_files=extra)  # type: ignore[no-untyped-call]
             except Exception as exc:
                 raise PayloadMismatchError(
                     f"blob {payload['archive']['blob']} could not be loaded as TorchScript: {exc}"
                 ) from exc
-            if section:
+            if loading is not None:
+                tensors = loading.result()
+                loading = None
                 self._install(module, payload["tensors"], tensors)
-        except BaseException:
-            tensors.clear()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+        except BaseException as exc:
+            if loading is not None:
+                loading.discard()
+            tensors = {}
+            release(exc, dev)
             raise
         out_extra = options.get("extra_files")
         if isinstance(out_extra, dict):
@@ -279,11 +305,17 @@ class TorchScriptPlugin(FormatPlugin):
         values: dict[str, torch.Tensor] = {}
         for path, meta in info.items():
             t = tensors[path]
+            if not _PATH_RE.match(path):
+                problems.append(f"{path!r:.80} is not an attribute path")
+                continue
             try:
                 owner, leaf = _owner(module, path)
                 ph = getattr(owner, leaf)
             except AttributeError:
                 problems.append(f"the module has no attribute {path!r}")
+                continue
+            if not isinstance(owner, torch.jit.ScriptModule):
+                problems.append(f"{path!r} does not belong to a submodule")
                 continue
             if not isinstance(ph, torch.Tensor):
                 problems.append(f"{path!r} is not a tensor in the module")
@@ -308,7 +340,7 @@ class TorchScriptPlugin(FormatPlugin):
             key = id(tensors[path])
             v = made.setdefault(key, v)
             owner, leaf = _owner(module, path)
-            owner._c.setattr(leaf, v)
+            private.set_script_attribute(owner, leaf, v)
 
     def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
         """Write a TorchScript archive with ``torch.jit.save`` (extra files included)."""

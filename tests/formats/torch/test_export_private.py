@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import torch
-from torch_cases import CASES, export, outputs_equal
 
 from modelvault.formats._torch import _export_private as private
+
+from .torch_cases import CASES, export, outputs_equal
 
 
 def test_serialize_graph_is_json_without_weights() -> None:
@@ -47,4 +48,17 @@ def test_deserialize_graph_uses_the_given_tensors() -> None:
 
 def test_schema_version_text() -> None:
     major, minor = private.schema_version().split(".")
-    assert int(major) >= 1 and int(minor) >= 0
+    assert int(major) >= 1
+    assert int(minor) >= 0
+
+
+def test_set_script_attribute_rebinds_parameters_and_buffers() -> None:
+    module = torch.jit.script(torch.nn.BatchNorm1d(3).eval())
+    weight = torch.nn.Parameter(torch.full((3,), 2.0))
+    mean = torch.full((3,), 0.5)
+    private.set_script_attribute(module, "weight", weight)
+    private.set_script_attribute(module, "running_mean", mean)
+    assert module.weight is weight or torch.equal(module.weight, weight)
+    assert module.weight.data_ptr() == weight.data_ptr()
+    assert module.running_mean.data_ptr() == mean.data_ptr()
+    assert [n for n, _ in module.named_parameters()] == ["weight", "bias"]

@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import corrupt_blob, replace_blob, replace_section, write
-from torch_cases import CASES, MLP, Case, export, outputs_equal
 
 from modelvault.errors import (
     DeviceUnavailableError,
@@ -18,6 +16,9 @@ from modelvault.errors import (
 )
 from modelvault.formats.exported_program import GRAPH_MEDIA_TYPE, ExportedProgramPlugin
 from modelvault.formats.registry import detect, detect_path, get_plugin
+
+from .helpers import corrupt_blob, replace_blob, replace_section, write
+from .torch_cases import CASES, MLP, Case, export, outputs_equal
 
 plugin = ExportedProgramPlugin()
 
@@ -40,7 +41,8 @@ def test_round_trip_gives_identical_outputs(case: Case, tmp_path: Path) -> None:
     assert set(loaded.state_dict) == set(ep.state_dict)
     for k, v in ep.state_dict.items():
         w = loaded.state_dict[k]
-        assert w.dtype == v.dtype and torch.equal(w, v), k
+        assert w.dtype == v.dtype, k
+        assert torch.equal(w, v), k
         assert isinstance(w, torch.nn.Parameter) == isinstance(v, torch.nn.Parameter), k
     for k, v in ep.constants.items():
         assert torch.equal(loaded.constants[k], v), k
@@ -54,15 +56,18 @@ def test_manifest_records_signature_versions_and_sizes(tmp_path: Path) -> None:
     assert m.frameworks["torch"] == torch.__version__
     assert m.target == {"device": "any", "built_on": "cpu"}
     (inp,) = m.signature["inputs"]
-    assert inp["name"] == "x" and inp["dtype"] == "float32"
-    assert isinstance(inp["shape"][0], str) and inp["shape"][1] == 16  # dynamic batch, static width
+    assert inp["name"] == "x"
+    assert inp["dtype"] == "float32"
+    assert isinstance(inp["shape"][0], str)
+    assert inp["shape"][1] == 16
     assert m.signature["outputs"][0]["shape"][0] == inp["shape"][0]
     assert m.signature["dims"][inp["shape"][0]] == {"min": 2, "max": 64}
     n_params = sum(p.numel() for p in MLP().parameters())
     assert m.metadata["parameters"] == n_params
     assert m.metadata["parameter_bytes"] == 4 * n_params
     graph = [b for b in m.blobs if b.role == "graph"]
-    assert len(graph) == 1 and graph[0].media_type == GRAPH_MEDIA_TYPE
+    assert len(graph) == 1
+    assert graph[0].media_type == GRAPH_MEDIA_TYPE
     assert m.payload["graph"]["blob"] == m.blobs.index(graph[0])
 
 
@@ -211,7 +216,29 @@ def test_pack_refuses_what_is_not_a_program(tmp_path: Path) -> None:
     bad = tmp_path / "x.pt2"
     bad.write_text("not a zip")
     assert not plugin.can_pack_path(bad)
-    with pytest.raises(UnknownFormatError, match="not a .pt2 archive"):
+    with pytest.raises(UnknownFormatError, match=r"not a \.pt2 archive"):
         plugin.pack(bad)
     with pytest.raises(FileNotFoundError):
         plugin.pack(tmp_path / "nope.pt2")
+
+
+def test_round_trip_through_a_bundle(tmp_path: Path) -> None:
+    from modelvault.formats.bundle import Bundle, write_bundle
+
+    case = next(c for c in CASES if c.name == "transformer")
+    ep = export(case)
+    write_bundle(plugin.pack(ep), tmp_path / "m.mvpk")
+    loaded = plugin.load(Bundle.open(tmp_path / "m.mvpk"))
+    probe = case.probe()
+    assert outputs_equal(ep.module()(*probe), loaded.module()(*probe))
+
+
+def test_unbounded_dynamic_dimension_has_no_max(tmp_path: Path) -> None:
+    model = torch.nn.Linear(4, 4)
+    ep = torch.export.export(
+        model, (torch.randn(3, 4),), dynamic_shapes=({0: torch.export.Dim("b")},)
+    )
+    m = write(plugin.pack(ep), tmp_path).manifest
+    (sym,) = m.signature["dims"]
+    assert m.signature["dims"][sym]["max"] is None
+    assert m.signature["inputs"][0]["shape"] == [sym, 4]

@@ -11,7 +11,11 @@ serializer underneath them, ``torch._export.serde.serialize``:
   ready ``dict``s of tensors instead of pickled bytes, so the weights we hand
   it (meta placeholders here) are used as they are.
 
-Everything else the plugin does goes through public API
+and for TorchScript, ``ScriptModule._c.setattr``: the one way to replace a
+parameter or buffer of a loaded ScriptModule with another tensor object
+(``setattr`` on the Python wrapper refuses to re-bind a parameter).
+
+Everything else the plugins do goes through public API
 (``ExportedProgram.state_dict``/``constants``/``graph_signature``,
 ``torch.export.passes.move_to_device_pass``). Tests in
 ``tests/formats/torch/test_export_private.py`` pin the behaviour relied on.
@@ -26,7 +30,7 @@ from typing import Any
 import torch
 from torch._export.serde import serialize as _serde
 
-__all__ = ["deserialize_graph", "schema_version", "serialize_graph"]
+__all__ = ["deserialize_graph", "schema_version", "serialize_graph", "set_script_attribute"]
 
 
 def schema_version() -> str:
@@ -81,7 +85,13 @@ def deserialize_graph(
     The tensors are used as they are (no copy, no device move). ``graph`` is
     JSON: nothing in it is unpickled.
     """
-    artifact = _serde.SerializedArtifact(graph, dict(state_dict), dict(constants), b"")
+    # The dataclass is annotated with bytes, but the deserializer takes ready dicts as well.
+    artifact = _serde.SerializedArtifact(graph, dict(state_dict), dict(constants), b"")  # type: ignore[arg-type]
     ep = _serde.deserialize(artifact)
     assert isinstance(ep, torch.export.ExportedProgram)
     return ep
+
+
+def set_script_attribute(module: Any, name: str, value: torch.Tensor) -> None:
+    """Bind attribute ``name`` of ScriptModule ``module`` (a parameter or buffer) to ``value``."""
+    module._c.setattr(name, value)

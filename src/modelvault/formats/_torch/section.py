@@ -10,7 +10,7 @@ section, on the CPU or the GPU.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from ..container import TensorSectionBuilder
 from ..manifest import Manifest, TensorEntry
 from .dtypes import from_name, to_name
 
-__all__ = ["add_tensors", "check_against", "describe_tensor", "views_from_buffer"]
+__all__ = ["add_tensors", "views_from_buffer"]
 
 if sys.byteorder != "little":  # the section is little-endian and views are zero-copy
     raise ImportError("modelvault's torch formats need a little-endian machine")
@@ -81,11 +81,6 @@ def add_tensors(
     return aliases
 
 
-def describe_tensor(t: torch.Tensor) -> dict[str, Any]:
-    """``{"dtype", "shape"}`` of a tensor, for payloads and error messages."""
-    return {"dtype": to_name(t.dtype), "shape": list(t.shape)}
-
-
 def views_from_buffer(
     manifest: Manifest, blob_index: int, buffer: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -104,31 +99,3 @@ def _view(buffer: torch.Tensor, e: TensorEntry) -> torch.Tensor:
         return torch.empty(e.shape, dtype=dtype, device=buffer.device)
     # Offsets are 4 KiB-aligned, so the reinterpreting view is always legal.
     return piece.view(dtype).as_strided(e.shape, e.strides)
-
-
-def check_against(
-    expected: Mapping[str, Mapping[str, Any]], found: Mapping[str, torch.Tensor], *, what: str
-) -> None:
-    """Raise :class:`PayloadMismatchError` unless ``found`` has exactly the tensors
-    ``expected`` describes (``{"dtype", "shape"}`` each), naming every difference."""
-    problems = []
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    if missing:
-        problems.append(f"missing tensor(s) {', '.join(map(repr, missing[:5]))}")
-    if extra:
-        problems.append(f"unexpected tensor(s) {', '.join(map(repr, extra[:5]))}")
-    for name in sorted(set(expected) & set(found)):
-        want = expected[name]
-        t = found[name]
-        got_dtype = to_name(t.dtype)
-        if list(t.shape) != list(want["shape"]) or got_dtype != want["dtype"]:
-            problems.append(
-                f"tensor {name!r}: {what} expects {want['dtype']}{list(want['shape'])}, "
-                f"the weights hold {got_dtype}{list(t.shape)}"
-            )
-    if problems:
-        raise PayloadMismatchError(
-            f"the weights disagree with the {what}: " + "; ".join(problems[:8]),
-            hint="the container is inconsistent; push the model again",
-        )

@@ -68,7 +68,7 @@ def fill_common(
     ``parameters`` are the trainable weights (counted once per storage view);
     ``stored`` is every tensor written to the tensor section (for the byte total).
     """
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    seen: set[tuple[Any, ...]] = set()
     count = 0
     nbytes = 0
     for t in parameters.values():
@@ -89,7 +89,7 @@ def fill_common(
 
 def _unique(ts: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     out = []
-    seen: set[tuple[int, int, tuple[int, ...], torch.dtype]] = set()
+    seen: set[tuple[Any, ...]] = set()
     for t in ts:
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
         if t.numel() and key in seen:

@@ -1,7 +1,11 @@
 """Load tensor sections onto a device at disk speed, verifying on the way.
 
-CPU: the section is read with parallel ``preadv`` calls straight into one
-buffer, hashed in order as chunks arrive, then sliced into views.
+CPU: by default the section's file is mapped copy-on-write (``MAP_PRIVATE``),
+hashed through the mapping and then viewed as tensors: no copy,
+and writes to a tensor never reach the file. Containers are immutable files
+replaced only by atomic renames, so the verified bytes stay the mapped bytes.
+With ``mmap=False`` the section is instead read with parallel ``preadv`` calls
+into private memory, hashed in order as chunks arrive.
 
 CUDA: one device buffer for the section is allocated after checking free
 memory; the file streams through a small ring of pinned host buffers. Reader
@@ -17,26 +21,52 @@ any failure the device memory is dropped before the error propagates.
 
 from __future__ import annotations
 
+import mmap as _mmap
 import os
+import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from ...errors import DeviceOutOfMemoryError, IntegrityError
+from ...errors import DeviceOutOfMemoryError, IntegrityError, InvalidArgumentError
 from ..container import ContainerSource
 from ..digest import new_hasher, parse_digest
 from .device import check_free_memory, human_bytes
 from .section import views_from_buffer
 
-__all__ = ["CHUNK", "RING", "load_tensors", "read_blob_into"]
+__all__ = [
+    "CHUNK",
+    "RING",
+    "BackgroundLoad",
+    "load_tensors",
+    "map_blob",
+    "read_blob_into",
+    "release",
+    "stream_options",
+]
 
 #: Bytes per read and per host-to-device copy.
-CHUNK = 32 * 1024 * 1024
-#: Pinned ring slots (and concurrent reads): 4 x 32 MiB of host memory.
-RING = 4
+CHUNK = 16 * 1024 * 1024
+#: Pinned ring slots, and reads in flight: 8 x 16 MiB = 128 MiB of host memory.
+#: Several reads at once are what it takes to pull the page cache at full speed.
+RING = 8
+
+
+def stream_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The loader's tuning options among a plugin's ``load(**options)``: mmap, chunk, ring."""
+    out: dict[str, Any] = {"mmap": bool(options.get("mmap", True))}
+    for key in ("chunk", "ring"):
+        if key in options:
+            value = options[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidArgumentError(f"{key} must be a positive integer, got {value!r:.40}")
+            out[key] = value
+    if "chunk" in out and out["chunk"] % 4096:
+        raise InvalidArgumentError(f"chunk must be a multiple of 4096 bytes, got {out['chunk']}")
+    return out
 
 
 def _tensor_blobs(source: ContainerSource) -> list[int]:
@@ -44,9 +74,16 @@ def _tensor_blobs(source: ContainerSource) -> list[int]:
 
 
 def load_tensors(
-    source: ContainerSource, device: torch.device, *, chunk: int = CHUNK, ring: int = RING
+    source: ContainerSource,
+    device: torch.device,
+    *,
+    chunk: int = CHUNK,
+    ring: int = RING,
+    mmap: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Every tensor of the container (aliases included) on ``device``, verified.
+
+    On the CPU, ``mmap=True`` maps the section copy-on-write instead of copying it.
 
     Raises :class:`DeviceOutOfMemoryError` before allocating when the sections
     do not fit, :class:`IntegrityError` when bytes do not match their digest.
@@ -56,21 +93,70 @@ def load_tensors(
     check_free_memory(device, sum(sizes.values()), what="the weights")
     out: dict[str, torch.Tensor] = {}
     buffers: list[torch.Tensor] = []
+    buf: torch.Tensor | None = None
     try:
         for i in blobs:
-            buf = _allocate(device, sizes[i])
+            if device.type == "cpu" and mmap and sizes[i] > 0:
+                buf = map_blob(source, i)
+            else:
+                buf = _allocate(device, sizes[i])
+                read_blob_into(source, i, buf, chunk=chunk, ring=ring)
             buffers.append(buf)
-            read_blob_into(source, i, buf, chunk=chunk, ring=ring)
             out.update(views_from_buffer(source.manifest, i, buf))
-    except BaseException:
+    except BaseException as exc:
         out.clear()
         buffers.clear()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        buf = None
+        release(exc, device)
         raise
     for alias, target in source.manifest.tensor_aliases.items():
         out[alias] = out[target]
     return out
+
+
+def release(exc: BaseException, device: torch.device) -> None:
+    """Let go of what a failed load allocated.
+
+    A traceback keeps every frame's locals alive, device buffers included, for
+    as long as the caller holds the exception; clearing the finished frames
+    frees them now. Frames still running are left alone (callers drop their
+    own references).
+    """
+    traceback.clear_frames(exc.__traceback__)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class BackgroundLoad:
+    """:func:`load_tensors` on a worker thread, so it overlaps rebuilding the graph.
+
+    Reading, hashing and copying release the GIL; the caller meanwhile parses
+    and checks the program. Call :meth:`result` for the tensors, or
+    :meth:`discard` on the error path: it waits for the worker and drops
+    whatever it loaded, so nothing stays on the device.
+    """
+
+    def __init__(self, source: ContainerSource, device: torch.device, **options: Any) -> None:
+        self._device = device
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvault-load")
+        self._future = self._pool.submit(load_tensors, source, device, **options)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def discard(self) -> None:
+        try:
+            self._future.result()
+        except BaseException as exc:  # the caller is already raising the error that matters
+            traceback.clear_frames(exc.__traceback__)
+        finally:
+            self._pool.shutdown(wait=True)
+            del self._future  # it holds the tensors (or the error) until dropped
+            if self._device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def _allocate(device: torch.device, size: int) -> torch.Tensor:
@@ -83,6 +169,55 @@ def _allocate(device: torch.device, size: int) -> torch.Tensor:
             f"{human_bytes(free)} ({free} bytes) is free",
             hint="free GPU memory or load onto another device",
         ) from exc
+
+
+def _integrity(ref: Any, where: str, actual: str, truncated: bool) -> IntegrityError:
+    if truncated:
+        return IntegrityError(
+            f"blob {ref.digest} is truncated: {actual} of {ref.size} bytes in {where}",
+            expected=ref.digest,
+            actual=f"{actual} bytes",
+            where=where,
+        )
+    return IntegrityError(
+        f"blob {ref.digest} is damaged: its bytes hash to {actual} (in {where})",
+        expected=ref.digest,
+        actual=actual,
+        where=where,
+        hint="the copy is corrupt or was tampered with; fetch it again",
+    )
+
+
+def map_blob(source: ContainerSource, index: int) -> torch.Tensor:
+    """Blob ``index`` as a uint8 CPU tensor over a verified copy-on-write file mapping."""
+    ref = source.manifest.blobs[index]
+    loc = source.locate(index)
+    where = str(loc.path)
+    algo, _ = parse_digest(ref.digest)
+    start = loc.offset - loc.offset % _mmap.ALLOCATIONGRANULARITY
+    delta = loc.offset - start
+    with open(loc.path, "rb") as f:
+        have = os.fstat(f.fileno()).st_size - loc.offset
+        if have < ref.size:
+            raise _integrity(ref, where, str(max(have, 0)), truncated=True)
+        # No MAP_POPULATE: on a writable private mapping it would copy every page.
+        mm = _mmap.mmap(
+            f.fileno(),
+            delta + ref.size,
+            flags=_mmap.MAP_PRIVATE,
+            prot=_mmap.PROT_READ | _mmap.PROT_WRITE,
+            offset=start,
+        )
+    if not loc.verified:
+        hasher = new_hasher(algo)
+        with memoryview(mm) as view:
+            hasher.update(view[delta : delta + ref.size])
+        actual = hasher.digest_str()
+        if actual != ref.digest:
+            mm.close()
+            raise _integrity(ref, where, actual, truncated=False)
+    # The tensor keeps the mapping alive; it is unmapped when the last view goes.
+    return torch.frombuffer(mm, dtype=torch.uint8, offset=delta, count=ref.size)
 
 
 def _read_exact(fd: int, view: memoryview, offset: int) -> int:
@@ -113,22 +248,11 @@ def read_blob_into(
     finally:
         os.close(fd)
     if got != ref.size:
-        raise IntegrityError(
-            f"blob {ref.digest} is truncated: {got} of {ref.size} bytes in {where}",
-            expected=ref.digest,
-            actual=f"{got} bytes",
-            where=where,
-        )
+        raise _integrity(ref, where, str(got), truncated=True)
     if hasher is not None:
         actual = hasher.digest_str()
         if actual != ref.digest:
-            raise IntegrityError(
-                f"blob {ref.digest} is damaged: its bytes hash to {actual} (in {where})",
-                expected=ref.digest,
-                actual=actual,
-                where=where,
-                hint="the copy is corrupt or was tampered with; fetch it again",
-            )
+            raise _integrity(ref, where, actual, truncated=False)
 
 
 def _pipeline(
@@ -160,7 +284,7 @@ def _pipeline(
 def _stream_cpu(
     fd: int, offset: int, size: int, dest: torch.Tensor, hasher: Any, chunk: int, ring: int
 ) -> int:
-    view = memoryview(dest.numpy()) if size else memoryview(b"")
+    view = memoryview(dest.numpy()) if size else memoryview(b"")  # type: ignore[arg-type]
     n_chunks = -(-size // chunk)
     short = [False]
 
@@ -184,12 +308,25 @@ def _stream_cpu(
 def _stream_cuda(
     fd: int, offset: int, size: int, dest: torch.Tensor, hasher: Any, chunk: int, ring: int
 ) -> int:
+    return stream_through_ring(fd, offset, size, dest, hasher, chunk, ring)
+
+
+def stream_through_ring(
+    fd: int, offset: int, size: int, dest: torch.Tensor, hasher: Any, chunk: int, ring: int
+) -> int:
+    """Read ``size`` bytes at ``offset`` of ``fd`` into ``dest`` through ``ring`` staging slots.
+
+    For a CUDA ``dest`` the slots are pinned and copies are asynchronous on a
+    side stream, an event per slot guarding its reuse; for a CPU ``dest`` (used
+    to test the ring's bookkeeping) copies are plain. Returns the bytes read.
+    """
     device = dest.device
+    cuda = device.type == "cuda"
     chunk = min(chunk, max(size, 1))
-    slots = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(ring)]
-    slot_views = [memoryview(s.numpy()) for s in slots]
+    slots = [torch.empty(chunk, dtype=torch.uint8, pin_memory=cuda) for _ in range(ring)]
+    slot_views = [memoryview(s.numpy()) for s in slots]  # type: ignore[arg-type]
     events: list[Any] = [None] * ring
-    stream = torch.cuda.Stream(device)
+    stream = torch.cuda.Stream(device) if cuda else None  # type: ignore[no-untyped-call]
     n_chunks = -(-size // chunk)
 
     def read(j: int) -> int:
@@ -206,16 +343,21 @@ def _stream_cuda(
         if hasher is not None:
             hasher.update(slot_views[k][:n])
         start = j * chunk
+        if stream is None:
+            dest[start : start + n].copy_(slots[k][:n])
+            return
         with torch.cuda.stream(stream):
             dest[start : start + n].copy_(slots[k][:n], non_blocking=True)
-            ev = torch.cuda.Event()
+            ev = torch.cuda.Event()  # type: ignore[no-untyped-call]
             ev.record(stream)
         events[k] = ev
 
     try:
         got = _pipeline(n_chunks, ring, read, consume)
     finally:
-        stream.synchronize()
-    # Later work on the default stream must see the copied bytes.
-    torch.cuda.current_stream(device).wait_stream(stream)
+        if stream is not None:
+            stream.synchronize()
+    if stream is not None:
+        # Later work on the default stream must see the copied bytes.
+        torch.cuda.current_stream(device).wait_stream(stream)
     return got
