@@ -5,6 +5,7 @@ Run on a machine with a GPU: ``pytest -m gpu tests/gpu/test_torch_gpu.py``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,13 +68,22 @@ def test_exported_program_onto_cuda(case: Case, device: str, tmp_path: Path) -> 
         assert v.device.type == "cuda", k
     for k, v in loaded.constants.items():
         assert v.device.type == "cuda", k
-    out = loaded.module()(*_to(probe, "cuda"))
-    # Bit-identical to torch's own way onto the GPU; equal to the CPU original within float tolerance.
+    # Torch's own way onto the GPU is the reference: a program exported on the CPU
+    # is not always runnable on CUDA (kernels there may return other strides, and a
+    # traced aten.view then fails); where torch's own move fails, ours must fail alike.
     pt2 = tmp_path / "m.pt2"
     torch.export.save(ep, str(pt2))
-    reference = move_to_device_pass(torch.export.load(str(pt2)), "cuda:0").module()(
-        *_to(probe, "cuda")
-    )
+    torch_module = move_to_device_pass(torch.export.load(str(pt2)), "cuda:0").module()
+    try:
+        reference = torch_module(*_to(probe, "cuda"))
+    except RuntimeError as exc:
+        with pytest.raises(RuntimeError, match=re.escape(str(exc).splitlines()[0][:60])):
+            loaded.module()(*_to(probe, "cuda"))
+        pytest.xfail(
+            f"torch's own move_to_device_pass output fails on CUDA too: {str(exc).splitlines()[0]}"
+        )
+    out = loaded.module()(*_to(probe, "cuda"))
+    # Bit-identical to torch's own way onto the GPU; equal to the CPU original within float tolerance.
     assert outputs_equal(reference, out)
     assert _close(cpu_out, out)
 

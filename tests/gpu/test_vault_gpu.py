@@ -8,7 +8,9 @@ torch = pytest.importorskip("torch")
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)"
+    ),
 ]
 
 
@@ -24,7 +26,10 @@ def vault():
 def _mlp():
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.LayerNorm(512), torch.nn.Linear(512, 16)
+        torch.nn.Linear(256, 512),
+        torch.nn.GELU(),
+        torch.nn.LayerNorm(512),
+        torch.nn.Linear(512, 16),
     ).eval()
 
 
@@ -41,7 +46,11 @@ def test_exported_program_push_then_load_on_cuda(vault):
 
 
 def test_state_dict_push_then_load_on_cuda(vault):
-    sd = {"w": torch.randn(64, 64), "b": torch.randn(64).half(), "i": torch.arange(10, dtype=torch.int8)}
+    sd = {
+        "w": torch.randn(64, 64),
+        "b": torch.randn(64).half(),
+        "i": torch.arange(10, dtype=torch.int8),
+    }
     vault.push(sd, "gpu/sd", "1.0.0")
     loaded = vault.load("gpu/sd@1.0.0", device="cuda")
     assert set(loaded) == set(sd)
