@@ -26,7 +26,6 @@ from typing import BinaryIO
 
 from ..errors import (
     CorruptError,
-    IntegrityError,
     InvalidArgumentError,
     PayloadMismatchError,
     TruncatedError,
@@ -45,6 +44,7 @@ from .container import (
 )
 from .digest import (
     CHUNK,
+    damaged,
     digest_bytes,
     new_hasher,
     parse_digest,
@@ -551,12 +551,7 @@ def stream_blobs(f: BinaryIO) -> Iterator[tuple[Manifest, int, Iterator[bytes]]]
                 left -= len(data)
                 yield data
             if h.digest_str() != digest:
-                raise IntegrityError(
-                    f"blob {i} ({digest}) is damaged: its bytes hash to {h.digest_str()}",
-                    expected=digest,
-                    actual=h.digest_str(),
-                    where=f"bundle blob {i}",
-                )
+                raise damaged(digest, h.digest_str(), f"bundle blob {i}")
 
         previous = chunks()
         yield header.manifest, i, previous

@@ -26,6 +26,7 @@ __all__ = [
     "CHUNK",
     "DEFAULT_ALGORITHM",
     "Hasher",
+    "damaged",
     "digest_bytes",
     "digest_file",
     "digest_hex_length",
@@ -253,14 +254,19 @@ def read_verified_into(
         )
     actual = h.digest_str()
     if actual != expected:
-        raise IntegrityError(
-            f"blob {expected} is damaged: its bytes hash to {actual}"
-            + (f" (in {where})" if where else ""),
-            expected=expected,
-            actual=actual,
-            where=where,
-            hint="the copy is corrupt or was tampered with; fetch it again or restore it from a good copy",
-        )
+        raise damaged(expected, actual, where)
+
+
+def damaged(expected: str, actual: str, where: str = "") -> IntegrityError:
+    """The error for bytes that hash to ``actual`` where ``expected`` was recorded."""
+    return IntegrityError(
+        f"blob {expected} is damaged: its bytes hash to {actual}"
+        + (f" (in {where})" if where else ""),
+        expected=expected,
+        actual=actual,
+        where=where,
+        hint="the copy is corrupt or was tampered with; fetch it again or restore it from a good copy",
+    )
 
 
 def digest_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM) -> str:
@@ -278,14 +284,7 @@ def verify_bytes(data: bytes | bytearray | memoryview, expected: str, *, where: 
     algo, _ = parse_digest(expected)
     actual = digest_bytes(data, algo)
     if actual != expected:
-        raise IntegrityError(
-            f"blob {expected} is damaged: its bytes hash to {actual}"
-            + (f" (in {where})" if where else ""),
-            expected=expected,
-            actual=actual,
-            where=where,
-            hint="the copy is corrupt or was tampered with; fetch it again or restore it from a good copy",
-        )
+        raise damaged(expected, actual, where)
 
 
 def iter_file_chunks(

@@ -33,7 +33,7 @@ import torch
 
 from ...errors import DeviceOutOfMemoryError, IntegrityError, InvalidArgumentError
 from ..container import ContainerSource
-from ..digest import new_hasher, parse_digest
+from ..digest import damaged, new_hasher, parse_digest
 from .device import check_free_memory, human_bytes
 from .section import views_from_buffer
 
@@ -179,13 +179,7 @@ def _integrity(ref: Any, where: str, actual: str, truncated: bool) -> IntegrityE
             actual=f"{actual} bytes",
             where=where,
         )
-    return IntegrityError(
-        f"blob {ref.digest} is damaged: its bytes hash to {actual} (in {where})",
-        expected=ref.digest,
-        actual=actual,
-        where=where,
-        hint="the copy is corrupt or was tampered with; fetch it again",
-    )
+    return damaged(ref.digest, actual, where)
 
 
 def map_blob(source: ContainerSource, index: int) -> torch.Tensor:
