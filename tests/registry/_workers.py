@@ -26,7 +26,9 @@ def register_all(url: str, worker: int, barrier: Any, out: Any) -> None:
         barrier.wait(timeout=120)
         for version, seed in plan:
             try:
-                info, created = reg.register_version("shared/model", version, [variant(seed)], user=f"w{worker}")
+                info, created = reg.register_version(
+                    "shared/model", version, [variant(seed)], user=f"w{worker}"
+                )
                 outcome = "created" if created else "noop"
                 results.append((version, outcome, info.variants[0].manifest_digest))
             except VersionExistsError:

@@ -27,7 +27,8 @@ def test_sixteen_processes_register_at_once(db_url: str) -> None:
     barrier = ctx.Barrier(WORKERS)
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_workers.register_all, args=(db_url, i, barrier, out)) for i in range(WORKERS)
+        ctx.Process(target=_workers.register_all, args=(db_url, i, barrier, out))
+        for i in range(WORKERS)
     ]
     for p in procs:
         p.start()
@@ -73,7 +74,9 @@ def test_sixteen_processes_register_at_once(db_url: str) -> None:
             info = reg.get_version("shared/model", f"2.0.{k}")
             assert {v.manifest_digest for v in info.variants} == winners[f"2.0.{k}"]
             assert len(info.variants) == 1
-        registered = [e for e in reg.events("shared/model", limit=1000) if e.kind == "version.register"]
+        registered = [
+            e for e in reg.events("shared/model", limit=1000) if e.kind == "version.register"
+        ]
         assert len(registered) == expected
         assert [e.kind for e in reg.events("shared/model", limit=1000)].count("model.create") == 1
         with reg.engine.connect() as conn:
@@ -115,7 +118,9 @@ def test_connection_killed_mid_transaction(reg: Registry, db_url: str, db_kind: 
         events_before = conn.scalar(select(func.count()).select_from(Event))
     try:
         with pytest.raises(RegistryUnavailableError, match="unavailable") as err:
-            reg.register_version("m", "2.0.0", [variant("during", shared="only-during")], aliases=["prod"])
+            reg.register_version(
+                "m", "2.0.0", [variant("during", shared="only-during")], aliases=["prod"]
+            )
         assert fired
         assert "nothing was written" in (err.value.hint or "")
     finally:
@@ -127,10 +132,15 @@ def test_connection_killed_mid_transaction(reg: Registry, db_url: str, db_kind: 
     with reg.engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Version)) == 1
         assert conn.scalar(select(func.count()).select_from(Variant)) == 1
-        assert conn.scalar(select(func.count()).where(Blob.digest == digest("weights:only-during"))) == 0
+        assert (
+            conn.scalar(select(func.count()).where(Blob.digest == digest("weights:only-during")))
+            == 0
+        )
         assert conn.scalar(select(func.count()).select_from(Event)) == events_before
     assert reg.get_model("m").aliases == {}
     # the next call works
-    info, created = reg.register_version("m", "2.0.0", [variant("during", shared="only-during")], aliases=["prod"])
+    info, created = reg.register_version(
+        "m", "2.0.0", [variant("during", shared="only-during")], aliases=["prod"]
+    )
     assert created
     assert info.aliases == ["prod"]

@@ -89,7 +89,9 @@ def test_schema_ahead_is_refused(db_url: str) -> None:
     finally:
         engine = regdb.connect(db_url)
         with engine.begin() as conn:
-            conn.execute(text(f"UPDATE alembic_version SET version_num = '{regdb.head_revision()}'"))
+            conn.execute(
+                text(f"UPDATE alembic_version SET version_num = '{regdb.head_revision()}'")
+            )
         engine.dispose()
 
 
