@@ -7,6 +7,7 @@ times the store's public methods.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
@@ -26,7 +27,7 @@ from mlflow.store.model_registry.dbmodels.models import (  # noqa: E402
 )
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from mlflow.utils.search_utils import SearchUtils  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import insert, text  # noqa: E402
 
 CHUNK = 10_000
 NOW = 1_767_225_600_000
@@ -42,7 +43,7 @@ def pct(samples: list[float]) -> dict[str, float]:
     }
 
 
-def timed(fn: Any, n: int, warmup: int = 20) -> dict[str, float]:
+def timed(fn: Any, n: int, warmup: int = 100) -> dict[str, float]:
     for _ in range(warmup):
         fn()
     out = []
@@ -63,7 +64,7 @@ def main() -> None:
             for i in range(0, len(rows), CHUNK):
                 conn.execute(insert(table.__table__), rows[i : i + CHUNK])
 
-    def versions(name: str, start: int, stop: int) -> None:
+    def versions(items: list[tuple[str, int, int]]) -> None:
         bulk(
             SqlModelVersion,
             [
@@ -77,40 +78,69 @@ def main() -> None:
                     "storage_location": f"s3://bucket/{name}/{v}",
                     "status": "READY",
                 }
+                for name, start, stop in items
                 for v in range(start + 1, stop + 1)
             ],
         )
         bulk(
             SqlModelVersionTag,
-            [{"name": name, "version": v, "key": "dataset", "value": f"ds{v % 10}"} for v in range(start + 1, stop + 1)],
+            [
+                {"name": name, "version": v, "key": "dataset", "value": f"ds{v % 10}"}
+                for name, start, stop in items
+                for v in range(start + 1, stop + 1)
+            ],
         )
 
     names = [f"org{i % 20}-model{i:04d}" for i in range(plan["models"] - 1)]
     big = "big-model"
     t0 = time.perf_counter()
-    bulk(SqlRegisteredModel, [{"name": n, "creation_time": NOW, "last_updated_time": NOW} for n in [*names, big]])
+    bulk(
+        SqlRegisteredModel,
+        [{"name": n, "creation_time": NOW, "last_updated_time": NOW} for n in [*names, big]],
+    )
     per = plan["per_model"]
-    for n in names:
-        versions(n, 0, per)
-    bulk(SqlRegisteredModelAlias, [{"name": n, "alias": "prod", "version": per // 2} for n in names])
+    versions([(n, 0, per) for n in names])
+    bulk(
+        SqlRegisteredModelAlias, [{"name": n, "alias": "prod", "version": per // 2} for n in names]
+    )
     populate = time.perf_counter() - t0
-    out: dict[str, Any] = {"version": mlflow.__version__, "populate_s": round(populate, 2), "listing": {}}
+
+    def settle() -> None:
+        """The same preparation as the modelvault side: fresh statistics, no pending vacuum."""
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM ANALYZE"))
+        else:
+            with engine.begin() as conn:
+                conn.execute(text("ANALYZE"))
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        gc.collect()
+
+    out: dict[str, Any] = {
+        "version": mlflow.__version__,
+        "populate_s": round(populate, 2),
+        "listing": {},
+    }
     have = 0
     filt = f"name='{big}'"
     for size in plan["big_sizes"]:
-        versions(big, have, size)
+        versions([(big, have, size)])
         if have == 0:
             bulk(SqlRegisteredModelAlias, [{"name": big, "alias": "prod", "version": size // 2}])
         have = size
+        settle()
         middle = SearchUtils.create_page_token(size // 2)
         out["listing"][str(size)] = {
             "first_page": timed(
-                lambda: store.search_model_versions(filt, max_results=50, order_by=["version_number DESC"]),
+                lambda: store.search_model_versions(
+                    filt, max_results=50, order_by=["version_number DESC"]
+                ),
                 plan["list_iters"],
             ),
             "middle_page": timed(
-                lambda: store.search_model_versions(
-                    filt, max_results=50, order_by=["version_number DESC"], page_token=middle
+                lambda tok=middle: store.search_model_versions(
+                    filt, max_results=50, order_by=["version_number DESC"], page_token=tok
                 ),
                 plan["list_iters"],
             ),
@@ -119,10 +149,14 @@ def main() -> None:
     n = plan["iters"]
 
     def latest(name: str) -> Any:
-        return store.search_model_versions(f"name='{name}'", max_results=1, order_by=["version_number DESC"])
+        return store.search_model_versions(
+            f"name='{name}'", max_results=1, order_by=["version_number DESC"]
+        )
 
     out["resolve"] = {
-        "exact": timed(lambda: store.get_model_version(rng.choice(names), str(rng.randint(1, per))), n),
+        "exact": timed(
+            lambda: store.get_model_version(rng.choice(names), str(rng.randint(1, per))), n
+        ),
         "alias": timed(lambda: store.get_model_version_by_alias(rng.choice(names), "prod"), n),
         "latest": timed(lambda: latest(rng.choice(names)), n),
     }

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import hashlib
 import json
 import os
@@ -52,7 +53,9 @@ from modelvault.registry.semver import SemVer
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
-PG_ADMIN = os.environ.get("MVAULT_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN = os.environ.get(
+    "MVAULT_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 CHUNK = 10_000
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -81,7 +84,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> dict[str, float]:
+def timed(fn: Callable[[], Any], n: int, warmup: int = 100) -> dict[str, float]:
     for _ in range(warmup):
         fn()
     samples = []
@@ -140,74 +143,108 @@ class Loader:
         self._insert(
             Model,
             [
-                {"id": i + 1, "name": n, "description": None, "created_at": NOW, "created_by": "bench"}
+                {
+                    "id": i + 1,
+                    "name": n,
+                    "description": None,
+                    "created_at": NOW,
+                    "created_by": "bench",
+                }
                 for i, n in enumerate(names)
             ],
         )
 
     def versions(self, model_id: int, model: str, versions: list[SemVer]) -> list[int]:
-        vrows, varrows, refs, labels = [], [], [], []
-        weights = digest(f"weights:{model}")
-        blobs = [{"digest": weights, "size": 10**9, "media_type": "application/octet-stream", "first_seen": NOW}]
-        ids = []
-        for v in versions:
-            vid, varid = self.next_version, self.next_variant
-            self.next_version += 1
-            self.next_variant += 1
-            ids.append(vid)
-            vrows.append(
-                {
-                    "id": vid,
-                    "model_id": model_id,
-                    "version": str(v),
-                    "major": v.major,
-                    "minor": v.minor,
-                    "patch": v.patch,
-                    "prerelease": v.prerelease_text,
-                    "prerelease_sort": v.prerelease_key,
-                    "build": "",
-                    "is_prerelease": v.is_prerelease,
-                    "description": None,
-                    "created_at": NOW,
-                    "created_by": "bench",
+        return self.versions_bulk([(model_id, model, versions)])[0]
+
+    def versions_bulk(self, items: list[tuple[int, str, list[SemVer]]]) -> list[list[int]]:
+        """Versions of many models in one pass: each with a variant, two blob references, a label."""
+        vrows: list[dict[str, Any]] = []
+        varrows: list[dict[str, Any]] = []
+        refs: list[dict[str, Any]] = []
+        labels: list[dict[str, Any]] = []
+        blobs: dict[str, dict[str, Any]] = {}
+        all_ids = []
+        for model_id, model, versions in items:
+            weights = digest(f"weights:{model}")
+            blobs[weights] = {
+                "digest": weights,
+                "size": 10**9,
+                "media_type": "application/octet-stream",
+                "first_seen": NOW,
+            }
+            ids = []
+            for v in versions:
+                vid, varid = self.next_version, self.next_variant
+                self.next_version += 1
+                self.next_variant += 1
+                ids.append(vid)
+                vrows.append(
+                    {
+                        "id": vid,
+                        "model_id": model_id,
+                        "version": str(v),
+                        "major": v.major,
+                        "minor": v.minor,
+                        "patch": v.patch,
+                        "prerelease": v.prerelease_text,
+                        "prerelease_sort": v.prerelease_key,
+                        "build": "",
+                        "is_prerelease": v.is_prerelease,
+                        "description": None,
+                        "created_at": NOW,
+                        "created_by": "bench",
+                    }
+                )
+                manifest = digest(f"manifest:{model}:{v}")
+                varrows.append(
+                    {
+                        "id": varid,
+                        "version_id": vid,
+                        "manifest_digest": manifest,
+                        "format": "exported_program",
+                        "kind": "portable",
+                        "requirements": {"device": "any"},
+                        "size": 10**9,
+                        "created_at": NOW,
+                        "created_by": "bench",
+                    }
+                )
+                blobs[manifest] = {
+                    "digest": manifest,
+                    "size": 900,
+                    "media_type": "application/json",
+                    "first_seen": NOW,
                 }
-            )
-            manifest = digest(f"manifest:{model}:{v}")
-            varrows.append(
-                {
-                    "id": varid,
-                    "version_id": vid,
-                    "manifest_digest": manifest,
-                    "format": "exported_program",
-                    "kind": "portable",
-                    "requirements": {"device": "any"},
-                    "size": 10**9,
-                    "created_at": NOW,
-                    "created_by": "bench",
-                }
-            )
-            blobs.append({"digest": manifest, "size": 900, "media_type": "application/json", "first_seen": NOW})
-            refs.append({"variant_id": varid, "blob_digest": manifest, "role": "manifest"})
-            refs.append({"variant_id": varid, "blob_digest": weights, "role": "weights"})
-            labels.append({"version_id": vid, "key": "dataset", "value": f"ds{vid % 10}"})
+                refs.append({"variant_id": varid, "blob_digest": manifest, "role": "manifest"})
+                refs.append({"variant_id": varid, "blob_digest": weights, "role": "weights"})
+                labels.append({"version_id": vid, "key": "dataset", "value": f"ds{vid % 10}"})
+            all_ids.append(ids)
         self._insert(Version, vrows)
         self._insert(Variant, varrows)
         if self.engine.dialect.name == "postgresql":  # the weights blob may exist already
             stmt: Any = postgresql.insert(Blob).on_conflict_do_nothing()
         else:
             stmt = insert(Blob).prefix_with("OR IGNORE")
+        rows = list(blobs.values())
         with self.engine.begin() as conn:
-            for i in range(0, len(blobs), CHUNK):
-                conn.execute(stmt, blobs[i : i + CHUNK])
+            for i in range(0, len(rows), CHUNK):
+                conn.execute(stmt, rows[i : i + CHUNK])
         self._insert(VariantBlob, refs)
         self._insert(Label, labels)
-        return ids
+        return all_ids
 
     def aliases(self, rows: list[tuple[int, str, int]]) -> None:
         self._insert(
             Alias,
             [
-                {"model_id": m, "name": a, "version_id": v, "updated_at": NOW, "updated_by": "bench"}
+                {
+                    "model_id": m,
+                    "name": a,
+                    "version_id": v,
+                    "updated_at": NOW,
+                    "updated_by": "bench",
+                }
                 for m, a, v in rows
             ],
         )
@@ -222,11 +259,22 @@ class Loader:
                             f"(SELECT coalesce(max(id), 1) FROM {table}))"
                         )
                     )
-                conn.execute(text("ANALYZE"))
-        else:
-            with self.engine.begin() as conn:
-                conn.execute(text("ANALYZE"))
+        settle(self.engine)
         self.engine.dispose()
+
+
+def settle(engine: Engine) -> None:
+    """Statistics fresh, background work done, before anything is timed (both systems)."""
+    if engine.dialect.name == "postgresql":
+        # VACUUM now, so autovacuum does not wake up in the middle of a measurement.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+    else:
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    gc.collect()
 
 
 def run_modelvault(kind: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -239,9 +287,11 @@ def run_modelvault(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         loader.models(names)
         small = [small_version(i) for i in range(args.per_model)]
+        all_ids = loader.versions_bulk(
+            [(mid, name, small) for mid, name in enumerate(names[:-1], start=1)]
+        )
         alias_rows = []
-        for mid, name in enumerate(names[:-1], start=1):
-            ids = loader.versions(mid, name, small)
+        for mid, ids in enumerate(all_ids, start=1):
             alias_rows += [(mid, "prod", ids[len(ids) // 2]), (mid, "staging", ids[-1])]
         loader.aliases(alias_rows)
         loader.finish()
@@ -262,11 +312,16 @@ def run_modelvault(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             loader.finish()
             have = size
             mid_v = big_version(size // 2)
-            middle = encode_cursor("versions", [mid_v.major, mid_v.minor, mid_v.patch, mid_v.prerelease_key])
+            middle = encode_cursor(
+                "versions", [mid_v.major, mid_v.minor, mid_v.patch, mid_v.prerelease_key]
+            )
             out["listing"][str(size)] = {
-                "first_page": timed(lambda: reg.list_versions("big/model", limit=50), args.list_iters),
+                "first_page": timed(
+                    lambda: reg.list_versions("big/model", limit=50), args.list_iters
+                ),
                 "middle_page": timed(
-                    lambda: reg.list_versions("big/model", limit=50, cursor=middle), args.list_iters
+                    lambda c=middle: reg.list_versions("big/model", limit=50, cursor=c),
+                    args.list_iters,
                 ),
             }
             print(f"  modelvault {kind}: big model at {size} versions listed", file=sys.stderr)
@@ -286,7 +341,9 @@ def run_modelvault(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         }
         out["resolve"] = {k: timed(fn, args.iters) for k, fn in cases.items()}
         big_cases: dict[str, Callable[[], Any]] = {
-            "caret": lambda: reg.resolve(f"big/model@^{caret_of(big_version(rng.randrange(have)))}"),
+            "caret": lambda: reg.resolve(
+                f"big/model@^{caret_of(big_version(rng.randrange(have)))}"
+            ),
             "alias": lambda: reg.resolve("big/model@prod"),
             "latest": lambda: reg.resolve("big/model@latest"),
             "exact": lambda: reg.resolve(f"big/model:{big_version(rng.randrange(have))}"),
@@ -306,7 +363,12 @@ def run_mlflow(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     if kind == "sqlite":
         uri = url
     else:
-        uri = normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        # MLflow's own default PostgreSQL driver is psycopg2, installed in its venv
+        uri = (
+            normalize_url(url)
+            .set(drivername="postgresql+psycopg2")
+            .render_as_string(hide_password=False)
+        )
     plan = {
         "uri": uri,
         "models": args.models,
@@ -326,7 +388,8 @@ def run_mlflow(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         drop_db(url)
     if proc.returncode != 0:
-        return {"engine": kind, "skipped": f"MLflow side failed: {proc.stderr.strip()[-800:]}"}
+        tail = [ln for ln in proc.stderr.strip().splitlines() if ln and not ln.startswith(" ")][-3:]
+        return {"engine": kind, "skipped": "MLflow side failed: " + " | ".join(tail)[:300]}
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     result["engine"] = kind
     return result
@@ -335,7 +398,9 @@ def run_mlflow(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 def machine() -> str:
     disk = "unknown disk"
     try:
-        dev = subprocess.run(["df", "-h", str(HERE)], capture_output=True, text=True).stdout.splitlines()[-1]
+        dev = subprocess.run(
+            ["df", "-h", str(HERE)], capture_output=True, text=True
+        ).stdout.splitlines()[-1]
         disk = dev.split()[0]
     except Exception:
         pass
@@ -405,7 +470,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "registry.json"))
     args = ap.parse_args()
     if args.quick:
-        args.models, args.per_model, args.big_sizes, args.iters, args.list_iters = 20, 20, "100,1000", 100, 20
+        args.models, args.per_model, args.big_sizes, args.iters, args.list_iters = (
+            20,
+            20,
+            "100,1000",
+            100,
+            20,
+        )
     args.big_sizes = [int(s) for s in args.big_sizes.split(",")]
     engines = args.engines.split(",")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -417,12 +488,14 @@ def main() -> None:
         "per_model": args.per_model,
         "modelvault": {},
         "mlflow": {},
+        "load_average_start": os.getloadavg(),
     }
     for kind in engines:
         print(f"modelvault on {kind} ...", file=sys.stderr)
         results["modelvault"][kind] = run_modelvault(kind, args)
         print(f"MLflow on {kind} ...", file=sys.stderr)
         results["mlflow"][kind] = run_mlflow(kind, args)
+    results["load_average_end"] = os.getloadavg()
     shutil.rmtree(WORK, ignore_errors=True)
     if not args.quick:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

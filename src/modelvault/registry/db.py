@@ -14,6 +14,7 @@ call gets a fresh connection.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import random
@@ -247,7 +248,9 @@ def _alembic_config(connection: Connection | None = None) -> Any:
     return cfg
 
 
+@functools.cache
 def _script() -> Any:
+    # Parsing the revision files costs milliseconds; they do not change while we run.
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_alembic_config())
