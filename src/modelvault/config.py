@@ -11,6 +11,8 @@ The environment is read once, on first use, into a frozen :class:`Settings`;
 | ``MVAULT_STORE`` | blob store URL (``file://``, ``s3://``, ``memory://``) | ``file://$MVAULT_HOME/store`` |
 | ``MVAULT_CACHE_DIR`` | local verified cache for remote stores | ``$MVAULT_HOME/cache`` |
 | ``MVAULT_CACHE_SIZE`` | cache bound, bytes or with a unit (``50GiB``) | ``50GiB`` |
+| ``MVAULT_S3_PART_SIZE`` | S3 multipart part size (>= 5MiB) | ``64MiB`` |
+| ``MVAULT_S3_CONCURRENCY`` | parallel S3 part transfers per blob | ``8`` |
 | ``MVAULT_USER`` | name recorded in the events log | the login name |
 | ``MVAULT_GC_GRACE`` | seconds an unreferenced blob is kept by ``gc`` | ``86400`` |
 | ``MVAULT_DEBUG`` | ``1`` shows tracebacks in the CLI | off |
@@ -82,6 +84,8 @@ class Settings:
     cache_dir: Path
     cache_size: int
     user: str
+    s3_part_size: int
+    s3_concurrency: int
     gc_grace_seconds: int
     debug: bool
     no_progress: bool
@@ -103,6 +107,19 @@ class Settings:
             ) from None
         if grace < 0:
             raise ConfigError("MVAULT_GC_GRACE must not be negative")
+        part_size = parse_size(env.get("MVAULT_S3_PART_SIZE", "64MiB"), what="MVAULT_S3_PART_SIZE")
+        if not 5 * 1024**2 <= part_size <= 5 * 1024**3:
+            raise ConfigError(
+                f"MVAULT_S3_PART_SIZE={part_size} is outside what S3 accepts (5MiB to 5GiB)"
+            )
+        try:
+            concurrency = int(env.get("MVAULT_S3_CONCURRENCY", "8"))
+        except ValueError:
+            raise ConfigError(
+                f"MVAULT_S3_CONCURRENCY={env['MVAULT_S3_CONCURRENCY']!r} is not a whole number"
+            ) from None
+        if not 1 <= concurrency <= 256:
+            raise ConfigError("MVAULT_S3_CONCURRENCY must be between 1 and 256")
         return cls(
             home=home,
             registry_url=env.get("MVAULT_REGISTRY") or f"sqlite:///{home / 'registry.db'}",
@@ -110,6 +127,8 @@ class Settings:
             cache_dir=Path(env.get("MVAULT_CACHE_DIR") or home / "cache").expanduser(),
             cache_size=parse_size(env.get("MVAULT_CACHE_SIZE", "50GiB"), what="MVAULT_CACHE_SIZE"),
             user=env.get("MVAULT_USER") or _login(),
+            s3_part_size=part_size,
+            s3_concurrency=concurrency,
             gc_grace_seconds=grace,
             debug=_flag("MVAULT_DEBUG"),
             no_progress=_flag("MVAULT_NO_PROGRESS"),

@@ -34,7 +34,8 @@ keep working for callers that do not know modelvault.
     │   ├── UnsupportedDigestError
     │   ├── UnsafePathError
     │   ├── PayloadMismatchError
-    │   └── UnknownFormatError
+    │   ├── UnknownFormatError
+    │   └── EngineInfoError
     ├── IntegrityError (ValueError)
     ├── RegistryError
     │   ├── RegistryUnavailableError (ConnectionError)
@@ -65,6 +66,7 @@ __all__ = [
     "DeviceError",
     "DeviceOutOfMemoryError",
     "DeviceUnavailableError",
+    "EngineInfoError",
     "FormatError",
     "IncompatibleError",
     "IntegrityError",
@@ -130,7 +132,9 @@ class MissingDependencyError(ModelVaultError, ImportError):
         self.package = package
         self.extra = extra
         install = f"pip install 'modelvault[{extra}]'" if extra else f"pip install {package}"
-        super().__init__(f"{purpose} needs {package}, which is not installed", hint=f"run: {install}")
+        super().__init__(
+            f"{purpose} needs {package}, which is not installed", hint=f"run: {install}"
+        )
 
 
 class InvalidArgumentError(ModelVaultError, ValueError):
@@ -242,6 +246,10 @@ class UnknownFormatError(FormatError):
     """The kind of a file or object cannot be detected; name the format explicitly."""
 
 
+class EngineInfoError(FormatError):
+    """A TensorRT engine's serialized info (fields, device, metadata, plan) is malformed or contradictory."""
+
+
 class IntegrityError(ModelVaultError, ValueError):
     """Bytes do not match their digest: the data is damaged or was tampered with."""
 
@@ -293,7 +301,9 @@ class IncompatibleError(ModelVaultError):
 class NoCompatibleVariantError(IncompatibleError):
     """No variant of the version fits this machine; ``reasons`` says why, per variant."""
 
-    def __init__(self, message: str, reasons: Sequence[tuple[str, str]], *, hint: str | None = None):
+    def __init__(
+        self, message: str, reasons: Sequence[tuple[str, str]], *, hint: str | None = None
+    ):
         self.reasons = list(reasons)
         lines = "; ".join(f"{name}: {why}" for name, why in self.reasons)
         super().__init__(f"{message} ({lines})" if lines else message, hint=hint)

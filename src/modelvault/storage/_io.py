@@ -1,0 +1,141 @@
+"""Atomic, verified file writes shared by the back ends and the cache."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import BlobNotFoundError, IntegrityError, StorageError
+from ..formats.digest import CHUNK, new_hasher, parse_digest
+from .base import Progress, fsync_dir, os_error, temp_path_for
+
+if TYPE_CHECKING:
+    from .base import BlobStore
+
+__all__ = ["check_digest", "download_sequential", "remove_quietly", "write_temp_verified"]
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a file if it is there; used on error paths that must not mask the real error."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def check_digest(expected: str, actual: str, got: int, size: int, where: str) -> None:
+    """Raise IntegrityError when the received bytes are short, long or hash wrong."""
+    if got != size:
+        raise IntegrityError(
+            f"blob {expected} from {where} has {got} bytes, expected {size}",
+            expected=expected,
+            actual=f"{got} bytes",
+            where=where,
+            hint="the transfer was cut short or the stored copy is damaged; try again",
+        )
+    if actual != expected:
+        raise IntegrityError(
+            f"blob {expected} from {where} is damaged: its bytes hash to {actual}",
+            expected=expected,
+            actual=actual,
+            where=where,
+            hint="the stored copy is corrupt or was tampered with; restore it from a good copy",
+        )
+
+
+def write_temp_verified(
+    dest: Path,
+    chunks: Iterable[bytes | bytearray | memoryview],
+    size: int,
+    digest: str,
+    *,
+    where: str,
+    progress: Progress | None = None,
+    verify: bool = True,
+    temp: Path | None = None,
+) -> Path:
+    """Write ``chunks`` to a temporary file next to ``dest``, hashing as it goes.
+
+    Returns the temporary path, fsynced and verified (size always, digest when
+    ``verify``); the caller renames or links it into place. On any error the
+    temporary file is removed and the error is translated (ENOSPC becomes
+    StorageFullError).
+    """
+    algo, _ = parse_digest(digest)
+    tmp = temp or temp_path_for(dest)
+    hasher = new_hasher(algo) if verify else None
+    got = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                if got + len(view) > size:
+                    got += len(view)
+                    break
+                if hasher is not None:
+                    hasher.update(view)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                    got += n
+                    if progress is not None:
+                        progress.advance(n)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        actual = hasher.digest_str() if hasher is not None else digest
+        check_digest(digest, actual, got, size, where)
+    except OSError as exc:
+        remove_quietly(tmp)
+        if isinstance(exc, StorageError):
+            raise
+        raise os_error(exc, str(dest), "writing") from exc
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return tmp
+
+
+def _range_chunks(store: BlobStore, digest: str, size: int) -> Iterator[bytes]:
+    offset = 0
+    while offset < size:
+        n = min(CHUNK, size - offset)
+        yield store.read_range(digest, offset, n)
+        offset += n
+
+
+def download_sequential(
+    store: BlobStore,
+    digest: str,
+    dest: Path,
+    *,
+    progress: Progress | None = None,
+    verify: bool = True,
+) -> None:
+    """The generic ``get_file``: chunked ``read_range`` into a verified temp file, then rename."""
+    info = store.stat(digest)
+    if info is None:
+        raise BlobNotFoundError(digest, store.url)
+    if progress is not None:
+        progress.start(info.size, digest)
+    try:
+        tmp = write_temp_verified(
+            dest,
+            _range_chunks(store, digest, info.size),
+            info.size,
+            digest,
+            where=store.where(digest),
+            progress=progress,
+            verify=verify,
+        )
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            remove_quietly(tmp)
+            raise os_error(exc, str(dest), "renaming into") from exc
+        fsync_dir(dest.parent)
+    finally:
+        if progress is not None:
+            progress.finish()

@@ -1,0 +1,320 @@
+"""The local verified cache for remote stores.
+
+Layout under the cache root::
+
+    blobs/<algo>/<hex[:2]>/<hex>   verified blobs, read-only; mtime = last use
+    locks/<algo>-<hex>.lock        one lock file per blob being filled or evicted
+
+A blob becomes visible only after its bytes matched the digest (the store's
+``get_file`` writes a temporary name, verifies, then renames). Concurrent
+fetches of one blob, in threads or processes on this host, serialise on an
+``fcntl.flock`` of its lock file: the first downloads, the others find the
+blob when they get the lock. After a fill, least-recently-used blobs are
+evicted until the cache is within ``max_bytes``; a blob whose lock is held
+(being filled or returned by a fetch) is never evicted. A single blob larger
+than the bound is still returned; it is the first to go on the next fill.
+
+``mvault cache ls`` and ``mvault cache clear`` are :meth:`BlobCache.ls` and
+:meth:`BlobCache.clear`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import BlobNotFoundError, IntegrityError, InvalidArgumentError
+from ..formats.digest import ALGORITHMS, parse_digest
+from ._io import remove_quietly, write_temp_verified
+from .base import BlobInfo, BlobStore, Progress, blob_relpath, fsync_dir, os_error
+
+__all__ = ["BlobCache", "CachedStore"]
+
+# A temporary download older than this belongs to a process that died.
+_STALE_TEMP_SECONDS = 3600
+
+
+class BlobCache:
+    """A size-bounded, content-addressed cache of verified blobs on local disk."""
+
+    def __init__(self, root: str | os.PathLike[str], max_bytes: int) -> None:
+        if not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InvalidArgumentError(
+                f"cache size bound must be an integer >= 0, got {max_bytes!r}"
+            )
+        self.root = Path(root).expanduser().absolute()
+        self.max_bytes = max_bytes
+
+    def path_for(self, digest: str) -> Path:
+        """Where a blob lives in the cache (whether or not it is there)."""
+        return self.root / blob_relpath(digest)
+
+    def _lock_path(self, digest: str) -> Path:
+        algo, hexpart = parse_digest(digest)
+        return self.root / "locks" / f"{algo}-{hexpart}.lock"
+
+    @contextlib.contextmanager
+    def _locked(self, digest: str, *, blocking: bool = True) -> Iterator[bool]:
+        """Hold the blob's lock; yields False when ``blocking`` is off and it is taken.
+
+        The lock file may be removed by an eviction while we wait on it, so
+        after locking we check the path still names the file we locked.
+        """
+        path = self._lock_path(digest)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, str(path.parent), "creating") from exc
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                yield False
+                return
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            yield True
+        finally:
+            os.close(fd)
+
+    def _hit(self, path: Path, size: int | None) -> bool:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        if size is not None and st.st_size != size:
+            # Not what the manifest says: never hand it out; fetch it again.
+            remove_quietly(path)
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(path)  # last use, for LRU eviction
+        return True
+
+    def fetch(
+        self,
+        store: BlobStore,
+        digest: str,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        """A verified local path of the blob, downloading it from ``store`` on a miss.
+
+        Raises IntegrityError (the cache unchanged) when the store's bytes do
+        not match the digest, BlobNotFoundError when the store lacks it.
+        """
+        path = self.path_for(digest)
+        if self._hit(path, size):
+            return path
+        with self._locked(digest):
+            if self._hit(path, size):
+                return path  # another process filled it while we waited
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise os_error(exc, str(path.parent), "creating") from exc
+            store.get_file(digest, path, progress=progress, verify=True)
+            got = path.stat().st_size
+            if size is not None and got != size:
+                remove_quietly(path)
+                raise IntegrityError(
+                    f"blob {digest} in {store.where(digest)} has {got} bytes, the manifest says {size}",
+                    expected=f"{size} bytes",
+                    actual=f"{got} bytes",
+                    where=store.where(digest),
+                )
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o444)
+            self._evict(self.max_bytes, keep={digest})
+        return path
+
+    def _entries(self) -> Iterator[tuple[str, Path, os.stat_result]]:
+        blobs = self.root / "blobs"
+        for algo in sorted(ALGORITHMS):
+            top = blobs / algo
+            if not top.is_dir():
+                continue
+            for sub in top.iterdir():
+                if not sub.is_dir():
+                    continue
+                for entry in os.scandir(sub):
+                    path = Path(entry.path)
+                    if entry.name.startswith("."):
+                        with contextlib.suppress(OSError):
+                            if time.time() - entry.stat().st_mtime > _STALE_TEMP_SECONDS:
+                                path.unlink()  # a download whose process died
+                        continue
+                    digest = f"{algo}:{entry.name}"
+                    try:
+                        parse_digest(digest)
+                        st = entry.stat()
+                    except (ValueError, OSError):
+                        continue
+                    yield digest, path, st
+
+    def ls(self) -> list[BlobInfo]:
+        """Cached blobs, least recently used first (``modified`` is the last use)."""
+        rows = [
+            BlobInfo(d, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+            for d, _, st in self._entries()
+        ]
+        return sorted(rows, key=lambda b: (b.modified, b.digest))
+
+    def size(self) -> int:
+        """Bytes held by cached blobs."""
+        return sum(st.st_size for _, _, st in self._entries())
+
+    def evict(self, target_bytes: int) -> int:
+        """Remove least-recently-used blobs until at most ``target_bytes`` remain; bytes freed."""
+        return self._evict(target_bytes, keep=set())
+
+    def _evict(self, target_bytes: int, keep: Iterable[str]) -> int:
+        kept = set(keep)
+        entries = sorted(self._entries(), key=lambda e: e[2].st_mtime)
+        total = sum(st.st_size for _, _, st in entries)
+        freed = 0
+        for digest, path, st in entries:
+            if total <= target_bytes:
+                break
+            if digest in kept:
+                continue
+            with self._locked(digest, blocking=False) as got:
+                if not got:
+                    continue  # being filled or returned right now
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise os_error(exc, str(path), "evicting") from exc
+                remove_quietly(self._lock_path(digest))
+            total -= st.st_size
+            freed += st.st_size
+        return freed
+
+    def clear(self) -> int:
+        """Remove every cached blob not in use right now; bytes freed."""
+        return self._evict(0, keep=set())
+
+    def contains(self, digest: str) -> bool:
+        """True when the blob is in the cache."""
+        return self.path_for(digest).is_file()
+
+    def discard(self, digest: str) -> None:
+        """Drop one blob from the cache (after it was deleted from the store)."""
+        with self._locked(digest):
+            remove_quietly(self.path_for(digest))
+
+
+class CachedStore(BlobStore):
+    """A remote store seen through the local cache.
+
+    Reads (``local_path``, ``get_file``, ``read_range``) are served from the
+    cache, filling it on a miss, so the loader can treat a remote store as a
+    local one; writes, listing and stat go to the remote.
+    """
+
+    def __init__(self, remote: BlobStore, cache: BlobCache) -> None:
+        self.remote = remote
+        self.cache = cache
+        self.url = remote.url
+
+    def where(self, digest: str) -> str:
+        return self.remote.where(digest)
+
+    def stat(self, digest: str) -> BlobInfo | None:
+        return self.remote.stat(digest)
+
+    def put_stream(
+        self,
+        digest: str,
+        chunks: Iterable[bytes | bytearray | memoryview],
+        size: int,
+        *,
+        progress: Progress | None = None,
+    ) -> bool:
+        return self.remote.put_stream(digest, chunks, size, progress=progress)
+
+    def put_file(
+        self,
+        digest: str,
+        path: str | os.PathLike[str],
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        progress: Progress | None = None,
+    ) -> bool:
+        return self.remote.put_file(digest, path, offset=offset, length=length, progress=progress)
+
+    def local_path(self, digest: str) -> Path | None:
+        direct = self.remote.local_path(digest)
+        if direct is not None:
+            return direct
+        return self.cache.fetch(self.remote, digest)
+
+    def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        path = self.cache.path_for(digest)
+        if not path.is_file():
+            return self.remote.read_range(digest, offset, length)
+        from .local import LocalStore
+
+        return LocalStore(self.cache.root).read_range(digest, offset, length)
+
+    def get_file(
+        self,
+        digest: str,
+        dest: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        verify: bool = True,
+    ) -> None:
+        src = self.local_path(digest)
+        if src is None:
+            raise BlobNotFoundError(digest, self.url)
+        dest_path = Path(dest)
+        size = src.stat().st_size
+        if progress is not None:
+            progress.start(size, digest)
+        try:
+            with open(src, "rb") as f:
+                tmp = write_temp_verified(
+                    dest_path,
+                    iter(lambda: f.read(8 << 20), b""),
+                    size,
+                    digest,
+                    where=str(src),
+                    progress=progress,
+                    verify=verify,
+                )
+        finally:
+            if progress is not None:
+                progress.finish()
+        try:
+            os.replace(tmp, dest_path)
+        except OSError as exc:
+            remove_quietly(tmp)
+            raise os_error(exc, str(dest_path), "renaming into") from exc
+        fsync_dir(dest_path.parent)
+
+    def delete(self, digest: str) -> bool:
+        existed = self.remote.delete(digest)
+        self.cache.discard(digest)
+        return existed
+
+    def list(self) -> Iterator[BlobInfo]:
+        return self.remote.list()
+
+    def close(self) -> None:
+        self.remote.close()

@@ -1,0 +1,648 @@
+"""A blob store in an S3 bucket: ``s3://bucket/prefix`` -> ``<prefix>/blobs/<algo>/<hex[:2]>/<hex>``.
+
+Endpoint, region and credentials come from the standard AWS settings
+(``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, profiles),
+so one code path serves AWS, SeaweedFS, MinIO and Ceph. Part size and
+concurrency come from ``MVAULT_S3_PART_SIZE`` / ``MVAULT_S3_CONCURRENCY``.
+
+Upload: the source is read part by part on the calling thread, hashed in
+order, and each part is handed to a pool of uploaders; the multipart upload is
+completed only when the whole digest matches, and aborted on any failure, so a
+half-written or wrong object never becomes visible. Each part also carries an
+S3 integrity checksum the server verifies (``SHA256`` by default; SeaweedFS
+accepts SHA256 and CRC32, CRC32C needs ``botocore[crt]``).
+
+Download: parallel ranged GETs pinned to the object's ETag (an object
+replaced mid-download fails instead of mixing two versions), written with
+``os.pwrite`` into a temporary file next to the destination, hashed in order
+as parts arrive, renamed into place only after the digest matches.
+
+This is the only module that imports boto3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import boto3
+import botocore.exceptions as bexc
+from botocore.config import Config
+
+from ..config import settings
+from ..errors import (
+    BlobNotFoundError,
+    InvalidArgumentError,
+    StorageError,
+    StoreAccessError,
+    StoreNotFoundError,
+    StoreUnavailableError,
+)
+from ..formats.digest import new_hasher, parse_digest
+from ._io import check_digest, remove_quietly
+from .base import (
+    BlobInfo,
+    BlobStore,
+    Progress,
+    _file_extent,
+    blob_relpath,
+    check_range,
+    fsync_dir,
+    os_error,
+    temp_path_for,
+)
+
+__all__ = ["S3Store"]
+
+T = TypeVar("T")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
+_ACCESS_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "Forbidden",
+    "403",
+}
+_MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
+#: Ranged GETs of this size keep memory bounded (window x size) while each
+#: request stays large enough that per-request overhead does not matter.
+DOWNLOAD_PART = 32 * 1024 * 1024
+
+
+class S3Store(BlobStore):
+    """Content-addressed blobs in an S3 bucket.
+
+    >>> store = S3Store.from_url("s3://team-models/vault")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        part_size: int | None = None,
+        concurrency: int | None = None,
+        checksum: str = "SHA256",
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 3,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        if not _BUCKET_RE.match(bucket) or ".." in bucket:
+            raise InvalidArgumentError(f"{bucket!r} is not a valid S3 bucket name")
+        prefix = prefix.strip("/")
+        if not _PREFIX_RE.match(prefix) or any(
+            p in ("", ".", "..") for p in prefix.split("/") if prefix
+        ):
+            raise InvalidArgumentError(
+                f"S3 prefix {prefix!r} is invalid; use letters, digits and . _ - / without empty or '..' parts"
+            )
+        cfg = settings()
+        self.bucket = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.part_size = part_size or cfg.s3_part_size
+        self.concurrency = concurrency or cfg.s3_concurrency
+        if self.part_size < 5 * 1024 * 1024:
+            raise InvalidArgumentError("S3 part size must be at least 5MiB")
+        if checksum not in ("SHA256", "CRC32", "CRC32C", "SHA1", "CRC64NVME"):
+            raise InvalidArgumentError(f"unknown S3 checksum algorithm {checksum!r}")
+        self.checksum = checksum
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._bucket_checked = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        options = dict(client_options or {})
+
+        def make(addressing: Literal["auto", "path"]) -> Any:
+            config = Config(
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"mode": "standard", "max_attempts": max_attempts},
+                max_pool_connections=max(10, 2 * self.concurrency + 2),
+                s3={"addressing_style": addressing},
+                tcp_keepalive=True,
+            )
+            return boto3.session.Session().client("s3", config=config, **options)
+
+        try:
+            client = make("auto")
+            self.endpoint = str(client.meta.endpoint_url)
+            if "amazonaws.com" not in self.endpoint:
+                # SeaweedFS, MinIO, Ceph: no per-bucket DNS names on a plain endpoint.
+                client = make("path")
+        except bexc.BotoCoreError as exc:
+            raise StoreAccessError(f"cannot configure the S3 client for {self.url}: {exc}") from exc
+        self.client = client
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Store:
+        """``s3://bucket`` or ``s3://bucket/prefix``."""
+        if not url.startswith("s3://"):
+            raise InvalidArgumentError(f"{url!r} is not an s3:// URL")
+        rest = url[len("s3://") :]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise InvalidArgumentError(f"{url!r} names no bucket; use s3://bucket/prefix")
+        return cls(bucket, prefix)
+
+    # ---- plumbing -------------------------------------------------------
+
+    def key(self, digest: str) -> str:
+        """The object key of a blob."""
+        return f"{self.prefix}{blob_relpath(digest)}"
+
+    def where(self, digest: str) -> str:
+        return f"s3://{self.bucket}/{self.key(digest)} (endpoint {self.endpoint})"
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="mvault-s3")
+            return self._pool
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def _translate(self, exc: Exception, doing: str, digest: str | None = None) -> Exception:
+        """A botocore error as the most specific modelvault error."""
+        at = f"{self.url} (endpoint {self.endpoint})"
+        if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError)):
+            return StoreAccessError(
+                f"no usable AWS credentials for {at}: {exc}",
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
+            )
+        if isinstance(exc, (bexc.ConnectionError, bexc.HTTPClientError)):
+            return StoreUnavailableError(
+                f"S3 endpoint {self.endpoint} does not answer while {doing} ({exc})",
+                hint="check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and that the server is running",
+            )
+        if isinstance(exc, bexc.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            msg = str(err.get("Message", "")) or code
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in _ACCESS_CODES or status == 403:
+                return StoreAccessError(
+                    f"S3 refused access to {at} while {doing}: {code}: {msg}",
+                    hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket policy",
+                )
+            if code == "NoSuchBucket":
+                return StoreNotFoundError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint}",
+                    hint="create the bucket or fix the store URL",
+                )
+            if code in _MISSING_KEY_CODES or status == 404:
+                if digest is not None:
+                    return BlobNotFoundError(digest, self.url)
+                return StoreNotFoundError(f"{at}: {code}: {msg}")
+            if code == "InvalidRange" or status == 416:
+                return InvalidArgumentError(f"range is past the end of the blob in {at}")
+            if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+                return StoreUnavailableError(
+                    f"S3 at {self.endpoint} kept failing while {doing}: {code}: {msg}",
+                    hint="the server is overloaded or failing; try again later",
+                )
+            return StorageError(f"S3 error while {doing} in {at}: {code}: {msg}")
+        if isinstance(exc, bexc.BotoCoreError):
+            return StorageError(f"S3 client error while {doing} in {at}: {exc}")
+        return exc
+
+    def _call(self, doing: str, digest: str | None, fn: Callable[..., T], **kwargs: Any) -> T:
+        try:
+            return fn(**kwargs)
+        except (bexc.BotoCoreError, bexc.ClientError) as exc:
+            raise self._translate(exc, doing, digest) from exc
+
+    def _check_bucket(self) -> None:
+        """A 404 on HEAD can mean a missing bucket; say so instead of 'blob missing'."""
+        if self._bucket_checked:
+            return
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except bexc.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                exc.response.setdefault("Error", {})["Code"] = "NoSuchBucket"
+            raise self._translate(exc, "checking the bucket") from exc
+        except bexc.BotoCoreError as exc:
+            raise self._translate(exc, "checking the bucket") from exc
+        self._bucket_checked = True
+
+    def _head(self, digest: str) -> dict[str, Any] | None:
+        key = self.key(digest)
+        try:
+            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
+        except bexc.ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or exc.response.get("Error", {}).get("Code") in _MISSING_KEY_CODES:
+                self._check_bucket()
+                return None
+            raise self._translate(exc, "looking up a blob", digest) from exc
+        except bexc.BotoCoreError as exc:
+            raise self._translate(exc, "looking up a blob", digest) from exc
+        self._bucket_checked = True
+        return head
+
+    # ---- primitives -----------------------------------------------------
+
+    def stat(self, digest: str) -> BlobInfo | None:
+        head = self._head(digest)
+        if head is None:
+            return None
+        return BlobInfo(digest, int(head["ContentLength"]), _utc(head["LastModified"]))
+
+    def put_stream(
+        self,
+        digest: str,
+        chunks: Iterable[bytes | bytearray | memoryview],
+        size: int,
+        *,
+        progress: Progress | None = None,
+    ) -> bool:
+        parse_digest(digest)
+        check_range(0, size)
+        if self._head(digest) is not None:
+            return False
+        return self._upload(digest, _rechunk(chunks, self.part_size), size, progress)
+
+    def put_file(
+        self,
+        digest: str,
+        path: str | os.PathLike[str],
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        progress: Progress | None = None,
+    ) -> bool:
+        parse_digest(digest)
+        p = Path(path)
+        size = _file_extent(p, offset, length)
+        if self._head(digest) is not None:
+            return False
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError as exc:
+            raise os_error(exc, str(p), "reading") from exc
+        try:
+            return self._upload(
+                digest, _pread_parts(fd, offset, size, self.part_size), size, progress
+            )
+        finally:
+            os.close(fd)
+
+    def _upload(
+        self, digest: str, parts: Iterator[bytes], size: int, progress: Progress | None
+    ) -> bool:
+        algo, _ = parse_digest(digest)
+        hasher = new_hasher(algo)
+        key = self.key(digest)
+        given = f"the bytes given for {self.where(digest)}"
+        if progress is not None:
+            progress.start(size, digest)
+        try:
+            if size <= self.part_size:
+                data = b"".join(parts)
+                hasher.update(data)
+                check_digest(digest, hasher.digest_str(), len(data), size, given)
+                self._call(
+                    "uploading a blob",
+                    digest,
+                    self.client.put_object,
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ChecksumAlgorithm=self.checksum,
+                )
+                if progress is not None:
+                    progress.advance(size)
+                return True
+            self._multipart(digest, key, parts, size, hasher, given, progress)
+            return True
+        finally:
+            if progress is not None:
+                progress.finish()
+
+    def _multipart(
+        self,
+        digest: str,
+        key: str,
+        parts: Iterator[bytes],
+        size: int,
+        hasher: Any,
+        given: str,
+        progress: Progress | None,
+    ) -> None:
+        created = self._call(
+            "starting a multipart upload",
+            digest,
+            self.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=key,
+            ChecksumAlgorithm=self.checksum,
+        )
+        upload_id = created["UploadId"]
+        pool = self._executor()
+        field = f"Checksum{self.checksum}"
+        completed = False
+        pending: deque[Future[dict[str, Any]]] = deque()
+        done: list[dict[str, Any]] = []
+
+        def send(number: int, data: bytes) -> dict[str, Any]:
+            resp = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm=self.checksum,
+            )
+            if progress is not None:
+                progress.advance(len(data))
+            part = {"PartNumber": number, "ETag": resp["ETag"]}
+            if resp.get(field):
+                part[field] = resp[field]
+            return part
+
+        try:
+            got = 0
+            for number, data in enumerate(parts, 1):
+                hasher.update(data)
+                got += len(data)
+                if got >= size:
+                    # Verify before the last part goes out: a wrong source never completes.
+                    check_digest(digest, hasher.digest_str(), got, size, given)
+                while len(pending) >= self.concurrency:
+                    done.append(pending.popleft().result())
+                pending.append(pool.submit(send, number, data))
+            check_digest(digest, hasher.digest_str(), got, size, given)
+            while pending:
+                done.append(pending.popleft().result())
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": sorted(done, key=lambda p: int(p["PartNumber"]))},
+            )
+            completed = True
+        except (bexc.BotoCoreError, bexc.ClientError) as exc:
+            raise self._translate(exc, "uploading a blob", digest) from exc
+        finally:
+            if not completed:
+                for fut in pending:
+                    fut.cancel()
+                for fut in pending:
+                    with contextlib.suppress(BaseException):
+                        fut.result()
+                # Best effort: when the server is gone this fails too, and
+                # cleanup_incomplete_uploads() removes the upload later.
+                with contextlib.suppress(Exception):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id
+                    )
+
+    def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        parse_digest(digest)
+        check_range(offset, length)
+        if length == 0:
+            info = self.stat(digest)
+            if info is None:
+                raise BlobNotFoundError(digest, self.url)
+            if offset > info.size:
+                raise InvalidArgumentError(
+                    f"range {offset}+0 is past the end of blob {digest} ({info.size} bytes)"
+                )
+            return b""
+        try:
+            resp = self.client.get_object(
+                Bucket=self.bucket,
+                Key=self.key(digest),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )
+            data: bytes = resp["Body"].read()
+        except bexc.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                self._check_bucket()
+            raise self._translate(exc, "reading a blob", digest) from exc
+        except bexc.BotoCoreError as exc:
+            raise self._translate(exc, "reading a blob", digest) from exc
+        if len(data) != length:
+            raise InvalidArgumentError(
+                f"range {offset}+{length} is past the end of blob {digest} in {self.url}"
+            )
+        return data
+
+    def get_file(
+        self,
+        digest: str,
+        dest: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        verify: bool = True,
+    ) -> None:
+        algo, _ = parse_digest(digest)
+        dest_path = Path(dest)
+        head = self._head(digest)
+        if head is None:
+            raise BlobNotFoundError(digest, self.url)
+        size = int(head["ContentLength"])
+        etag = str(head["ETag"])
+        key = self.key(digest)
+        where = self.where(digest)
+        tmp = temp_path_for(dest_path)
+        hasher = new_hasher(algo) if verify else None
+        if progress is not None:
+            progress.start(size, digest)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            if progress is not None:
+                progress.finish()
+            raise os_error(exc, str(dest_path), "writing") from exc
+        pending: deque[Future[bytes]] = deque()
+        try:
+            _reserve(fd, size)
+
+            def fetch(offset: int, length: int) -> bytes:
+                resp = self.client.get_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Range=f"bytes={offset}-{offset + length - 1}",
+                    IfMatch=etag,
+                )
+                data: bytes = resp["Body"].read()
+                if len(data) != length:
+                    raise StorageError(
+                        f"S3 returned {len(data)} bytes for a {length}-byte range of {where}"
+                    )
+                view = memoryview(data)
+                pos = offset
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    view = view[n:]
+                    pos += n
+                if progress is not None:
+                    progress.advance(length)
+                return data
+
+            pool = self._executor()
+            ranges = iter(
+                [(o, min(DOWNLOAD_PART, size - o)) for o in range(0, size, DOWNLOAD_PART)]
+            )
+            window = self.concurrency + 2
+            for rng in ranges:
+                pending.append(pool.submit(fetch, *rng))
+                if len(pending) >= window:
+                    break
+            while pending:
+                data = pending.popleft().result()
+                if hasher is not None:
+                    hasher.update(data)
+                del data
+                nxt = next(ranges, None)
+                if nxt is not None:
+                    pending.append(pool.submit(fetch, *nxt))
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            actual = hasher.digest_str() if hasher is not None else digest
+            check_digest(digest, actual, size, size, where)
+            os.replace(tmp, dest_path)
+            fsync_dir(dest_path.parent)
+        except BaseException as exc:
+            for fut in pending:
+                fut.cancel()
+            for fut in pending:
+                with contextlib.suppress(BaseException):
+                    fut.result()
+            if fd >= 0:
+                os.close(fd)
+            remove_quietly(tmp)
+            if isinstance(exc, bexc.ClientError) and (
+                exc.response.get("Error", {}).get("Code") == "PreconditionFailed"
+            ):
+                raise StorageError(
+                    f"blob {digest} was replaced in {where} during the download",
+                    hint="the stored copy changed under us; check who writes to the bucket, then retry",
+                ) from exc
+            if isinstance(exc, (bexc.BotoCoreError, bexc.ClientError)):
+                raise self._translate(exc, "downloading a blob", digest) from exc
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+                raise os_error(exc, str(dest_path), "writing") from exc
+            raise
+        finally:
+            if progress is not None:
+                progress.finish()
+
+    def delete(self, digest: str) -> bool:
+        if self._head(digest) is None:
+            return False
+        self._call(
+            "deleting a blob",
+            digest,
+            self.client.delete_object,
+            Bucket=self.bucket,
+            Key=self.key(digest),
+        )
+        return True
+
+    def list(self) -> Iterator[BlobInfo]:
+        start = f"{self.prefix}blobs/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
+                for obj in page.get("Contents", []):
+                    parts = str(obj["Key"])[len(start) :].split("/")
+                    if len(parts) != 3:
+                        continue
+                    digest = f"{parts[0]}:{parts[2]}"
+                    try:
+                        parse_digest(digest)
+                    except ValueError:
+                        continue  # a foreign object under our prefix
+                    if parts[2][:2] != parts[1]:
+                        continue
+                    yield BlobInfo(digest, int(obj["Size"]), _utc(obj["LastModified"]))
+        except (bexc.BotoCoreError, bexc.ClientError) as exc:
+            raise self._translate(exc, "listing blobs") from exc
+
+    def cleanup_incomplete_uploads(self, older_than: timedelta = timedelta(days=1)) -> int:
+        """Abort multipart uploads under this store's prefix started before ``older_than`` ago.
+
+        An upload interrupted by a crash or a lost server cannot always be
+        aborted at the time; its parts cost storage until aborted. Returns
+        how many were aborted.
+        """
+        cutoff = datetime.now(timezone.utc) - older_than
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}blobs/"):
+                for up in page.get("Uploads", []):
+                    if _utc(up["Initiated"]) <= cutoff:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                        )
+                        aborted += 1
+        except (bexc.BotoCoreError, bexc.ClientError) as exc:
+            raise self._translate(exc, "cleaning up incomplete uploads") from exc
+        return aborted
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return (
+            value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        )
+    return datetime.now(timezone.utc)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Reserve the space up front: a full disk fails before any byte is downloaded."""
+    if size == 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            os.ftruncate(fd, size)  # no preallocation here; ENOSPC will surface on write
+        else:
+            raise
+
+
+def _pread_parts(fd: int, offset: int, size: int, part_size: int) -> Iterator[bytes]:
+    pos, end = offset, offset + size
+    while pos < end:
+        data = os.pread(fd, min(part_size, end - pos), pos)
+        if not data:
+            return
+        pos += len(data)
+        yield data
+
+
+def _rechunk(chunks: Iterable[bytes | bytearray | memoryview], part_size: int) -> Iterator[bytes]:
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) >= part_size:
+            yield bytes(buf[:part_size])
+            del buf[:part_size]
+    if buf:
+        yield bytes(buf)
