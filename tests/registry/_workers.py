@@ -37,3 +37,14 @@ def register_all(url: str, worker: int, barrier: Any, out: Any) -> None:
     except Exception as exc:  # reported to the parent, which fails the test
         results.append(("", "error", f"{type(exc).__name__}: {exc}"))
     out.put((worker, results))
+
+
+def open_and_create(url: str, worker: int, barrier: Any, out: Any) -> None:
+    """Open a registry on a database nobody has upgraded yet, at the same time as others."""
+    try:
+        barrier.wait(timeout=120)
+        with Registry(url, auto_upgrade=True) as reg:
+            reg.create_model(f"first-open-{worker}")
+        out.put((worker, "ok"))
+    except Exception as exc:
+        out.put((worker, f"{type(exc).__name__}: {exc}"))

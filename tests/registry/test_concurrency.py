@@ -85,6 +85,29 @@ def test_sixteen_processes_register_at_once(db_url: str) -> None:
             assert conn.scalar(select(func.count()).where(Blob.digest == digest("weights:w"))) == 1
 
 
+@pytest.mark.slow
+def test_concurrent_first_open_upgrades_once(fresh_db: str) -> None:
+    """Several processes auto-upgrade one empty database at once: one migrates, the rest wait."""
+    n = 6
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(n)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_workers.open_and_create, args=(fresh_db, i, barrier, out))
+        for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = dict(out.get(timeout=240) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+    assert outcomes == dict.fromkeys(range(n), "ok")
+    with Registry(fresh_db) as reg:
+        assert len(reg.list_models(prefix="first-open-").items) == n
+
+
 def _backend_id(dbapi_conn: Any, kind: str) -> int:
     cur = dbapi_conn.cursor()
     cur.execute("SELECT pg_backend_pid()" if kind == "postgresql" else "SELECT CONNECTION_ID()")
