@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
@@ -15,7 +15,6 @@ from ..errors import (
 )
 from . import _queries as q
 from . import db
-from .schema import Model, Version
 from .semver import SemVer
 
 __all__ = ["RegistryBase"]
@@ -87,7 +86,8 @@ class RegistryBase:
         return q.check_user(config.settings().user if user is None else user)
 
     @staticmethod
-    def _exact(s: Session, model: Model, sv: SemVer) -> Version:
+    def _exact(s: Session, model: Any, sv: SemVer) -> Any:
+        """The version row (a Row with the ``versions`` columns) or VersionNotFoundError."""
         row = q.version_by_semver(s, model, sv)
         if row is None:
             raise q.not_found(s, model, str(sv))

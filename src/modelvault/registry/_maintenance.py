@@ -273,7 +273,8 @@ class MaintenanceOps(RegistryBase):
             )
             return DeleteResult(name, row.version, variants, pointing)
 
-        return self._tx(write)
+        # An alias set concurrently on this version fails the foreign key: look again.
+        return self._write_with_conflicts(write, lambda: None)
 
     # --- events and blobs -------------------------------------------------------------
 
@@ -337,4 +338,5 @@ class MaintenanceOps(RegistryBase):
                 q.add_event(s, "blob.forget", who, count=len(gone))
             return gone
 
-        return self._tx(write)
+        # A push that referenced a blob meanwhile fails the foreign key: look again.
+        return self._write_with_conflicts(write, lambda: None)

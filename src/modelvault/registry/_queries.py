@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import difflib
 import json
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, insert, select, tuple_
+from sqlalchemy import Table, and_, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ..errors import (
-    AliasNotFoundError,
     InvalidArgumentError,
-    InvalidSpecError,
-    ModelNotFoundError,
-    VersionNotFoundError,
 )
-from .results import BlobRef, VariantInfo, VariantInput, VersionInfo
+from .results import VariantInput
 from .schema import Alias, Blob, Event, Label, Model, Variant, VariantBlob, Version
-from .semver import RELEASE_KEY, SemVer
+from .semver import RELEASE_KEY
 from .specs import (
-    AliasSpec,
-    DigestSpec,
-    ExactSpec,
-    LatestSpec,
-    RangeSpec,
-    Spec,
     validate_label,
     validate_name,
 )
@@ -258,190 +247,27 @@ def delete_labels(session: Session, version_id: int, keys: Sequence[str]) -> Non
     session.execute(delete(Label).where(Label.version_id == version_id, Label.key.in_(keys)))
 
 
-# --- reads -------------------------------------------------------------------
+# --- reads (the hot path lives in _reads) --------------------------------------
 
+from ._reads import (  # noqa: E402
+    DESC_ORDER,
+    find_model,
+    highest_versions,
+    not_found,
+    resolve_row,
+    version_by_semver,
+    version_infos,
+)
 
-def find_model(session: Session, name: str) -> Model:
-    model = session.scalars(select(Model).where(Model.name == name)).one_or_none()
-    if model is not None:
-        return model
-    like = session.scalars(
-        select(Model.name).where(Model.name.startswith(name[:1], autoescape=True)).limit(500)
-    )
-    close = difflib.get_close_matches(name, list(like), n=3)
-    also = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ModelNotFoundError(f"no model named {name!r}{also}", hint="list models with: mvault ls")
-
-
-def highest_versions(session: Session, model: Model, n: int = 5) -> list[str]:
-    rows = session.scalars(
-        select(Version.version)
-        .where(Version.model_id == model.id)
-        .order_by(*_desc_order())
-        .limit(n)
-    )
-    return list(rows)
-
-
-def _desc_order() -> list[Any]:
-    return [
-        Version.major.desc(),
-        Version.minor.desc(),
-        Version.patch.desc(),
-        Version.prerelease_sort.desc(),
-    ]
-
-
-def version_by_semver(session: Session, model: Model, v: SemVer) -> Version | None:
-    return session.scalars(
-        select(Version).where(
-            Version.model_id == model.id,
-            Version.major == v.major,
-            Version.minor == v.minor,
-            Version.patch == v.patch,
-            Version.prerelease_sort == v.prerelease_key,
-        )
-    ).one_or_none()
-
-
-def not_found(session: Session, model: Model, spec: str) -> VersionNotFoundError:
-    have = highest_versions(session, model)
-    what = f"highest versions: {', '.join(have)}" if have else "it has no versions yet"
-    return VersionNotFoundError(f"model {model.name!r} has no version matching {spec!r}; {what}")
-
-
-def resolve_row(session: Session, model: Model, spec: Spec) -> Version:
-    """Find the version a spec names: bounded, indexed SQL first, the exact test in Python."""
-    if isinstance(spec, ExactSpec):
-        row = version_by_semver(session, model, spec.version)
-    elif isinstance(spec, LatestSpec):
-        row = session.scalars(
-            select(Version)
-            .where(Version.model_id == model.id, Version.prerelease_sort == RELEASE_KEY)
-            .order_by(*_desc_order())
-            .limit(1)
-        ).first()
-    elif isinstance(spec, AliasSpec):
-        row = session.scalars(
-            select(Version)
-            .join(Alias, Alias.version_id == Version.id)
-            .where(Alias.model_id == model.id, Alias.name == spec.alias)
-        ).one_or_none()
-        if row is None:
-            known = sorted(session.scalars(select(Alias.name).where(Alias.model_id == model.id)))
-            have = f"its aliases: {', '.join(known)}" if known else "it has no aliases"
-            raise AliasNotFoundError(f"model {model.name!r} has no alias {spec.alias!r}; {have}")
-    elif isinstance(spec, DigestSpec):
-        row = session.scalars(
-            select(Version)
-            .join(Variant, Variant.version_id == Version.id)
-            .where(Version.model_id == model.id, Variant.manifest_digest == spec.digest)
-            .limit(1)
-        ).first()
-    elif isinstance(spec, RangeSpec):
-        row = _resolve_range(session, model, spec)
-    else:  # pragma: no cover - Spec is a closed union
-        raise InvalidSpecError(f"unknown spec {spec!r}")
-    if row is None:
-        raise not_found(session, model, str(spec))
-    return row
-
-
-def _resolve_range(session: Session, model: Model, spec: RangeSpec) -> Version | None:
-    lo, hi = spec.core_bounds()
-    if lo > hi:
-        return None
-    conds = [
-        Version.model_id == model.id,
-        Version.major.between(lo[0], hi[0]),
-        tuple_(Version.major, Version.minor, Version.patch) >= tuple_(*lo),
-        tuple_(Version.major, Version.minor, Version.patch) <= tuple_(*hi),
-    ]
-    if not spec.allows_prerelease:
-        conds.append(Version.prerelease_sort == RELEASE_KEY)
-    after: tuple[int, int, int, str] | None = None
-    while True:
-        query = select(Version).where(*conds)
-        if after is not None:
-            query = query.where(
-                tuple_(Version.major, Version.minor, Version.patch, Version.prerelease_sort)
-                < tuple_(*after)
-            )
-        rows = list(session.scalars(query.order_by(*_desc_order()).limit(_RANGE_BATCH)))
-        for row in rows:
-            if spec.matches(SemVer.parse(row.version)):
-                return row
-        if len(rows) < _RANGE_BATCH:
-            return None
-        last = rows[-1]
-        after = (last.major, last.minor, last.patch, last.prerelease_sort)
-
-
-def version_infos(session: Session, model: Model, rows: Sequence[Version]) -> list[VersionInfo]:
-    """Load variants, blobs, labels and aliases for many versions in four queries."""
-    if not rows:
-        return []
-    ids = [r.id for r in rows]
-    variants: dict[int, list[Variant]] = defaultdict(list)
-    for var in session.scalars(
-        select(Variant).where(Variant.version_id.in_(ids)).order_by(Variant.id)
-    ):
-        variants[var.version_id].append(var)
-    blobs: dict[int, list[BlobRef]] = defaultdict(list)
-    var_ids = [v.id for vs in variants.values() for v in vs]
-    if var_ids:
-        q = (
-            select(
-                VariantBlob.variant_id, Blob.digest, Blob.size, VariantBlob.role, Blob.media_type
-            )
-            .join(Blob, Blob.digest == VariantBlob.blob_digest)
-            .where(VariantBlob.variant_id.in_(var_ids))
-            .order_by(VariantBlob.variant_id, VariantBlob.role, Blob.digest)
-        )
-        for vid, digest, size, role, media in session.execute(q):
-            blobs[vid].append(BlobRef(digest, size, role, media))
-    labels: dict[int, dict[str, str]] = defaultdict(dict)
-    for vid, key, value in session.execute(
-        select(Label.version_id, Label.key, Label.value)
-        .where(Label.version_id.in_(ids))
-        .order_by(Label.key)
-    ):
-        labels[vid][key] = value
-    aliases: dict[int, list[str]] = defaultdict(list)
-    for vid, name in session.execute(
-        select(Alias.version_id, Alias.name).where(Alias.version_id.in_(ids)).order_by(Alias.name)
-    ):
-        aliases[vid].append(name)
-    return [
-        VersionInfo(
-            model=model.name,
-            version=r.version,
-            major=r.major,
-            minor=r.minor,
-            patch=r.patch,
-            prerelease=r.prerelease,
-            build=r.build,
-            created_at=r.created_at,
-            created_by=r.created_by,
-            description=r.description,
-            labels=labels[r.id],
-            aliases=aliases[r.id],
-            variants=[
-                VariantInfo(
-                    manifest_digest=v.manifest_digest,
-                    format=v.format,
-                    kind=v.kind,
-                    requirements=v.requirements,
-                    size=v.size,
-                    created_at=v.created_at,
-                    created_by=v.created_by,
-                    blobs=blobs[v.id],
-                )
-                for v in variants[r.id]
-            ],
-        )
-        for r in rows
-    ]
+__all__ = [
+    "DESC_ORDER",
+    "find_model",
+    "highest_versions",
+    "not_found",
+    "resolve_row",
+    "version_by_semver",
+    "version_infos",
+]
 
 
 def label_exists(owner_id: Any, key: str, value: str | None) -> Any:
@@ -529,7 +355,7 @@ def model_summaries(
         top = session.scalars(
             select(Version.version)
             .where(Version.model_id == mid, Version.prerelease_sort == RELEASE_KEY)
-            .order_by(*_desc_order())
+            .order_by(*DESC_ORDER)
             .limit(1)
         ).first()
         if top is not None:

@@ -355,7 +355,7 @@ class Registry(MaintenanceOps):
 
         def read(s: Session) -> Page[VersionInfo]:
             model = q.find_model(s, name)
-            query = select(Version).where(Version.model_id == model.id)
+            query = select(*Version.__table__.c).where(Version.model_id == model.id)
             if not include_prerelease:
                 query = query.where(Version.is_prerelease.is_(False))
             if when is not None:
@@ -365,7 +365,7 @@ class Registry(MaintenanceOps):
             if after is not None:
                 query = query.where(sort < tuple_(*after) if descending else sort > tuple_(*after))
             order = [c.desc() for c in cols] if descending else cols
-            rows = list(s.scalars(query.order_by(*order).limit(limit + 1)))
+            rows = list(s.connection().execute(query.order_by(*order).limit(limit + 1)).all())
             more = len(rows) > limit
             rows = rows[:limit]
             last = rows[-1] if rows else None

@@ -14,6 +14,7 @@ call gets a fresh connection.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import random
@@ -124,10 +125,26 @@ def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
     cur.execute("PRAGMA foreign_keys = ON")
-    if dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0] != "memory":
-        cur.execute("PRAGMA journal_mode = WAL")
     cur.execute("PRAGMA synchronous = NORMAL")
     cur.close()
+    _sqlite_wal(dbapi_conn)
+
+
+def _sqlite_wal(dbapi_conn: sqlite3.Connection) -> None:
+    """Switch to WAL once per file. The switch needs the file to itself and can
+    fail with "database is locked" without waiting when several processes open
+    a new file at once, so it is retried here until the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            mode = dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode not in ("wal", "memory"):
+                dbapi_conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
@@ -247,7 +264,9 @@ def _alembic_config(connection: Connection | None = None) -> Any:
     return cfg
 
 
+@functools.cache
 def _script() -> Any:
+    # Parsing the revision files costs milliseconds; they do not change while we run.
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_alembic_config())
@@ -280,12 +299,18 @@ def _status(rev: str | None, conn: Connection) -> str:
 
 def check_schema(engine: Engine, *, auto_upgrade: bool) -> None:
     """Refuse a database whose schema is ahead; upgrade or refuse one that is behind."""
-    try:
-        with engine.connect() as conn:
-            rev = _revision_of(conn)
-            status = _status(rev, conn)
-    except DBAPIError as exc:
-        raise translate(engine.url, exc) from exc
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            with engine.connect() as conn:
+                rev = _revision_of(conn)
+                status = _status(rev, conn)
+            break
+        except DBAPIError as exc:
+            # Several processes opening a new SQLite file at once meet its locks here.
+            if attempt < MAX_ATTEMPTS and is_retryable(exc):
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+                continue
+            raise translate(engine.url, exc) from exc
     if status == "up to date":
         return
     if status == "ahead":
@@ -325,6 +350,19 @@ def _migration_lock(conn: Connection) -> Iterator[None]:
 
 
 def _upgrade_engine(engine: Engine) -> str:
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return _upgrade_once(engine)
+        except RegistryError as exc:
+            cause = exc.__cause__
+            if attempt < MAX_ATTEMPTS and cause is not None and is_retryable(cause):
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+                continue
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _upgrade_once(engine: Engine) -> str:
     from alembic import command
 
     try:

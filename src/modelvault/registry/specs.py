@@ -99,6 +99,10 @@ def validate_name(kind: Literal["model", "alias"], value: object) -> str:
                     "contain only letters, digits, '.', '_' and '-'"
                 )
         return value
+    if ":" in value:
+        raise InvalidNameError(
+            f"alias {value!r:.80} looks like a digest (it has ':'); pick a name such as 'prod'"
+        )
     if not _ALIAS_RE.fullmatch(value):
         raise InvalidNameError(
             f"alias {value!r}: must start with a letter and contain only letters, digits, "
