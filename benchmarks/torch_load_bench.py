@@ -186,6 +186,16 @@ def main() -> None:
         results["save_torch_export"] = timed(
             lambda: torch.export.save(ep, str(fresh(pt2))), "cpu", args.runs
         )
+        def torch_save_durable() -> None:
+            # The same durability as modelvault's writer, which fsyncs before it returns.
+            torch.export.save(ep, str(fresh(pt2)))
+            fd = os.open(pt2, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        results["save_torch_export_fsync"] = timed(torch_save_durable, "cpu", args.runs)
         results["save_modelvault_ep"] = timed(
             lambda: write_bundle(ep_plugin.pack(ep), fresh(mv_ep)), "cpu", args.runs
         )
@@ -255,6 +265,8 @@ def main() -> None:
 
     ratios = {
         "ep_save_speedup_vs_torch_export_save": med("save_torch_export")
+        / med("save_modelvault_ep"),
+        "ep_save_speedup_vs_torch_export_save_with_fsync": med("save_torch_export_fsync")
         / med("save_modelvault_ep"),
         "ep_load_speedup_vs_torch_export_load": med("load_torch_export")
         / med("load_modelvault_ep"),
