@@ -61,16 +61,55 @@ def count_calls(store: S3Store) -> dict[str, int]:
     return counts
 
 
-def test_layout_and_checksum(make_s3_store: Callable[..., Any], seaweed: SeaweedS3) -> None:
+@pytest.mark.parametrize(("checksum", "size"), [("CRC32", 12 << 20), ("SHA256", 12 << 20), ("SHA256", 1000)])
+def test_layout_and_checksum(
+    make_s3_store: Callable[..., Any], seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch, checksum: str, size: int
+) -> None:
+    import modelvault.config
+
+    monkeypatch.setenv("MVAULT_S3_CHECKSUM", checksum)
+    modelvault.config.reload()
     store: S3Store = make_s3_store()
-    d, data = blob(store.big if hasattr(store, "big") else 12 << 20)
+    assert store.checksum == checksum
+    d, data = blob(size)
     store.put_bytes(d, data)
     algo, hexpart = d.split(":")
     key = f"{store.prefix}blobs/{algo}/{hexpart[:2]}/{hexpart}"
     assert store.key(d) == key
     head = seaweed.client().head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
     assert head["ContentLength"] == len(data)
-    assert head.get("ChecksumSHA256")  # the server checked and kept the part checksums
+    assert head.get(f"Checksum{checksum}")  # the server checked and kept the checksums
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("MVAULT_S3_CHECKSUM", "MD5", "not an S3 checksum"),
+        ("MVAULT_S3_PART_SIZE", "1MiB", "outside what S3 accepts"),
+        ("MVAULT_S3_PART_SIZE", "lots", "not a size"),
+        ("MVAULT_S3_CONCURRENCY", "0", "between 1 and 256"),
+        ("MVAULT_S3_CONCURRENCY", "eight", "not a whole number"),
+    ],
+)
+def test_bad_settings(monkeypatch: pytest.MonkeyPatch, name: str, value: str, match: str) -> None:
+    import modelvault.config
+    from modelvault.errors import ConfigError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=match):
+        modelvault.config.reload()
+    monkeypatch.delenv(name)
+
+
+def test_settings_reach_the_store(s3_env: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelvault.config
+
+    monkeypatch.setenv("MVAULT_S3_PART_SIZE", "16MiB")
+    monkeypatch.setenv("MVAULT_S3_CONCURRENCY", "3")
+    modelvault.config.reload()
+    store = S3Store(BUCKET, "settings")
+    assert (store.part_size, store.concurrency, store.checksum) == (16 << 20, 3, "CRC32")
+    store.close()
 
 
 def test_server_rejects_a_bad_part_checksum(seaweed: SeaweedS3) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BlobNotFoundError, IntegrityError, StorageError
 from ..formats.digest import CHUNK, new_hasher, parse_digest
@@ -15,7 +15,39 @@ from .base import Progress, fsync_dir, os_error, temp_path_for
 if TYPE_CHECKING:
     from .base import BlobStore
 
-__all__ = ["check_digest", "download_sequential", "remove_quietly", "write_temp_verified"]
+__all__ = [
+    "check_digest",
+    "download_sequential",
+    "remove_quietly",
+    "start_writeback",
+    "write_temp_verified",
+]
+
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_STEP = 32 * 1024 * 1024
+_libc: Any = None
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range to disk now, without waiting.
+
+    The final fsync of a large download then waits for little more than the
+    last part instead of the whole file, so durability costs almost no wall
+    time. Linux only (``sync_file_range``); elsewhere it does nothing.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL(None, use_errno=True)
+            fn = lib.sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+            _libc = fn
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def remove_quietly(path: Path) -> None:
@@ -65,7 +97,7 @@ def write_temp_verified(
     algo, _ = parse_digest(digest)
     tmp = temp or temp_path_for(dest)
     hasher = new_hasher(algo) if verify else None
-    got = 0
+    got = flushed = 0
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -82,6 +114,9 @@ def write_temp_verified(
                     got += n
                     if progress is not None:
                         progress.advance(n)
+                if got - flushed >= _WRITEBACK_STEP:
+                    start_writeback(fd, flushed, got - flushed)
+                    flushed = got
             os.fsync(fd)
         finally:
             os.close(fd)
