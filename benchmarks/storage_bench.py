@@ -31,10 +31,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from tests.storage.seaweed import SeaweedS3  # noqa: E402
+
 from modelvault.formats.digest import digest_file  # noqa: E402
 from modelvault.storage import BlobCache  # noqa: E402
 from modelvault.storage.s3 import S3Store  # noqa: E402
-from tests.storage.seaweed import SeaweedS3  # noqa: E402
 
 MiB = 1024 * 1024
 BUCKET = "bench"
@@ -72,8 +73,13 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--part-mib", type=int, default=int(os.environ.get("BENCH_PART_MIB", "64")))
-    ap.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "8")))
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument(
+        "--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "8"))
+    )
+    ap.add_argument(
+        "--workdir", default=None, help="source and downloaded files (default: a temp dir)"
+    )
+    ap.add_argument("--weed-dir", default=None, help="SeaweedFS data (default: under --workdir)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storage.json"))
     args = ap.parse_args()
 
@@ -88,11 +94,18 @@ def main() -> None:
     write_random(src, size)
     digest = digest_file(src)
 
-    server = SeaweedS3(work / "weed")
+    server = SeaweedS3(Path(args.weed_dir) if args.weed_dir else work / "weed")
     server.start()
     results: dict[str, list[float]] = {
         k: []
-        for k in ("boto3_upload", "boto3_download", "mv_push", "mv_pull", "mv_push_again", "mv_pull_warm")
+        for k in (
+            "boto3_upload",
+            "boto3_download",
+            "mv_push",
+            "mv_pull",
+            "mv_push_again",
+            "mv_pull_warm",
+        )
     }
     warm_get_bytes: list[int] = []
     try:
@@ -111,20 +124,39 @@ def main() -> None:
         for run in range(args.runs):
             key = f"peer/run{run}"
             out = work / "peer.out"
-            results["boto3_upload"].append(timed(lambda: client.upload_file(str(src), BUCKET, key, Config=tc)))  # noqa: B023
-            results["boto3_download"].append(
-                timed(lambda: client.download_file(BUCKET, key, str(out), Config=tc))  # noqa: B023
-            )
-            out.unlink()
-            client.delete_object(Bucket=BUCKET, Key=key)
-
             store = S3Store(BUCKET, f"mv/run{run}", part_size=part, concurrency=args.concurrency)
             dest = work / "mv.out"
-            results["mv_push"].append(timed(lambda: store.put_file(digest, src)))  # noqa: B023
-            results["mv_pull"].append(timed(lambda: store.get_file(digest, dest)))  # noqa: B023
-            dest.unlink()
+
+            def peer_push() -> None:
+                results["boto3_upload"].append(
+                    timed(lambda: client.upload_file(str(src), BUCKET, key, Config=tc))
+                )
+
+            def peer_pull() -> None:
+                results["boto3_download"].append(
+                    timed(lambda: client.download_file(BUCKET, key, str(out), Config=tc))  # noqa: B023
+                )
+                out.unlink()
+
+            def mv_push() -> None:
+                results["mv_push"].append(timed(lambda: store.put_file(digest, src)))  # noqa: B023
+
+            def mv_pull() -> None:
+                results["mv_pull"].append(timed(lambda: store.get_file(digest, dest)))  # noqa: B023
+                dest.unlink()
+
+            # Alternate who goes first, so drift on a shared machine hits both alike.
+            order = (
+                [peer_push, mv_push, peer_pull, mv_pull]
+                if run % 2 == 0
+                else [mv_push, peer_push, mv_pull, peer_pull]
+            )
+            for step in order:
+                step()
             again: list[bool] = []
-            results["mv_push_again"].append(timed(lambda: again.append(store.put_file(digest, src))))  # noqa: B023
+            results["mv_push_again"].append(
+                timed(lambda: again.append(store.put_file(digest, src)))
+            )
             assert again == [False]
             cache = BlobCache(work / f"cache{run}", 4 * size)
             cache.fetch(store, digest)
@@ -134,7 +166,12 @@ def main() -> None:
             cache.clear()
             store.delete(digest)
             store.close()
-            print(f"run {run}: " + ", ".join(f"{k}={v[-1]:.3f}s" for k, v in results.items()), flush=True)
+            client.delete_object(Bucket=BUCKET, Key=key)
+            server.vacuum()
+            print(
+                f"run {run}: " + ", ".join(f"{k}={v[-1]:.3f}s" for k, v in results.items()),
+                flush=True,
+            )
     finally:
         server.stop()
 
@@ -143,7 +180,8 @@ def main() -> None:
     report = {
         "machine": f"CPU dev machine: {os.cpu_count()} cores, "
         f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB; "
-        "SeaweedFS on loopback, data on local disk",
+        f"SeaweedFS on loopback, data {'in tmpfs' if args.weed_dir and args.weed_dir.startswith('/dev/shm') else 'on local disk'}; "
+        "files read from and written to local disk (ext4)",
         "python": platform.python_version(),
         "boto3": boto3.__version__,
         "size_bytes": size,
@@ -162,7 +200,9 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     gib = size / 2**30
     print()
-    print(f"{report['machine']}; {gib:g} GiB blob, {args.part_mib} MiB parts, {args.concurrency} threads, median of {args.runs}")
+    print(
+        f"{report['machine']}; {gib:g} GiB blob, {args.part_mib} MiB parts, {args.concurrency} threads, median of {args.runs}"
+    )
     print()
     print("| operation | modelvault | boto3 (tuned TransferConfig) | ratio |")
     print("| --- | --- | --- | --- |")
@@ -178,7 +218,9 @@ def main() -> None:
         f"| second push, unchanged | {med['mv_push_again'] * 1000:.1f} ms "
         f"({report['second_push_fraction']:.2%} of the first) | | |"
     )
-    print(f"| pull, warm cache | {med['mv_pull_warm'] * 1000:.1f} ms, S3 GET bytes {warm_get_bytes} | | |")
+    print(
+        f"| pull, warm cache | {med['mv_pull_warm'] * 1000:.1f} ms, S3 GET bytes {warm_get_bytes} | | |"
+    )
 
 
 if __name__ == "__main__":

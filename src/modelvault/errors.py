@@ -130,7 +130,9 @@ class MissingDependencyError(ModelVaultError, ImportError):
         self.package = package
         self.extra = extra
         install = f"pip install 'modelvault[{extra}]'" if extra else f"pip install {package}"
-        super().__init__(f"{purpose} needs {package}, which is not installed", hint=f"run: {install}")
+        super().__init__(
+            f"{purpose} needs {package}, which is not installed", hint=f"run: {install}"
+        )
 
 
 class InvalidArgumentError(ModelVaultError, ValueError):
@@ -293,7 +295,9 @@ class IncompatibleError(ModelVaultError):
 class NoCompatibleVariantError(IncompatibleError):
     """No variant of the version fits this machine; ``reasons`` says why, per variant."""
 
-    def __init__(self, message: str, reasons: Sequence[tuple[str, str]], *, hint: str | None = None):
+    def __init__(
+        self, message: str, reasons: Sequence[tuple[str, str]], *, hint: str | None = None
+    ):
         self.reasons = list(reasons)
         lines = "; ".join(f"{name}: {why}" for name, why in self.reasons)
         super().__init__(f"{message} ({lines})" if lines else message, hint=hint)

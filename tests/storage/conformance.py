@@ -85,8 +85,12 @@ class BlobStoreConformance:
         src = tmp_path / "src.bin"
         src.write_bytes(data)
         seen: list[tuple[int, int]] = []
-        assert store.put_file(d, src, progress=CallbackProgress(lambda a, b, _: seen.append((a, b)))) is True
-        assert seen[0] == (0, self.big) and seen[-1] == (self.big, self.big)
+        assert (
+            store.put_file(d, src, progress=CallbackProgress(lambda a, b, _: seen.append((a, b))))
+            is True
+        )
+        assert seen[0] == (0, self.big)
+        assert seen[-1] == (self.big, self.big)
         out = tmp_path / "out" / "blob.bin"
         out.parent.mkdir()
         got: list[tuple[int, int]] = []
@@ -95,7 +99,10 @@ class BlobStoreConformance:
         assert got[-1] == (self.big, self.big)
         assert sorted(p.name for p in out.parent.iterdir()) == ["blob.bin"]  # no temp left
         assert store.read_range(d, self.big - 10, 10) == data[-10:]
-        assert store.read_range(d, 5 * 1024 * 1024 - 3, 7) == data[5 * 1024 * 1024 - 3 : 5 * 1024 * 1024 + 4]
+        assert (
+            store.read_range(d, 5 * 1024 * 1024 - 3, 7)
+            == data[5 * 1024 * 1024 - 3 : 5 * 1024 * 1024 + 4]
+        )
 
     def test_put_file_slice(self, store: BlobStore, tmp_path: Path) -> None:
         data = os.urandom(10_000)
@@ -121,7 +128,8 @@ class BlobStoreConformance:
         assert store.read_range(d, 0, len(data)) == data
         empty = digest_bytes(b"")
         assert store.put_bytes(empty, b"") is True
-        assert store.stat(empty) is not None and store.stat(empty).size == 0  # type: ignore[union-attr]
+        assert store.stat(empty) is not None
+        assert store.stat(empty).size == 0
         assert store.read_range(empty, 0, 0) == b""
         out = tmp_path / "empty"
         store.get_file(empty, out)
@@ -207,7 +215,8 @@ class BlobStoreConformance:
         for t in threads:
             t.join()
         assert errors == []
-        assert len(results) == 4 and any(results)
+        assert len(results) == 4
+        assert any(results)
         assert store.read_range(d, 0, len(data)) == data
         assert [b.digest for b in store.list()] == [d]
 

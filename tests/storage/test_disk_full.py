@@ -33,7 +33,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True
     )
     if done.returncode != 0:
-        pytest.fail(f"cannot mount an 8 MiB tmpfs for the disk-full tests (needs root): {done.stderr.strip()}")
+        pytest.fail(
+            f"cannot mount an 8 MiB tmpfs for the disk-full tests (needs root): {done.stderr.strip()}"
+        )
     try:
         yield mnt
     finally:
@@ -52,7 +54,8 @@ def test_local_put_fills_disk(small_disk: Path, tmp_path: Path) -> None:
     with pytest.raises(StorageFullError, match="no space left") as err:
         store.put_file(d, src)
     assert str(small_disk) in str(err.value)
-    assert err.value.hint and "free some space" in err.value.hint
+    assert err.value.hint
+    assert "free some space" in err.value.hint
     assert files_under(small_disk) == []
     assert not store.exists(d)
     small_d, small_data = blob(1000)  # the store still works once there is room

@@ -21,7 +21,6 @@ class TestS3Store(BlobStoreConformance):
 # ---- S3 specifics -----------------------------------------------------------
 
 import io  # noqa: E402
-import os  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -37,8 +36,8 @@ from modelvault.errors import (  # noqa: E402
     StoreUnavailableError,
 )
 from modelvault.storage import BlobCache, CallbackProgress  # noqa: E402
-from tests.storage.conftest import BUCKET  # noqa: E402
 from tests.storage.conformance import blob  # noqa: E402
+from tests.storage.conftest import BUCKET  # noqa: E402
 from tests.storage.seaweed import SeaweedS3  # noqa: E402
 
 
@@ -61,9 +60,15 @@ def count_calls(store: S3Store) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize(("checksum", "size"), [("CRC32", 12 << 20), ("SHA256", 12 << 20), ("SHA256", 1000)])
+@pytest.mark.parametrize(
+    ("checksum", "size"), [("CRC32", 12 << 20), ("SHA256", 12 << 20), ("SHA256", 1000)]
+)
 def test_layout_and_checksum(
-    make_s3_store: Callable[..., Any], seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch, checksum: str, size: int
+    make_s3_store: Callable[..., Any],
+    seaweed: SeaweedS3,
+    monkeypatch: pytest.MonkeyPatch,
+    checksum: str,
+    size: int,
 ) -> None:
     import modelvault.config
 
@@ -119,7 +124,10 @@ def test_server_rejects_a_bad_part_checksum(seaweed: SeaweedS3) -> None:
 
     with pytest.raises(ClientError, match="BadDigest"):
         seaweed.client().put_object(
-            Bucket=BUCKET, Key="bad-checksum", Body=b"hello", ChecksumSHA256=base64.b64encode(b"\0" * 32).decode()
+            Bucket=BUCKET,
+            Key="bad-checksum",
+            Body=b"hello",
+            ChecksumSHA256=base64.b64encode(b"\0" * 32).decode(),
         )
 
 
@@ -138,12 +146,19 @@ def test_dedup_sends_zero_bytes(make_s3_store: Callable[..., Any], tmp_path: Pat
     assert counts == {"body_bytes": 0, "HeadObject": 1}
 
 
-def test_list_ignores_foreign_objects(make_s3_store: Callable[..., Any], seaweed: SeaweedS3) -> None:
+def test_list_ignores_foreign_objects(
+    make_s3_store: Callable[..., Any], seaweed: SeaweedS3
+) -> None:
     store: S3Store = make_s3_store()
     d, data = blob(10)
     store.put_bytes(d, data)
     client = seaweed.client()
-    for key in ["blobs/blake3/zz/notablob", "blobs/blake3/00/" + "1" * 64, "blobs/readme.txt", "other"]:
+    for key in [
+        "blobs/blake3/zz/notablob",
+        "blobs/blake3/00/" + "1" * 64,
+        "blobs/readme.txt",
+        "other",
+    ]:
         client.put_object(Bucket=BUCKET, Key=store.prefix + key, Body=b"x")
     assert [b.digest for b in store.list()] == [d]
 
@@ -189,7 +204,9 @@ def test_url_and_endpoint_from_environment(s3_env: SeaweedS3) -> None:
         store.close()
 
 
-def test_wrong_credentials(make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_credentials(
+    make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     store: S3Store = make_s3_store()
     d, data = blob(100)
@@ -205,7 +222,9 @@ def test_wrong_credentials(make_s3_store: Callable[..., Any], monkeypatch: pytes
         other.exists(d)
 
 
-def test_no_credentials(make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_no_credentials(
+    make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -234,7 +253,9 @@ def test_missing_bucket(make_s3_store: Callable[..., Any], tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_endpoint_refusing_connections(make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_endpoint_refusing_connections(
+    make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -248,7 +269,9 @@ def test_endpoint_refusing_connections(make_s3_store: Callable[..., Any], monkey
     assert "AWS_ENDPOINT_URL_S3" in (err.value.hint or "")
 
 
-def test_endpoint_that_never_replies(make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_endpoint_that_never_replies(
+    make_s3_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # accepts connections (the kernel does) and never answers
@@ -277,9 +300,12 @@ def test_overwritten_blob_is_refused_by_pull(
     with pytest.raises(IntegrityError) as err:
         cache.fetch(store, d)
     msg = str(err.value)
-    assert d in msg and f"s3://{BUCKET}/{store.key(d)}" in msg
-    assert err.value.expected == d and err.value.actual != d
-    assert cache.ls() == [] and cache.size() == 0
+    assert d in msg
+    assert f"s3://{BUCKET}/{store.key(d)}" in msg
+    assert err.value.expected == d
+    assert err.value.actual != d
+    assert cache.ls() == []
+    assert cache.size() == 0
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix != ".lock"]
     assert leftovers == []
     dest = tmp_path / "direct.bin"
@@ -291,7 +317,9 @@ def test_overwritten_blob_is_refused_by_pull(
     assert dest.read_bytes() == bytes(evil)
 
 
-def test_get_file_missing_blob_leaves_dest(make_s3_store: Callable[..., Any], tmp_path: Path) -> None:
+def test_get_file_missing_blob_leaves_dest(
+    make_s3_store: Callable[..., Any], tmp_path: Path
+) -> None:
     store: S3Store = make_s3_store()
     dest = tmp_path / "keep"
     dest.write_bytes(b"old")
@@ -300,14 +328,17 @@ def test_get_file_missing_blob_leaves_dest(make_s3_store: Callable[..., Any], tm
     assert dest.read_bytes() == b"old"
 
 
-def test_warm_cache_pull_reads_nothing_from_s3(make_s3_store: Callable[..., Any], tmp_path: Path) -> None:
+def test_warm_cache_pull_reads_nothing_from_s3(
+    make_s3_store: Callable[..., Any], tmp_path: Path
+) -> None:
     store: S3Store = make_s3_store()
     d, data = blob(6 << 20)
     store.put_bytes(d, data)
     cache = BlobCache(tmp_path / "cache", 1 << 30)
     counts = count_calls(store)
     path = cache.fetch(store, d)
-    assert counts.get("GetObject", 0) == 1 and path.read_bytes() == data
+    assert counts.get("GetObject", 0) == 1
+    assert path.read_bytes() == data
     counts.clear()
     assert cache.fetch(store, d) == path
     assert counts == {}
@@ -320,14 +351,18 @@ def _fetch_in_child(args: tuple[str, str, str, str]) -> bool:
     store = S3Store(bucket, prefix, part_size=5 << 20, concurrency=2)
     try:
         BlobCache(Path(cache_root), 1 << 30).fetch(
-            store, digest, progress=CallbackProgress(lambda done, total, label: started.append(done))
+            store,
+            digest,
+            progress=CallbackProgress(lambda done, total, label: started.append(done)),
         )
     finally:
         store.close()
     return bool(started)
 
 
-def test_concurrent_processes_download_once(make_s3_store: Callable[..., Any], tmp_path: Path) -> None:
+def test_concurrent_processes_download_once(
+    make_s3_store: Callable[..., Any], tmp_path: Path
+) -> None:
     import multiprocessing
 
     store: S3Store = make_s3_store()

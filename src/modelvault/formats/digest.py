@@ -115,7 +115,9 @@ def parse_digest(value: object) -> tuple[str, str]:
         raise ManifestError(f"digest must be a string like 'blake3:<hex>', got {value!r:.80}")
     m = _DIGEST_RE.match(value)
     if not m:
-        raise ManifestError(f"malformed digest {value!r:.80}; expected '<algorithm>:<lowercase hex>'")
+        raise ManifestError(
+            f"malformed digest {value!r:.80}; expected '<algorithm>:<lowercase hex>'"
+        )
     algo, hexpart = m.group(1), m.group(2)
     if algo not in ALGORITHMS:
         new_hasher(algo)  # raises UnsupportedDigestError
@@ -254,9 +256,7 @@ def digest_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM
     return h.digest_str()
 
 
-def verify_bytes(
-    data: bytes | bytearray | memoryview, expected: str, *, where: str = ""
-) -> None:
+def verify_bytes(data: bytes | bytearray | memoryview, expected: str, *, where: str = "") -> None:
     """Raise :class:`IntegrityError` unless ``data`` hashes to ``expected``."""
     algo, _ = parse_digest(expected)
     actual = digest_bytes(data, algo)

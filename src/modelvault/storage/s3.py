@@ -81,9 +81,9 @@ _ACCESS_CODES = {
 }
 S3_CHECKSUMS = ("CRC32", "SHA256", "CRC32C", "SHA1", "CRC64NVME")
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
-#: Ranged GETs of this size keep memory bounded (window x size) while each
-#: request stays large enough that per-request overhead does not matter.
-DOWNLOAD_PART = 32 * 1024 * 1024
+#: Downloads move through memory in pieces of this size (read, write, hash).
+_STREAM_CHUNK = 1024 * 1024
+_WRITEBACK_STEP = 8 * 1024 * 1024
 
 
 class S3Store(BlobStore):
@@ -473,61 +473,64 @@ class S3Store(BlobStore):
         key = self.key(digest)
         where = self.where(digest)
         tmp = temp_path_for(dest_path)
-        hasher = new_hasher(algo) if verify else None
         if progress is not None:
             progress.start(size, digest)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             if progress is not None:
                 progress.finish()
             raise os_error(exc, str(dest_path), "writing") from exc
-        pending: deque[Future[bytes]] = deque()
+        pending: list[Future[None]] = []
         try:
             _reserve(fd, size)
 
-            def fetch(offset: int, length: int) -> bytes:
+            def fetch(offset: int, length: int) -> None:
+                # Stream the range straight into place in small pieces: no
+                # part-sized buffers to allocate and copy, which costs more
+                # than the network on a loaded machine.
                 resp = self.client.get_object(
                     Bucket=self.bucket,
                     Key=key,
                     Range=f"bytes={offset}-{offset + length - 1}",
                     IfMatch=etag,
                 )
-                data: bytes = resp["Body"].read()
-                if len(data) != length:
+                body = resp["Body"]
+                pos, end = offset, offset + length
+                flushed = pos
+                while pos < end:
+                    data = body.read(min(_STREAM_CHUNK, end - pos))
+                    if not data:
+                        break
+                    view = memoryview(data)
+                    while view:
+                        n = os.pwrite(fd, view, pos)
+                        view = view[n:]
+                        pos += n
+                    if pos - flushed >= _WRITEBACK_STEP:
+                        # Keep the disk busy while the network is: the final
+                        # fsync then waits for the last pieces only.
+                        start_writeback(fd, flushed, pos - flushed)
+                        flushed = pos
+                    if progress is not None:
+                        progress.advance(len(data))
+                start_writeback(fd, flushed, pos - flushed)
+                if pos != end:
                     raise StorageError(
-                        f"S3 returned {len(data)} bytes for a {length}-byte range of {where}"
+                        f"S3 returned {pos - offset} bytes for a {length}-byte range of {where}"
                     )
-                view = memoryview(data)
-                pos = offset
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    view = view[n:]
-                    pos += n
-                if progress is not None:
-                    progress.advance(length)
-                return data
 
             pool = self._executor()
-            ranges = iter(
-                [(o, min(DOWNLOAD_PART, size - o)) for o in range(0, size, DOWNLOAD_PART)]
-            )
-            window = self.concurrency + 2
-            for rng in ranges:
-                pending.append(pool.submit(fetch, *rng))
-                if len(pending) >= window:
-                    break
-            hashed = 0
-            while pending:
-                data = pending.popleft().result()
+            step = self.part_size
+            ranges = [(o, min(step, size - o)) for o in range(0, size, step)]
+            pending = [pool.submit(fetch, o, n) for o, n in ranges]
+            # Hash in order as parts land, reading them back from the page cache.
+            hasher = new_hasher(algo) if verify else None
+            buf = bytearray(min(_STREAM_CHUNK * 8, max(size, 1)))
+            for (offset, length), fut in zip(ranges, pending):
+                fut.result()
                 if hasher is not None:
-                    hasher.update(data)
-                start_writeback(fd, hashed, len(data))
-                hashed += len(data)
-                del data
-                nxt = next(ranges, None)
-                if nxt is not None:
-                    pending.append(pool.submit(fetch, *nxt))
+                    _hash_range(fd, offset, length, hasher, buf)
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -636,6 +639,18 @@ def _reserve(fd: int, size: int) -> None:
             os.ftruncate(fd, size)  # no preallocation here; ENOSPC will surface on write
         else:
             raise
+
+
+def _hash_range(fd: int, offset: int, length: int, hasher: Any, buf: bytearray) -> None:
+    """Feed ``length`` bytes of the file from ``offset`` to ``hasher`` through one reused buffer."""
+    view = memoryview(buf)
+    pos, end = offset, offset + length
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(view), end - pos)]], pos)
+        if n <= 0:
+            raise StorageError(f"could not read back the downloaded bytes at offset {pos}")
+        hasher.update(view[:n])
+        pos += n
 
 
 def _pread_parts(fd: int, offset: int, size: int, part_size: int) -> Iterator[bytes]:
