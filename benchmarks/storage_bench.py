@@ -62,6 +62,15 @@ def get_bytes_counter(client: Any) -> dict[str, int]:
     return counter
 
 
+def download_durable(client: Any, key: str, out: Path, tc: Any) -> None:
+    client.download_file(BUCKET, key, str(out), Config=tc)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def timed(fn: Any) -> float:
     t = time.perf_counter()
     fn()
@@ -127,41 +136,32 @@ def main() -> None:
             store = S3Store(BUCKET, f"mv/run{run}", part_size=part, concurrency=args.concurrency)
             dest = work / "mv.out"
 
-            def peer_push() -> None:
-                results["boto3_upload"].append(
-                    timed(lambda: client.upload_file(str(src), BUCKET, key, Config=tc))
-                )
-
-            def peer_pull() -> None:
-                results["boto3_download"].append(
-                    timed(lambda: client.download_file(BUCKET, key, str(out), Config=tc))  # noqa: B023
-                )
-                out.unlink()
-
-            def mv_push() -> None:
-                results["mv_push"].append(timed(lambda: store.put_file(digest, src)))  # noqa: B023
-
-            def mv_pull() -> None:
-                results["mv_pull"].append(timed(lambda: store.get_file(digest, dest)))  # noqa: B023
-                dest.unlink()
-
+            steps: dict[str, Any] = {
+                "boto3_upload": lambda: client.upload_file(str(src), BUCKET, key, Config=tc),  # noqa: B023
+                "mv_push": lambda: store.put_file(digest, src),  # noqa: B023
+                "boto3_download": lambda: client.download_file(BUCKET, key, str(out), Config=tc),  # noqa: B023
+                "mv_pull": lambda: store.get_file(digest, dest),  # noqa: B023
+                # For reference: what the peer costs once its file is made durable too.
+                "boto3_download_fsync": lambda: download_durable(client, key, out, tc),  # noqa: B023
+            }
             # Alternate who goes first, so drift on a shared machine hits both alike.
-            order = (
-                [peer_push, mv_push, peer_pull, mv_pull]
-                if run % 2 == 0
-                else [mv_push, peer_push, mv_pull, peer_pull]
-            )
-            for step in order:
-                step()
-            again: list[bool] = []
-            results["mv_push_again"].append(
-                timed(lambda: again.append(store.put_file(digest, src)))
-            )
-            assert again == [False]
+            names = ["boto3_upload", "mv_push", "boto3_download", "mv_pull"]
+            if run % 2:
+                names = ["mv_push", "boto3_upload", "mv_pull", "boto3_download"]
+            for name in [*names, "boto3_download_fsync"]:
+                results[name].append(timed(steps[name]))
+            out.unlink()
+            dest.unlink()
+            t0 = time.perf_counter()
+            sent = store.put_file(digest, src)
+            results["mv_push_again"].append(time.perf_counter() - t0)
+            assert sent is False
             cache = BlobCache(work / f"cache{run}", 4 * size)
             cache.fetch(store, digest)
             counter = get_bytes_counter(store.client)
-            results["mv_pull_warm"].append(timed(lambda: cache.fetch(store, digest)))  # noqa: B023
+            t0 = time.perf_counter()
+            cache.fetch(store, digest)
+            results["mv_pull_warm"].append(time.perf_counter() - t0)
             warm_get_bytes.append(counter["get_bytes"])
             cache.clear()
             store.delete(digest)
