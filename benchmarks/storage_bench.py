@@ -110,6 +110,7 @@ def main() -> None:
         for k in (
             "boto3_upload",
             "boto3_download",
+            "boto3_download_fsync",
             "mv_push",
             "mv_pull",
             "mv_push_again",
