@@ -71,6 +71,17 @@ def download_durable(client: Any, key: str, out: Path, tc: Any) -> None:
         os.close(fd)
 
 
+def op_counter(client: Any) -> dict[str, int]:
+    """S3 operations the client makes from now on, by name."""
+    ops: dict[str, int] = {}
+
+    def count(model: Any, **_: Any) -> None:
+        ops[model.name] = ops.get(model.name, 0) + 1
+
+    client.meta.events.register("before-parameter-build.s3", count)
+    return ops
+
+
 def timed(fn: Any) -> float:
     t = time.perf_counter()
     fn()
@@ -90,7 +101,13 @@ def main() -> None:
     )
     ap.add_argument("--weed-dir", default=None, help="SeaweedFS data (default: under --workdir)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storage.json"))
+    ap.add_argument(
+        "--render", default=None, help="print the table of an earlier JSON report and exit"
+    )
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())))
+        return
 
     import boto3
     from boto3.s3.transfer import TransferConfig
@@ -118,6 +135,7 @@ def main() -> None:
         )
     }
     warm_get_bytes: list[int] = []
+    second_push_ops: list[dict[str, int]] = []
     try:
         server.create_bucket(BUCKET)
         os.environ.update(server.env())
@@ -153,10 +171,12 @@ def main() -> None:
                 results[name].append(timed(steps[name]))
             out.unlink()
             dest.unlink()
+            ops = op_counter(store.client)
             t0 = time.perf_counter()
             sent = store.put_file(digest, src)
             results["mv_push_again"].append(time.perf_counter() - t0)
             assert sent is False
+            second_push_ops.append(dict(ops))
             cache = BlobCache(work / f"cache{run}", 4 * size)
             cache.fetch(store, digest)
             counter = get_bytes_counter(store.client)
@@ -196,32 +216,39 @@ def main() -> None:
         "pull_vs_boto3": med["boto3_download"] / med["mv_pull"],
         "second_push_fraction": med["mv_push_again"] / med["mv_push"],
         "warm_pull_s3_get_bytes": warm_get_bytes,
+        "second_push_s3_calls": second_push_ops,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    gib = size / 2**30
     print()
-    print(
-        f"{report['machine']}; {gib:g} GiB blob, {args.part_mib} MiB parts, {args.concurrency} threads, median of {args.runs}"
-    )
-    print()
-    print("| operation | modelvault | boto3 (tuned TransferConfig) | ratio |")
-    print("| --- | --- | --- | --- |")
-    print(
-        f"| push | {med['mv_push']:.2f} s ({mbps['mv_push']:.0f} MB/s) | "
-        f"{med['boto3_upload']:.2f} s ({mbps['boto3_upload']:.0f} MB/s) | {report['push_vs_boto3']:.0%} |"
-    )
-    print(
-        f"| pull (verified) | {med['mv_pull']:.2f} s ({mbps['mv_pull']:.0f} MB/s) | "
-        f"{med['boto3_download']:.2f} s ({mbps['boto3_download']:.0f} MB/s) | {report['pull_vs_boto3']:.0%} |"
-    )
-    print(
-        f"| second push, unchanged | {med['mv_push_again'] * 1000:.1f} ms "
-        f"({report['second_push_fraction']:.2%} of the first) | | |"
-    )
-    print(
-        f"| pull, warm cache | {med['mv_pull_warm'] * 1000:.1f} ms, S3 GET bytes {warm_get_bytes} | | |"
-    )
+    print(render(report))
+
+
+def render(report: dict[str, Any]) -> str:
+    """The Markdown table of a report (also: ``--render results.json``)."""
+    med = report["median_seconds"]
+    mbps = report["median_MBps"]
+    lines = [
+        f"{report['machine']}; {report['size_bytes'] / 2**30:g} GiB blob, "
+        f"{report['part_size'] // MiB} MiB parts, {report['concurrency']} threads, "
+        f"median of {report['runs']} runs, peers interleaved.",
+        "",
+        "| operation | modelvault | boto3, tuned TransferConfig | modelvault vs boto3 |",
+        "| --- | --- | --- | --- |",
+        f"| push (`put_file` vs `upload_file`) | {med['mv_push']:.2f} s ({mbps['mv_push']:.0f} MB/s) "
+        f"| {med['boto3_upload']:.2f} s ({mbps['boto3_upload']:.0f} MB/s) | {report['push_vs_boto3']:.0%} |",
+        f"| pull (`get_file`, verified + fsync, vs `download_file`) | {med['mv_pull']:.2f} s "
+        f"({mbps['mv_pull']:.0f} MB/s) | {med['boto3_download']:.2f} s ({mbps['boto3_download']:.0f} MB/s) "
+        f"| {report['pull_vs_boto3']:.0%} |",
+        f"| pull, peer also fsyncs its file | | {med['boto3_download_fsync']:.2f} s "
+        f"({mbps['boto3_download_fsync']:.0f} MB/s) | {med['boto3_download_fsync'] / med['mv_pull']:.0%} |",
+        f"| second push of the unchanged blob | {med['mv_push_again'] * 1000:.1f} ms "
+        f"({report['second_push_fraction']:.2%} of the first); S3 calls "
+        f"{report.get('second_push_s3_calls', ['?'])[0]} | | |",
+        f"| pull into a warm cache | {med['mv_pull_warm'] * 1e6:.0f} µs; S3 GET bytes per run "
+        f"{report['warm_pull_s3_get_bytes']} | | |",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
