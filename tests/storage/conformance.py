@@ -128,8 +128,9 @@ class BlobStoreConformance:
         assert store.read_range(d, 0, len(data)) == data
         empty = digest_bytes(b"")
         assert store.put_bytes(empty, b"") is True
-        assert store.stat(empty) is not None
-        assert store.stat(empty).size == 0
+        info = store.stat(empty)
+        assert info is not None
+        assert info.size == 0
         assert store.read_range(empty, 0, 0) == b""
         out = tmp_path / "empty"
         store.get_file(empty, out)
