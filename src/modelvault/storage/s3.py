@@ -89,6 +89,14 @@ _WRITEBACK_STEP = 8 * 1024 * 1024
 class S3Store(BlobStore):
     """Content-addressed blobs in an S3 bucket.
 
+    ``part_size``, ``concurrency`` and ``checksum`` default to the
+    ``MVAULT_S3_*`` settings. ``max_attempts`` counts every try of one request
+    (botocore "standard" retries: 5xx, throttling and connection errors, with
+    jittered exponential backoff); with the 5 s connect timeout it bounds how
+    long a dead endpoint can hold a caller. ``client_options`` go to
+    ``boto3.client`` (``endpoint_url``, keys) for callers that do not use the
+    environment.
+
     >>> store = S3Store.from_url("s3://team-models/vault")  # doctest: +SKIP
     """
 
@@ -102,7 +110,7 @@ class S3Store(BlobStore):
         checksum: str | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
-        max_attempts: int = 3,
+        max_attempts: int = 4,
         client_options: dict[str, Any] | None = None,
     ) -> None:
         if not _BUCKET_RE.match(bucket) or ".." in bucket:
@@ -137,7 +145,7 @@ class S3Store(BlobStore):
             config = Config(
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
-                retries={"mode": "standard", "max_attempts": max_attempts},
+                retries={"mode": "standard", "total_max_attempts": max_attempts},
                 max_pool_connections=max(10, 2 * self.concurrency + 2),
                 s3={"addressing_style": addressing},
                 tcp_keepalive=True,
