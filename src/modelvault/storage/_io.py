@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +19,11 @@ if TYPE_CHECKING:
 __all__ = [
     "check_digest",
     "download_sequential",
+    "hash_range",
+    "pread_parts",
+    "rechunk",
     "remove_quietly",
+    "reserve_space",
     "start_writeback",
     "write_temp_verified",
 ]
@@ -174,3 +179,49 @@ def download_sequential(
     finally:
         if progress is not None:
             progress.finish()
+
+
+def reserve_space(fd: int, size: int) -> None:
+    """Reserve the space up front: a full disk fails before any byte is downloaded."""
+    if size == 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            os.ftruncate(fd, size)  # no preallocation here; ENOSPC will surface on write
+        else:
+            raise
+
+
+def hash_range(fd: int, offset: int, length: int, hasher: Any, buf: bytearray) -> None:
+    """Feed ``length`` bytes of the file from ``offset`` to ``hasher`` through one reused buffer."""
+    view = memoryview(buf)
+    pos, end = offset, offset + length
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(view), end - pos)]], pos)
+        if n <= 0:
+            raise StorageError(f"could not read back the downloaded bytes at offset {pos}")
+        hasher.update(view[:n])
+        pos += n
+
+
+def pread_parts(fd: int, offset: int, size: int, part_size: int) -> Iterator[bytes]:
+    pos, end = offset, offset + size
+    while pos < end:
+        data = os.pread(fd, min(part_size, end - pos), pos)
+        if not data:
+            return
+        pos += len(data)
+        yield data
+
+
+def rechunk(chunks: Iterable[bytes | bytearray | memoryview], part_size: int) -> Iterator[bytes]:
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) >= part_size:
+            yield bytes(buf[:part_size])
+            del buf[:part_size]
+    if buf:
+        yield bytes(buf)

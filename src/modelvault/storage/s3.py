@@ -22,7 +22,8 @@ replaced mid-download fails instead of mixing two versions), written with
 ``os.pwrite`` into a temporary file next to the destination, hashed in order
 as parts arrive, renamed into place only after the digest matches.
 
-This is the only module that imports boto3.
+This module (and _s3_errors, which only it imports) is the only one that
+imports boto3 or botocore.
 """
 
 from __future__ import annotations
@@ -48,11 +49,18 @@ from ..errors import (
     InvalidArgumentError,
     StorageError,
     StoreAccessError,
-    StoreNotFoundError,
-    StoreUnavailableError,
 )
 from ..formats.digest import new_hasher, parse_digest
-from ._io import check_digest, remove_quietly, start_writeback
+from ._io import (
+    check_digest,
+    hash_range,
+    pread_parts,
+    rechunk,
+    remove_quietly,
+    reserve_space,
+    start_writeback,
+)
+from ._s3_errors import MISSING_KEY_CODES, translate
 from .base import (
     BlobInfo,
     BlobStore,
@@ -70,17 +78,7 @@ __all__ = ["S3Store"]
 T = TypeVar("T")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
-_ACCESS_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "Forbidden",
-    "403",
-}
 S3_CHECKSUMS = ("CRC32", "SHA256", "CRC32C", "SHA1", "CRC64NVME")
-_MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
 #: Downloads move through memory in pieces of this size (read, write, hash).
 _STREAM_CHUNK = 1024 * 1024
 _WRITEBACK_STEP = 8 * 1024 * 1024
@@ -198,47 +196,9 @@ class S3Store(BlobStore):
 
     def _translate(self, exc: Exception, doing: str, digest: str | None = None) -> Exception:
         """A botocore error as the most specific modelvault error."""
-        at = f"{self.url} (endpoint {self.endpoint})"
-        if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError)):
-            return StoreAccessError(
-                f"no usable AWS credentials for {at}: {exc}",
-                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
-            )
-        if isinstance(exc, (bexc.ConnectionError, bexc.HTTPClientError)):
-            return StoreUnavailableError(
-                f"S3 endpoint {self.endpoint} does not answer while {doing} ({exc})",
-                hint="check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and that the server is running",
-            )
-        if isinstance(exc, bexc.ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            msg = str(err.get("Message", "")) or code
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            if code in _ACCESS_CODES or status == 403:
-                return StoreAccessError(
-                    f"S3 refused access to {at} while {doing}: {code}: {msg}",
-                    hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket policy",
-                )
-            if code == "NoSuchBucket":
-                return StoreNotFoundError(
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint}",
-                    hint="create the bucket or fix the store URL",
-                )
-            if code in _MISSING_KEY_CODES or status == 404:
-                if digest is not None:
-                    return BlobNotFoundError(digest, self.url)
-                return StoreNotFoundError(f"{at}: {code}: {msg}")
-            if code == "InvalidRange" or status == 416:
-                return InvalidArgumentError(f"range is past the end of the blob in {at}")
-            if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-                return StoreUnavailableError(
-                    f"S3 at {self.endpoint} kept failing while {doing}: {code}: {msg}",
-                    hint="the server is overloaded or failing; try again later",
-                )
-            return StorageError(f"S3 error while {doing} in {at}: {code}: {msg}")
-        if isinstance(exc, bexc.BotoCoreError):
-            return StorageError(f"S3 client error while {doing} in {at}: {exc}")
-        return exc
+        return translate(
+            exc, doing, digest, bucket=self.bucket, url=self.url, endpoint=self.endpoint
+        )
 
     def _call(self, doing: str, digest: str | None, fn: Callable[..., T], **kwargs: Any) -> T:
         try:
@@ -266,7 +226,7 @@ class S3Store(BlobStore):
             head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
         except bexc.ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 404 or exc.response.get("Error", {}).get("Code") in _MISSING_KEY_CODES:
+            if status == 404 or exc.response.get("Error", {}).get("Code") in MISSING_KEY_CODES:
                 self._check_bucket()
                 return None
             raise self._translate(exc, "looking up a blob", digest) from exc
@@ -295,7 +255,7 @@ class S3Store(BlobStore):
         check_range(0, size)
         if self._head(digest) is not None:
             return False
-        return self._upload(digest, _rechunk(chunks, self.part_size), size, progress)
+        return self._upload(digest, rechunk(chunks, self.part_size), size, progress)
 
     def put_file(
         self,
@@ -317,7 +277,7 @@ class S3Store(BlobStore):
             raise os_error(exc, str(p), "reading") from exc
         try:
             return self._upload(
-                digest, _pread_parts(fd, offset, size, self.part_size), size, progress
+                digest, pread_parts(fd, offset, size, self.part_size), size, progress
             )
         finally:
             os.close(fd)
@@ -491,7 +451,7 @@ class S3Store(BlobStore):
             raise os_error(exc, str(dest_path), "writing") from exc
         pending: list[Future[None]] = []
         try:
-            _reserve(fd, size)
+            reserve_space(fd, size)
 
             def fetch(offset: int, length: int) -> None:
                 # Stream the range straight into place in small pieces: no
@@ -538,7 +498,7 @@ class S3Store(BlobStore):
             for (offset, length), fut in zip(ranges, pending):
                 fut.result()
                 if hasher is not None:
-                    _hash_range(fd, offset, length, hasher, buf)
+                    hash_range(fd, offset, length, hasher, buf)
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -632,51 +592,3 @@ def _utc(value: Any) -> datetime:
             value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
         )
     return datetime.now(timezone.utc)
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Reserve the space up front: a full disk fails before any byte is downloaded."""
-    if size == 0:
-        return
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        import errno
-
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            os.ftruncate(fd, size)  # no preallocation here; ENOSPC will surface on write
-        else:
-            raise
-
-
-def _hash_range(fd: int, offset: int, length: int, hasher: Any, buf: bytearray) -> None:
-    """Feed ``length`` bytes of the file from ``offset`` to ``hasher`` through one reused buffer."""
-    view = memoryview(buf)
-    pos, end = offset, offset + length
-    while pos < end:
-        n = os.preadv(fd, [view[: min(len(view), end - pos)]], pos)
-        if n <= 0:
-            raise StorageError(f"could not read back the downloaded bytes at offset {pos}")
-        hasher.update(view[:n])
-        pos += n
-
-
-def _pread_parts(fd: int, offset: int, size: int, part_size: int) -> Iterator[bytes]:
-    pos, end = offset, offset + size
-    while pos < end:
-        data = os.pread(fd, min(part_size, end - pos), pos)
-        if not data:
-            return
-        pos += len(data)
-        yield data
-
-
-def _rechunk(chunks: Iterable[bytes | bytearray | memoryview], part_size: int) -> Iterator[bytes]:
-    buf = bytearray()
-    for chunk in chunks:
-        buf += chunk
-        while len(buf) >= part_size:
-            yield bytes(buf[:part_size])
-            del buf[:part_size]
-    if buf:
-        yield bytes(buf)
