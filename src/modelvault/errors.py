@@ -34,7 +34,8 @@ keep working for callers that do not know modelvault.
     │   ├── UnsupportedDigestError
     │   ├── UnsafePathError
     │   ├── PayloadMismatchError
-    │   └── UnknownFormatError
+    │   ├── UnknownFormatError
+    │   └── EngineInfoError
     ├── IntegrityError (ValueError)
     ├── RegistryError
     │   ├── RegistryUnavailableError (ConnectionError)
@@ -65,6 +66,7 @@ __all__ = [
     "DeviceError",
     "DeviceOutOfMemoryError",
     "DeviceUnavailableError",
+    "EngineInfoError",
     "FormatError",
     "IncompatibleError",
     "IntegrityError",
@@ -242,6 +244,10 @@ class PayloadMismatchError(FormatError):
 
 class UnknownFormatError(FormatError):
     """The kind of a file or object cannot be detected; name the format explicitly."""
+
+
+class EngineInfoError(FormatError):
+    """A TensorRT engine's serialized info (fields, device, metadata, plan) is malformed or contradictory."""
 
 
 class IntegrityError(ModelVaultError, ValueError):

@@ -19,13 +19,14 @@ from typing import BinaryIO, Protocol
 
 import blake3
 
-from ..errors import IntegrityError, ManifestError, UnsupportedDigestError
+from ..errors import IntegrityError, InvalidArgumentError, ManifestError, UnsupportedDigestError
 
 __all__ = [
     "ALGORITHMS",
     "CHUNK",
     "DEFAULT_ALGORITHM",
     "Hasher",
+    "damaged",
     "digest_bytes",
     "digest_file",
     "digest_hex_length",
@@ -129,7 +130,9 @@ def parse_digest(value: object) -> tuple[str, str]:
 
 
 def digest_hex_length(algorithm: str) -> int:
-    parse_digest(f"{algorithm}:{'0' * ALGORITHMS.get(algorithm, 0)}")
+    """Hex digits in a digest of ``algorithm``; :class:`UnsupportedDigestError` if unknown."""
+    if algorithm not in ALGORITHMS:
+        new_hasher(algorithm)  # raises UnsupportedDigestError
     return ALGORITHMS[algorithm]
 
 
@@ -146,6 +149,7 @@ def digest_bytes(data: bytes | bytearray | memoryview, algorithm: str = DEFAULT_
 
 
 def hash_chunks(chunks: Iterable[memoryview | bytes], algorithm: str = DEFAULT_ALGORITHM) -> str:
+    """The digest string of the concatenation of ``chunks``."""
     h = new_hasher(algorithm)
     for c in chunks:
         h.update(c)
@@ -157,12 +161,17 @@ def _pipelined(
     total: int,
     consume: Callable[[memoryview], None],
     chunk: int = CHUNK,
+    dest: memoryview | None = None,
 ) -> int:
     """Read ``total`` bytes through two alternating buffers: the next read runs in
     a thread while the current chunk is consumed (hashed, copied). Both file reads
-    and BLAKE3 release the GIL, so the two overlap on two cores."""
-    bufs = [bytearray(min(chunk, max(total, 1))) for _ in range(2)]
-    views = [memoryview(b) for b in bufs]
+    and BLAKE3 release the GIL, so the two overlap on two cores.
+
+    With ``dest`` (at least ``total`` bytes) the chunks are read straight into
+    consecutive slices of it instead, saving a copy."""
+    if dest is None:
+        bufs = [bytearray(min(chunk, max(total, 1))) for _ in range(2)]
+        views = [memoryview(b) for b in bufs]
     result: list[int | BaseException] = [0]
 
     def fill(view: memoryview, want: int) -> None:
@@ -177,20 +186,23 @@ def _pipelined(
         except BaseException as exc:  # re-raised in the caller's thread
             result[0] = exc
 
+    def slot(i: int, at: int) -> memoryview:
+        return views[i] if dest is None else dest[at : at + chunk]
+
     done = 0
     idx = 0
     want = min(chunk, total)
-    fill(views[0], want)
+    fill(slot(0, 0), want)
     while True:
         got = result[0]
         if isinstance(got, BaseException):
             raise got
-        cur = views[idx][:got]
+        cur = slot(idx, done)[:got]
         done += got
         nxt_want = min(chunk, total - done) if got == want else 0
         worker = None
         if nxt_want > 0:
-            worker = threading.Thread(target=fill, args=(views[1 - idx], nxt_want))
+            worker = threading.Thread(target=fill, args=(slot(1 - idx, done), nxt_want))
             worker.start()
         try:
             consume(cur)
@@ -210,15 +222,21 @@ def read_verified_into(
     consume: Callable[[memoryview], None] | None = None,
     *,
     where: str = "",
+    into: memoryview | None = None,
 ) -> None:
     """Read ``size`` bytes from ``f``'s current position, hash them, hand each chunk
-    to ``consume``, and raise :class:`IntegrityError` (or ``TruncatedError``-style
-    :class:`IntegrityError`) if the bytes do not match ``expected``.
+    to ``consume``, and raise :class:`IntegrityError` if the bytes are fewer than
+    ``size`` or do not match ``expected``.
 
-    The caller must not treat what ``consume`` received as trusted until this
-    returns without raising.
+    ``into`` (a writable byte view of at least ``size`` bytes) receives the bytes
+    directly, without the copy a ``consume`` that copies would make. The caller
+    must not trust what it received until this returns without raising.
     """
     algo, _ = parse_digest(expected)
+    if into is not None:
+        into = into.cast("B") if into.format != "B" or into.ndim != 1 else into
+        if into.readonly or into.nbytes < size:
+            raise InvalidArgumentError(f"into must be a writable buffer of at least {size} bytes")
     h = new_hasher(algo)
 
     def eat(view: memoryview) -> None:
@@ -226,7 +244,7 @@ def read_verified_into(
         if consume is not None:
             consume(view)
 
-    got = _pipelined(f.readinto, size, eat)  # type: ignore[arg-type]
+    got = _pipelined(f.readinto, size, eat, dest=into)  # type: ignore[attr-defined]
     if got != size:
         raise IntegrityError(
             f"blob {expected} is truncated: {got} of {size} bytes{' in ' + where if where else ''}",
@@ -236,14 +254,19 @@ def read_verified_into(
         )
     actual = h.digest_str()
     if actual != expected:
-        raise IntegrityError(
-            f"blob {expected} is damaged: its bytes hash to {actual}"
-            + (f" (in {where})" if where else ""),
-            expected=expected,
-            actual=actual,
-            where=where,
-            hint="the copy is corrupt or was tampered with; fetch it again or restore it from a good copy",
-        )
+        raise damaged(expected, actual, where)
+
+
+def damaged(expected: str, actual: str, where: str = "") -> IntegrityError:
+    """The error for bytes that hash to ``actual`` where ``expected`` was recorded."""
+    return IntegrityError(
+        f"blob {expected} is damaged: its bytes hash to {actual}"
+        + (f" (in {where})" if where else ""),
+        expected=expected,
+        actual=actual,
+        where=where,
+        hint="the copy is corrupt or was tampered with; fetch it again or restore it from a good copy",
+    )
 
 
 def digest_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM) -> str:
@@ -252,7 +275,7 @@ def digest_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM
     p = Path(path)
     with p.open("rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
-        _pipelined(f.readinto, size, h.update)  # type: ignore[arg-type]
+        _pipelined(f.readinto, size, h.update)
     return h.digest_str()
 
 
@@ -261,14 +284,7 @@ def verify_bytes(data: bytes | bytearray | memoryview, expected: str, *, where: 
     algo, _ = parse_digest(expected)
     actual = digest_bytes(data, algo)
     if actual != expected:
-        raise IntegrityError(
-            f"blob {expected} is damaged: its bytes hash to {actual}"
-            + (f" (in {where})" if where else ""),
-            expected=expected,
-            actual=actual,
-            where=where,
-            hint="the copy is corrupt or was tampered with; fetch it again or restore it from a good copy",
-        )
+        raise damaged(expected, actual, where)
 
 
 def iter_file_chunks(

@@ -1,1 +1,48 @@
-"""modelvault.registry"""
+"""The registry: the SQL catalogue of models, versions, variants, aliases, labels and events.
+
+    >>> from modelvault.registry import Registry, VariantInput
+    >>> reg = Registry()                      # the embedded SQLite default  # doctest: +SKIP
+    >>> reg.resolve("resnet50@prod")          # doctest: +SKIP
+
+``upgrade(url)`` and ``current(url)`` back ``mvault db upgrade`` / ``mvault db current``.
+"""
+
+from __future__ import annotations
+
+from .api import Registry
+from .db import current, upgrade
+from .results import (
+    AliasChange,
+    AliasInfo,
+    BlobRef,
+    DeleteResult,
+    EventInfo,
+    ModelInfo,
+    Page,
+    VariantInfo,
+    VariantInput,
+    VersionInfo,
+)
+from .semver import SemVer
+from .specs import Spec, parse_ref, parse_spec, validate_name
+
+__all__ = [
+    "AliasChange",
+    "AliasInfo",
+    "BlobRef",
+    "DeleteResult",
+    "EventInfo",
+    "ModelInfo",
+    "Page",
+    "Registry",
+    "SemVer",
+    "Spec",
+    "VariantInfo",
+    "VariantInput",
+    "VersionInfo",
+    "current",
+    "parse_ref",
+    "parse_spec",
+    "upgrade",
+    "validate_name",
+]

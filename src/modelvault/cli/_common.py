@@ -1,0 +1,155 @@
+"""What every ``mvault`` command shares: output, errors, progress, options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from .. import errors as E
+
+__all__ = [
+    "EXIT_CODES",
+    "Progress",
+    "add_json",
+    "emit",
+    "exit_code_for",
+    "print_table",
+]
+
+#: Exit codes, most specific class first (documented in README's command reference).
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (E.MissingDependencyError, 8),
+    (E.IntegrityError, 5),
+    (E.FormatError, 5),
+    (E.NotFoundError, 3),
+    (E.ConflictError, 4),
+    (E.RegistryUnavailableError, 6),
+    (E.StoreUnavailableError, 6),
+    (E.StoreAccessError, 6),
+    (E.SchemaBehindError, 6),
+    (E.SchemaAheadError, 6),
+    (E.IncompatibleError, 7),
+    (E.DeviceError, 7),
+    (E.InvalidArgumentError, 2),
+    (E.ConfigError, 2),
+    (E.ModelVaultError, 1),
+    (FileNotFoundError, 3),
+    (FileExistsError, 4),
+    (PermissionError, 6),
+    (OSError, 1),
+]
+
+
+def exit_code_for(exc: BaseException) -> int:
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    if isinstance(o, bytes):
+        return o.hex()
+    if hasattr(o, "__fspath__"):
+        return str(o)
+    if hasattr(o, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(o)
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    return str(o)
+
+
+def emit(data: Any, *, as_json: bool, human: Callable[[Any], object] | None = None) -> None:
+    """Print ``data`` as JSON, or through ``human`` for people."""
+    if as_json or human is None:
+        json.dump(data, sys.stdout, indent=2, default=_default, sort_keys=False)
+        sys.stdout.write("\n")
+    else:
+        human(data)
+
+
+def print_table(
+    rows: Sequence[Sequence[Any]], headers: Sequence[str], out: TextIO | None = None
+) -> None:
+    out = out or sys.stdout
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+        if n == 0:
+            out.write("  ".join("-" * w for w in widths) + "\n")
+
+
+def human_size(n: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+class Progress:
+    """A one-line progress bar on stderr; silent when stderr is not a terminal.
+
+    Thread-safe: stores may call :meth:`advance` from worker threads.
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        from ..config import settings
+
+        self.enabled = (
+            (sys.stderr.isatty() and not settings().no_progress) if enabled is None else enabled
+        )
+        self._lock = threading.Lock()
+        self._total = 0
+        self._done = 0
+        self._label = ""
+        self._last = 0.0
+        self._t0 = time.monotonic()
+
+    def start(self, total: int, label: str) -> None:
+        with self._lock:
+            self._total, self._done, self._label = total, 0, label
+            self._t0 = time.monotonic()
+        self._draw(force=True)
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            self._done += n
+        self._draw()
+
+    def finish(self) -> None:
+        self._draw(force=True)
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.1:
+            return
+        self._last = now
+        with self._lock:
+            done, total, label = self._done, self._total, self._label
+        rate = done / max(now - self._t0, 1e-6)
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(
+            f"\r{label[:30]:30} [{bar:30}] {frac * 100:5.1f}% {human_size(done)}/{human_size(total)} {human_size(rate)}/s"
+        )
+        sys.stderr.flush()

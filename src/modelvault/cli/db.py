@@ -1,0 +1,48 @@
+"""``mvault db upgrade|current``: the registry schema."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ._common import add_json, emit
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("db", help="registry schema: upgrade | current")
+    dsub = p.add_subparsers(dest="db_cmd", metavar="upgrade|current", required=True)
+    u = dsub.add_parser("upgrade", help="apply pending schema migrations")
+    add_json(u)
+    u.set_defaults(func=run_upgrade)
+    c = dsub.add_parser("current", help="show the schema revision and whether it is up to date")
+    add_json(c)
+    c.set_defaults(func=run_current)
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    from ..config import settings
+    from ..registry import upgrade
+
+    revision = upgrade(settings().registry_url)
+    emit(
+        {"revision": revision},
+        as_json=args.json,
+        human=lambda d: sys.stdout.write(f"schema at {d['revision']}\n"),
+    )
+    return 0
+
+
+def run_current(args: argparse.Namespace) -> int:
+    from ..config import settings
+    from ..registry import current
+
+    info = current(settings().registry_url)
+    emit(
+        info,
+        as_json=args.json,
+        human=lambda d: sys.stdout.write(
+            f"revision {d.get('current')} (head {d.get('head')}): {d.get('status')}\n"
+        ),
+    )
+    return 0 if info.get("status") in ("up to date",) else 6

@@ -1,0 +1,180 @@
+"""``mvault doctor``: configuration, optional dependencies, GPU and TensorRT."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import platform
+import sys
+from typing import Any
+
+from ._common import add_json, emit
+
+OPTIONAL = [
+    ("torch", "torch", "torch"),
+    ("safetensors", "safetensors", "torch"),
+    ("torch_tensorrt", "torch_tensorrt", "tensorrt"),
+    ("tensorrt", "tensorrt", "tensorrt"),
+    ("boto3", "boto3", "s3"),
+    ("psycopg", "psycopg", "postgres"),
+    ("pymysql", "PyMySQL", "mysql"),
+]
+CORE = [
+    ("sqlalchemy", "SQLAlchemy"),
+    ("alembic", "alembic"),
+    ("msgpack", "msgpack"),
+    ("blake3", "blake3"),
+]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("doctor", help="check configuration, dependencies, GPU and TensorRT")
+    p.add_argument("--offline", action="store_true", help="do not connect to the registry or store")
+    add_json(p)
+    p.set_defaults(func=run_doctor)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def mask_url(url: str) -> str:
+    """Hide a password in a URL: ``postgresql://u:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    creds, _, host = rest.partition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def _gpu() -> dict[str, Any]:
+    if importlib.util.find_spec("torch") is None:
+        return {
+            "available": False,
+            "reason": "torch is not installed (pip install 'modelvault[torch]')",
+        }
+    try:
+        import torch
+    except Exception as exc:  # a broken install should not break doctor
+        return {"available": False, "reason": f"torch failed to import: {exc}"}
+    if not torch.cuda.is_available():
+        return {
+            "available": False,
+            "reason": "torch sees no CUDA device",
+            "torch_cuda": torch.version.cuda,
+        }
+    devices = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        devices.append(
+            {
+                "index": i,
+                "name": props.name,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "memory": int(props.total_memory),
+            }
+        )
+    return {"available": True, "cuda": torch.version.cuda, "devices": devices}
+
+
+def _tensorrt() -> dict[str, Any]:
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        return {
+            "available": False,
+            "reason": "torch_tensorrt is not installed (pip install 'modelvault[tensorrt]')",
+        }
+    try:
+        import torch_tensorrt
+
+        info: dict[str, Any] = {"available": True, "torch_tensorrt": torch_tensorrt.__version__}
+        try:
+            import tensorrt
+
+            info["tensorrt"] = tensorrt.__version__
+        except Exception as exc:
+            info["tensorrt_error"] = str(exc)
+        return info
+    except Exception as exc:
+        return {"available": False, "reason": f"torch_tensorrt failed to import: {exc}"}
+
+
+def collect(offline: bool = False) -> dict[str, Any]:
+    from .._version import __version__
+    from ..config import settings
+
+    s = settings()
+    report: dict[str, Any] = {
+        "modelvault": __version__,
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system().lower()}_{platform.machine()}",
+        "config": {
+            "home": str(s.home),
+            "registry": mask_url(s.registry_url),
+            "store": mask_url(s.store_url),
+            "cache_dir": str(s.cache_dir),
+            "cache_size": s.cache_size,
+            "user": s.user,
+        },
+        "core": {name: _version(dist) for name, dist in CORE},
+        "optional": {
+            name: {"version": _version(dist), "extra": extra} for name, dist, extra in OPTIONAL
+        },
+        "gpu": _gpu(),
+        "tensorrt": _tensorrt(),
+    }
+    if not offline:
+        report["registry"] = _check_registry(s.registry_url)
+    return report
+
+
+def _check_registry(url: str) -> dict[str, Any]:
+    try:
+        from ..registry import current
+
+        return {"ok": True, **current(url)}
+    except Exception as exc:
+        return {"ok": False, "error": str(exc), "hint": getattr(exc, "hint", None)}
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    report = collect(offline=args.offline)
+
+    def human(r: dict[str, Any]) -> None:
+        w = sys.stdout.write
+        w(f"modelvault {r['modelvault']} on Python {r['python']} ({r['platform']})\n\nconfig\n")
+        for k, v in r["config"].items():
+            w(f"  {k:11} {v}\n")
+        w("\ncore\n")
+        for k, v in r["core"].items():
+            w(f"  {k:15} {v}\n")
+        w("\noptional\n")
+        for k, v in r["optional"].items():
+            w(
+                f"  {k:15} {v['version'] or 'not installed  (pip install ' + repr('modelvault[' + v['extra'] + ']') + ')'}\n"
+            )
+        g = r["gpu"]
+        w("\ngpu\n")
+        if g["available"]:
+            for d in g["devices"]:
+                w(
+                    f"  cuda:{d['index']}  {d['name']}  sm_{d['compute_capability'].replace('.', '')}\n"
+                )
+        else:
+            w(f"  none: {g['reason']}\n")
+        t = r["tensorrt"]
+        w("\ntensorrt\n")
+        w(
+            f"  {'torch_tensorrt ' + t['torch_tensorrt'] if t['available'] else 'none: ' + t['reason']}\n"
+        )
+        if "registry" in r:
+            reg = r["registry"]
+            w("\nregistry\n")
+            w(f"  {reg.get('status', 'ok')}\n" if reg["ok"] else f"  error: {reg['error']}\n")
+
+    emit(report, as_json=args.json, human=human)
+    return 0 if report.get("registry", {"ok": True})["ok"] else 6

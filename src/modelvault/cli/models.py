@@ -1,0 +1,331 @@
+"""Model commands: push, pull, ls, show, alias, rm, verify, gc, export, import."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidArgumentError
+from ._common import Progress, add_json, emit, human_size, print_table
+
+
+def _labels(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise InvalidArgumentError(f"label {p!r} must look like key=value")
+        out[key] = value
+    return out
+
+
+def _vault() -> Any:
+    from ..vault import Vault
+
+    return Vault()
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("push", help="push a model version: NAME:VERSION SOURCE")
+    p.add_argument("ref", metavar="NAME:VERSION")
+    p.add_argument(
+        "source",
+        type=Path,
+        help="a .pt2, TorchScript archive, .safetensors, .mvpk, or any file/directory",
+    )
+    p.add_argument("--format", help="format plugin (default: detected)")
+    p.add_argument(
+        "--alias", action="append", default=[], help="point this alias at the version (repeatable)"
+    )
+    p.add_argument("--label", action="append", help="key=value label (repeatable)")
+    p.add_argument("--description")
+    p.add_argument(
+        "--variant", action="store_true", help="add as another variant of an existing version"
+    )
+    add_json(p)
+    p.set_defaults(func=run_push)
+
+    p = sub.add_parser("pull", help="write a version's native form: NAME[@SPEC] -o PATH")
+    p.add_argument("spec", metavar="NAME[@SPEC]")
+    p.add_argument("-o", "--output", type=Path, required=True, help="file or directory to write")
+    p.add_argument("--variant", help="manifest digest (prefix) or format of the variant to pull")
+    p.add_argument("--device", default="cpu", help="rank variants for this device (default cpu)")
+    add_json(p)
+    p.set_defaults(func=run_pull)
+
+    p = sub.add_parser("ls", help="list models, or one model's versions")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--prefix", help="only models whose name starts with this")
+    p.add_argument("--label", action="append", help="key=value filter")
+    p.add_argument("--limit", type=int, default=50)
+    add_json(p)
+    p.set_defaults(func=run_ls)
+
+    p = sub.add_parser("show", help="a version with its variants, aliases and labels")
+    p.add_argument("spec", metavar="NAME[@SPEC]")
+    add_json(p)
+    p.set_defaults(func=run_show)
+
+    p = sub.add_parser("alias", help="set or remove an alias")
+    asub = p.add_subparsers(dest="alias_cmd", metavar="set|rm", required=True)
+    a = asub.add_parser("set", help="alias set NAME ALIAS VERSION")
+    a.add_argument("name")
+    a.add_argument("alias")
+    a.add_argument("version")
+    add_json(a)
+    a.set_defaults(func=run_alias_set)
+    a = asub.add_parser("rm", help="alias rm NAME ALIAS")
+    a.add_argument("name")
+    a.add_argument("alias")
+    add_json(a)
+    a.set_defaults(func=run_alias_rm)
+
+    p = sub.add_parser("rm", help="delete a version: NAME:VERSION")
+    p.add_argument("ref", metavar="NAME:VERSION")
+    p.add_argument("--force", action="store_true", help="also remove aliases that point at it")
+    add_json(p)
+    p.set_defaults(func=run_rm)
+
+    p = sub.add_parser("verify", help="re-hash blobs in the store (one version, or everything)")
+    p.add_argument("spec", nargs="?", metavar="NAME[@SPEC]")
+    add_json(p)
+    p.set_defaults(func=run_verify)
+
+    p = sub.add_parser("gc", help="delete unreferenced blobs older than the grace period")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--grace", type=int, metavar="SECONDS", help="override MVAULT_GC_GRACE")
+    add_json(p)
+    p.set_defaults(func=run_gc)
+
+    p = sub.add_parser("export", help="write one variant as a self-contained bundle")
+    p.add_argument("spec", metavar="NAME[@SPEC]")
+    p.add_argument("file", type=Path, metavar="FILE.mvpk")
+    p.add_argument("--variant")
+    add_json(p)
+    p.set_defaults(func=run_export)
+
+    p = sub.add_parser("import", help="register a bundle: FILE.mvpk [NAME:VERSION]")
+    p.add_argument("file", type=Path, metavar="FILE.mvpk")
+    p.add_argument("ref", nargs="?", metavar="NAME:VERSION")
+    p.add_argument("--alias", action="append", default=[])
+    p.add_argument("--variant", action="store_true")
+    add_json(p)
+    p.set_defaults(func=run_import)
+
+
+def _push_human(r: Any) -> None:
+    what = "added variant to" if r.variant_added else ("pushed" if r.created else "unchanged:")
+    sys.stdout.write(
+        f"{what} {r.name}:{r.version} ({r.format}) {r.digest}\n"
+        f"  uploaded {r.blobs_uploaded} blobs, {human_size(r.bytes_uploaded)}; {r.blobs_skipped} already stored\n"
+    )
+    if r.aliases:
+        sys.stdout.write(f"  aliases: {', '.join(r.aliases)}\n")
+
+
+def run_push(args: argparse.Namespace) -> int:
+    if not args.source.exists():
+        raise FileNotFoundError(f"{args.source} does not exist")
+    from ..vault import _split_ref
+
+    name, version = _split_ref(args.ref, None)
+    progress = Progress(enabled=False if args.json else None)
+    result = _vault().push(
+        args.source,
+        name,
+        version,
+        format=args.format,
+        aliases=args.alias,
+        labels=_labels(args.label),
+        description=args.description,
+        variant=args.variant,
+        progress=progress,
+    )
+    emit(result, as_json=args.json, human=_push_human)
+    return 0
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    progress = Progress(enabled=False if args.json else None)
+    path = _vault().pull(
+        args.spec, args.output, variant=args.variant, device=args.device, progress=progress
+    )
+    emit(
+        {"path": str(path)},
+        as_json=args.json,
+        human=lambda d: sys.stdout.write(f"wrote {d['path']}\n"),
+    )
+    return 0
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    v = _vault()
+    if args.name:
+        page = v.registry.list_versions(
+            args.name, limit=args.limit, label=_labels(args.label) or None
+        )
+        rows = [_version_row(x) for x in page.items]
+
+        def human(rs: list[dict[str, Any]]) -> None:
+            print_table(
+                [
+                    (r["version"], ",".join(r["aliases"]), r["variants"], r["created_at"])
+                    for r in rs
+                ],
+                ["VERSION", "ALIASES", "VARIANTS", "CREATED"],
+            )
+    else:
+        page = v.registry.list_models(
+            prefix=args.prefix, label=_labels(args.label) or None, limit=args.limit
+        )
+        rows = [_model_row(x) for x in page.items]
+
+        def human(rs: list[dict[str, Any]]) -> None:
+            print_table(
+                [(r["name"], r.get("latest") or "", r.get("versions", "")) for r in rs],
+                ["MODEL", "LATEST", "VERSIONS"],
+            )
+
+    emit(rows, as_json=args.json, human=human)
+    return 0
+
+
+def _get(o: Any, key: str, default: Any = None) -> Any:
+    return getattr(o, key, o.get(key, default) if isinstance(o, dict) else default)
+
+
+def _version_row(x: Any) -> dict[str, Any]:
+    return {
+        "model": _get(x, "model"),
+        "version": _get(x, "version"),
+        "aliases": list(_get(x, "aliases", []) or []),
+        "labels": dict(_get(x, "labels", {}) or {}),
+        "variants": len(_get(x, "variants", []) or []),
+        "created_at": str(_get(x, "created_at", "")),
+    }
+
+
+def _model_row(x: Any) -> dict[str, Any]:
+    row = {"name": _get(x, "name")}
+    for key in ("latest", "versions", "description", "created_at"):
+        val = _get(x, key)
+        if val is not None:
+            row[key] = val if isinstance(val, (int, str)) else str(val)
+    return row
+
+
+def run_show(args: argparse.Namespace) -> int:
+    info = _vault().show(args.spec)
+
+    def human(d: dict[str, Any]) -> None:
+        w = sys.stdout.write
+        w(f"{d.get('model')}:{d.get('version')}\n")
+        for key in ("description", "created_at", "created_by"):
+            if d.get(key):
+                w(f"  {key:11} {d[key]}\n")
+        if d.get("aliases"):
+            w(f"  aliases     {', '.join(d['aliases'])}\n")
+        if d.get("labels"):
+            w("  labels      " + ", ".join(f"{k}={v}" for k, v in d["labels"].items()) + "\n")
+        w("  variants\n")
+        for var in d.get("variants", []):
+            w(
+                f"    {var['format']:17} {var['kind']:9} {human_size(var['size']):>10}  {var['manifest_digest']}\n"
+            )
+            req = var.get("requirements") or {}
+            if req:
+                w("      requires " + ", ".join(f"{k}={v}" for k, v in req.items()) + "\n")
+
+    emit(info, as_json=args.json, human=human)
+    return 0
+
+
+def run_alias_set(args: argparse.Namespace) -> int:
+    r = _vault().set_alias(args.name, args.alias, args.version)
+    emit(
+        r,
+        as_json=args.json,
+        human=lambda _: sys.stdout.write(f"{args.name}@{args.alias} -> {args.version}\n"),
+    )
+    return 0
+
+
+def run_alias_rm(args: argparse.Namespace) -> int:
+    _vault().remove_alias(args.name, args.alias)
+    emit(
+        {"removed": f"{args.name}@{args.alias}"},
+        as_json=args.json,
+        human=lambda d: sys.stdout.write(f"removed {d['removed']}\n"),
+    )
+    return 0
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    from ..vault import _split_ref
+
+    name, version = _split_ref(args.ref, None)
+    r = _vault().delete(name, version, force=args.force)
+    emit(
+        r,
+        as_json=args.json,
+        human=lambda _: sys.stdout.write(f"deleted {name}:{version} (blobs go at the next gc)\n"),
+    )
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    report = _vault().verify(args.spec)
+
+    def human(r: dict[str, Any]) -> None:
+        sys.stdout.write(f"checked {r['checked']} blobs, {human_size(r['bytes'])}\n")
+        for d in r["missing"]:
+            sys.stdout.write(f"MISSING {d}\n")
+        for d in r["damaged"]:
+            sys.stdout.write(f"DAMAGED {d['digest']} (hashes to {d['actual']})\n")
+
+    emit(report, as_json=args.json, human=human)
+    if report["missing"] or report["damaged"]:
+        bad = report["damaged"][0]["digest"] if report["damaged"] else report["missing"][0]
+        sys.stderr.write(
+            f"mvault: error: {len(report['missing'])} missing and {len(report['damaged'])} damaged blobs (first: {bad})\n"
+        )
+        return 5
+    return 0
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    report = _vault().gc(grace_seconds=args.grace, dry_run=args.dry_run)
+    verb = "would remove" if report["dry_run"] else "removed"
+    emit(
+        report,
+        as_json=args.json,
+        human=lambda r: sys.stdout.write(
+            f"{verb} {len(r['removed'])} blobs, {human_size(r['bytes'])}; kept {r['kept_within_grace']} within the grace period\n"
+        ),
+    )
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    m = _vault().export_bundle(args.spec, args.file, variant=args.variant)
+    emit(
+        {"path": str(args.file), "digest": m.digest, "size": args.file.stat().st_size},
+        as_json=args.json,
+        human=lambda d: sys.stdout.write(
+            f"wrote {d['path']} ({human_size(d['size'])}) {d['digest']}\n"
+        ),
+    )
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    name = version = None
+    if args.ref:
+        from ..vault import _split_ref
+
+        name, version = _split_ref(args.ref, None)
+    r = _vault().import_bundle(args.file, name, version, aliases=args.alias, variant=args.variant)
+    emit(r, as_json=args.json, human=_push_human)
+    return 0

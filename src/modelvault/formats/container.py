@@ -1,0 +1,536 @@
+"""Containers in the making and containers being read.
+
+A format plugin turns an object into a :class:`Draft`: the manifest's fields
+plus blob *sources* that produce bytes on demand (a file, a buffer, the tensor
+section laid out over many tensors' memory). Nothing is hashed or copied until
+the draft is written, to a store or to a bundle, in one streaming pass.
+
+Reading goes the other way: a :class:`ContainerSource` (a bundle, a store, a
+cache) hands the plugin a decoded :class:`Manifest` and, per blob, a local file
+location; the helpers here read and verify blobs before anything trusts them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import BlobNotFoundError, ManifestError, PayloadMismatchError
+from .digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
+from .manifest import (
+    ALIGNMENT,
+    DTYPE_SIZES,
+    LIMITS,
+    BlobRef,
+    Manifest,
+    TensorEntry,
+    align,
+    contiguous_strides,
+)
+
+__all__ = [
+    "TENSORS_MEDIA_TYPE",
+    "BlobLocation",
+    "BlobSource",
+    "BytesSource",
+    "ContainerSource",
+    "DirectorySource",
+    "Draft",
+    "DraftBlob",
+    "FileSource",
+    "TensorSectionBuilder",
+    "TensorSectionSource",
+    "create_temp",
+    "finalize",
+    "make_parents",
+    "probe_manifest",
+    "read_blob",
+    "remove_dirs",
+    "tensor_views",
+    "write_directory",
+]
+
+TENSORS_MEDIA_TYPE = "application/vnd.modelvault.tensors.v1"
+_ZEROS = bytes(ALIGNMENT)
+
+
+class BlobSource(ABC):
+    """Something that yields a blob's bytes, front to back, as often as asked."""
+
+    size: int
+
+    @abstractmethod
+    def chunks(self) -> Iterator[memoryview]:
+        """Yield the bytes in order; the total must equal ``size``."""
+
+    def local_file(self) -> tuple[Path, int] | None:
+        """``(path, offset)`` when the bytes already lie in one local file."""
+        return None
+
+
+class BytesSource(BlobSource):
+    """Bytes in memory (anything with the buffer protocol, C-contiguous)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        self.size = self._view.nbytes
+
+    def chunks(self) -> Iterator[memoryview]:
+        for start in range(0, self.size, CHUNK):
+            yield self._view[start : start + CHUNK]
+
+
+class FileSource(BlobSource):
+    """A byte range of a local file."""
+
+    def __init__(self, path: str | os.PathLike[str], offset: int = 0, length: int | None = None):
+        self.path = Path(path)
+        self.offset = offset
+        self.size = length if length is not None else self.path.stat().st_size - offset
+
+    def local_file(self) -> tuple[Path, int] | None:
+        return self.path, self.offset
+
+    def chunks(self) -> Iterator[memoryview]:
+        buf = bytearray(min(CHUNK, max(self.size, 1)))
+        view = memoryview(buf)
+        with self.path.open("rb", buffering=0) as f:
+            f.seek(self.offset)
+            left = self.size
+            while left > 0:
+                n = f.readinto(view[: min(len(buf), left)])
+                if not n:
+                    raise PayloadMismatchError(
+                        f"{self.path} shrank while being read ({self.size - left} of {self.size} bytes)"
+                    )
+                left -= n
+                yield view[:n]
+
+
+class TensorSectionSource(BlobSource):
+    """The tensor section: each tensor's raw bytes at its aligned offset, zero-padded."""
+
+    def __init__(self, parts: Sequence[tuple[int, memoryview]], size: int) -> None:
+        self._parts = parts
+        self.size = size
+
+    def chunks(self) -> Iterator[memoryview]:
+        pos = 0
+        for offset, view in self._parts:
+            if offset > pos:
+                yield memoryview(_ZEROS)[: offset - pos]  # gap < ALIGNMENT: offsets are aligned
+                pos = offset
+            for start in range(0, view.nbytes, CHUNK):
+                piece = view[start : start + CHUNK]
+                pos += piece.nbytes
+                yield piece
+        if self.size > pos:
+            yield memoryview(bytes(self.size - pos))
+
+
+def _as_bytes_view(data: Any) -> memoryview:
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise ManifestError(
+            f"tensor data must expose the buffer protocol, got {type(data).__name__}"
+        ) from None
+    if not view.c_contiguous:
+        raise ManifestError("tensor data must be C-contiguous")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+class TensorSectionBuilder:
+    """Lay tensors out in one blob, each at a 4 KiB-aligned offset.
+
+    ``data`` is anything exposing the buffer protocol with the tensor's raw
+    little-endian bytes in row-major order (a numpy array, ``bytes``, a
+    ``memoryview`` of a CPU torch tensor's storage). No bytes are copied here.
+
+        >>> b = TensorSectionBuilder()
+        >>> b.add("w", "float32", (2, 2), bytes(16))
+        >>> source, entries = b.build(blob_index=0)
+        >>> entries[0].offset, source.size
+        (0, 16)
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, str, tuple[int, ...], tuple[int, ...], memoryview]] = []
+        self._names: set[str] = set()
+        self.aliases: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(
+        self,
+        name: str,
+        dtype: str,
+        shape: Sequence[int],
+        data: Any,
+        strides: Sequence[int] | None = None,
+    ) -> None:
+        """Add one tensor. Checks everything before any byte is written."""
+        if name in self._names or name in self.aliases:
+            raise ManifestError(f"tensor {name!r} added twice")
+        if dtype not in DTYPE_SIZES:
+            raise ManifestError(
+                f"tensor {name!r}: dtype {dtype!r} is not supported by the tensor section"
+            )
+        shape_t = tuple(int(d) for d in shape)
+        view = _as_bytes_view(data)
+        expected = math.prod(shape_t) * DTYPE_SIZES[dtype]
+        if view.nbytes != expected:
+            raise ManifestError(
+                f"tensor {name!r}: {view.nbytes} bytes given, shape {list(shape_t)} of {dtype} needs {expected}"
+            )
+        strides_t = tuple(strides) if strides is not None else contiguous_strides(shape_t)
+        self._items.append((name, dtype, shape_t, strides_t, view))
+        self._names.add(name)
+
+    def alias(self, name: str, target: str) -> None:
+        """Record ``name`` as another name of tensor ``target`` (tied weights)."""
+        if name in self._names or name in self.aliases:
+            raise ManifestError(f"tensor {name!r} added twice")
+        self.aliases[name] = target
+
+    def build(self, blob_index: int) -> tuple[TensorSectionSource, list[TensorEntry]]:
+        entries: list[TensorEntry] = []
+        parts: list[tuple[int, memoryview]] = []
+        pos = 0
+        for name, dtype, shape, strides, view in self._items:
+            pos = align(pos)
+            entries.append(TensorEntry(name, dtype, shape, strides, blob_index, pos, view.nbytes))
+            parts.append((pos, view))
+            pos += view.nbytes
+        return TensorSectionSource(parts, pos), entries
+
+
+@dataclass
+class DraftBlob:
+    role: str
+    media_type: str
+    source: BlobSource
+    digest: str | None = None  # filled in while the draft is written
+
+
+@dataclass
+class Draft:
+    """A container ready to be written: manifest fields plus blob sources."""
+
+    plugin: str
+    plugin_version: str
+    frameworks: dict[str, str] = field(default_factory=dict)
+    target: dict[str, Any] = field(default_factory=dict)
+    signature: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
+    blobs: list[DraftBlob] = field(default_factory=list)
+    tensors: list[TensorEntry] = field(default_factory=list)
+    tensor_aliases: dict[str, str] = field(default_factory=dict)
+    digest_algorithm: str = DEFAULT_ALGORITHM
+
+    def add_blob(self, role: str, media_type: str, source: BlobSource) -> int:
+        """Append a blob; returns its index in the manifest's blob list."""
+        self.blobs.append(DraftBlob(role, media_type, source))
+        return len(self.blobs) - 1
+
+    def add_tensor_section(
+        self, builder: TensorSectionBuilder, role: str = "tensors"
+    ) -> int | None:
+        """Lay out ``builder``'s tensors as one blob; None when it holds no tensors."""
+        if not len(builder):
+            self.tensor_aliases.update(builder.aliases)
+            return None
+        index = len(self.blobs)
+        source, entries = builder.build(index)
+        self.blobs.append(DraftBlob(role, TENSORS_MEDIA_TYPE, source))
+        self.tensors.extend(entries)
+        self.tensor_aliases.update(builder.aliases)
+        return index
+
+    @property
+    def total_size(self) -> int:
+        return sum(b.source.size for b in self.blobs)
+
+    def compute_digests(self) -> None:
+        """Hash every blob that has no digest yet (one read pass per blob)."""
+        for b in self.blobs:
+            if b.digest is None:
+                h = new_hasher(self.digest_algorithm)
+                for chunk in b.source.chunks():
+                    h.update(chunk)
+                b.digest = h.digest_str()
+
+
+def finalize(draft: Draft) -> Manifest:
+    """The manifest of a draft whose blob digests are all known.
+
+    Blobs with identical bytes are listed once: later references are remapped
+    to the first, so the manifest never repeats a digest.
+    """
+    blobs: list[BlobRef] = []
+    index_of: dict[str, int] = {}
+    remap: dict[int, int] = {}
+    for i, b in enumerate(draft.blobs):
+        if b.digest is None:
+            raise ValueError("finalize() needs every blob's digest; call compute_digests() first")
+        if b.digest in index_of:
+            remap[i] = index_of[b.digest]
+            continue
+        index_of[b.digest] = remap[i] = len(blobs)
+        blobs.append(BlobRef(b.role, b.media_type, b.source.size, b.digest))
+    tensors = tuple(
+        TensorEntry(t.name, t.dtype, t.shape, t.strides, remap[t.blob], t.offset, t.nbytes)
+        for t in draft.tensors
+    )
+    payload = _remap_payload(draft.payload, remap)
+    return Manifest(
+        plugin=draft.plugin,
+        plugin_version=draft.plugin_version,
+        blobs=tuple(blobs),
+        tensors=tensors,
+        tensor_aliases=dict(draft.tensor_aliases),
+        frameworks=dict(draft.frameworks),
+        target=dict(draft.target),
+        signature=dict(draft.signature),
+        metadata=dict(draft.metadata),
+        payload=payload,
+        digest_algorithm=draft.digest_algorithm,
+    )
+
+
+def _remap_payload(payload: Mapping[str, Any], remap: Mapping[int, int]) -> dict[str, Any]:
+    """Plugins name blobs in their payload by index under keys called ``blob``."""
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {
+                k: (remap[x] if k == "blob" and isinstance(x, int) and x in remap else walk(x))
+                for k, x in v.items()
+            }
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    out = walk(dict(payload))
+    assert isinstance(out, dict)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# reading
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """Where one blob's bytes lie on local disk: ``size`` bytes of ``path`` from ``offset``.
+
+    ``verified`` is True when these exact bytes were hashed moments ago (a cache
+    fill); readers still verify anything they hand to a deserializer that can
+    run code, unless ``verified`` is True.
+    """
+
+    path: Path
+    offset: int
+    size: int
+    digest: str
+    verified: bool = False
+
+
+class ContainerSource(Protocol):
+    """A readable container: a decoded manifest and local locations of its blobs."""
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    def locate(self, index: int) -> BlobLocation:
+        """Make blob ``index`` available locally (fetching it if needed) and say where."""
+        ...
+
+
+def read_blob(source: ContainerSource, index: int, *, max_size: int = 1 << 34) -> bytes:
+    """Read blob ``index`` into memory, verified against its digest."""
+    ref = source.manifest.blobs[index]
+    if ref.size > max_size:
+        raise ManifestError(
+            f"blob {index} is {ref.size} bytes; refusing to read more than {max_size} into memory"
+        )
+    loc = source.locate(index)
+    buf = bytearray(ref.size)
+    view = memoryview(buf)
+    pos = 0
+
+    def take(chunk: memoryview) -> None:
+        nonlocal pos
+        view[pos : pos + chunk.nbytes] = chunk
+        pos += chunk.nbytes
+
+    with loc.path.open("rb", buffering=0) as f:
+        f.seek(loc.offset)
+        read_verified_into(f, ref.size, ref.digest, take, where=str(loc.path))
+    return bytes(buf)
+
+
+def tensor_views(manifest: Manifest, blob_index: int, data: memoryview) -> dict[str, memoryview]:
+    """Byte views of each tensor of one tensor-section blob, by name (no copies)."""
+    out = {}
+    for t in manifest.tensors:
+        if t.blob == blob_index:
+            out[t.name] = data[t.offset : t.offset + t.nbytes]
+    return out
+
+
+class DirectorySource:
+    """A container whose blobs are files named by digest in one directory.
+
+    The simplest :class:`ContainerSource`; :func:`write_directory` makes one,
+    :meth:`open` reads one back (``manifest.msgpack`` next to the blobs).
+    """
+
+    MANIFEST_NAME = "manifest.msgpack"
+
+    def __init__(self, manifest: Manifest, directory: Path) -> None:
+        self._manifest = manifest
+        self.directory = Path(directory)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> DirectorySource:
+        """Read and validate ``directory/manifest.msgpack`` (blobs are verified when read)."""
+        path = Path(directory) / cls.MANIFEST_NAME
+        with path.open("rb") as f:
+            data = f.read(LIMITS.manifest_bytes + 1)
+        return cls(Manifest.decode(data), Path(directory))
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @staticmethod
+    def blob_name(digest: str) -> str:
+        return digest.replace(":", "-")
+
+    def locate(self, index: int) -> BlobLocation:
+        ref = self._manifest.blobs[index]
+        path = self.directory / self.blob_name(ref.digest)
+        if not path.is_file():
+            raise BlobNotFoundError(ref.digest, str(self.directory))
+        return BlobLocation(path, 0, ref.size, ref.digest)
+
+
+def probe_manifest(draft: Draft) -> Manifest:
+    """The manifest ``draft`` will have, with distinct placeholder digests.
+
+    Validates every field before any byte is written; digests of one algorithm
+    all have the same length, so it also encodes to the final manifest's length.
+    """
+    hex_len = digest_hex_length(draft.digest_algorithm)
+    probe = Draft(
+        **{
+            **draft.__dict__,
+            "blobs": [
+                # distinct placeholders, so finalize() does not merge them
+                DraftBlob(
+                    b.role, b.media_type, b.source, f"{draft.digest_algorithm}:{i:0{hex_len}x}"
+                )
+                for i, b in enumerate(draft.blobs)
+            ],
+        }
+    )
+    manifest = finalize(probe)
+    manifest.encode()
+    return manifest
+
+
+def write_directory(draft: Draft, directory: str | os.PathLike[str]) -> DirectorySource:
+    """Write a draft's blobs (hashing them on the way) and its manifest into ``directory``.
+
+    The manifest is validated first; each blob and the manifest are written to a
+    temporary name, synced and renamed, so a failure leaves no partial file.
+    """
+    probe_manifest(draft)
+    out = Path(directory)
+    created = make_parents(out)
+    written: list[Path] = []
+    tmp: Path | None = None
+    try:
+        for b in draft.blobs:
+            h = new_hasher(draft.digest_algorithm)
+            fd, tmp = create_temp(out, ".tmp-")
+            size = 0
+            with os.fdopen(fd, "wb") as f:
+                for chunk in b.source.chunks():
+                    h.update(chunk)
+                    f.write(chunk)
+                    size += chunk.nbytes
+                f.flush()
+                os.fsync(f.fileno())
+            if size != b.source.size:
+                raise PayloadMismatchError(
+                    f"a {b.role} blob produced {size} bytes, but its source announced {b.source.size}",
+                    hint="the source changed while it was being written; try again",
+                )
+            b.digest = h.digest_str()
+            final = out / DirectorySource.blob_name(b.digest)
+            existed = final.exists()
+            os.replace(tmp, final)
+            tmp = None
+            if not existed:
+                written.append(final)
+        manifest = finalize(draft)
+        fd, tmp = create_temp(out, ".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(manifest.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out / DirectorySource.MANIFEST_NAME)
+        return DirectorySource(manifest, out)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        for p in written:
+            p.unlink(missing_ok=True)
+        remove_dirs(created)
+        raise
+
+
+def create_temp(directory: Path, prefix: str) -> tuple[int, Path]:
+    """A new, uniquely named file in ``directory``, open for writing.
+
+    Unlike ``tempfile.mkstemp`` (mode 0600) it gets the mode any new file gets
+    (0666 less the umask), so the file keeps it after the rename into place.
+    """
+    for _ in range(100):
+        path = Path(directory) / f"{prefix}{secrets.token_hex(8)}.tmp"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {directory}")  # pragma: no cover
+
+
+def make_parents(directory: Path) -> list[Path]:
+    """``mkdir -p directory``; returns the directories it created, deepest last."""
+    missing: list[Path] = []
+    d = Path(directory)
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+    return list(reversed(missing))
+
+
+def remove_dirs(created: list[Path]) -> None:
+    """Undo :func:`make_parents` after a failure (only directories left empty)."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            return

@@ -1,0 +1,376 @@
+"""The ``exported_program`` format: a ``torch.export`` ExportedProgram.
+
+The program's graph (torch.export's JSON document: graph, signature, range
+constraints, module call graph) is one blob; every parameter, buffer and
+tensor constant is in the tensor section, so no weight goes through pickle or
+zip. Loading reads the weights straight onto the target device and rebuilds
+the program around them.
+
+Payload (layout 1)::
+
+    {
+      "layout": 1,
+      "graph": {"blob": <index>, "schema": "<serde schema major.minor>"},
+      "state_dict": {name: {"parameter": bool, "requires_grad": bool}, ...},
+      "constants": [name, ...],
+    }
+
+Tensor-section names are ``"state_dict/<name>"`` and ``"constants/<name>"``;
+tied weights are aliases (stored once). Example inputs are not stored.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.export.passes
+
+from ..errors import FormatError, PayloadMismatchError, UnknownFormatError
+from ._torch import _export_private as private
+from ._torch.device import resolve_device
+from ._torch.dtypes import from_name, to_name
+from ._torch.section import add_tensors
+from ._torch.signature import describe_value, fill_common
+from ._torch.stream import BackgroundLoad, release, stream_options
+from .base import FormatPlugin
+from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
+
+__all__ = ["GRAPH_MEDIA_TYPE", "ExportedProgramPlugin"]
+
+GRAPH_MEDIA_TYPE = "application/vnd.pytorch.export.program+json"
+_SD = "state_dict/"
+_CONST = "constants/"
+_MAX_GRAPH = 1 << 31
+
+
+def _user_signature(ep: torch.export.ExportedProgram) -> dict[str, Any]:
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    inputs = []
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+            name = spec.arg.name
+            node = placeholders.get(name)
+            val = node.meta.get("val") if node is not None else getattr(spec.arg, "value", None)
+            inputs.append(describe_value(name, val))
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    produced = {a.name: a for a in out_node.all_input_nodes}
+    outputs = []
+    for spec in ep.graph_signature.output_specs:
+        if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT:
+            name = getattr(spec.arg, "name", "")
+            node = produced.get(name)
+            val = node.meta.get("val") if node is not None else getattr(spec.arg, "value", None)
+            outputs.append(describe_value(name or "output", val))
+    return {"inputs": inputs, "outputs": outputs, "dims": _dims(ep)}
+
+
+def _dims(ep: torch.export.ExportedProgram) -> dict[str, dict[str, int | None]]:
+    """The range of each dynamic dimension's symbol; ``None`` for unbounded."""
+
+    def bound(v: Any) -> int | None:
+        # Integers come back as ints; the infinities (sympy's and torch's int_oo)
+        # are not integers, and converting them raises a variety of errors.
+        if getattr(v, "is_integer", False) and getattr(v, "is_finite", True):
+            try:
+                return int(v)
+            except Exception:
+                return None
+        return None
+
+    return {
+        str(sym): {"min": bound(r.lower), "max": bound(r.upper)}
+        for sym, r in ep.range_constraints.items()
+    }
+
+
+class ExportedProgramPlugin(FormatPlugin):
+    """``torch.export.ExportedProgram``: graph as JSON, weights in the tensor section."""
+
+    name: ClassVar[str] = "exported_program"
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = "torch.export ExportedProgram (.pt2)"
+
+    def can_pack(self, obj: Any) -> bool:
+        return isinstance(obj, torch.export.ExportedProgram)
+
+    def can_pack_path(self, path: Path) -> bool:
+        if not (path.is_file() and path.suffix == ".pt2" and zipfile.is_zipfile(path)):
+            return False
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return False
+        return any("/models/" in n or n.endswith("serialized_exported_program.json") for n in names)
+
+    # -- push ------------------------------------------------------------------
+    def pack(self, obj: Any, **options: Any) -> Draft:
+        """Pack an ExportedProgram, or the path of a ``.pt2`` from ``torch.export.save``."""
+        ep = self._open(obj)
+        state_dict = dict(ep.state_dict)
+        constants = dict(ep.constants)
+        for k, v in constants.items():
+            if not isinstance(v, torch.Tensor):
+                raise PayloadMismatchError(
+                    f"constant {k!r} is a {type(v).__name__}; only tensor constants can be stored",
+                    hint="script objects and custom classes cannot be stored without pickling code",
+                )
+        graph = private.serialize_graph(ep)
+        draft = Draft(self.name, self.version)
+        builder = TensorSectionBuilder()
+        add_tensors(
+            builder,
+            [(_SD + k, v) for k, v in state_dict.items()]
+            + [(_CONST + k, v) for k, v in constants.items()],
+        )
+        draft.add_tensor_section(builder)
+        graph_blob = draft.add_blob("graph", GRAPH_MEDIA_TYPE, BytesSource(graph))
+        draft.payload = {
+            "layout": 1,
+            "graph": {"blob": graph_blob, "schema": private.schema_version()},
+            "state_dict": {
+                k: {
+                    "parameter": isinstance(v, torch.nn.Parameter),
+                    "requires_grad": bool(v.requires_grad),
+                }
+                for k, v in state_dict.items()
+            },
+            "constants": list(constants),
+        }
+        param_kind = torch.export.graph_signature.InputKind.PARAMETER
+        params = {
+            s.target: state_dict[s.target]
+            for s in ep.graph_signature.input_specs
+            if s.kind == param_kind and s.target in state_dict
+        }
+        fill_common(
+            draft,
+            parameters=params,
+            stored={**state_dict, **{_CONST + k: v for k, v in constants.items()}},
+            signature=_user_signature(ep),
+        )
+        draft.metadata.update(options.get("metadata") or {})
+        return draft
+
+    def _open(self, obj: Any) -> torch.export.ExportedProgram:
+        if isinstance(obj, torch.export.ExportedProgram):
+            return obj
+        if isinstance(obj, (str, Path)):
+            path = Path(obj)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist")
+            if not zipfile.is_zipfile(path):
+                raise UnknownFormatError(f"{path} is not a .pt2 archive (not a zip file)")
+            try:
+                ep = torch.export.load(str(path))
+            except Exception as exc:
+                raise UnknownFormatError(
+                    f"{path} could not be opened with torch.export.load: {exc}"
+                ) from exc
+            assert isinstance(ep, torch.export.ExportedProgram)
+            return ep
+        raise UnknownFormatError(
+            f"the exported_program format packs an ExportedProgram or a .pt2 path, not a {type(obj).__name__}"
+        )
+
+    # -- load ------------------------------------------------------------------
+    def load(
+        self, source: ContainerSource, *, device: str = "cpu", **options: Any
+    ) -> torch.export.ExportedProgram:
+        """The ExportedProgram with its weights on ``device``; call ``.module()`` to run it."""
+        dev = resolve_device(device)
+        payload = _check_payload(source)
+        # Weights stream (verified) on a worker while the graph is parsed and checked here.
+        loading = BackgroundLoad(source, dev, **stream_options(options))
+        try:
+            graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
+            ep = self._skeleton(source, payload, graph)
+        except BaseException:
+            loading.discard()
+            raise
+        tensors = loading.result()
+        try:
+            return _attach(
+                ep, payload, tensors, dev, str(source.manifest.target.get("built_on", "cpu"))
+            )
+        except BaseException as exc:
+            del ep, tensors
+            release(exc, dev)
+            raise
+
+    def _skeleton(
+        self, source: ContainerSource, payload: dict[str, Any], graph: bytes
+    ) -> torch.export.ExportedProgram:
+        """The program around meta-device placeholders, checked against the stored weights."""
+        m = source.manifest
+        entries = {e.name: e for e in m.tensors}
+        for alias, target in m.tensor_aliases.items():
+            entries[alias] = entries[target]
+        found = {}
+        for name, e in entries.items():
+            found[name] = torch.empty(e.shape, dtype=from_name(e.dtype), device="meta")
+        sd: dict[str, torch.Tensor] = {}
+        consts: dict[str, torch.Tensor] = {}
+        missing = []
+        for k, info in payload["state_dict"].items():
+            if _SD + k not in found:
+                missing.append(k)
+                continue
+            t = found[_SD + k]
+            sd[k] = torch.nn.Parameter(t, bool(info["requires_grad"])) if info["parameter"] else t
+        for k in payload["constants"]:
+            if _CONST + k not in found:
+                missing.append(k)
+                continue
+            consts[k] = found[_CONST + k]
+        if missing:
+            raise PayloadMismatchError(
+                f"the weights disagree with the graph: missing tensor(s) {', '.join(map(repr, missing[:5]))}",
+                hint="the container is inconsistent; push the model again",
+            )
+        try:
+            ep = private.deserialize_graph(graph, sd, consts)
+        except Exception as exc:
+            if type(exc).__name__ == "SpecViolationError":
+                raise PayloadMismatchError(
+                    f"the weights disagree with the graph: {exc}",
+                    hint="the container is inconsistent; push the model again",
+                ) from exc
+            raise FormatError(
+                f"the program graph could not be rebuilt by torch {torch.__version__}: {exc}",
+                hint="it may have been written by a different torch version; load it with that version",
+            ) from exc
+        _check_weights(ep, sd, consts, set(entries))
+        return ep
+
+    # -- native ----------------------------------------------------------------
+    def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
+        """Write a ``.pt2`` with ``torch.export.save``."""
+        ep = self.load(source, device="cpu")
+        # Loaded weights are views into one section buffer; torch.export.save would
+        # treat them as views of one storage, so give each its own (ties kept).
+        owned: dict[tuple[Any, ...], torch.Tensor] = {}
+
+        def own(t: torch.Tensor) -> torch.Tensor:
+            k = (
+                t.data_ptr(),
+                tuple(t.shape),
+                tuple(t.stride()),
+                t.dtype,
+                isinstance(t, torch.nn.Parameter),
+            )
+            if k not in owned:
+                c = t.detach().clone()
+                owned[k] = (
+                    torch.nn.Parameter(c, t.requires_grad)
+                    if isinstance(t, torch.nn.Parameter)
+                    else c
+                )
+            return owned[k]
+
+        for k in list(ep.state_dict):
+            ep.state_dict[k] = own(ep.state_dict[k])
+        for k in list(ep.constants):
+            v = ep.constants[k]
+            if isinstance(v, torch.Tensor):
+                ep.constants[k] = own(v)
+        dest = Path(dest)
+        torch.export.save(ep, str(dest))
+        return dest
+
+    def native_suffix(self, source: ContainerSource) -> str:
+        return ".pt2"
+
+
+def _attach(
+    ep: torch.export.ExportedProgram,
+    payload: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    dev: torch.device,
+    built_on: str,
+) -> torch.export.ExportedProgram:
+    """Put the loaded weights in place of the placeholders; fix the graph's devices."""
+    sd = ep.state_dict
+    for k, info in payload["state_dict"].items():
+        t = tensors[_SD + k]
+        sd[k] = torch.nn.Parameter(t, bool(info["requires_grad"])) if info["parameter"] else t
+    for k in payload["constants"]:
+        ep.constants[k] = tensors[_CONST + k]
+    if dev.type != "cpu" or not built_on.startswith("cpu"):
+        # Rewrites device arguments and metadata in the graph; the weights are
+        # already on ``dev``, so their ``.to`` is a no-op.
+        ep = torch.export.passes.move_to_device_pass(ep, str(dev))
+    return ep
+
+
+def _check_payload(source: ContainerSource) -> dict[str, Any]:
+    p = dict(source.manifest.payload)
+    ok = (
+        p.get("layout") == 1
+        and isinstance(p.get("graph"), dict)
+        and isinstance(p["graph"].get("blob"), int)
+        and 0 <= p["graph"]["blob"] < len(source.manifest.blobs)
+        and isinstance(p.get("state_dict"), dict)
+        and all(
+            isinstance(v, dict)
+            and isinstance(v.get("parameter"), bool)
+            and isinstance(v.get("requires_grad"), bool)
+            for v in p["state_dict"].values()
+        )
+        and isinstance(p.get("constants"), list)
+        and all(isinstance(c, str) for c in p["constants"])
+    )
+    if not ok:
+        raise PayloadMismatchError(
+            "the exported_program payload is malformed (expected layout 1 with graph, state_dict, constants)",
+            hint="the container was written by a newer modelvault or is damaged",
+        )
+    return p
+
+
+def _check_weights(
+    ep: torch.export.ExportedProgram,
+    sd: dict[str, torch.Tensor],
+    consts: dict[str, torch.Tensor],
+    stored: set[str],
+) -> None:
+    """Every weight the graph takes exists with the graph's shape and dtype; nothing extra."""
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    kinds = torch.export.graph_signature.InputKind
+    used: set[str] = set()
+    problems = []
+    for spec in ep.graph_signature.input_specs:
+        if (
+            spec.kind not in (kinds.PARAMETER, kinds.BUFFER, kinds.CONSTANT_TENSOR)
+            or spec.target is None
+        ):
+            continue
+        in_sd = spec.kind == kinds.PARAMETER or (spec.kind == kinds.BUFFER and spec.persistent)
+        name = (_SD if in_sd else _CONST) + spec.target
+        have = (sd if in_sd else consts).get(spec.target)
+        if have is None:
+            problems.append(f"missing tensor {spec.target!r}")
+            continue
+        used.add(name)
+        node = placeholders.get(spec.arg.name)
+        want = node.meta.get("val") if node is not None else None
+        if isinstance(want, torch.Tensor) and (
+            tuple(want.shape) != tuple(have.shape) or want.dtype != have.dtype
+        ):
+            problems.append(
+                f"tensor {spec.target!r}: the graph expects {to_name(want.dtype)}{list(want.shape)}, "
+                f"the weights hold {to_name(have.dtype)}{list(have.shape)}"
+            )
+    extra = sorted(stored - used)
+    if extra:
+        problems.append(
+            f"unexpected tensor(s) {', '.join(repr(e.split('/', 1)[1]) for e in extra[:5])}"
+        )
+    if problems:
+        raise PayloadMismatchError(
+            "the weights disagree with the graph: " + "; ".join(problems[:8]),
+            hint="the container is inconsistent; push the model again",
+        )

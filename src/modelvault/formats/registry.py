@@ -1,0 +1,177 @@
+"""The lazy table of format plugins.
+
+Built-in plugins are named here by ``"module:Class"`` and imported on first
+use, so ``import modelvault`` never imports torch or torch_tensorrt. Third
+parties register through the ``modelvault.formats`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..errors import MissingDependencyError, PluginNotFoundError, UnknownFormatError
+from .base import FormatPlugin
+
+__all__ = [
+    "PluginSpec",
+    "available",
+    "detect",
+    "detect_path",
+    "get_plugin",
+    "known_plugins",
+    "register",
+]
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """Where a plugin lives and what it needs."""
+
+    name: str
+    target: str  # "package.module:Class"
+    requires: tuple[str, ...] = ()  # importable module names the plugin needs
+    extra: str | None = None  # the pip extra that installs them
+    #: Detection order: lower goes first (specific formats before generic ones).
+    priority: int = 50
+
+
+_BUILTIN: dict[str, PluginSpec] = {
+    spec.name: spec
+    for spec in (
+        PluginSpec(
+            "torch_tensorrt",
+            "modelvault.formats.torch_tensorrt:TorchTensorRTPlugin",
+            ("torch",),
+            "torch",
+            priority=10,
+        ),
+        PluginSpec(
+            "exported_program",
+            "modelvault.formats.exported_program:ExportedProgramPlugin",
+            ("torch",),
+            "torch",
+            priority=20,
+        ),
+        PluginSpec(
+            "torchscript",
+            "modelvault.formats.torchscript:TorchScriptPlugin",
+            ("torch",),
+            "torch",
+            priority=20,
+        ),
+        PluginSpec(
+            "tensors", "modelvault.formats.tensors:TensorsPlugin", ("torch",), "torch", priority=30
+        ),
+        PluginSpec("files", "modelvault.formats.files:FilesPlugin", priority=90),
+    )
+}
+_extra: dict[str, PluginSpec] = {}
+_instances: dict[str, FormatPlugin] = {}
+_entry_points_loaded = False
+
+
+def register(spec: PluginSpec) -> None:
+    """Register a plugin at run time (tests, applications embedding modelvault)."""
+    _extra[spec.name] = spec
+    _instances.pop(spec.name, None)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in metadata.entry_points(group="modelvault.formats"):
+        if ep.name not in _BUILTIN and ep.name not in _extra:
+            _extra[ep.name] = PluginSpec(ep.name, ep.value)
+
+
+def known_plugins() -> dict[str, PluginSpec]:
+    """Every plugin name, built-in and registered, sorted by detection priority."""
+    _load_entry_points()
+    table = {**_BUILTIN, **_extra}
+    return dict(sorted(table.items(), key=lambda kv: (kv[1].priority, kv[0])))
+
+
+def _missing(spec: PluginSpec) -> str | None:
+    for mod in spec.requires:
+        try:
+            found = importlib.util.find_spec(mod)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            return mod
+    return None
+
+
+def available(name: str) -> bool:
+    """True when the plugin's dependencies are importable (does not import them)."""
+    spec = known_plugins().get(name)
+    return spec is not None and _missing(spec) is None
+
+
+def get_plugin(name: str) -> FormatPlugin:
+    """The plugin instance for ``name``, imported on first use."""
+    if name in _instances:
+        return _instances[name]
+    table = known_plugins()
+    spec = table.get(name)
+    if spec is None:
+        raise PluginNotFoundError(
+            f"no format plugin named {name!r}; known: {', '.join(table)}",
+            hint="install the package that provides it, or check the spelling",
+        )
+    missing = _missing(spec)
+    if missing is not None:
+        raise MissingDependencyError(missing, spec.extra, f"the {name} format")
+    module_name, _, attr = spec.target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            exc.name or module_name, spec.extra, f"the {name} format"
+        ) from exc
+    plugin = cls()
+    if not isinstance(plugin, FormatPlugin):
+        raise PluginNotFoundError(f"{spec.target} is not a modelvault FormatPlugin")
+    _instances[name] = plugin
+    return plugin
+
+
+def _candidates() -> list[FormatPlugin]:
+    out = []
+    for name in known_plugins():
+        if available(name):
+            try:
+                out.append(get_plugin(name))
+            except MissingDependencyError:
+                continue
+    return out
+
+
+def detect(obj: Any) -> FormatPlugin:
+    """The plugin that packs a live object, or :class:`UnknownFormatError`."""
+    if isinstance(obj, (str, Path)):
+        return detect_path(Path(obj))
+    for plugin in _candidates():
+        if plugin.can_pack(obj):
+            return plugin
+    raise UnknownFormatError(
+        f"no format plugin recognises an object of type {type(obj).__module__}.{type(obj).__qualname__}",
+        hint="pass format=... to name the plugin; `mvault doctor` lists the installed ones",
+    )
+
+
+def detect_path(path: Path) -> FormatPlugin:
+    """The plugin that packs the file or directory at ``path``."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    for plugin in _candidates():
+        if plugin.can_pack_path(path):
+            return plugin
+    raise UnknownFormatError(f"cannot tell the format of {path}", hint="name it with --format")

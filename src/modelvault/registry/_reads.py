@@ -1,0 +1,264 @@
+"""The registry's hot read path: prebuilt Core statements, rows instead of ORM objects.
+
+``resolve`` runs on every model load, so its statements are built once at
+import (only bind values change per call, and SQLAlchemy's compiled cache
+hits every time) and return plain rows: no ORM identity map, no per-call
+expression building. A resolve is four round trips: the model, the version,
+its variants with their blobs, its labels with the aliases pointing at it.
+
+Functions here accept a model or version as either a Row or an ORM object:
+they only read attributes (``id``, ``name``, ``version``...).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, literal, select, tuple_, union_all
+from sqlalchemy.orm import Session
+
+from ..errors import AliasNotFoundError, InvalidSpecError, ModelNotFoundError, VersionNotFoundError
+from .results import BlobRef, VariantInfo, VersionInfo
+from .schema import Alias, Blob, Label, Model, Variant, VariantBlob, Version
+from .semver import RELEASE_KEY, SemVer
+from .specs import AliasSpec, DigestSpec, ExactSpec, LatestSpec, RangeSpec, Spec
+
+__all__ = [
+    "DESC_ORDER",
+    "find_model",
+    "highest_versions",
+    "not_found",
+    "resolve_row",
+    "version_by_semver",
+    "version_infos",
+]
+
+#: A model or version: a Row from the statements below, or an ORM object.
+Record = Any
+
+# Range candidates are fetched in slices of this many rows, highest first.
+_RANGE_BATCH = 64
+DESC_ORDER = (
+    Version.major.desc(),
+    Version.minor.desc(),
+    Version.patch.desc(),
+    Version.prerelease_sort.desc(),
+)
+_SORT = tuple_(Version.major, Version.minor, Version.patch, Version.prerelease_sort)
+_CORE = tuple_(Version.major, Version.minor, Version.patch)
+_MID: Any = bindparam("mid")
+
+_FIND_MODEL = select(*Model.__table__.c).where(Model.name == bindparam("name"))
+_VERSIONS = select(*Version.__table__.c)
+_BY_SEMVER = _VERSIONS.where(
+    Version.model_id == _MID,
+    Version.major == bindparam("major"),
+    Version.minor == bindparam("minor"),
+    Version.patch == bindparam("patch"),
+    Version.prerelease_sort == bindparam("pre"),
+)
+_LATEST = (
+    _VERSIONS.where(Version.model_id == _MID, Version.prerelease_sort == RELEASE_KEY)
+    .order_by(*DESC_ORDER)
+    .limit(1)
+)
+_BY_ALIAS = _VERSIONS.join(Alias, Alias.version_id == Version.id).where(
+    Alias.model_id == _MID, Alias.name == bindparam("alias")
+)
+_BY_DIGEST = (
+    _VERSIONS.join(Variant, Variant.version_id == Version.id)
+    .where(Version.model_id == _MID, Variant.manifest_digest == bindparam("digest"))
+    .limit(1)
+)
+_IN_RANGE = _VERSIONS.where(
+    Version.model_id == _MID,
+    Version.major.between(bindparam("lo0"), bindparam("hi0")),
+    tuple_(bindparam("lo0"), bindparam("lo1"), bindparam("lo2")) <= _CORE,
+    tuple_(bindparam("hi0"), bindparam("hi1"), bindparam("hi2")) >= _CORE,
+)
+_RANGE = {
+    True: _IN_RANGE.order_by(*DESC_ORDER).limit(_RANGE_BATCH),
+    False: _IN_RANGE.where(Version.prerelease_sort == RELEASE_KEY)
+    .order_by(*DESC_ORDER)
+    .limit(_RANGE_BATCH),
+}
+_AFTER = tuple_(bindparam("a0"), bindparam("a1"), bindparam("a2"), bindparam("a3")) > _SORT
+_RANGE_AFTER = {
+    True: _IN_RANGE.where(_AFTER).order_by(*DESC_ORDER).limit(_RANGE_BATCH),
+    False: _IN_RANGE.where(_AFTER, Version.prerelease_sort == RELEASE_KEY)
+    .order_by(*DESC_ORDER)
+    .limit(_RANGE_BATCH),
+}
+_HIGHEST = (
+    select(Version.version)
+    .where(Version.model_id == _MID)
+    .order_by(*DESC_ORDER)
+    .limit(bindparam("n"))
+)
+_ALIAS_NAMES = select(Alias.name).where(Alias.model_id == _MID).order_by(Alias.name)
+_VARIANTS = (
+    select(
+        *Variant.__table__.c,
+        VariantBlob.role,
+        Blob.digest,
+        Blob.size.label("blob_size"),
+        Blob.media_type,
+    )
+    .select_from(Variant)
+    .outerjoin(VariantBlob, VariantBlob.variant_id == Variant.id)
+    .outerjoin(Blob, Blob.digest == VariantBlob.blob_digest)
+    .where(Variant.version_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Variant.id, VariantBlob.role, Blob.digest)
+)
+_TAGS = union_all(
+    select(Label.version_id, literal("label").label("what"), Label.key, Label.value).where(
+        Label.version_id.in_(bindparam("ids", expanding=True))
+    ),
+    select(Alias.version_id, literal("alias").label("what"), Alias.name, literal("")).where(
+        Alias.version_id.in_(bindparam("ids2", expanding=True))
+    ),
+)
+
+
+def find_model(session: Session, name: str) -> Record:
+    """The model row, or ModelNotFoundError suggesting close names."""
+    conn = session.connection()
+    model = conn.execute(_FIND_MODEL, {"name": name}).first()
+    if model is not None:
+        return model
+    like = session.scalars(
+        select(Model.name).where(Model.name.startswith(name[:1], autoescape=True)).limit(500)
+    )
+    close = difflib.get_close_matches(name, list(like), n=3)
+    also = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ModelNotFoundError(f"no model named {name!r}{also}", hint="list models with: mvault ls")
+
+
+def highest_versions(session: Session, model: Record, n: int = 5) -> list[str]:
+    return list(session.connection().execute(_HIGHEST, {"mid": model.id, "n": n}).scalars())
+
+
+def version_by_semver(session: Session, model: Record, v: SemVer) -> Record | None:
+    params = {
+        "mid": model.id,
+        "major": v.major,
+        "minor": v.minor,
+        "patch": v.patch,
+        "pre": v.prerelease_key,
+    }
+    return session.connection().execute(_BY_SEMVER, params).first()
+
+
+def not_found(session: Session, model: Record, spec: str) -> VersionNotFoundError:
+    have = highest_versions(session, model)
+    what = f"highest versions: {', '.join(have)}" if have else "it has no versions yet"
+    return VersionNotFoundError(f"model {model.name!r} has no version matching {spec!r}; {what}")
+
+
+def resolve_row(session: Session, model: Record, spec: Spec) -> Record:
+    """Find the version a spec names: bounded, indexed SQL first, the exact test in Python."""
+    conn = session.connection()
+    if isinstance(spec, ExactSpec):
+        row = version_by_semver(session, model, spec.version)
+    elif isinstance(spec, LatestSpec):
+        row = conn.execute(_LATEST, {"mid": model.id}).first()
+    elif isinstance(spec, AliasSpec):
+        row = conn.execute(_BY_ALIAS, {"mid": model.id, "alias": spec.alias}).first()
+        if row is None:
+            known = list(conn.execute(_ALIAS_NAMES, {"mid": model.id}).scalars())
+            have = f"its aliases: {', '.join(known)}" if known else "it has no aliases"
+            raise AliasNotFoundError(f"model {model.name!r} has no alias {spec.alias!r}; {have}")
+    elif isinstance(spec, DigestSpec):
+        row = conn.execute(_BY_DIGEST, {"mid": model.id, "digest": spec.digest}).first()
+    elif isinstance(spec, RangeSpec):
+        row = _resolve_range(session, model, spec)
+    else:  # pragma: no cover - Spec is a closed union
+        raise InvalidSpecError(f"unknown spec {spec!r}")
+    if row is None:
+        raise not_found(session, model, str(spec))
+    return row
+
+
+def _resolve_range(session: Session, model: Record, spec: RangeSpec) -> Record | None:
+    lo, hi = spec.core_bounds()
+    if lo > hi:
+        return None
+    conn = session.connection()
+    params: dict[str, Any] = {
+        "mid": model.id,
+        "lo0": lo[0],
+        "lo1": lo[1],
+        "lo2": lo[2],
+        "hi0": hi[0],
+        "hi1": hi[1],
+        "hi2": hi[2],
+    }
+    pre = spec.allows_prerelease
+    stmt = _RANGE[pre]
+    while True:
+        rows = conn.execute(stmt, params).all()
+        for row in rows:
+            if spec.matches(SemVer.parse(row.version)):
+                return row
+        if len(rows) < _RANGE_BATCH:
+            return None
+        last = rows[-1]
+        params.update(a0=last.major, a1=last.minor, a2=last.patch, a3=last.prerelease_sort)
+        stmt = _RANGE_AFTER[pre]
+
+
+def version_infos(session: Session, model: Record, rows: Sequence[Record]) -> list[VersionInfo]:
+    """Variants with their blobs, labels and aliases for many versions, in two queries."""
+    if not rows:
+        return []
+    conn = session.connection()
+    ids = [r.id for r in rows]
+    variants: dict[int, list[Any]] = defaultdict(list)
+    blobs: dict[int, list[BlobRef]] = defaultdict(list)
+    seen: set[int] = set()
+    for r in conn.execute(_VARIANTS, {"ids": ids}):
+        if r.id not in seen:
+            seen.add(r.id)
+            variants[r.version_id].append(r)
+        if r.digest is not None:
+            blobs[r.id].append(BlobRef(r.digest, r.blob_size, r.role, r.media_type))
+    labels: dict[int, dict[str, str]] = defaultdict(dict)
+    aliases: dict[int, list[str]] = defaultdict(list)
+    for vid, what, key, value in conn.execute(_TAGS, {"ids": ids, "ids2": ids}):
+        if what == "label":
+            labels[vid][key] = value
+        else:
+            aliases[vid].append(key)
+    return [
+        VersionInfo(
+            model=model.name,
+            version=r.version,
+            major=r.major,
+            minor=r.minor,
+            patch=r.patch,
+            prerelease=r.prerelease,
+            build=r.build,
+            created_at=r.created_at,
+            created_by=r.created_by,
+            description=r.description,
+            labels=dict(sorted(labels[r.id].items())),
+            aliases=sorted(aliases[r.id]),
+            variants=[
+                VariantInfo(
+                    manifest_digest=v.manifest_digest,
+                    format=v.format,
+                    kind=v.kind,
+                    requirements=v.requirements,
+                    size=v.size,
+                    created_at=v.created_at,
+                    created_by=v.created_by,
+                    blobs=blobs[v.id],
+                )
+                for v in variants[r.id]
+            ],
+        )
+        for r in rows
+    ]

@@ -1,0 +1,391 @@
+"""Which variant runs on this machine: the requirements schema, the machine, the ranking.
+
+Importing this module imports nothing heavy; :meth:`Machine.probe` imports
+torch, tensorrt and torch_tensorrt only when they are installed.
+
+Requirements schema
+-------------------
+Every variant's manifest carries a ``target`` map (its requirements). Keys,
+all optional except ``device``:
+
+| key | value | meaning |
+| --- | --- | --- |
+| ``device`` | ``"any"`` or ``"cuda"`` | runs on any device / needs a CUDA GPU |
+| ``compute_capabilities`` | ``["8.6"]`` or ``{"min": "8.0"}`` | exact SM list (a TensorRT engine built for one GPU architecture), or a lower bound (hardware-compatible engines: Ampere and newer) |
+| ``tensorrt`` | ``"10.3"`` | TensorRT major.minor that built the engines; must match exactly |
+| ``torch_tensorrt_abi`` | ``"9"`` | Torch-TensorRT runtime ABI of the serialized engines; must match |
+| ``torch_tensorrt`` | ``"2.13"`` | Torch-TensorRT release that wrote it (informational) |
+| ``platform`` | ``"linux_x86_64"`` | ``linux_x86_64``, ``linux_aarch64``, ``windows_x86_64``, ``windows_arm64`` |
+| ``cuda`` | ``"12"`` | CUDA major version the engines were built against; must match |
+| ``kind`` | ``"tensorrt"`` or ``"portable"`` | how the loader ranks it (default: ``"tensorrt"`` when ``tensorrt`` is set) |
+| ``built_on`` | ``"cpu"``, ``"cuda:9.0"`` | the device the artifact was built on (informational) |
+
+A key this modelvault does not know makes the variant not fit (with the
+reason "upgrade modelvault"), so an old reader never loads a variant whose
+constraints it cannot check.
+
+Ranking: an exact-SM TensorRT variant beats a hardware-compatible TensorRT
+variant, which beats a portable CUDA variant, which beats a portable
+any-device variant. Ties keep the caller's order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import platform as _platform
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "KNOWN_KEYS",
+    "GpuDevice",
+    "Machine",
+    "check",
+    "describe_requirements",
+    "parse_device_index",
+    "rank",
+]
+
+KNOWN_KEYS = frozenset(
+    {
+        "device",
+        "compute_capabilities",
+        "tensorrt",
+        "torch_tensorrt_abi",
+        "torch_tensorrt",
+        "platform",
+        "cuda",
+        "kind",
+        "built_on",
+    }
+)
+#: Hardware-compatible TensorRT engines run on Ampere (SM 8.0) and newer.
+HW_COMPAT_MIN = (8, 0)
+_SM_RE = re.compile(r"^(\d{1,2})\.(\d{1,2})$")
+_PLATFORM_ALIASES = {"win_x86_64": "windows_x86_64", "win_arm64": "windows_arm64"}
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    """One CUDA device: its index, name and compute capability."""
+
+    index: int
+    name: str
+    capability: tuple[int, int]
+
+    @property
+    def sm(self) -> str:
+        return f"{self.capability[0]}.{self.capability[1]}"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this (or a described) machine offers to a variant.
+
+    ``problems`` maps a package name to why it is not usable (``"torch_tensorrt":
+    "No module named 'tensorrt'"``), for messages.
+    """
+
+    platform: str
+    cuda_available: bool = False
+    devices: tuple[GpuDevice, ...] = ()
+    cuda: str | None = None
+    tensorrt: str | None = None
+    torch_tensorrt: str | None = None
+    torch_tensorrt_abi: str | None = None
+    torch: str | None = None
+    problems: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def probe(cls, device: str | None = None, *, refresh: bool = False) -> Machine:
+        """Describe this machine (cached; ``refresh=True`` probes again).
+
+        ``device`` is accepted for symmetry with :func:`rank`; the probe
+        always lists every visible GPU.
+        """
+        global _cached
+        with _lock:
+            if _cached is None or refresh:
+                _cached = _probe()
+            return _cached
+
+    def gpu(self, index: int) -> GpuDevice | None:
+        for d in self.devices:
+            if d.index == index:
+                return d
+        return None
+
+
+_cached: Machine | None = None
+_lock = threading.Lock()
+
+
+def current_platform() -> str:
+    """``linux_x86_64``-style tag of the running interpreter's platform."""
+    system = _platform.system().lower()
+    arch = _platform.machine().lower()
+    arch = {
+        "amd64": "x86_64",
+        "x64": "x86_64",
+        "arm64": "aarch64" if system == "linux" else "arm64",
+    }.get(arch, arch)
+    if system == "windows":
+        system = "windows"
+        arch = "arm64" if arch in ("aarch64", "arm64") else arch
+    return f"{system}_{arch}"
+
+
+def _version(mod: Any) -> str | None:
+    v = getattr(mod, "__version__", None)
+    return str(v) if v is not None else None
+
+
+def _probe() -> Machine:
+    problems: dict[str, str] = {}
+    info: dict[str, Any] = {"platform": current_platform()}
+    torch = _try_import("torch", problems)
+    if torch is not None:
+        info["torch"] = _version(torch)
+        try:
+            info["cuda"] = torch.version.cuda
+            if torch.cuda.is_available():
+                info["cuda_available"] = True
+                info["devices"] = tuple(
+                    GpuDevice(
+                        i, torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i))
+                    )
+                    for i in range(torch.cuda.device_count())
+                )
+        except Exception as exc:  # a broken driver must not break listing; say why instead
+            problems["cuda"] = f"{type(exc).__name__}: {exc}"
+    trt = _try_import("tensorrt", problems)
+    if trt is not None:
+        info["tensorrt"] = _version(trt)
+    tt = _try_import("torch_tensorrt", problems)
+    if tt is not None:
+        info["torch_tensorrt"] = _version(tt)
+        info["torch_tensorrt_abi"] = _runtime_abi(tt)
+    return Machine(**info, problems=problems)
+
+
+def _try_import(name: str, problems: dict[str, str]) -> Any:
+    try:
+        if importlib.util.find_spec(name) is None:
+            problems[name] = f"{name} is not installed"
+            return None
+    except (ImportError, ValueError) as exc:
+        problems[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    try:
+        return importlib.import_module(name)
+    except (
+        Exception
+    ) as exc:  # ImportError, OSError (missing .so), RuntimeError from a broken install
+        problems[name] = f"{name} is not importable: {type(exc).__name__}: {exc}"
+        return None
+
+
+def _runtime_abi(tt: Any) -> str | None:
+    try:
+        import torch
+
+        return str(torch.ops.tensorrt.ABI_VERSION())
+    except Exception:  # the C++ runtime is optional; fall back to the Python layout module
+        pass
+    for mod_name in (
+        "torch_tensorrt.dynamo.runtime._serialized_engine_layout",
+        "torch_tensorrt.dynamo.runtime._TorchTensorRTModule",
+    ):
+        try:
+            v = getattr(importlib.import_module(mod_name), "ABI_VERSION", None)
+        except Exception:
+            continue
+        if v is not None:
+            return str(v)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# checks
+
+
+def parse_device_index(device: str | None) -> tuple[str, int | None]:
+    """``"cuda:1"`` -> ``("cuda", 1)``; ``"cuda"`` -> ``("cuda", None)``; ``None`` -> ``("cpu", None)``."""
+    if device is None:
+        return "cpu", None
+    kind, _, idx = str(device).partition(":")
+    kind = kind.strip().lower()
+    if idx:
+        if not idx.isdigit():
+            from .errors import InvalidDeviceError
+
+            raise InvalidDeviceError(f"device {device!r} is not 'cpu', 'cuda' or 'cuda:N'")
+        return kind, int(idx)
+    return kind, None
+
+
+def _sm(text: Any) -> tuple[int, int] | None:
+    if not isinstance(text, str):
+        return None
+    m = _SM_RE.match(text.strip())
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _major_minor(v: str | None) -> str | None:
+    if not v:
+        return None
+    parts = re.split(r"[.+]", v)
+    return ".".join(parts[:2]) if len(parts) >= 2 else parts[0]
+
+
+def _is_tensorrt(req: Mapping[str, Any]) -> bool:
+    kind = req.get("kind")
+    if kind is not None:
+        return bool(kind == "tensorrt")
+    return "tensorrt" in req or "torch_tensorrt_abi" in req
+
+
+def check(
+    requirements: Mapping[str, Any], machine: Machine, device: str | None = None
+) -> list[str]:
+    """Reasons the variant with these requirements does not run here; empty when it fits.
+
+    >>> m = Machine("linux_x86_64", True, (GpuDevice(0, "A100", (8, 0)),), tensorrt="10.3.0")
+    >>> check({"device": "cuda", "compute_capabilities": ["9.0"], "tensorrt": "10.3"}, m, "cuda:0")
+    ['built for compute capability 9.0; cuda:0 (A100) is 8.0']
+    """
+    reasons: list[str] = []
+    unknown = sorted(set(requirements) - KNOWN_KEYS)
+    if unknown:
+        reasons.append(
+            f"requires {', '.join(unknown)}, which this modelvault cannot check; upgrade modelvault"
+        )
+    kind, index = parse_device_index(device)
+    want = requirements.get("device", "any")
+    trt = _is_tensorrt(requirements)
+    needs_cuda = want == "cuda" or trt or "compute_capabilities" in requirements
+    if want not in ("any", "cuda"):
+        reasons.append(
+            f"requires device {want!r}, which this modelvault does not know; upgrade modelvault"
+        )
+    if needs_cuda:
+        if kind != "cuda":
+            reasons.append(f"needs a CUDA device; {device or 'cpu'} was asked for")
+        elif not machine.cuda_available:
+            why = machine.problems.get("cuda") or machine.problems.get("torch")
+            reasons.append("needs a CUDA GPU; this machine has none" + (f" ({why})" if why else ""))
+    gpu = None
+    if kind == "cuda" and machine.cuda_available:
+        gpu = machine.gpu(index if index is not None else 0)
+        if gpu is None:
+            reasons.append(
+                f"{device} does not exist here (this machine has {len(machine.devices)} GPU(s))"
+            )
+    ccs = requirements.get("compute_capabilities")
+    if ccs is not None and gpu is not None:
+        label = f"cuda:{gpu.index} ({gpu.name})"
+        if isinstance(ccs, Mapping):
+            low = _sm(ccs.get("min"))
+            if low is None:
+                reasons.append(f"compute_capabilities {dict(ccs)!r} is malformed")
+            elif gpu.capability < low:
+                reasons.append(
+                    f"hardware-compatible engine needs compute capability >= {low[0]}.{low[1]} "
+                    f"(Ampere or newer); {label} is {gpu.sm}"
+                )
+        elif isinstance(ccs, Sequence) and not isinstance(ccs, str):
+            allowed = [s for s in (_sm(c) for c in ccs) if s is not None]
+            if len(allowed) != len(ccs) or not allowed:
+                reasons.append(f"compute_capabilities {list(ccs)!r} is malformed")
+            elif gpu.capability not in allowed:
+                names = ", ".join(f"{a}.{b}" for a, b in allowed)
+                reasons.append(f"built for compute capability {names}; {label} is {gpu.sm}")
+        else:
+            reasons.append(f"compute_capabilities {ccs!r} is malformed")
+    need_trt = requirements.get("tensorrt")
+    if need_trt is not None:
+        have = _major_minor(machine.tensorrt)
+        if have is None:
+            why = machine.problems.get("tensorrt") or "tensorrt is not installed"
+            reasons.append(f"needs TensorRT {need_trt}; {why}")
+        elif have != _major_minor(str(need_trt)):
+            reasons.append(
+                f"built with TensorRT {need_trt}; this machine has TensorRT {machine.tensorrt} "
+                "(an engine loads only on the TensorRT major.minor that built it)"
+            )
+    need_abi = requirements.get("torch_tensorrt_abi")
+    if need_abi is not None:
+        if machine.torch_tensorrt is None:
+            why = machine.problems.get("torch_tensorrt") or "torch_tensorrt is not installed"
+            reasons.append(f"needs Torch-TensorRT runtime ABI {need_abi}; {why}")
+        elif machine.torch_tensorrt_abi is not None and str(need_abi) != machine.torch_tensorrt_abi:
+            reasons.append(
+                f"serialized for Torch-TensorRT runtime ABI {need_abi}; this machine's torch_tensorrt "
+                f"{machine.torch_tensorrt} has ABI {machine.torch_tensorrt_abi}"
+            )
+    need_platform = requirements.get("platform")
+    if need_platform is not None:
+        want_p = _PLATFORM_ALIASES.get(str(need_platform), str(need_platform))
+        if want_p != machine.platform:
+            reasons.append(f"built for platform {want_p}; this machine is {machine.platform}")
+    need_cuda = requirements.get("cuda")
+    if need_cuda is not None and kind == "cuda":
+        have_cuda = (machine.cuda or "").split(".")[0]
+        if not have_cuda:
+            reasons.append(f"needs CUDA {need_cuda}; this machine's torch has no CUDA")
+        elif have_cuda != str(need_cuda).split(".")[0]:
+            reasons.append(
+                f"built against CUDA {need_cuda}; this machine's torch uses CUDA {machine.cuda}"
+            )
+    return reasons
+
+
+def _score(req: Mapping[str, Any]) -> int:
+    if _is_tensorrt(req):
+        return 3 if not isinstance(req.get("compute_capabilities"), Mapping) else 2
+    return 1 if req.get("device") == "cuda" else 0
+
+
+def rank(
+    variants: Sequence[tuple[str, Mapping[str, Any]]], machine: Machine, device: str | None
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Order the fitting variants best first; list the others with their reasons.
+
+    ``variants`` are ``(id, requirements)`` pairs. Returns ``(fitting_ids,
+    [(id, "; ".join(reasons)), ...])``.
+    """
+    fitting: list[tuple[int, int, str]] = []
+    rejected: list[tuple[str, str]] = []
+    for pos, (vid, req) in enumerate(variants):
+        reasons = check(req, machine, device)
+        if reasons:
+            rejected.append((vid, "; ".join(reasons)))
+        else:
+            fitting.append((-_score(req), pos, vid))
+    fitting.sort()
+    return [vid for _, _, vid in fitting], rejected
+
+
+def describe_requirements(req: Mapping[str, Any]) -> str:
+    """One line for ``mvault show``: ``TensorRT 10.3, ABI 9, SM 8.6, linux_x86_64, CUDA 12``."""
+    parts: list[str] = []
+    if _is_tensorrt(req):
+        parts.append(f"TensorRT {req.get('tensorrt', '?')}")
+        if "torch_tensorrt_abi" in req:
+            parts.append(f"ABI {req['torch_tensorrt_abi']}")
+    else:
+        parts.append("portable" + (" (CUDA)" if req.get("device") == "cuda" else ""))
+    ccs = req.get("compute_capabilities")
+    if isinstance(ccs, Mapping):
+        parts.append(f"SM >= {ccs.get('min')} (hardware-compatible)")
+    elif isinstance(ccs, Sequence) and not isinstance(ccs, str):
+        parts.append("SM " + "/".join(str(c) for c in ccs))
+    if "platform" in req:
+        parts.append(str(req["platform"]))
+    if "cuda" in req:
+        parts.append(f"CUDA {req['cuda']}")
+    return ", ".join(parts)
