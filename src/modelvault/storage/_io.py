@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BlobNotFoundError, IntegrityError, StorageError
-from ..formats.digest import CHUNK, new_hasher, parse_digest
+from ..formats.digest import CHUNK, damaged, new_hasher, parse_digest
 from .base import Progress, fsync_dir, os_error, temp_path_for
 
 if TYPE_CHECKING:
@@ -72,13 +72,7 @@ def check_digest(expected: str, actual: str, got: int, size: int, where: str) ->
             hint="the transfer was cut short or the stored copy is damaged; try again",
         )
     if actual != expected:
-        raise IntegrityError(
-            f"blob {expected} from {where} is damaged: its bytes hash to {actual}",
-            expected=expected,
-            actual=actual,
-            where=where,
-            hint="the stored copy is corrupt or was tampered with; restore it from a good copy",
-        )
+        raise damaged(expected, actual, where)
 
 
 def write_temp_verified(
