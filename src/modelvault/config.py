@@ -13,6 +13,7 @@ The environment is read once, on first use, into a frozen :class:`Settings`;
 | ``MVAULT_CACHE_SIZE`` | cache bound, bytes or with a unit (``50GiB``) | ``50GiB`` |
 | ``MVAULT_S3_PART_SIZE`` | S3 multipart part size (>= 5MiB) | ``64MiB`` |
 | ``MVAULT_S3_CONCURRENCY`` | parallel S3 part transfers per blob | ``8`` |
+| ``MVAULT_S3_CHECKSUM`` | per-part S3 checksum: ``CRC32``, ``SHA256``, ``CRC32C`` (needs botocore[crt]) | ``CRC32`` |
 | ``MVAULT_USER`` | name recorded in the events log | the login name |
 | ``MVAULT_GC_GRACE`` | seconds an unreferenced blob is kept by ``gc`` | ``86400`` |
 | ``MVAULT_DEBUG`` | ``1`` shows tracebacks in the CLI | off |
@@ -86,6 +87,7 @@ class Settings:
     user: str
     s3_part_size: int
     s3_concurrency: int
+    s3_checksum: str
     gc_grace_seconds: int
     debug: bool
     no_progress: bool
@@ -120,6 +122,11 @@ class Settings:
             ) from None
         if not 1 <= concurrency <= 256:
             raise ConfigError("MVAULT_S3_CONCURRENCY must be between 1 and 256")
+        checksum = env.get("MVAULT_S3_CHECKSUM", "CRC32").strip().upper()
+        if checksum not in ("CRC32", "CRC32C", "SHA256", "SHA1", "CRC64NVME"):
+            raise ConfigError(
+                f"MVAULT_S3_CHECKSUM={checksum!r} is not an S3 checksum; use CRC32, CRC32C or SHA256"
+            )
         return cls(
             home=home,
             registry_url=env.get("MVAULT_REGISTRY") or f"sqlite:///{home / 'registry.db'}",
@@ -129,6 +136,7 @@ class Settings:
             user=env.get("MVAULT_USER") or _login(),
             s3_part_size=part_size,
             s3_concurrency=concurrency,
+            s3_checksum=checksum,
             gc_grace_seconds=grace,
             debug=_flag("MVAULT_DEBUG"),
             no_progress=_flag("MVAULT_NO_PROGRESS"),

@@ -89,7 +89,8 @@ class BlobStoreConformance:
             store.put_file(d, src, progress=CallbackProgress(lambda a, b, _: seen.append((a, b))))
             is True
         )
-        assert seen[0] == (0, self.big) and seen[-1] == (self.big, self.big)
+        assert seen[0] == (0, self.big)
+        assert seen[-1] == (self.big, self.big)
         out = tmp_path / "out" / "blob.bin"
         out.parent.mkdir()
         got: list[tuple[int, int]] = []
@@ -127,7 +128,9 @@ class BlobStoreConformance:
         assert store.read_range(d, 0, len(data)) == data
         empty = digest_bytes(b"")
         assert store.put_bytes(empty, b"") is True
-        assert store.stat(empty) is not None and store.stat(empty).size == 0  # type: ignore[union-attr]
+        info = store.stat(empty)
+        assert info is not None
+        assert info.size == 0
         assert store.read_range(empty, 0, 0) == b""
         out = tmp_path / "empty"
         store.get_file(empty, out)
@@ -213,7 +216,8 @@ class BlobStoreConformance:
         for t in threads:
             t.join()
         assert errors == []
-        assert len(results) == 4 and any(results)
+        assert len(results) == 4
+        assert any(results)
         assert store.read_range(d, 0, len(data)) == data
         assert [b.digest for b in store.list()] == [d]
 

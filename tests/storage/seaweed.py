@@ -13,6 +13,7 @@ test what a lost server does to an upload.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SeaweedS3", "SeaweedError", "find_weed"]
+__all__ = ["SeaweedError", "SeaweedS3", "find_weed"]
 
 ACCESS_KEY = "mvault-test-access"
 SECRET_KEY = "mvault-test-secret-key"
@@ -209,6 +210,14 @@ class SeaweedS3:
         except client.exceptions.BucketAlreadyExists:
             pass
 
+    def vacuum(self) -> None:
+        """Reclaim the space of deleted objects now (benchmarks keep the server state steady)."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.ports['master']}/vol/vacuum?garbageThreshold=0.0001"
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            resp.read()
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = (self.workdir / "weed.log").read_text(errors="replace")
@@ -227,10 +236,8 @@ class SeaweedS3:
     def _stop(self, sig: int) -> None:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 proc.wait(timeout=3)
             except subprocess.TimeoutExpired:

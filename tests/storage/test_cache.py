@@ -70,7 +70,8 @@ def test_corrupt_remote_is_refused_and_cache_untouched(tmp_path: Path) -> None:
     cache = BlobCache(tmp_path / "c", 1 << 20)
     with pytest.raises(IntegrityError) as err:
         cache.fetch(remote, d)
-    assert d in str(err.value) and str(path) in str(err.value)
+    assert d in str(err.value)
+    assert str(path) in str(err.value)
     assert cache.ls() == []
     files = [p for p in (tmp_path / "c").rglob("*") if p.is_file() and p.suffix != ".lock"]
     assert files == []
@@ -125,7 +126,8 @@ def test_locked_blob_is_never_evicted(tmp_path: Path) -> None:
         assert cache.evict(0) == 1000
         assert [x.digest for x in cache.ls()] == [a[0]]
     assert cache.clear() == 1000
-    assert cache.ls() == [] and cache.size() == 0
+    assert cache.ls() == []
+    assert cache.size() == 0
 
 
 def test_concurrent_fetches_download_once(tmp_path: Path) -> None:
@@ -146,7 +148,8 @@ def test_concurrent_fetches_download_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert remote.downloads == 1
-    assert len(set(paths)) == 1 and paths[0].read_bytes() == data
+    assert len(set(paths)) == 1
+    assert paths[0].read_bytes() == data
 
 
 def test_stale_temp_files_are_swept(tmp_path: Path) -> None:
@@ -161,7 +164,8 @@ def test_stale_temp_files_are_swept(tmp_path: Path) -> None:
     fresh = p.parent / ".inflight.part"
     fresh.write_bytes(b"x")
     assert [b.digest for b in cache.ls()] == [d]
-    assert not stale.exists() and fresh.exists()
+    assert not stale.exists()
+    assert fresh.exists()
 
 
 @pytest.mark.parametrize("bound", [-1, 1.5, "10"])
@@ -191,7 +195,8 @@ def test_cached_store_serves_reads_from_cache(tmp_path: Path) -> None:
     d, data = blob(3000)
     store.put_bytes(d, data)
     p = store.local_path(d)
-    assert p is not None and p.read_bytes() == data
+    assert p is not None
+    assert p.read_bytes() == data
     store.get_file(d, tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == data
     assert store.read_range(d, 10, 5) == data[10:15]

@@ -54,7 +54,8 @@ def test_local_put_fills_disk(small_disk: Path, tmp_path: Path) -> None:
     with pytest.raises(StorageFullError, match="no space left") as err:
         store.put_file(d, src)
     assert str(small_disk) in str(err.value)
-    assert err.value.hint and "free some space" in err.value.hint
+    assert err.value.hint
+    assert "free some space" in err.value.hint
     assert files_under(small_disk) == []
     assert not store.exists(d)
     small_d, small_data = blob(1000)  # the store still works once there is room

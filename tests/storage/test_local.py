@@ -12,3 +12,47 @@ class TestLocalStore(BlobStoreConformance):
     @pytest.fixture
     def store(self, tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
         return LocalStore(tmp_path_factory.mktemp("store"))
+
+
+def _put_in_child(args: tuple[str, str, bytes]) -> bool:
+    root, digest, data = args
+    return LocalStore(root).put_bytes(digest, data)
+
+
+def test_processes_writing_one_blob(tmp_path: Path) -> None:
+    """Several processes publish the same blob: one wins, all succeed, no temp files remain."""
+    import multiprocessing
+
+    from tests.storage.conformance import blob
+
+    d, data = blob(8 << 20)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        results = pool.map(_put_in_child, [(str(tmp_path / "s"), d, data)] * 8)
+    assert results.count(True) == 1
+    store = LocalStore(tmp_path / "s")
+    assert store.read_range(d, 0, len(data)) == data
+    assert list((tmp_path / "s" / "tmp").iterdir()) == []
+    path = store.local_path(d)
+    assert path is not None
+    assert oct(path.stat().st_mode & 0o777) == "0o444"
+
+
+def test_url_forms(tmp_path: Path) -> None:
+    assert LocalStore.from_url(f"file://{tmp_path}").root == tmp_path
+    assert LocalStore.from_url(f"file://localhost{tmp_path}").root == tmp_path
+    assert LocalStore.from_url("file:///a%20b/c").root == Path("/a b/c")
+    store = LocalStore(tmp_path)
+    assert list(store.list()) == []  # nothing written yet: empty, not an error
+
+
+def test_stray_files_are_not_listed(tmp_path: Path) -> None:
+    from tests.storage.conformance import blob
+
+    store = LocalStore(tmp_path)
+    d, data = blob(10)
+    store.put_bytes(d, data)
+    sub = tmp_path / "blobs" / "blake3" / d[7:9]
+    (sub / "notes.txt").write_text("x")
+    (sub / ("f" * 64)).write_text("wrong directory for this name")
+    (tmp_path / "blobs" / "blake3" / "README").write_text("x")
+    assert [b.digest for b in store.list()] == [d]

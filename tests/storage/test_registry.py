@@ -27,9 +27,11 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_open_local(tmp_path: Path) -> None:
     a = open_store(f"file://{tmp_path}/s")
-    assert isinstance(a, LocalStore) and a.root == tmp_path / "s"
+    assert isinstance(a, LocalStore)
+    assert a.root == tmp_path / "s"
     b = open_store(str(tmp_path / "plain"))
-    assert isinstance(b, LocalStore) and b.url == f"file://{tmp_path / 'plain'}"
+    assert isinstance(b, LocalStore)
+    assert b.url == f"file://{tmp_path / 'plain'}"
 
 
 def test_open_memory() -> None:
@@ -103,7 +105,8 @@ def test_entry_point_store(tmp_path: Path) -> None:
     sys.path.insert(0, str(tmp_path))
     try:
         store = open_store("tp://somewhere")
-        assert type(store).__name__ == "ThirdParty" and store.url == "tp://somewhere"
+        assert type(store).__name__ == "ThirdParty"
+        assert store.url == "tp://somewhere"
         with pytest.raises(PluginNotFoundError, match="tp"):
             open_store("nope://x")
     finally:
@@ -116,5 +119,6 @@ def test_open_s3(s3_env: object) -> None:
     from modelvault.storage.s3 import S3Store
 
     store = open_store("s3://mvault-tests/reg")
-    assert isinstance(store, S3Store) and store.prefix == "reg/"
+    assert isinstance(store, S3Store)
+    assert store.prefix == "reg/"
     store.close()

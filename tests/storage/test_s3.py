@@ -21,7 +21,6 @@ class TestS3Store(BlobStoreConformance):
 # ---- S3 specifics -----------------------------------------------------------
 
 import io  # noqa: E402
-import os  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -37,8 +36,8 @@ from modelvault.errors import (  # noqa: E402
     StoreUnavailableError,
 )
 from modelvault.storage import BlobCache, CallbackProgress  # noqa: E402
-from tests.storage.conftest import BUCKET  # noqa: E402
 from tests.storage.conformance import blob  # noqa: E402
+from tests.storage.conftest import BUCKET  # noqa: E402
 from tests.storage.seaweed import SeaweedS3  # noqa: E402
 
 
@@ -61,16 +60,61 @@ def count_calls(store: S3Store) -> dict[str, int]:
     return counts
 
 
-def test_layout_and_checksum(make_s3_store: Callable[..., Any], seaweed: SeaweedS3) -> None:
+@pytest.mark.parametrize(
+    ("checksum", "size"), [("CRC32", 12 << 20), ("SHA256", 12 << 20), ("SHA256", 1000)]
+)
+def test_layout_and_checksum(
+    make_s3_store: Callable[..., Any],
+    seaweed: SeaweedS3,
+    monkeypatch: pytest.MonkeyPatch,
+    checksum: str,
+    size: int,
+) -> None:
+    import modelvault.config
+
+    monkeypatch.setenv("MVAULT_S3_CHECKSUM", checksum)
+    modelvault.config.reload()
     store: S3Store = make_s3_store()
-    d, data = blob(store.big if hasattr(store, "big") else 12 << 20)
+    assert store.checksum == checksum
+    d, data = blob(size)
     store.put_bytes(d, data)
     algo, hexpart = d.split(":")
     key = f"{store.prefix}blobs/{algo}/{hexpart[:2]}/{hexpart}"
     assert store.key(d) == key
     head = seaweed.client().head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
     assert head["ContentLength"] == len(data)
-    assert head.get("ChecksumSHA256")  # the server checked and kept the part checksums
+    assert head.get(f"Checksum{checksum}")  # the server checked and kept the checksums
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("MVAULT_S3_CHECKSUM", "MD5", "not an S3 checksum"),
+        ("MVAULT_S3_PART_SIZE", "1MiB", "outside what S3 accepts"),
+        ("MVAULT_S3_PART_SIZE", "lots", "not a size"),
+        ("MVAULT_S3_CONCURRENCY", "0", "between 1 and 256"),
+        ("MVAULT_S3_CONCURRENCY", "eight", "not a whole number"),
+    ],
+)
+def test_bad_settings(monkeypatch: pytest.MonkeyPatch, name: str, value: str, match: str) -> None:
+    import modelvault.config
+    from modelvault.errors import ConfigError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=match):
+        modelvault.config.reload()
+    monkeypatch.delenv(name)
+
+
+def test_settings_reach_the_store(s3_env: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelvault.config
+
+    monkeypatch.setenv("MVAULT_S3_PART_SIZE", "16MiB")
+    monkeypatch.setenv("MVAULT_S3_CONCURRENCY", "3")
+    modelvault.config.reload()
+    store = S3Store(BUCKET, "settings")
+    assert (store.part_size, store.concurrency, store.checksum) == (16 << 20, 3, "CRC32")
+    store.close()
 
 
 def test_server_rejects_a_bad_part_checksum(seaweed: SeaweedS3) -> None:
@@ -256,9 +300,12 @@ def test_overwritten_blob_is_refused_by_pull(
     with pytest.raises(IntegrityError) as err:
         cache.fetch(store, d)
     msg = str(err.value)
-    assert d in msg and f"s3://{BUCKET}/{store.key(d)}" in msg
-    assert err.value.expected == d and err.value.actual != d
-    assert cache.ls() == [] and cache.size() == 0
+    assert d in msg
+    assert f"s3://{BUCKET}/{store.key(d)}" in msg
+    assert err.value.expected == d
+    assert err.value.actual != d
+    assert cache.ls() == []
+    assert cache.size() == 0
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix != ".lock"]
     assert leftovers == []
     dest = tmp_path / "direct.bin"
@@ -290,7 +337,8 @@ def test_warm_cache_pull_reads_nothing_from_s3(
     cache = BlobCache(tmp_path / "cache", 1 << 30)
     counts = count_calls(store)
     path = cache.fetch(store, d)
-    assert counts.get("GetObject", 0) == 1 and path.read_bytes() == data
+    assert counts.get("GetObject", 0) == 2  # two ranged GETs of 5 MiB parts
+    assert path.read_bytes() == data
     counts.clear()
     assert cache.fetch(store, d) == path
     assert counts == {}

@@ -7,7 +7,7 @@ S3 back end (and boto3) is imported only when an ``s3://`` URL is opened.
 from __future__ import annotations
 
 from .base import BlobInfo, BlobStore, CallbackProgress, NullProgress, Progress
-from .cache import BlobCache, CachedStore
+from .cache import BlobCache, CachedStore, default_cache
 from .registry import open_store
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "CallbackProgress",
     "NullProgress",
     "Progress",
+    "default_cache",
     "open_store",
 ]

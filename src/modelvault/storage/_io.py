@@ -3,19 +3,56 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BlobNotFoundError, IntegrityError, StorageError
-from ..formats.digest import CHUNK, new_hasher, parse_digest
+from ..formats.digest import CHUNK, damaged, new_hasher, parse_digest
 from .base import Progress, fsync_dir, os_error, temp_path_for
 
 if TYPE_CHECKING:
     from .base import BlobStore
 
-__all__ = ["check_digest", "download_sequential", "remove_quietly", "write_temp_verified"]
+__all__ = [
+    "check_digest",
+    "download_sequential",
+    "hash_range",
+    "pread_parts",
+    "rechunk",
+    "remove_quietly",
+    "reserve_space",
+    "start_writeback",
+    "write_temp_verified",
+]
+
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_STEP = 32 * 1024 * 1024
+_libc: Any = None
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range to disk now, without waiting.
+
+    The final fsync of a large download then waits for little more than the
+    last part instead of the whole file, so durability costs almost no wall
+    time. Linux only (``sync_file_range``); elsewhere it does nothing.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL(None, use_errno=True)
+            fn = lib.sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+            _libc = fn
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def remove_quietly(path: Path) -> None:
@@ -35,13 +72,7 @@ def check_digest(expected: str, actual: str, got: int, size: int, where: str) ->
             hint="the transfer was cut short or the stored copy is damaged; try again",
         )
     if actual != expected:
-        raise IntegrityError(
-            f"blob {expected} from {where} is damaged: its bytes hash to {actual}",
-            expected=expected,
-            actual=actual,
-            where=where,
-            hint="the stored copy is corrupt or was tampered with; restore it from a good copy",
-        )
+        raise damaged(expected, actual, where)
 
 
 def write_temp_verified(
@@ -65,7 +96,7 @@ def write_temp_verified(
     algo, _ = parse_digest(digest)
     tmp = temp or temp_path_for(dest)
     hasher = new_hasher(algo) if verify else None
-    got = 0
+    got = flushed = 0
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -82,6 +113,9 @@ def write_temp_verified(
                     got += n
                     if progress is not None:
                         progress.advance(n)
+                if got - flushed >= _WRITEBACK_STEP:
+                    start_writeback(fd, flushed, got - flushed)
+                    flushed = got
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -139,3 +173,49 @@ def download_sequential(
     finally:
         if progress is not None:
             progress.finish()
+
+
+def reserve_space(fd: int, size: int) -> None:
+    """Reserve the space up front: a full disk fails before any byte is downloaded."""
+    if size == 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            os.ftruncate(fd, size)  # no preallocation here; ENOSPC will surface on write
+        else:
+            raise
+
+
+def hash_range(fd: int, offset: int, length: int, hasher: Any, buf: bytearray) -> None:
+    """Feed ``length`` bytes of the file from ``offset`` to ``hasher`` through one reused buffer."""
+    view = memoryview(buf)
+    pos, end = offset, offset + length
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(view), end - pos)]], pos)
+        if n <= 0:
+            raise StorageError(f"could not read back the downloaded bytes at offset {pos}")
+        hasher.update(view[:n])
+        pos += n
+
+
+def pread_parts(fd: int, offset: int, size: int, part_size: int) -> Iterator[bytes]:
+    pos, end = offset, offset + size
+    while pos < end:
+        data = os.pread(fd, min(part_size, end - pos), pos)
+        if not data:
+            return
+        pos += len(data)
+        yield data
+
+
+def rechunk(chunks: Iterable[bytes | bytearray | memoryview], part_size: int) -> Iterator[bytes]:
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) >= part_size:
+            yield bytes(buf[:part_size])
+            del buf[:part_size]
+    if buf:
+        yield bytes(buf)

@@ -33,7 +33,7 @@ from ..formats.digest import ALGORITHMS, parse_digest
 from ._io import remove_quietly, write_temp_verified
 from .base import BlobInfo, BlobStore, Progress, blob_relpath, fsync_dir, os_error
 
-__all__ = ["BlobCache", "CachedStore"]
+__all__ = ["BlobCache", "CachedStore", "default_cache"]
 
 # A temporary download older than this belongs to a process that died.
 _STALE_TEMP_SECONDS = 3600
@@ -216,6 +216,14 @@ class BlobCache:
         """Drop one blob from the cache (after it was deleted from the store)."""
         with self._locked(digest):
             remove_quietly(self.path_for(digest))
+
+
+def default_cache() -> BlobCache:
+    """The cache configured by ``MVAULT_CACHE_DIR`` and ``MVAULT_CACHE_SIZE``."""
+    from ..config import settings
+
+    cfg = settings()
+    return BlobCache(cfg.cache_dir, cfg.cache_size)
 
 
 class CachedStore(BlobStore):

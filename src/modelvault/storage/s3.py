@@ -10,15 +10,20 @@ Upload: the source is read part by part on the calling thread, hashed in
 order, and each part is handed to a pool of uploaders; the multipart upload is
 completed only when the whole digest matches, and aborted on any failure, so a
 half-written or wrong object never becomes visible. Each part also carries an
-S3 integrity checksum the server verifies (``SHA256`` by default; SeaweedFS
-accepts SHA256 and CRC32, CRC32C needs ``botocore[crt]``).
+S3 integrity checksum the server verifies before accepting it
+(``MVAULT_S3_CHECKSUM``: ``CRC32`` by default, as boto3 itself sends;
+``SHA256`` costs a second SHA-256 pass over every byte, about 0.5 s of CPU
+per GiB, and ``CRC32C`` needs ``botocore[crt]``). SeaweedFS verifies both
+CRC32 and SHA256 and answers BadDigest on a mismatch. End to end, the blob
+digest checked on upload and on download is what guarantees the bytes.
 
 Download: parallel ranged GETs pinned to the object's ETag (an object
 replaced mid-download fails instead of mixing two versions), written with
 ``os.pwrite`` into a temporary file next to the destination, hashed in order
 as parts arrive, renamed into place only after the digest matches.
 
-This is the only module that imports boto3.
+This module (and _s3_errors, which only it imports) is the only one that
+imports boto3 or botocore.
 """
 
 from __future__ import annotations
@@ -44,11 +49,18 @@ from ..errors import (
     InvalidArgumentError,
     StorageError,
     StoreAccessError,
-    StoreNotFoundError,
-    StoreUnavailableError,
 )
 from ..formats.digest import new_hasher, parse_digest
-from ._io import check_digest, remove_quietly
+from ._io import (
+    check_digest,
+    hash_range,
+    pread_parts,
+    rechunk,
+    remove_quietly,
+    reserve_space,
+    start_writeback,
+)
+from ._s3_errors import MISSING_KEY_CODES, translate
 from .base import (
     BlobInfo,
     BlobStore,
@@ -66,23 +78,22 @@ __all__ = ["S3Store"]
 T = TypeVar("T")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
-_ACCESS_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "Forbidden",
-    "403",
-}
-_MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
-#: Ranged GETs of this size keep memory bounded (window x size) while each
-#: request stays large enough that per-request overhead does not matter.
-DOWNLOAD_PART = 32 * 1024 * 1024
+S3_CHECKSUMS = ("CRC32", "SHA256", "CRC32C", "SHA1", "CRC64NVME")
+#: Downloads move through memory in pieces of this size (read, write, hash).
+_STREAM_CHUNK = 1024 * 1024
+_WRITEBACK_STEP = 8 * 1024 * 1024
 
 
 class S3Store(BlobStore):
     """Content-addressed blobs in an S3 bucket.
+
+    ``part_size``, ``concurrency`` and ``checksum`` default to the
+    ``MVAULT_S3_*`` settings. ``max_attempts`` counts every try of one request
+    (botocore "standard" retries: 5xx, throttling and connection errors, with
+    jittered exponential backoff); with the 5 s connect timeout it bounds how
+    long a dead endpoint can hold a caller. ``client_options`` go to
+    ``boto3.client`` (``endpoint_url``, keys) for callers that do not use the
+    environment.
 
     >>> store = S3Store.from_url("s3://team-models/vault")  # doctest: +SKIP
     """
@@ -94,10 +105,10 @@ class S3Store(BlobStore):
         *,
         part_size: int | None = None,
         concurrency: int | None = None,
-        checksum: str = "SHA256",
+        checksum: str | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
-        max_attempts: int = 3,
+        max_attempts: int = 4,
         client_options: dict[str, Any] | None = None,
     ) -> None:
         if not _BUCKET_RE.match(bucket) or ".." in bucket:
@@ -116,8 +127,11 @@ class S3Store(BlobStore):
         self.concurrency = concurrency or cfg.s3_concurrency
         if self.part_size < 5 * 1024 * 1024:
             raise InvalidArgumentError("S3 part size must be at least 5MiB")
-        if checksum not in ("SHA256", "CRC32", "CRC32C", "SHA1", "CRC64NVME"):
-            raise InvalidArgumentError(f"unknown S3 checksum algorithm {checksum!r}")
+        checksum = checksum or cfg.s3_checksum
+        if checksum not in S3_CHECKSUMS:
+            raise InvalidArgumentError(
+                f"unknown S3 checksum algorithm {checksum!r}; use one of {', '.join(S3_CHECKSUMS)}"
+            )
         self.checksum = checksum
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._bucket_checked = False
@@ -129,7 +143,7 @@ class S3Store(BlobStore):
             config = Config(
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
-                retries={"mode": "standard", "max_attempts": max_attempts},
+                retries={"mode": "standard", "total_max_attempts": max_attempts},
                 max_pool_connections=max(10, 2 * self.concurrency + 2),
                 s3={"addressing_style": addressing},
                 tcp_keepalive=True,
@@ -182,47 +196,9 @@ class S3Store(BlobStore):
 
     def _translate(self, exc: Exception, doing: str, digest: str | None = None) -> Exception:
         """A botocore error as the most specific modelvault error."""
-        at = f"{self.url} (endpoint {self.endpoint})"
-        if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError)):
-            return StoreAccessError(
-                f"no usable AWS credentials for {at}: {exc}",
-                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
-            )
-        if isinstance(exc, (bexc.ConnectionError, bexc.HTTPClientError)):
-            return StoreUnavailableError(
-                f"S3 endpoint {self.endpoint} does not answer while {doing} ({exc})",
-                hint="check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and that the server is running",
-            )
-        if isinstance(exc, bexc.ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            msg = str(err.get("Message", "")) or code
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            if code in _ACCESS_CODES or status == 403:
-                return StoreAccessError(
-                    f"S3 refused access to {at} while {doing}: {code}: {msg}",
-                    hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket policy",
-                )
-            if code == "NoSuchBucket":
-                return StoreNotFoundError(
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint}",
-                    hint="create the bucket or fix the store URL",
-                )
-            if code in _MISSING_KEY_CODES or status == 404:
-                if digest is not None:
-                    return BlobNotFoundError(digest, self.url)
-                return StoreNotFoundError(f"{at}: {code}: {msg}")
-            if code == "InvalidRange" or status == 416:
-                return InvalidArgumentError(f"range is past the end of the blob in {at}")
-            if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-                return StoreUnavailableError(
-                    f"S3 at {self.endpoint} kept failing while {doing}: {code}: {msg}",
-                    hint="the server is overloaded or failing; try again later",
-                )
-            return StorageError(f"S3 error while {doing} in {at}: {code}: {msg}")
-        if isinstance(exc, bexc.BotoCoreError):
-            return StorageError(f"S3 client error while {doing} in {at}: {exc}")
-        return exc
+        return translate(
+            exc, doing, digest, bucket=self.bucket, url=self.url, endpoint=self.endpoint
+        )
 
     def _call(self, doing: str, digest: str | None, fn: Callable[..., T], **kwargs: Any) -> T:
         try:
@@ -250,7 +226,7 @@ class S3Store(BlobStore):
             head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
         except bexc.ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 404 or exc.response.get("Error", {}).get("Code") in _MISSING_KEY_CODES:
+            if status == 404 or exc.response.get("Error", {}).get("Code") in MISSING_KEY_CODES:
                 self._check_bucket()
                 return None
             raise self._translate(exc, "looking up a blob", digest) from exc
@@ -279,7 +255,7 @@ class S3Store(BlobStore):
         check_range(0, size)
         if self._head(digest) is not None:
             return False
-        return self._upload(digest, _rechunk(chunks, self.part_size), size, progress)
+        return self._upload(digest, rechunk(chunks, self.part_size), size, progress)
 
     def put_file(
         self,
@@ -301,7 +277,7 @@ class S3Store(BlobStore):
             raise os_error(exc, str(p), "reading") from exc
         try:
             return self._upload(
-                digest, _pread_parts(fd, offset, size, self.part_size), size, progress
+                digest, pread_parts(fd, offset, size, self.part_size), size, progress
             )
         finally:
             os.close(fd)
@@ -465,58 +441,64 @@ class S3Store(BlobStore):
         key = self.key(digest)
         where = self.where(digest)
         tmp = temp_path_for(dest_path)
-        hasher = new_hasher(algo) if verify else None
         if progress is not None:
             progress.start(size, digest)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             if progress is not None:
                 progress.finish()
             raise os_error(exc, str(dest_path), "writing") from exc
-        pending: deque[Future[bytes]] = deque()
+        pending: list[Future[None]] = []
         try:
-            _reserve(fd, size)
+            reserve_space(fd, size)
 
-            def fetch(offset: int, length: int) -> bytes:
+            def fetch(offset: int, length: int) -> None:
+                # Stream the range straight into place in small pieces: no
+                # part-sized buffers to allocate and copy, which costs more
+                # than the network on a loaded machine.
                 resp = self.client.get_object(
                     Bucket=self.bucket,
                     Key=key,
                     Range=f"bytes={offset}-{offset + length - 1}",
                     IfMatch=etag,
                 )
-                data: bytes = resp["Body"].read()
-                if len(data) != length:
+                body = resp["Body"]
+                pos, end = offset, offset + length
+                flushed = pos
+                while pos < end:
+                    data = body.read(min(_STREAM_CHUNK, end - pos))
+                    if not data:
+                        break
+                    view = memoryview(data)
+                    while view:
+                        n = os.pwrite(fd, view, pos)
+                        view = view[n:]
+                        pos += n
+                    if pos - flushed >= _WRITEBACK_STEP:
+                        # Keep the disk busy while the network is: the final
+                        # fsync then waits for the last pieces only.
+                        start_writeback(fd, flushed, pos - flushed)
+                        flushed = pos
+                    if progress is not None:
+                        progress.advance(len(data))
+                start_writeback(fd, flushed, pos - flushed)
+                if pos != end:
                     raise StorageError(
-                        f"S3 returned {len(data)} bytes for a {length}-byte range of {where}"
+                        f"S3 returned {pos - offset} bytes for a {length}-byte range of {where}"
                     )
-                view = memoryview(data)
-                pos = offset
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    view = view[n:]
-                    pos += n
-                if progress is not None:
-                    progress.advance(length)
-                return data
 
             pool = self._executor()
-            ranges = iter(
-                [(o, min(DOWNLOAD_PART, size - o)) for o in range(0, size, DOWNLOAD_PART)]
-            )
-            window = self.concurrency + 2
-            for rng in ranges:
-                pending.append(pool.submit(fetch, *rng))
-                if len(pending) >= window:
-                    break
-            while pending:
-                data = pending.popleft().result()
+            step = self.part_size
+            ranges = [(o, min(step, size - o)) for o in range(0, size, step)]
+            pending = [pool.submit(fetch, o, n) for o, n in ranges]
+            # Hash in order as parts land, reading them back from the page cache.
+            hasher = new_hasher(algo) if verify else None
+            buf = bytearray(min(_STREAM_CHUNK * 8, max(size, 1)))
+            for (offset, length), fut in zip(ranges, pending):
+                fut.result()
                 if hasher is not None:
-                    hasher.update(data)
-                del data
-                nxt = next(ranges, None)
-                if nxt is not None:
-                    pending.append(pool.submit(fetch, *nxt))
+                    hash_range(fd, offset, length, hasher, buf)
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -610,39 +592,3 @@ def _utc(value: Any) -> datetime:
             value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
         )
     return datetime.now(timezone.utc)
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Reserve the space up front: a full disk fails before any byte is downloaded."""
-    if size == 0:
-        return
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        import errno
-
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            os.ftruncate(fd, size)  # no preallocation here; ENOSPC will surface on write
-        else:
-            raise
-
-
-def _pread_parts(fd: int, offset: int, size: int, part_size: int) -> Iterator[bytes]:
-    pos, end = offset, offset + size
-    while pos < end:
-        data = os.pread(fd, min(part_size, end - pos), pos)
-        if not data:
-            return
-        pos += len(data)
-        yield data
-
-
-def _rechunk(chunks: Iterable[bytes | bytearray | memoryview], part_size: int) -> Iterator[bytes]:
-    buf = bytearray()
-    for chunk in chunks:
-        buf += chunk
-        while len(buf) >= part_size:
-            yield bytes(buf[:part_size])
-            del buf[:part_size]
-    if buf:
-        yield bytes(buf)
