@@ -186,6 +186,7 @@ def main() -> None:
         results["save_torch_export"] = timed(
             lambda: torch.export.save(ep, str(fresh(pt2))), "cpu", args.runs
         )
+
         def torch_save_durable() -> None:
             # The same durability as modelvault's writer, which fsyncs before it returns.
             torch.export.save(ep, str(fresh(pt2)))
