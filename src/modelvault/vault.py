@@ -571,25 +571,26 @@ class Vault:
         grace = settings().gc_grace_seconds if grace_seconds is None else grace_seconds
         cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=grace)
         referenced = self.registry.referenced_digests()
-        removed, kept_young, freed = [], 0, 0
+        candidates, kept_young = [], 0
         for info in self.store.list():
             if info.digest in referenced:
                 continue
-            modified = (
-                info.modified
-                if info.modified.tzinfo
-                else info.modified.replace(tzinfo=dt.timezone.utc)
-            )
+            modified = info.modified
+            if modified.tzinfo is None:
+                modified = modified.replace(tzinfo=dt.timezone.utc)
             if modified > cutoff:
                 kept_young += 1
-                continue
-            if not dry_run:
-                # Re-check right before deleting: a push may have registered it meanwhile.
-                if info.digest in self.registry.referenced_digests():
-                    continue
+            else:
+                candidates.append(info)
+        if not dry_run and candidates:
+            # Read the references once more right before deleting: a push that
+            # started before the listing may have registered its version since.
+            referenced = self.registry.referenced_digests()
+            candidates = [c for c in candidates if c.digest not in referenced]
+            for info in candidates:
                 self.store.delete(info.digest)
-            removed.append(info.digest)
-            freed += info.size
+        removed = [c.digest for c in candidates]
+        freed = sum(c.size for c in candidates)
         if not dry_run and removed:
             self.registry.forget_blobs(removed)
         return {
