@@ -520,85 +520,15 @@ class Vault:
 
         Returns ``{"checked": n, "bytes": b, "missing": [...], "damaged": [...]}``.
         """
-        import tempfile
+        from .maintenance import verify
 
-        from .errors import IntegrityError
-        from .formats.digest import digest_file
-
-        if spec is not None:
-            variants = self.resolve(spec).variants
-            digests: dict[str, int] = {}
-            for v in variants:
-                for blob in v.blobs:
-                    digests[blob.digest] = blob.size
-        else:
-            digests = dict.fromkeys(self.registry.referenced_digests(), 0)
-        report: dict[str, Any] = {"checked": 0, "bytes": 0, "missing": [], "damaged": []}
-        store = self.store
-        for digest in sorted(digests):
-            info = store.stat(digest)
-            if info is None:
-                report["missing"].append(digest)
-                continue
-            local = store.local_path(digest)
-            try:
-                if local is not None:
-                    actual = digest_file(local, digest.split(":", 1)[0])
-                    if actual != digest:
-                        raise IntegrityError("damaged", expected=digest, actual=actual)
-                else:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        store.get_file(digest, Path(tmp) / "blob", progress=progress, verify=True)
-            except IntegrityError as exc:
-                report["damaged"].append(
-                    {"digest": digest, "actual": exc.actual, "where": store.url}
-                )
-                continue
-            report["checked"] += 1
-            report["bytes"] += info.size
-        return report
+        return verify(self, spec, progress=progress)
 
     def gc(self, *, grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
-        """Delete store blobs no variant references, once older than the grace period.
+        """Delete store blobs no variant references, once older than the grace period."""
+        from .maintenance import gc
 
-        The grace period protects pushes in flight: their blobs are written before
-        the version is registered, so they look unreferenced for a moment.
-        """
-        import datetime as dt
-
-        from .config import settings
-
-        grace = settings().gc_grace_seconds if grace_seconds is None else grace_seconds
-        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=grace)
-        referenced = self.registry.referenced_digests()
-        candidates, kept_young = [], 0
-        for info in self.store.list():
-            if info.digest in referenced:
-                continue
-            modified = info.modified
-            if modified.tzinfo is None:
-                modified = modified.replace(tzinfo=dt.timezone.utc)
-            if modified > cutoff:
-                kept_young += 1
-            else:
-                candidates.append(info)
-        if not dry_run and candidates:
-            # Read the references once more right before deleting: a push that
-            # started before the listing may have registered its version since.
-            referenced = self.registry.referenced_digests()
-            candidates = [c for c in candidates if c.digest not in referenced]
-            for info in candidates:
-                self.store.delete(info.digest)
-        removed = [c.digest for c in candidates]
-        freed = sum(c.size for c in candidates)
-        if not dry_run and removed:
-            self.registry.forget_blobs(removed)
-        return {
-            "removed": removed,
-            "bytes": freed,
-            "kept_within_grace": kept_young,
-            "dry_run": dry_run,
-        }
+        return gc(self, grace_seconds=grace_seconds, dry_run=dry_run)
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
