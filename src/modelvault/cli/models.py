@@ -184,8 +184,8 @@ def run_ls(args: argparse.Namespace) -> int:
 
         def human(rs: list[dict[str, Any]]) -> None:
             print_table(
-                [(r["name"], r.get("latest") or "", r.get("versions", "")) for r in rs],
-                ["MODEL", "LATEST", "VERSIONS"],
+                [(r["name"], r["latest"] or "", r["versions"], _aliases(r["aliases"])) for r in rs],
+                ["MODEL", "LATEST", "VERSIONS", "ALIASES"],
             )
 
     emit(rows, as_json=args.json, human=human)
@@ -207,13 +207,19 @@ def _version_row(x: Any) -> dict[str, Any]:
     }
 
 
+def _aliases(aliases: dict[str, str]) -> str:
+    return ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items()))
+
+
 def _model_row(x: Any) -> dict[str, Any]:
-    row = {"name": _get(x, "name")}
-    for key in ("latest", "versions", "description", "created_at"):
-        val = _get(x, key)
-        if val is not None:
-            row[key] = val if isinstance(val, (int, str)) else str(val)
-    return row
+    return {
+        "name": _get(x, "name"),
+        "latest": _get(x, "latest"),
+        "versions": _get(x, "version_count", 0),
+        "aliases": dict(_get(x, "aliases", {}) or {}),
+        "description": _get(x, "description"),
+        "created_at": str(_get(x, "created_at", "")),
+    }
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -236,7 +242,9 @@ def run_show(args: argparse.Namespace) -> int:
             )
             req = var.get("requirements") or {}
             if req:
-                w("      requires " + ", ".join(f"{k}={v}" for k, v in req.items()) + "\n")
+                from ..targets import describe_requirements
+
+                w(f"      runs on  {describe_requirements(req)}\n")
 
     emit(info, as_json=args.json, human=human)
     return 0
