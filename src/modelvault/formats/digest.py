@@ -63,8 +63,8 @@ class Hasher(Protocol):
 class _Blake3:
     algorithm = "blake3"
 
-    def __init__(self) -> None:
-        self._h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    def __init__(self, threads: int | None = None) -> None:
+        self._h = blake3.blake3(max_threads=blake3.blake3.AUTO if threads is None else threads)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self._h.update(data)
@@ -79,8 +79,8 @@ class _Blake3:
 class _Sha256:
     algorithm = "sha256"
 
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
+    def __init__(self, threads: int | None = None) -> None:
+        self._h = hashlib.sha256()  # sequential by design; ``threads`` does not apply
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self._h.update(data)
@@ -92,13 +92,18 @@ class _Sha256:
         return f"sha256:{self.hexdigest()}"
 
 
-_FACTORIES: dict[str, Callable[[], Hasher]] = {"blake3": _Blake3, "sha256": _Sha256}
+_FACTORIES: dict[str, Callable[[int | None], Hasher]] = {"blake3": _Blake3, "sha256": _Sha256}
 
 
-def new_hasher(algorithm: str = DEFAULT_ALGORITHM) -> Hasher:
-    """A running hash for ``algorithm`` (``blake3`` or ``sha256``)."""
+def new_hasher(algorithm: str = DEFAULT_ALGORITHM, *, threads: int | None = None) -> Hasher:
+    """A running hash for ``algorithm`` (``blake3`` or ``sha256``).
+
+    ``threads=None`` lets BLAKE3 use every core for each large update; a caller
+    that overlaps hashing with its own I/O passes ``threads=1`` so the hash does
+    not take the core the I/O runs on.
+    """
     try:
-        return _FACTORIES[algorithm]()
+        return _FACTORIES[algorithm](threads)
     except KeyError:
         raise UnsupportedDigestError(
             f"digest algorithm {algorithm!r} is not supported (known: {', '.join(ALGORITHMS)})",
