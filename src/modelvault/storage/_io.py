@@ -219,3 +219,46 @@ def rechunk(chunks: Iterable[bytes | bytearray | memoryview], part_size: int) ->
             del buf[:part_size]
     if buf:
         yield bytes(buf)
+
+
+def copy_file_verified(
+    src: Path,
+    dest_path: Path,
+    digest: str,
+    *,
+    progress: Progress | None,
+    verify: bool,
+) -> None:
+    """Copy a local blob file to ``dest_path``: temporary name, verify, fsync, rename.
+
+    Nothing is left at ``dest_path`` unless every byte matched ``digest``.
+    """
+    try:
+        f = open(src, "rb", buffering=0)  # noqa: SIM115 - closed below, after the copy
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, str(src), "reading") from exc
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if progress is not None:
+            progress.start(size, digest)
+        try:
+            tmp = write_temp_verified(
+                dest_path,
+                pread_parts(f.fileno(), 0, size, 8 << 20),
+                size,
+                digest,
+                where=str(src),
+                progress=progress,
+                verify=verify,
+            )
+        finally:
+            if progress is not None:
+                progress.finish()
+    try:
+        os.replace(tmp, dest_path)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise os_error(exc, str(dest_path), "renaming into") from exc
+    fsync_dir(dest_path.parent)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from ..errors import BlobNotFoundError, IntegrityError, InvalidArgumentError
 from ..formats.digest import ALGORITHMS, parse_digest
-from ._io import remove_quietly, write_temp_verified
-from .base import BlobInfo, BlobStore, Progress, blob_relpath, fsync_dir, os_error
+from ._io import copy_file_verified, remove_quietly
+from .base import BlobInfo, BlobStore, Progress, blob_relpath, os_error
 
 __all__ = ["BlobCache", "CachedStore", "default_cache"]
 
@@ -291,30 +291,7 @@ class CachedStore(BlobStore):
         src = self.local_path(digest)
         if src is None:
             raise BlobNotFoundError(digest, self.url)
-        dest_path = Path(dest)
-        size = src.stat().st_size
-        if progress is not None:
-            progress.start(size, digest)
-        try:
-            with open(src, "rb") as f:
-                tmp = write_temp_verified(
-                    dest_path,
-                    iter(lambda: f.read(8 << 20), b""),
-                    size,
-                    digest,
-                    where=str(src),
-                    progress=progress,
-                    verify=verify,
-                )
-        finally:
-            if progress is not None:
-                progress.finish()
-        try:
-            os.replace(tmp, dest_path)
-        except OSError as exc:
-            remove_quietly(tmp)
-            raise os_error(exc, str(dest_path), "renaming into") from exc
-        fsync_dir(dest_path.parent)
+        copy_file_verified(src, Path(dest), digest, progress=progress, verify=verify)
 
     def delete(self, digest: str) -> bool:
         existed = self.remote.delete(digest)

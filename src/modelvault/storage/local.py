@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from ..errors import BlobNotFoundError, InvalidArgumentError
 from ..formats.digest import ALGORITHMS, parse_digest
-from ._io import remove_quietly, write_temp_verified
+from ._io import copy_file_verified, remove_quietly, write_temp_verified
 from .base import (
     BlobInfo,
     BlobStore,
@@ -156,37 +156,12 @@ class LocalStore(BlobStore):
         progress: Progress | None = None,
         verify: bool = True,
     ) -> None:
-        src = self._path(digest)
-        dest_path = Path(dest)
         try:
-            f = open(src, "rb", buffering=0)  # noqa: SIM115 - closed below, after the copy
+            copy_file_verified(
+                self._path(digest), Path(dest), digest, progress=progress, verify=verify
+            )
         except FileNotFoundError:
             raise BlobNotFoundError(digest, self.url) from None
-        except OSError as exc:
-            raise os_error(exc, str(src), "reading") from exc
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            if progress is not None:
-                progress.start(size, digest)
-            try:
-                tmp = write_temp_verified(
-                    dest_path,
-                    _file_chunks(f, size),
-                    size,
-                    digest,
-                    where=str(src),
-                    progress=progress,
-                    verify=verify,
-                )
-            finally:
-                if progress is not None:
-                    progress.finish()
-        try:
-            os.replace(tmp, dest_path)
-        except OSError as exc:
-            remove_quietly(tmp)
-            raise os_error(exc, str(dest_path), "renaming into") from exc
-        fsync_dir(dest_path.parent)
 
     def delete(self, digest: str) -> bool:
         path = self._path(digest)
@@ -221,17 +196,3 @@ class LocalStore(BlobStore):
                     yield BlobInfo(
                         digest, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc)
                     )
-
-
-def _file_chunks(f: object, size: int) -> Iterator[bytes]:
-    import io
-
-    assert isinstance(f, io.RawIOBase)
-    fd = f.fileno()
-    offset = 0
-    while offset < size:
-        data = os.pread(fd, min(8 << 20, size - offset), offset)
-        if not data:
-            return
-        offset += len(data)
-        yield data
