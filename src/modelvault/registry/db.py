@@ -5,7 +5,7 @@ A registry URL is a SQLAlchemy URL: ``sqlite:///path``, ``postgresql://...``
 (PyMySQL unless a driver is named).
 
 Transactions go through :func:`run_transaction`: serialization failures and
-deadlocks (PostgreSQL 40001/40P01, MySQL 1213/1205, SQLite "database is
+deadlocks (PostgreSQL 40001/40P01, MySQL 1213/1205, concurrent DDL 1412/1684, SQLite "database is
 locked") are retried a bounded number of times with jittered backoff, each
 time after a full rollback; a dropped connection becomes
 :class:`RegistryUnavailableError` and the pool is pre-pinged, so the next
@@ -188,12 +188,29 @@ def _sqlstate(exc: DBAPIError) -> str:
     return ""
 
 
+# MySQL/MariaDB 1412 and 1684: a table read while another connection's DDL (a
+# concurrent first-open upgrade) changes it. MySQL DDL is not transactional, so
+# the retry must outwait the whole migration, not just a lock hand-over.
+_DDL_CONFLICTS = ("1412", "1684")
+
+
+def backoff(attempt: int, exc: BaseException | None = None) -> None:
+    """Sleep before retry ``attempt``: full jitter, exponential, capped.
+
+    Contenders that collided spread out instead of colliding again.
+    """
+    cap = min(1.0, 0.01 * 2**attempt)
+    if isinstance(exc, DBAPIError) and _sqlstate(exc) in _DDL_CONFLICTS:
+        cap = max(cap, 0.75)
+    time.sleep(random.uniform(0, cap))
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for serialization failures, deadlocks and lock timeouts: try again from scratch."""
     if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
         return False
     code = _sqlstate(exc)
-    if code in ("40001", "40P01", "1213", "1205"):
+    if code in ("40001", "40P01", "1213", "1205") or code in _DDL_CONFLICTS:
         return True
     msg = str(exc.orig).lower()
     return "database is locked" in msg or "database table is locked" in msg
@@ -243,8 +260,7 @@ def run_transaction(
             raise  # the caller decides: a lost race, or a real conflict
         except DBAPIError as exc:
             if attempt < attempts and is_retryable(exc):
-                # Full jitter: contenders that collided spread out instead of colliding again.
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+                backoff(attempt, exc)
                 continue
             raise translate(engine.url, exc) from exc
     raise AssertionError("unreachable")  # pragma: no cover
@@ -301,14 +317,14 @@ def check_schema(engine: Engine, *, auto_upgrade: bool) -> None:
     """Refuse a database whose schema is ahead; upgrade or refuse one that is behind."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            with engine.connect() as conn:
+            with engine.connect() as conn, _status_lock(conn):
                 rev = _revision_of(conn)
                 status = _status(rev, conn)
             break
         except DBAPIError as exc:
             # Several processes opening a new SQLite file at once meet its locks here.
             if attempt < MAX_ATTEMPTS and is_retryable(exc):
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+                backoff(attempt, exc)
                 continue
             raise translate(engine.url, exc) from exc
     if status == "up to date":
@@ -349,6 +365,20 @@ def _migration_lock(conn: Connection) -> Iterator[None]:
         yield  # SQLite: BEGIN IMMEDIATE already holds the write lock
 
 
+@contextmanager
+def _status_lock(conn: Connection) -> Iterator[None]:
+    """On MySQL/MariaDB, read the schema status under the migration lock.
+
+    Their DDL is not transactional: without the lock a reader can meet tables
+    an upgrader in another process is still creating (error 1684).
+    """
+    if conn.dialect.name in ("mysql", "mariadb"):
+        with _migration_lock(conn):
+            yield
+    else:
+        yield
+
+
 def _upgrade_engine(engine: Engine) -> str:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -356,7 +386,7 @@ def _upgrade_engine(engine: Engine) -> str:
         except RegistryError as exc:
             cause = exc.__cause__
             if attempt < MAX_ATTEMPTS and cause is not None and is_retryable(cause):
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+                backoff(attempt, cause)
                 continue
             raise
     raise AssertionError("unreachable")  # pragma: no cover
