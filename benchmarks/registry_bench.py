@@ -10,8 +10,8 @@ Measured through the public API, after a warm-up:
   the middle, while that model grows to 1k, 10k and 100k versions.
 
 MLflow runs the same workload in the same run, on the same engine and sizes,
-in its own virtual environment (``--mlflow-python``, default
-/work/venv-mlflow/bin/python) as a subprocess: ``get_model_version``,
+in its own virtual environment (``--mlflow-python``, default ``$MLFLOW_PYTHON``)
+as a subprocess: ``get_model_version``,
 ``get_model_version_by_alias``, ``search_model_versions``. Data is
 bulk-inserted through SQLAlchemy Core on both sides (100k ``register``
 calls would measure the loader, not the lookups).
@@ -465,7 +465,11 @@ def main() -> None:
     ap.add_argument("--big-sizes", default="1000,10000,100000")
     ap.add_argument("--iters", type=int, default=1000)
     ap.add_argument("--list-iters", type=int, default=100)
-    ap.add_argument("--mlflow-python", default="/work/venv-mlflow/bin/python")
+    ap.add_argument(
+        "--mlflow-python",
+        default=os.environ.get("MLFLOW_PYTHON", ""),
+        help="python of a separate venv with mlflow-skinny and the database drivers",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     ap.add_argument("--out", default=str(HERE / "results" / "registry.json"))
     args = ap.parse_args()
