@@ -25,10 +25,23 @@ from typing import Any
 import pytest
 
 from modelvault.formats.torch_tensorrt.engine_info import ABI_LAYOUTS
+from modelvault.targets import GpuDevice, Machine
 from tests.cli.conftest import Result, mvault  # noqa: F401  (re-exported fixture)
 
 PLAN = b"ftrt" + bytes(range(256)) * 4  # stands in for a TensorRT plan: only its bytes matter here
 STACK_STRING = "__torch__.torch.classes._TorchScriptTesting._StackString"
+#: Framework versions recorded by pushes in these tests, and the machine they match.
+FW = {"tensorrt": "10.3.0", "torch_tensorrt": "2.13.0", "cuda": "12.4"}
+H100 = Machine(
+    "linux_x86_64",
+    True,
+    (GpuDevice(0, "H100", (9, 0)),),
+    cuda="12.4",
+    tensorrt="10.3.0",
+    torch_tensorrt="2.13.0",
+    torch_tensorrt_abi="9",
+    torch="2.13.0",
+)
 
 
 # -- a metadata pickle naming torch_tensorrt's real globals --------------------------
@@ -238,3 +251,11 @@ def save_pt2(torchbind: Any, path: Path, states: list[list[str | bytes]]) -> Pat
         )
     torch.export.save(ep, str(path))
     return path
+
+
+@pytest.fixture
+def vault() -> Any:
+    from modelvault.vault import Vault
+
+    with Vault() as v:
+        yield v

@@ -20,21 +20,9 @@ from modelvault.formats.torch_tensorrt import (
 from modelvault.loader import choose_variant
 from modelvault.targets import GpuDevice, Machine
 
-from .conftest import info_list, rename_engine_class, save_pt2
+from .conftest import FW, H100, info_list, rename_engine_class, save_pt2
 
 torch = pytest.importorskip("torch")
-
-FW = {"tensorrt": "10.3.0", "torch_tensorrt": "2.13.0", "cuda": "12.4"}
-H100 = Machine(
-    "linux_x86_64",
-    True,
-    (GpuDevice(0, "H100", (9, 0)),),
-    cuda="12.4",
-    tensorrt="10.3.0",
-    torch_tensorrt="2.13.0",
-    torch_tensorrt_abi="9",
-    torch="2.13.0",
-)
 
 
 class Small(torch.nn.Module):
@@ -44,14 +32,6 @@ class Small(torch.nn.Module):
 
     def forward(self, x: Any) -> Any:
         return torch.relu(self.lin(x))
-
-
-@pytest.fixture
-def vault() -> Any:
-    from modelvault.vault import Vault
-
-    with Vault() as v:
-        yield v
 
 
 def _dynamic_ep() -> Any:

@@ -70,14 +70,6 @@ def _compile(model: Any, **settings: Any) -> tuple[Any, Any]:
     return trt, x
 
 
-@pytest.fixture
-def vault() -> Any:
-    from modelvault.vault import Vault
-
-    with Vault() as v:
-        yield v
-
-
 @pytest.mark.parametrize("ir", ["exported_program", "torchscript"])
 def test_push_load_compare_both_irs(vault: Any, ir: str, tmp_path: Path) -> None:
     import torch

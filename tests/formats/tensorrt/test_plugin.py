@@ -36,6 +36,8 @@ from modelvault.formats.torch_tensorrt.archive import detect_ir, find_engine_sta
 from modelvault.targets import GpuDevice, Machine
 
 from .conftest import (
+    FW,
+    H100,
     PLAN,
     STACK_STRING,
     info_list,
@@ -44,18 +46,6 @@ from .conftest import (
     rename_engine_class,
     save_pt2,
     save_torchscript,
-)
-
-FW = {"tensorrt": "10.3.0", "torch_tensorrt": "2.13.0", "cuda": "12.4"}
-H100 = Machine(
-    "linux_x86_64",
-    True,
-    (GpuDevice(0, "H100", (9, 0)),),
-    cuda="12.4",
-    tensorrt="10.3.0",
-    torch_tensorrt="2.13.0",
-    torch_tensorrt_abi="9",
-    torch="2.13.0",
 )
 
 
@@ -323,14 +313,6 @@ def test_older_abi_takes_the_platform_from_the_option() -> None:
 
 
 # -- through the vault: variants, show, nothing registered on bad input -------------
-
-
-@pytest.fixture
-def vault() -> Any:
-    from modelvault.vault import Vault
-
-    with Vault() as v:
-        yield v
 
 
 def test_variant_push_show_and_choose(vault: Any, program: Path, tmp_path: Path) -> None:
