@@ -265,42 +265,31 @@ class Vault:
         reg = self.registry
         if variant:
             reg.add_variant(name, version, vin)
-            for a in aliases:
-                reg.set_alias(name, a, version)
-            return PushResult(
+            created = False
+        else:
+            info, created = reg.register_version(
                 name,
                 version,
-                manifest.digest,
-                manifest.plugin,
-                False,
-                True,
-                uploaded,
-                n_up,
-                n_skip,
-                aliases,
+                [vin],
+                aliases=aliases,
+                labels=dict(labels or {}),
+                description=description,
             )
-        info, created = reg.register_version(
-            name,
-            version,
-            [vin],
-            aliases=aliases,
-            labels=dict(labels or {}),
-            description=description,
-        )
-        if not created:
+            version = info.version
+        if not created:  # a new version got its aliases in the same transaction
             for a in aliases:
                 reg.set_alias(name, a, version)
         return PushResult(
             name,
-            info.version,
+            version,
             manifest.digest,
             manifest.plugin,
-            created,
-            False,
-            uploaded,
-            n_up,
-            n_skip,
-            aliases,
+            created=created,
+            variant_added=variant,
+            bytes_uploaded=uploaded,
+            blobs_uploaded=n_up,
+            blobs_skipped=n_skip,
+            aliases=aliases,
         )
 
     def _push_bundle(
