@@ -259,3 +259,18 @@ def vault() -> Any:
 
     with Vault() as v:
         yield v
+
+
+def small_module() -> Any:
+    """A tiny module with one weight, for programs that carry no engine."""
+    import torch
+
+    class Small(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2)
+
+        def forward(self, x: Any) -> Any:
+            return torch.relu(self.lin(x))
+
+    return Small()

@@ -20,23 +20,16 @@ from modelvault.formats.torch_tensorrt import (
 from modelvault.loader import choose_variant
 from modelvault.targets import GpuDevice, Machine
 
-from .conftest import FW, H100, info_list, rename_engine_class, save_pt2
+from .conftest import FW, H100, info_list, rename_engine_class, save_pt2, small_module
 
 torch = pytest.importorskip("torch")
 
 
-class Small(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 2)
-
-    def forward(self, x: Any) -> Any:
-        return torch.relu(self.lin(x))
-
-
 def _dynamic_ep() -> Any:
     batch = torch.export.Dim("batch", min=1, max=8)
-    return torch.export.export(Small(), (torch.randn(2, 4),), dynamic_shapes={"x": {0: batch}})
+    return torch.export.export(
+        small_module(), (torch.randn(2, 4),), dynamic_shapes={"x": {0: batch}}
+    )
 
 
 def test_inputs_from_a_real_portable_signature(vault: Any) -> None:

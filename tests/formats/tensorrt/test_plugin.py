@@ -46,6 +46,7 @@ from .conftest import (
     rename_engine_class,
     save_pt2,
     save_torchscript,
+    small_module,
 )
 
 
@@ -176,18 +177,10 @@ def test_weight_stripped_engines_are_marked_for_refit(torchbind: Any, tmp_path: 
 def _engine_less_programs(tmp_path: Path) -> list[Path]:
     torch = pytest.importorskip("torch")
 
-    class Small(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = torch.nn.Linear(4, 2)
-
-        def forward(self, x: Any) -> Any:
-            return torch.relu(self.lin(x))
-
     pt2 = tmp_path / "plain.pt2"
-    torch.export.save(torch.export.export(Small(), (torch.randn(1, 4),)), str(pt2))
+    torch.export.save(torch.export.export(small_module(), (torch.randn(1, 4),)), str(pt2))
     ts = tmp_path / "plain.ts"
-    torch.jit.trace(Small(), torch.randn(1, 4)).save(str(ts))
+    torch.jit.trace(small_module(), torch.randn(1, 4)).save(str(ts))
     return [pt2, ts]
 
 
