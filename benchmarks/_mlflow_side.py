@@ -7,7 +7,6 @@ times the store's public methods.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import random
@@ -19,6 +18,7 @@ from typing import Any
 logging.disable(logging.WARNING)
 
 import mlflow  # noqa: E402
+from _settle import settle  # noqa: E402  (benchmarks/ is this script's path)
 from mlflow.store.model_registry.dbmodels.models import (  # noqa: E402
     SqlModelVersion,
     SqlModelVersionTag,
@@ -27,7 +27,7 @@ from mlflow.store.model_registry.dbmodels.models import (  # noqa: E402
 )
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from mlflow.utils.search_utils import SearchUtils  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
 
 CHUNK = 10_000
 NOW = 1_767_225_600_000
@@ -105,18 +105,6 @@ def main() -> None:
     )
     populate = time.perf_counter() - t0
 
-    def settle() -> None:
-        """The same preparation as the modelvault side: fresh statistics, no pending vacuum."""
-        if engine.dialect.name == "postgresql":
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(text("VACUUM ANALYZE"))
-        else:
-            with engine.begin() as conn:
-                conn.execute(text("ANALYZE"))
-            with engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        gc.collect()
-
     out: dict[str, Any] = {
         "version": mlflow.__version__,
         "populate_s": round(populate, 2),
@@ -129,7 +117,7 @@ def main() -> None:
         if have == 0:
             bulk(SqlRegisteredModelAlias, [{"name": big, "alias": "prod", "version": size // 2}])
         have = size
-        settle()
+        settle(engine)
         middle = SearchUtils.create_page_token(size // 2)
         out["listing"][str(size)] = {
             "first_page": timed(

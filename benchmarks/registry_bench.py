@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gc
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from _settle import settle  # benchmarks/ is this script's path
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.dialects import postgresql
 
@@ -261,20 +261,6 @@ class Loader:
                     )
         settle(self.engine)
         self.engine.dispose()
-
-
-def settle(engine: Engine) -> None:
-    """Statistics fresh, background work done, before anything is timed (both systems)."""
-    if engine.dialect.name == "postgresql":
-        # VACUUM now, so autovacuum does not wake up in the middle of a measurement.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE"))
-    else:
-        with engine.begin() as conn:
-            conn.execute(text("ANALYZE"))
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    gc.collect()
 
 
 def run_modelvault(kind: str, args: argparse.Namespace) -> dict[str, Any]:
