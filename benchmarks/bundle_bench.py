@@ -37,7 +37,7 @@ from pathlib import Path
 from modelvault.config import parse_size
 from modelvault.formats.bundle import Bundle, write_bundle
 from modelvault.formats.container import Draft, TensorSectionBuilder
-from modelvault.formats.digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into
+from modelvault.digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "bundle.json"

@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from tests.storage.seaweed import SeaweedS3  # noqa: E402
 
-from modelvault.formats.digest import digest_file  # noqa: E402
+from modelvault.digest import digest_file  # noqa: E402
 from modelvault.storage import BlobCache  # noqa: E402
 from modelvault.storage.s3 import S3Store  # noqa: E402
 

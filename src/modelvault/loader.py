@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BlobNotFoundError, NoCompatibleVariantError, VariantNotFoundError
 from .formats.container import BlobLocation
-from .formats.digest import verify_bytes
+from .digest import verify_bytes
 from .formats.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -130,19 +130,17 @@ class StoreSource:
             return self._located[index]
         ref = self._manifest.blobs[index]
         path = self.store.local_path(ref.digest)
-        verified = False
         if path is None:
             if self.cache is None:
                 raise BlobNotFoundError(
                     ref.digest, self.store.url, hint="remote stores need a local cache"
                 )
             path = self.cache.fetch(self.store, ref.digest, ref.size, progress=self.progress)
-            verified = True  # the cache verifies every byte before the blob becomes visible
         elif not Path(path).exists():
             raise BlobNotFoundError(
                 ref.digest, self.store.url, hint="run `mvault verify` to find damaged versions"
             )
-        loc = BlobLocation(Path(path), 0, ref.size, ref.digest, verified)
+        loc = BlobLocation(Path(path), 0, ref.size, ref.digest)
         self._located[index] = loc
         return loc
 

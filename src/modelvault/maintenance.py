@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import settings
 from .errors import IntegrityError
-from .formats.digest import damaged, digest_file
+from .digest import damaged, digest_file
 
 if TYPE_CHECKING:
     from .vault import Vault

@@ -18,7 +18,7 @@ import msgpack
 from modelvault.errors import FormatError, IntegrityError
 from modelvault.formats.bundle import Bundle, stream_blobs
 from modelvault.formats.container import BytesSource, Draft, TensorSectionBuilder
-from modelvault.formats.digest import digest_bytes
+from modelvault.digest import digest_bytes
 
 MAGIC = b"\x89MVPK\r\n\x1a"
 

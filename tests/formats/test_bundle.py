@@ -27,7 +27,7 @@ from modelvault.formats.container import (
     read_blob,
     write_directory,
 )
-from modelvault.formats.digest import digest_bytes, read_verified_into
+from modelvault.digest import digest_bytes, read_verified_into
 
 from .conftest import listing, small_draft
 

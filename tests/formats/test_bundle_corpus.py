@@ -20,7 +20,7 @@ from modelvault.errors import (
     UnsupportedVersionError,
 )
 from modelvault.formats.bundle import Bundle, write_bundle
-from modelvault.formats.digest import digest_bytes
+from modelvault.digest import digest_bytes
 from modelvault.formats.files import FilesPlugin
 
 from .conftest import (

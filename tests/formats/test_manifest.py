@@ -19,7 +19,7 @@ from modelvault.formats.container import (
     finalize,
     tensor_views,
 )
-from modelvault.formats.digest import digest_bytes
+from modelvault.digest import digest_bytes
 from modelvault.formats.manifest import BlobRef, Manifest, TensorEntry, decode_msgpack
 
 from .conftest import blob_wire, manifest_wire, packb, small_draft

@@ -18,7 +18,7 @@ from modelvault.errors import (
     IntegrityError,
     InvalidArgumentError,
 )
-from modelvault.formats.digest import digest_bytes
+from modelvault.digest import digest_bytes
 from modelvault.storage import BlobInfo, BlobStore, CallbackProgress
 
 HOSTILE_DIGESTS = [

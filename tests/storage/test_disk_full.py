@@ -102,7 +102,7 @@ def test_file_size_limit_in_subprocess(tmp_path: Path) -> None:
         import os, resource, signal, sys
         from pathlib import Path
         from modelvault.errors import StorageFullError
-        from modelvault.formats.digest import digest_bytes
+        from modelvault.digest import digest_bytes
         from modelvault.storage.local import LocalStore
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))

@@ -42,7 +42,7 @@ from .container import (
     read_blob,
     remove_dirs,
 )
-from .digest import (
+from ..digest import (
     CHUNK,
     damaged,
     digest_bytes,

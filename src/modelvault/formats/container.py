@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import BlobNotFoundError, ManifestError, PayloadMismatchError
-from .digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
+from ..digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
 from .manifest import (
     ALIGNMENT,
     DTYPE_SIZES,
@@ -332,16 +332,15 @@ def _remap_payload(payload: Mapping[str, Any], remap: Mapping[int, int]) -> dict
 class BlobLocation:
     """Where one blob's bytes lie on local disk: ``size`` bytes of ``path`` from ``offset``.
 
-    ``verified`` is True when these exact bytes were hashed moments ago (a cache
-    fill); readers still verify anything they hand to a deserializer that can
-    run code, unless ``verified`` is True.
+    A location grants no trust: whoever reads the bytes hashes them against
+    ``digest`` as they are read (a cache or a store may have been tampered with
+    since the bytes were written).
     """
 
     path: Path
     offset: int
     size: int
     digest: str
-    verified: bool = False
 
 
 class ContainerSource(Protocol):

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from ..errors import ManifestError, UnsupportedVersionError
-from .digest import DEFAULT_ALGORITHM, digest_bytes, digest_hex_length, parse_digest
+from ..digest import DEFAULT_ALGORITHM, digest_bytes, digest_hex_length, parse_digest
 
 __all__ = [
     "ALIGNMENT",

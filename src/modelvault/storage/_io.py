@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BlobNotFoundError, IntegrityError, StorageError
-from ..formats.digest import CHUNK, damaged, new_hasher, parse_digest
+from ..digest import CHUNK, damaged, new_hasher, parse_digest
 from .base import Progress, fsync_dir, os_error, temp_path_for
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from ..errors import InvalidArgumentError, StorageError, StorageFullError, StoreAccessError
-from ..formats.digest import CHUNK, iter_file_chunks, parse_digest
+from ..digest import CHUNK, iter_file_chunks, parse_digest
 
 __all__ = [
     "BlobInfo",

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import BlobNotFoundError, IntegrityError, InvalidArgumentError
-from ..formats.digest import ALGORITHMS, parse_digest
+from ..digest import ALGORITHMS, parse_digest
 from ._io import copy_file_verified, remove_quietly
 from .base import BlobInfo, BlobStore, Progress, blob_relpath, os_error
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import BlobNotFoundError, InvalidArgumentError
-from ..formats.digest import ALGORITHMS, parse_digest
+from ..digest import ALGORITHMS, parse_digest
 from ._io import copy_file_verified, remove_quietly, write_temp_verified
 from .base import (
     BlobInfo,

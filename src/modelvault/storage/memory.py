@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 
 from ..errors import BlobNotFoundError, InvalidArgumentError
-from ..formats.digest import new_hasher, parse_digest
+from ..digest import new_hasher, parse_digest
 from ._io import check_digest
 from .base import BlobInfo, BlobStore, Progress, check_range
 

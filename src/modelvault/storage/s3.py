@@ -50,7 +50,7 @@ from ..errors import (
     StorageError,
     StoreAccessError,
 )
-from ..formats.digest import new_hasher, parse_digest
+from ..digest import new_hasher, parse_digest
 from ._io import (
     check_digest,
     hash_range,

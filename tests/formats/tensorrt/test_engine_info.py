@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelvault.errors import EngineInfoError, FormatError, UnsupportedVersionError
-from modelvault.formats.digest import digest_bytes
+from modelvault.digest import digest_bytes
 from modelvault.formats.torch_tensorrt.engine_info import (
     ABI_LAYOUTS,
     decode_metadata,

@@ -118,7 +118,7 @@ def test_ring_bookkeeping(chunk: int, ring: int, tmp_path: Path) -> None:
     import os
 
     from modelvault.formats._torch.stream import stream_through_ring
-    from modelvault.formats.digest import digest_bytes, new_hasher
+    from modelvault.digest import digest_bytes, new_hasher
 
     data = os.urandom(5 * 4096 + 123)
     path = tmp_path / "blob"

@@ -33,7 +33,7 @@ import torch
 
 from ...errors import DeviceOutOfMemoryError, IntegrityError, InvalidArgumentError
 from ..container import ContainerSource
-from ..digest import damaged, new_hasher, parse_digest
+from ...digest import damaged, new_hasher, parse_digest
 from .device import check_free_memory, human_bytes
 from .section import views_from_buffer
 
@@ -202,14 +202,13 @@ def map_blob(source: ContainerSource, index: int) -> torch.Tensor:
             prot=_mmap.PROT_READ | _mmap.PROT_WRITE,
             offset=start,
         )
-    if not loc.verified:
-        hasher = new_hasher(algo)
-        with memoryview(mm) as view:
-            hasher.update(view[delta : delta + ref.size])
-        actual = hasher.digest_str()
-        if actual != ref.digest:
-            mm.close()
-            raise _integrity(ref, where, actual, truncated=False)
+    hasher = new_hasher(algo)
+    with memoryview(mm) as view:
+        hasher.update(view[delta : delta + ref.size])
+    actual = hasher.digest_str()
+    if actual != ref.digest:
+        mm.close()
+        raise _integrity(ref, where, actual, truncated=False)
     # The tensor keeps the mapping alive; it is unmapped when the last view goes.
     return torch.frombuffer(mm, dtype=torch.uint8, offset=delta, count=ref.size)
 
@@ -232,7 +231,7 @@ def read_blob_into(
     loc = source.locate(index)
     where = str(loc.path)
     algo, _ = parse_digest(ref.digest)
-    hasher = None if loc.verified else new_hasher(algo)
+    hasher = new_hasher(algo)
     fd = os.open(loc.path, os.O_RDONLY)
     try:
         if dest.device.type == "cuda":

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ...errors import EngineInfoError, FormatError, UnsupportedVersionError
-from ..digest import digest_bytes
+from ...digest import digest_bytes
 from .inert_pickle import inert_loads, to_plain
 
 __all__ = [

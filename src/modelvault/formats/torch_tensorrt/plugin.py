@@ -31,7 +31,7 @@ from ...errors import (
 from ...targets import Machine, check
 from ..base import FormatPlugin
 from ..container import ContainerSource, Draft, FileSource
-from ..digest import new_hasher
+from ...digest import new_hasher
 from .archive import IR, detect_ir, find_engine_states
 from .engine_info import EngineInfo, parse_engine_info
 from .requirements import requirements_from_engines
@@ -336,26 +336,25 @@ def _verified_file(source: ContainerSource, index: int) -> tuple[Path, str | Non
     algorithm = ref.digest.split(":", 1)[0]
     h = new_hasher(algorithm)
     try:
-        if not (loc.verified and whole):
-            with loc.path.open("rb") as f:
-                f.seek(loc.offset)
-                left = ref.size
-                while left > 0:
-                    chunk = f.read(min(left, 8 << 20))
-                    if not chunk:
-                        break
-                    h.update(chunk)
-                    if out is not None:
-                        out.write(chunk)
-                    left -= len(chunk)
-            actual = h.digest_str()
-            if actual != ref.digest:
-                raise IntegrityError(
-                    f"blob {index} ({ref.role}) does not match its digest; refusing to deserialize it",
-                    expected=ref.digest,
-                    actual=actual,
-                    where=str(loc.path),
-                )
+        with loc.path.open("rb") as f:
+            f.seek(loc.offset)
+            left = ref.size
+            while left > 0:
+                chunk = f.read(min(left, 8 << 20))
+                if not chunk:
+                    break
+                h.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+                left -= len(chunk)
+        actual = h.digest_str()
+        if actual != ref.digest:
+            raise IntegrityError(
+                f"blob {index} ({ref.role}) does not match its digest; refusing to deserialize it",
+                expected=ref.digest,
+                actual=actual,
+                where=str(loc.path),
+            )
     except BaseException:
         if out is not None:
             out.close()

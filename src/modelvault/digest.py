@@ -19,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 import blake3
 
-from ..errors import IntegrityError, InvalidArgumentError, ManifestError, UnsupportedDigestError
+from .errors import IntegrityError, InvalidArgumentError, ManifestError, UnsupportedDigestError
 
 __all__ = [
     "ALGORITHMS",
