@@ -1,37 +1,89 @@
-"""Resolve a spec, choose the variant that runs here, fetch, verify, deserialize.
+"""The load pipeline: resolve, choose, fetch, verify, deserialize.
 
-The loader ranks a version's variants against this machine (device kind, GPU
-compute capability, platform, and for TensorRT variants the TensorRT version
-and runtime ABI) through :mod:`modelvault.targets`, fetches the chosen
-variant's blobs into local storage in parallel, and hands a verified
-:class:`~modelvault.formats.container.ContainerSource` to the format plugin.
+Every way a version leaves the vault (``load``, ``pull``, ``export``) goes
+through :class:`LoadPipeline`:
+
+1. **resolve**: the registry turns a spec (``resnet50@prod``) into a version
+   and its variants, each named by the digest of its manifest;
+2. **choose**: :mod:`modelvault.targets` ranks the variants against this
+   machine (or the one asked for by digest or format);
+3. **fetch**: the manifest is read from the store and hashed against the
+   digest the registry recorded before it is decoded; every blob is made
+   local (the store's own file, or the local cache for a remote store);
+4. **verify**: nothing here or in the cache marks a blob trusted. Bytes are
+   trusted only while they are hashed, in this process, against the digest the
+   manifest names, by the reader that hands them on
+   (:func:`modelvault.digest.read_verified_into`, the weight streamer
+   :mod:`modelvault.formats._torch.stream`), so a cache or store file changed
+   between two loads is caught on the second;
+5. **deserialize**: the format plugin rebuilds the object from the verified
+   bytes.
+
+A blob that fails verification while it was read from the cache is removed
+from the cache and fetched again from the store, once; a second failure, or a
+damaged store blob, is an :class:`~modelvault.errors.IntegrityError` naming the
+blob's digest and where it was read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import BlobNotFoundError, NoCompatibleVariantError, VariantNotFoundError
-from .formats.container import BlobLocation
 from .digest import verify_bytes
+from .errors import (
+    BlobNotFoundError,
+    IntegrityError,
+    NoCompatibleVariantError,
+    VariantNotFoundError,
+)
+from .formats.container import BlobLocation
 from .formats.manifest import Manifest
 
 if TYPE_CHECKING:
+    from .registry import Registry
     from .storage.base import BlobStore
+    from .storage.cache import BlobCache
 
-__all__ = ["Choice", "StoreSource", "choose_variant", "device_kind", "read_manifest"]
+__all__ = [
+    "Choice",
+    "LoadPipeline",
+    "LoadRequest",
+    "StoreSource",
+    "choose_variant",
+    "device_kind",
+    "read_manifest",
+]
 
 #: Manifests are small; refuse to pull anything claiming to be one that is not.
 MAX_MANIFEST_FETCH = 64 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 def device_kind(device: str) -> str:
     """``"cuda"`` for ``cuda`` / ``cuda:N``, else the part before the colon."""
     return device.split(":", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What a caller asks the pipeline for.
+
+    ``variant`` picks a variant by manifest digest (or a unique prefix) or by
+    format name instead of ranking; ``options`` go to the format plugin.
+    """
+
+    spec: str
+    device: str = "cpu"
+    variant: str | None = None
+    build_missing: bool = False
+    compile_settings: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,7 +153,7 @@ def read_manifest(store: BlobStore, digest: str) -> tuple[Manifest, bytes]:
             digest, store.url, hint=f"object is {info.size} bytes, too large for a manifest"
         )
     data = store.read_range(digest, 0, info.size)
-    verify_bytes(data, digest, where=f"manifest in {store.url}")
+    verify_bytes(data, digest, where=f"manifest in {store.where(digest)}")
     return Manifest.decode(data), data
 
 
@@ -109,7 +161,11 @@ class StoreSource:
     """A container whose blobs live in a store; remote ones land in the local cache.
 
     :meth:`prefetch` brings every blob local in parallel before the plugin
-    starts, so deserialization never waits on the network.
+    starts, so deserialization never waits on the network. A location says
+    where the bytes are, never that they are good: readers hash what they read.
+    Blobs of the store itself (a local directory, whose files are only ever
+    replaced by atomic renames) may be mapped; cache files are read into
+    private memory, since other processes fill and evict the cache.
     """
 
     def __init__(
@@ -120,6 +176,8 @@ class StoreSource:
         self.cache = cache
         self.progress = progress
         self._located: dict[int, BlobLocation] = {}
+        #: Digests of blobs this source handed out from the cache.
+        self.from_cache: set[str] = set()
 
     @property
     def manifest(self) -> Manifest:
@@ -130,17 +188,19 @@ class StoreSource:
             return self._located[index]
         ref = self._manifest.blobs[index]
         path = self.store.local_path(ref.digest)
+        mappable = path is not None
         if path is None:
             if self.cache is None:
                 raise BlobNotFoundError(
                     ref.digest, self.store.url, hint="remote stores need a local cache"
                 )
             path = self.cache.fetch(self.store, ref.digest, ref.size, progress=self.progress)
+            self.from_cache.add(ref.digest)
         elif not Path(path).exists():
             raise BlobNotFoundError(
                 ref.digest, self.store.url, hint="run `mvault verify` to find damaged versions"
             )
-        loc = BlobLocation(Path(path), 0, ref.size, ref.digest)
+        loc = BlobLocation(Path(path), 0, ref.size, ref.digest, mappable=mappable)
         self._located[index] = loc
         return loc
 
@@ -152,3 +212,126 @@ class StoreSource:
             return
         with ThreadPoolExecutor(max_workers=min(workers, n)) as pool:
             list(pool.map(self.locate, range(n)))
+
+
+class LoadPipeline:
+    """Resolve, choose, fetch, verify and deserialize, over one registry and one store.
+
+    ``cache`` is called for the local cache the first time a remote blob is
+    needed (a local store never opens one); ``push`` is how a variant built on
+    a miss is pushed back (the vault's own push).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: BlobStore,
+        cache: Callable[[], BlobCache],
+        push: Callable[..., Any] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self._cache = cache
+        self.push = push
+
+    # -- the stages -----------------------------------------------------------
+    def resolve(self, spec: str) -> Any:
+        return self.registry.resolve(spec)
+
+    def choose(self, info: Any, device: str, want: str | None = None) -> Choice:
+        return choose_variant(info.variants, device, want=want)
+
+    def open(self, variant: Any, progress: Any = None) -> StoreSource:
+        """The variant's container: manifest verified and decoded, every blob made local."""
+        manifest, _ = read_manifest(self.store, variant.manifest_digest)
+        cache = self._cache() if self.store.local_path(variant.manifest_digest) is None else None
+        source = StoreSource(manifest, self.store, cache=cache, progress=progress)
+        source.prefetch()
+        return source
+
+    _source = open  # the name build-on-miss uses
+
+    def deserialize(
+        self, variant: Any, use: Callable[[StoreSource], T], *, progress: Any = None
+    ) -> T:
+        """``use(source)`` on the variant's container; a damaged cache entry is fetched again once.
+
+        ``use`` is where bytes are read (and hashed as they are read). When it
+        fails on a blob that came from the cache, that entry is removed and the
+        container is opened afresh, so the blob comes from the store again.
+        """
+        source = self.open(variant, progress)
+        try:
+            return use(source)
+        except IntegrityError as exc:
+            bad = exc.expected if exc.expected in source.from_cache else None
+            if bad is None or source.cache is None:
+                raise
+            source.cache.discard(bad)
+            with contextlib.suppress(AttributeError):
+                exc.__traceback__ = None  # drop frames that hold half-loaded buffers
+        source = self.open(variant, progress)
+        return use(source)
+
+    # -- what callers ask for -------------------------------------------------
+    def load(self, request: LoadRequest) -> Any:
+        """The model of ``request.spec`` on ``request.device``."""
+        from .formats.registry import get_plugin
+        from .formats.torch_tensorrt.build import load_options, wants_build
+
+        info = self.resolve(request.spec)
+        try:
+            choice = self.choose(info, request.device, request.variant)
+        except NoCompatibleVariantError:
+            if not request.build_missing:
+                raise
+            return self._build_missing(request)
+        # A portable variant always fits; with build_missing on a GPU, a TensorRT
+        # variant is compiled here instead (and pushed back for the next machine).
+        if request.variant is None and wants_build(
+            choice.variant, request.device, request.build_missing
+        ):
+            return self._build_missing(request)
+
+        def use(source: StoreSource) -> Any:
+            plugin = get_plugin(source.manifest.plugin)
+            extra = load_options(self, list(info.variants), source)  # refit weights
+            return plugin.load(source, device=request.device, **{**extra, **request.options})
+
+        return self.deserialize(choice.variant, use)
+
+    def _build_missing(self, request: LoadRequest) -> Any:
+        from .formats.torch_tensorrt import build_variant_for
+
+        return build_variant_for(
+            self,
+            request.spec,
+            device=request.device,
+            settings=dict(request.compile_settings),
+            options=dict(request.options),
+        )
+
+    def pull(
+        self,
+        spec: str,
+        dest: Path,
+        *,
+        variant: str | None = None,
+        device: str = "cpu",
+        progress: Any = None,
+    ) -> Path:
+        """Write the chosen variant's native form to ``dest`` (a file, or into a directory)."""
+        from .formats.registry import get_plugin
+
+        choice = self.choose(self.resolve(spec), device, variant)
+
+        def use(source: StoreSource) -> Path:
+            plugin = get_plugin(source.manifest.plugin)
+            target = dest
+            suffix = plugin.native_suffix(source)
+            if target.is_dir() and suffix:
+                safe = spec.replace("/", "_").replace("@", "-").replace(":", "-")
+                target = target / f"{safe}{suffix}"
+            return plugin.export_native(source, target)
+
+        return self.deserialize(choice.variant, use, progress=progress)

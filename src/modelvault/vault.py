@@ -5,23 +5,23 @@
     >>> vault.push("model.pt2", "resnet50", "1.3.0", aliases=["staging"])   # doctest: +SKIP
     >>> model = vault.load("resnet50@staging", device="cuda:0")  # doctest: +SKIP
 
-Pushing writes blobs first (each content-addressed, skipped when present),
-then registers the version in one transaction: a crash in between leaves at
-worst orphan blobs, which ``gc`` removes after a grace period.
+The vault is a thin facade: pushing is :mod:`modelvault.push` (pack, upload,
+register), loading and pulling are :mod:`modelvault.loader` (resolve, choose,
+fetch, verify, deserialize), maintenance is :mod:`modelvault.maintenance`.
 """
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConflictError, InvalidArgumentError, UnknownFormatError
-from .formats.container import Draft, finalize
+from .formats.container import Draft
 from .formats.registry import detect, get_plugin
-from .loader import Choice, StoreSource, choose_variant, read_manifest
+from .loader import Choice, LoadPipeline, LoadRequest, StoreSource, choose_variant, read_manifest
+from .push import PushRequest, PushResult, register, upload_bundle, upload_draft
 
 if TYPE_CHECKING:
     from .formats.manifest import Manifest
@@ -39,24 +39,6 @@ __all__ = [
     "module_resolve",
     "module_show",
 ]
-
-MANIFEST_MEDIA_TYPE = "application/vnd.modelvault.manifest.v1+msgpack"
-
-
-@dataclass
-class PushResult:
-    """What a push did."""
-
-    name: str
-    version: str
-    digest: str
-    format: str
-    created: bool
-    variant_added: bool = False
-    bytes_uploaded: int = 0
-    blobs_uploaded: int = 0
-    blobs_skipped: int = 0
-    aliases: list[str] = field(default_factory=list)
 
 
 def _split_ref(name: str, version: str | None) -> tuple[str, str]:
@@ -89,6 +71,7 @@ class Vault:
         self._registry: Registry | None = None
         self._store: BlobStore | None = None
         self._cache = cache
+        self._pipeline: LoadPipeline | None = None
 
     # -- parts, opened lazily ------------------------------------------------
     @property
@@ -168,162 +151,29 @@ class Vault:
 
         name, version = _split_ref(name, version)
         validate_name("model", name)
-        version = str(SemVer.parse(version))
-        alias_list = list(aliases)
+        alias_list = tuple(aliases)
         for a in alias_list:
             validate_name("alias", a)
+        request = PushRequest(
+            name,
+            str(SemVer.parse(version)),
+            alias_list,
+            dict(labels or {}),
+            description,
+            variant,
+        )
         if isinstance(obj, (str, Path)) and Path(obj).suffix == ".mvpk" and format is None:
-            return self._push_bundle(
-                Path(obj), name, version, alias_list, labels, description, variant, progress
-            )
+            from .formats.bundle import Bundle
+
+            bundle = Bundle.open(Path(obj))
+            bundle.verify()  # every byte checked before anything is stored
+            return register(self.registry, upload_bundle(self.store, bundle, progress), request)
         draft = self.pack(obj, format=format, **options)
         if metadata:
             draft.metadata.update(dict(metadata))
         for key, value in dict(options.get("frameworks") or {}).items():
             draft.frameworks.setdefault(str(key), str(value))
-        manifest, uploaded, n_up, n_skip = self._upload_draft(draft, progress)
-        return self._register(
-            manifest,
-            name,
-            version,
-            alias_list,
-            labels,
-            description,
-            variant,
-            uploaded,
-            n_up,
-            n_skip,
-        )
-
-    def _upload_draft(self, draft: Draft, progress: Any) -> tuple[Manifest, int, int, int]:
-        store = self.store
-        uploaded = n_up = n_skip = 0
-        draft.compute_digests()
-        manifest = finalize(draft)  # validates everything before the first byte is stored
-        seen: set[str] = set()
-        for b in draft.blobs:
-            assert b.digest is not None
-            if b.digest in seen:
-                continue
-            seen.add(b.digest)
-            if store.exists(b.digest):
-                n_skip += 1
-                continue
-            local = b.source.local_file()
-            if local is not None:
-                wrote = store.put_file(
-                    b.digest, local[0], offset=local[1], length=b.source.size, progress=progress
-                )
-            else:
-                wrote = store.put_stream(
-                    b.digest, b.source.chunks(), b.source.size, progress=progress
-                )
-            if wrote:
-                uploaded += b.source.size
-                n_up += 1
-            else:
-                n_skip += 1
-        data = manifest.encode()
-        store.put_bytes(manifest.digest, data)
-        return manifest, uploaded, n_up, n_skip
-
-    def _variant_input(self, manifest: Manifest) -> Any:
-        from .registry import VariantInput
-
-        plugin_kind = "portable"
-        try:
-            plugin_kind = get_plugin(manifest.plugin).kind
-        except Exception:
-            plugin_kind = str(manifest.target.get("kind", "portable"))
-        blobs = [(b.digest, b.size, b.role, b.media_type) for b in manifest.blobs]
-        encoded = manifest.encode()
-        blobs.append((manifest.digest, len(encoded), "manifest", MANIFEST_MEDIA_TYPE))
-        requirements = dict(manifest.target)
-        return VariantInput(
-            manifest_digest=manifest.digest,
-            format=manifest.plugin,
-            kind=plugin_kind,
-            requirements=requirements,
-            size=manifest.total_size + len(encoded),
-            blobs=blobs,
-        )
-
-    def _register(
-        self,
-        manifest: Manifest,
-        name: str,
-        version: str,
-        aliases: list[str],
-        labels: Mapping[str, str] | None,
-        description: str | None,
-        variant: bool,
-        uploaded: int,
-        n_up: int,
-        n_skip: int,
-    ) -> PushResult:
-        vin = self._variant_input(manifest)
-        reg = self.registry
-        if variant:
-            reg.add_variant(name, version, vin)
-            created = False
-        else:
-            info, created = reg.register_version(
-                name,
-                version,
-                [vin],
-                aliases=aliases,
-                labels=dict(labels or {}),
-                description=description,
-            )
-            version = info.version
-        if not created:  # a new version got its aliases in the same transaction
-            for a in aliases:
-                reg.set_alias(name, a, version)
-        return PushResult(
-            name,
-            version,
-            manifest.digest,
-            manifest.plugin,
-            created=created,
-            variant_added=variant,
-            bytes_uploaded=uploaded,
-            blobs_uploaded=n_up,
-            blobs_skipped=n_skip,
-            aliases=aliases,
-        )
-
-    def _push_bundle(
-        self,
-        path: Path,
-        name: str,
-        version: str,
-        aliases: list[str],
-        labels: Mapping[str, str] | None,
-        description: str | None,
-        variant: bool,
-        progress: Any,
-    ) -> PushResult:
-        from .formats.bundle import Bundle
-
-        bundle = Bundle.open(path)
-        bundle.verify()  # every byte checked before anything is stored
-        manifest = bundle.manifest
-        store = self.store
-        uploaded = n_up = n_skip = 0
-        for i, ref in enumerate(manifest.blobs):
-            if store.exists(ref.digest):
-                n_skip += 1
-                continue
-            loc = bundle.locate(i)
-            if store.put_file(
-                ref.digest, loc.path, offset=loc.offset, length=loc.size, progress=progress
-            ):
-                uploaded += ref.size
-                n_up += 1
-        store.put_bytes(manifest.digest, bundle.manifest_bytes)
-        return self._register(
-            manifest, name, version, aliases, labels, description, variant, uploaded, n_up, n_skip
-        )
+        return register(self.registry, upload_draft(self.store, draft, progress), request)
 
     # -- lookups -----------------------------------------------------------------
     def resolve(self, spec: str) -> Any:
@@ -356,17 +206,23 @@ class Vault:
             return builtins.list(self.registry.list_models(**filters).items)
         return builtins.list(self.registry.list_versions(name, **filters).items)
 
-    # -- pull and load ------------------------------------------------------------
+    # -- pull and load: the load pipeline ----------------------------------------
+    @property
+    def pipeline(self) -> LoadPipeline:
+        """The load pipeline over this vault's registry, store and cache."""
+        if self._pipeline is None:
+            self._pipeline = LoadPipeline(
+                self.registry, self.store, lambda: self.cache, push=self.push
+            )
+        return self._pipeline
+
     def _source(self, variant: Any, progress: Any = None) -> StoreSource:
-        manifest, _ = read_manifest(self.store, variant.manifest_digest)
-        cache = self.cache if self.store.local_path(variant.manifest_digest) is None else None
-        source = StoreSource(manifest, self.store, cache=cache, progress=progress)
-        source.prefetch()
-        return source
+        return self.pipeline.open(variant, progress)
 
     def choose(
         self, spec: str, device: str = "cpu", *, variant: str | None = None
     ) -> tuple[Any, Choice]:
+        """The version a spec names and the variant the loader would pick for ``device``."""
         info = self.resolve(spec)
         return info, choose_variant(info.variants, device, want=variant)
 
@@ -380,32 +236,13 @@ class Vault:
         compile_settings: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Any:
-        """Load a model version onto ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
-        from .errors import NoCompatibleVariantError
-        from .formats.torch_tensorrt.build import load_options, wants_build
+        """Load a model version onto ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
 
-        try:
-            info, choice = self.choose(spec, device, variant=variant)
-        except NoCompatibleVariantError:
-            if not build_missing:
-                raise
-            return self._build_missing(spec, device, compile_settings, options)
-        # A portable variant always fits; with build_missing on a GPU, a TensorRT
-        # variant is compiled here instead (and pushed back for the next machine).
-        if variant is None and wants_build(choice.variant, device, build_missing):
-            return self._build_missing(spec, device, compile_settings, options)
-        source = self._source(choice.variant)
-        plugin = get_plugin(source.manifest.plugin)
-        extra = load_options(self, list(info.variants), source)  # refit source for stripped engines
-        return plugin.load(source, device=device, **{**extra, **options})
-
-    def _build_missing(
-        self, spec: str, device: str, settings: Mapping[str, Any] | None, options: Mapping[str, Any]
-    ) -> Any:
-        from .formats.torch_tensorrt import build_variant_for
-
-        return build_variant_for(
-            self, spec, device=device, settings=dict(settings or {}), options=dict(options)
+        Every byte handed to the format plugin is hashed in this process against
+        the digest the registry recorded (see :mod:`modelvault.loader`).
+        """
+        return self.pipeline.load(
+            LoadRequest(spec, device, variant, build_missing, dict(compile_settings or {}), options)
         )
 
     def pull(
@@ -418,16 +255,9 @@ class Vault:
         progress: Any = None,
     ) -> Path:
         """Write the version's native form (``.pt2``, TorchScript, ``.safetensors``, files) to ``dest``."""
-        _, choice = self.choose(spec, device, variant=variant)
-        source = self._source(choice.variant, progress)
-        plugin = get_plugin(source.manifest.plugin)
-        dest = Path(dest)
-        if dest.is_dir() and plugin.native_suffix(source):
-            dest = (
-                dest
-                / f"{spec.replace('/', '_').replace('@', '-').replace(':', '-')}{plugin.native_suffix(source)}"
-            )
-        return plugin.export_native(source, dest)
+        return self.pipeline.pull(
+            spec, Path(dest), variant=variant, device=device, progress=progress
+        )
 
     # -- bundles --------------------------------------------------------------------
     def export_bundle(
@@ -440,34 +270,40 @@ class Vault:
         info, choice = (
             self.choose(spec, device, variant=variant) if variant else self._any_variant(spec)
         )
-        source = self._source(choice.variant)
-        m = source.manifest
-        draft = Draft(
-            m.plugin,
-            m.plugin_version,
-            dict(m.frameworks),
-            dict(m.target),
-            dict(m.signature),
-            dict(m.metadata),
-            dict(m.payload),
-            [],
-            list(m.tensors),
-            dict(m.tensor_aliases),
-            m.digest_algorithm,
-        )
-        for i, ref in enumerate(m.blobs):
-            loc = source.locate(i)
-            draft.blobs.append(
-                DraftBlob(ref.role, ref.media_type, FileSource(loc.path, loc.offset, loc.size))
+
+        def write(source: StoreSource) -> Manifest:
+            m = source.manifest
+            draft = Draft(
+                m.plugin,
+                m.plugin_version,
+                dict(m.frameworks),
+                dict(m.target),
+                dict(m.signature),
+                dict(m.metadata),
+                dict(m.payload),
+                [],
+                list(m.tensors),
+                dict(m.tensor_aliases),
+                m.digest_algorithm,
             )
-        written = write_bundle(draft, path, ref={"name": info.model, "version": info.version})
-        if written.digest != m.digest:
-            Path(path).unlink(missing_ok=True)
-            raise ConflictError(
-                "the exported bundle's manifest differs from the stored one; the store is damaged"
-            )
-        Bundle.open(path)
-        return written
+            for i, ref in enumerate(m.blobs):
+                loc = source.locate(i)
+                draft.blobs.append(
+                    DraftBlob(ref.role, ref.media_type, FileSource(loc.path, loc.offset, loc.size))
+                )
+            # The writer hashes every blob as it copies it; a damaged source shows
+            # up as a manifest digest other than the stored one.
+            written = write_bundle(draft, path, ref={"name": info.model, "version": info.version})
+            if written.digest != m.digest:
+                Path(path).unlink(missing_ok=True)
+                raise ConflictError(
+                    "the exported bundle's manifest differs from the stored one; the store is damaged",
+                    hint="run `mvault verify` to find the damaged blob",
+                )
+            Bundle.open(path)
+            return written
+
+        return self.pipeline.deserialize(choice.variant, write)
 
     def _any_variant(self, spec: str) -> tuple[Any, Choice]:
         info = self.resolve(spec)

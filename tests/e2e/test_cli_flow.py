@@ -108,12 +108,12 @@ def test_verify_detects_damage_and_rm_gc(mvault, model_dir, mvault_home):
 
 
 def test_gc_keeps_young_unreferenced_blobs(mvault, model_dir):
+    from modelvault.push import upload_draft
     from modelvault.vault import Vault
 
     v = Vault()
     # A push that has uploaded its blobs but not registered yet: an unreferenced, young blob.
-    draft = v.pack(model_dir)
-    v._upload_draft(draft, None)
+    upload_draft(v.store, v.pack(model_dir))
     r = mvault("gc", "--json")  # default grace: a day
     assert json.loads(r.out)["removed"] == []
     assert json.loads(r.out)["kept_within_grace"] >= 4

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import BlobNotFoundError, ManifestError, PayloadMismatchError
 from ..digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
+from ..errors import BlobNotFoundError, ManifestError, PayloadMismatchError
 from .manifest import (
     ALIGNMENT,
     DTYPE_SIZES,
@@ -335,12 +335,18 @@ class BlobLocation:
     A location grants no trust: whoever reads the bytes hashes them against
     ``digest`` as they are read (a cache or a store may have been tampered with
     since the bytes were written).
+
+    ``mappable`` is True when the file is one that is only ever replaced whole,
+    by an atomic rename (a local store's blob), so a memory mapping of it keeps
+    the bytes that were hashed; other files (the cache, which other processes
+    fill and evict; a user's bundle) are read into private memory instead.
     """
 
     path: Path
     offset: int
     size: int
     digest: str
+    mappable: bool = False
 
 
 class ContainerSource(Protocol):

@@ -1,11 +1,12 @@
 """Load tensor sections onto a device at disk speed, verifying on the way.
 
-CPU: by default the section's file is mapped copy-on-write (``MAP_PRIVATE``),
-hashed through the mapping and then viewed as tensors: no copy,
-and writes to a tensor never reach the file. Containers are immutable files
-replaced only by atomic renames, so the verified bytes stay the mapped bytes.
-With ``mmap=False`` the section is instead read with parallel ``preadv`` calls
-into private memory, hashed in order as chunks arrive.
+CPU: a local store's blob is mapped copy-on-write (``MAP_PRIVATE``), hashed
+through the mapping and then viewed as tensors: no copy, and writes to a tensor
+never reach the file. Store blobs are replaced only by atomic renames, so the
+verified bytes stay the mapped bytes. Any other file (a cache entry, which
+other processes fill and evict and which could be truncated under a mapping;
+a bundle), or any blob with ``mmap=False``, is read with parallel ``preadv``
+calls into private memory, hashed in order as chunks arrive.
 
 CUDA: one device buffer for the section is allocated after checking free
 memory; the file streams through a small ring of pinned host buffers. Reader
@@ -31,9 +32,9 @@ from typing import Any
 
 import torch
 
+from ...digest import damaged, new_hasher, parse_digest
 from ...errors import DeviceOutOfMemoryError, IntegrityError, InvalidArgumentError
 from ..container import ContainerSource
-from ...digest import damaged, new_hasher, parse_digest
 from .device import check_free_memory, human_bytes
 from .section import views_from_buffer
 
@@ -96,7 +97,7 @@ def load_tensors(
     buf: torch.Tensor | None = None
     try:
         for i in blobs:
-            if device.type == "cpu" and mmap and sizes[i] > 0:
+            if device.type == "cpu" and mmap and sizes[i] > 0 and source.locate(i).mappable:
                 buf = map_blob(source, i)
             else:
                 buf = _allocate(device, sizes[i])

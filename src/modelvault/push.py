@@ -1,0 +1,184 @@
+"""The push pipeline: pack, upload, register.
+
+1. **pack**: the format plugin turns an object or a file into a
+   :class:`~modelvault.formats.container.Draft` and validates it; nothing is
+   written yet;
+2. **upload**: every blob is hashed, then stored under its digest unless the
+   store already has it; the manifest goes last;
+3. **register**: one registry transaction records the version (or a new
+   variant of it), its blob references and its aliases.
+
+A crash between 2 and 3 leaves at worst orphan blobs, which ``mvault gc``
+removes after a grace period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .formats.container import Draft, finalize
+from .formats.registry import get_plugin
+
+if TYPE_CHECKING:
+    from .formats.bundle import Bundle
+    from .formats.manifest import Manifest
+    from .registry import Registry
+    from .storage.base import BlobStore
+
+__all__ = [
+    "MANIFEST_MEDIA_TYPE",
+    "PushRequest",
+    "PushResult",
+    "Upload",
+    "register",
+    "upload_bundle",
+    "upload_draft",
+    "variant_input",
+]
+
+MANIFEST_MEDIA_TYPE = "application/vnd.modelvault.manifest.v1+msgpack"
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """Where a container goes in the registry: a version, or a new variant of one."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    description: str | None = None
+    variant: bool = False
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What the store part of a push did."""
+
+    manifest: Manifest
+    bytes_uploaded: int = 0
+    blobs_uploaded: int = 0
+    blobs_skipped: int = 0
+
+
+@dataclass
+class PushResult:
+    """What a push did."""
+
+    name: str
+    version: str
+    digest: str
+    format: str
+    created: bool
+    variant_added: bool = False
+    bytes_uploaded: int = 0
+    blobs_uploaded: int = 0
+    blobs_skipped: int = 0
+    aliases: list[str] = field(default_factory=list)
+
+
+def upload_draft(store: BlobStore, draft: Draft, progress: Any = None) -> Upload:
+    """Hash the draft's blobs, store the ones the store lacks, then the manifest."""
+    draft.compute_digests()
+    manifest = finalize(draft)  # validates everything before the first byte is stored
+    uploaded = n_up = n_skip = 0
+    seen: set[str] = set()
+    for b in draft.blobs:
+        assert b.digest is not None
+        if b.digest in seen:
+            continue
+        seen.add(b.digest)
+        if store.exists(b.digest):
+            n_skip += 1
+            continue
+        local = b.source.local_file()
+        if local is not None:
+            wrote = store.put_file(
+                b.digest, local[0], offset=local[1], length=b.source.size, progress=progress
+            )
+        else:
+            wrote = store.put_stream(b.digest, b.source.chunks(), b.source.size, progress=progress)
+        if wrote:
+            uploaded += b.source.size
+            n_up += 1
+        else:
+            n_skip += 1
+    store.put_bytes(manifest.digest, manifest.encode())
+    return Upload(manifest, uploaded, n_up, n_skip)
+
+
+def upload_bundle(store: BlobStore, bundle: Bundle, progress: Any = None) -> Upload:
+    """Store a verified bundle's blobs (those the store lacks) and its manifest."""
+    manifest = bundle.manifest
+    uploaded = n_up = n_skip = 0
+    for i, ref in enumerate(manifest.blobs):
+        if store.exists(ref.digest):
+            n_skip += 1
+            continue
+        loc = bundle.locate(i)
+        if store.put_file(
+            ref.digest, loc.path, offset=loc.offset, length=loc.size, progress=progress
+        ):
+            uploaded += ref.size
+            n_up += 1
+    store.put_bytes(manifest.digest, bundle.manifest_bytes)
+    return Upload(manifest, uploaded, n_up, n_skip)
+
+
+def variant_input(manifest: Manifest) -> Any:
+    """What the registry records of one variant: its manifest digest, kind, requirements, blobs."""
+    from .registry import VariantInput
+
+    try:
+        plugin_kind = get_plugin(manifest.plugin).kind
+    except Exception:  # a plugin not installed here: the manifest says what it is
+        plugin_kind = str(manifest.target.get("kind", "portable"))
+    blobs = [(b.digest, b.size, b.role, b.media_type) for b in manifest.blobs]
+    encoded = manifest.encode()
+    blobs.append((manifest.digest, len(encoded), "manifest", MANIFEST_MEDIA_TYPE))
+    return VariantInput(
+        manifest_digest=manifest.digest,
+        format=manifest.plugin,
+        kind=plugin_kind,
+        requirements=dict(manifest.target),
+        size=manifest.total_size + len(encoded),
+        blobs=blobs,
+    )
+
+
+def register(registry: Registry, upload: Upload, request: PushRequest) -> PushResult:
+    """Record the uploaded container as ``request`` says, in one transaction."""
+    manifest = upload.manifest
+    vin = variant_input(manifest)
+    version = request.version
+    aliases = list(request.aliases)
+    if request.variant:
+        registry.add_variant(request.name, version, vin)
+        created = False
+    else:
+        info, created = registry.register_version(
+            request.name,
+            version,
+            [vin],
+            aliases=aliases,
+            labels=dict(request.labels),
+            description=request.description,
+        )
+        version = info.version
+    if not created:  # a new version got its aliases in the same transaction
+        for a in aliases:
+            registry.set_alias(request.name, a, version)
+    return PushResult(
+        request.name,
+        version,
+        manifest.digest,
+        manifest.plugin,
+        created=created,
+        variant_added=request.variant,
+        bytes_uploaded=upload.bytes_uploaded,
+        blobs_uploaded=upload.blobs_uploaded,
+        blobs_skipped=upload.blobs_skipped,
+        aliases=aliases,
+    )
