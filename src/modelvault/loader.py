@@ -28,6 +28,7 @@ blob's digest and where it was read.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ __all__ = [
 MAX_MANIFEST_FETCH = 64 * 1024 * 1024
 
 T = TypeVar("T")
+_log = logging.getLogger("modelvault")
 
 
 def device_kind(device: str) -> str:
@@ -267,6 +269,13 @@ class LoadPipeline:
             bad = exc.expected if exc.expected in source.from_cache else None
             if bad is None or source.cache is None:
                 raise
+            _log.warning(
+                "cache entry %s (blob %s) failed verification (%s); fetching it again from %s",
+                exc.where or source.cache.path_for(bad),
+                bad,
+                exc.actual,
+                self.store.url,
+            )
             source.cache.discard(bad)
             with contextlib.suppress(AttributeError):
                 exc.__traceback__ = None  # drop frames that hold half-loaded buffers

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..digest import ALGORITHMS, parse_digest
-from ..errors import BlobNotFoundError, IntegrityError, InvalidArgumentError
+from ..errors import BlobNotFoundError, IntegrityError, InvalidArgumentError, StorageError
 from ._io import copy_file_verified, remove_quietly
 from .base import BlobInfo, BlobStore, Progress, blob_relpath, os_error
 
@@ -95,6 +95,8 @@ class BlobCache:
             st = path.stat()
         except FileNotFoundError:
             return False
+        except OSError as exc:  # not a directory, permission denied, I/O error
+            raise _unusable(exc, path) from exc
         if size is not None and st.st_size != size:
             # Not what the manifest says: never hand it out; fetch it again.
             remove_quietly(path)
@@ -216,6 +218,12 @@ class BlobCache:
         """Drop one blob from the cache (after it was deleted from the store)."""
         with self._locked(digest):
             remove_quietly(self.path_for(digest))
+
+
+def _unusable(exc: OSError, path: Path) -> StorageError:
+    err = os_error(exc, str(path), "reading the cache entry")
+    err.hint = "repair or remove the cache directory, or point MVAULT_CACHE_DIR elsewhere"
+    return err
 
 
 def default_cache() -> BlobCache:
