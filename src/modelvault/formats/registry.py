@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import MissingDependencyError, PluginNotFoundError, UnknownFormatError
 from .base import FormatPlugin
+from .sniff import SAFETENSORS, TORCH_ARCHIVE, sniff
 
 __all__ = [
     "PluginSpec",
@@ -38,6 +39,9 @@ class PluginSpec:
     extra: str | None = None  # the pip extra that installs them
     #: Detection order: lower goes first (specific formats before generic ones).
     priority: int = 50
+    #: The kinds of file (:mod:`.sniff`) the plugin packs; detection imports it
+    #: only for those. ``None`` (third-party plugins): asked about every file.
+    packs: tuple[str, ...] | None = None
 
 
 _BUILTIN: dict[str, PluginSpec] = {
@@ -49,6 +53,7 @@ _BUILTIN: dict[str, PluginSpec] = {
             ("torch",),
             "torch",
             priority=10,
+            packs=(TORCH_ARCHIVE,),
         ),
         PluginSpec(
             "exported_program",
@@ -56,6 +61,7 @@ _BUILTIN: dict[str, PluginSpec] = {
             ("torch",),
             "torch",
             priority=20,
+            packs=(TORCH_ARCHIVE,),
         ),
         PluginSpec(
             "torchscript",
@@ -63,11 +69,17 @@ _BUILTIN: dict[str, PluginSpec] = {
             ("torch",),
             "torch",
             priority=20,
+            packs=(TORCH_ARCHIVE,),
         ),
         PluginSpec(
-            "tensors", "modelvault.formats.tensors:TensorsPlugin", ("torch",), "torch", priority=30
+            "tensors",
+            "modelvault.formats.tensors:TensorsPlugin",
+            ("torch",),
+            "torch",
+            priority=30,
+            packs=(SAFETENSORS,),
         ),
-        PluginSpec("files", "modelvault.formats.files:FilesPlugin", priority=90),
+        PluginSpec("files", "modelvault.formats.files:FilesPlugin", priority=90, packs=()),
     )
 }
 _extra: dict[str, PluginSpec] = {}
@@ -168,10 +180,50 @@ def detect(obj: Any) -> FormatPlugin:
 
 
 def detect_path(path: Path) -> FormatPlugin:
-    """The plugin that packs the file or directory at ``path``."""
-    if not path.exists():
+    """The plugin that packs the file or directory at ``path``.
+
+    The file is sniffed first (:mod:`.sniff`, no torch import): a plugin is
+    imported only when the file is a kind it declares it packs. A file whose
+    bytes or name say it is a torch archive or a ``.safetensors`` file is
+    packed by a plugin that parses it or refused, never stored as plain bytes
+    by accident (``format="files"`` does that on purpose).
+    """
+    if not (path.exists() or path.is_symlink()):
         raise FileNotFoundError(f"{path} does not exist")
-    for plugin in _candidates():
-        if plugin.can_pack_path(path):
-            return plugin
-    raise UnknownFormatError(f"cannot tell the format of {path}", hint="name it with --format")
+    found = sniff(path)
+    table = known_plugins()
+    kind = found.kind or found.claimed
+    if kind is not None:
+        wanted = [s for s in table.values() if s.packs is not None and kind in s.packs]
+        missing = [s for s in wanted if _missing(s) is not None]
+        for spec in wanted:
+            if spec in missing:
+                continue
+            plugin = get_plugin(spec.name)
+            if plugin.can_pack_path(path):
+                return plugin
+        what = "a .safetensors file" if kind == SAFETENSORS else "a torch archive"
+        if missing and len(missing) == len(wanted):
+            raise MissingDependencyError(
+                str(_missing(missing[0])), missing[0].extra, f"pushing {path.name} ({what})"
+            )
+        if found.kind is None:
+            raise UnknownFormatError(
+                f"{path} is named like {what} but is {found.detail}: truncated or corrupt",
+                hint="push the intact file, or --format files to store these bytes as they are",
+            )
+        raise UnknownFormatError(
+            f"{path} is {found.detail}, but no format plugin can read it"
+            + (
+                " (a torch.save checkpoint is a pickle, which modelvault never loads)"
+                if kind == TORCH_ARCHIVE
+                else ""
+            ),
+            hint="push what it holds (a state dict, an ExportedProgram), or --format files to store the bytes",
+        )
+    for spec in table.values():
+        if spec.packs is None and _missing(spec) is None:
+            plugin = get_plugin(spec.name)
+            if plugin.can_pack_path(path):
+                return plugin
+    return get_plugin("files")

@@ -1,0 +1,97 @@
+"""What the everyday commands import: nothing heavy for work that does not need it.
+
+Each command runs in a fresh interpreter under ``python -X importtime``; the
+test reads which modules were imported (not how long they took, which depends
+on the machine) and refuses torch, numpy, boto3 and the rest where the command
+has no use for them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+#: Never needed by listing, showing, aliasing, or pushing a plain file.
+HEAVY = ("torch", "numpy", "safetensors", "boto3", "botocore", "torch_tensorrt", "tensorrt")
+#: --help needs no database either.
+DATABASE = ("sqlalchemy", "alembic", "psycopg", "pymysql", "sqlite3")
+
+
+def _imported(
+    args: list[str], home: Path, cwd: Path
+) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    env = {**os.environ, "MVAULT_HOME": str(home), "MVAULT_NO_PROGRESS": "1"}
+    for var in ("MVAULT_REGISTRY", "MVAULT_STORE", "MVAULT_CACHE_DIR"):
+        env.pop(var, None)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "modelvault.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+    mods = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name and name != "imported package":
+                mods.add(name.split(".", 1)[0])
+    return mods, proc
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("startup")
+    (root / "notes.txt").write_text("three\n")
+    (root / "weights.bin").write_bytes(os.urandom(4096))
+    home = root / "home"
+    _, proc = _imported(["push", "base:1.0.0", "notes.txt"], home, root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return home, root
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls"],
+        ["ls", "base"],
+        ["show", "base@1.0.0"],
+        ["alias", "set", "base", "prod", "1.0.0"],
+        ["push", "other:1.0.0", "weights.bin"],
+        ["push", "other:1.0.1", "notes.txt", "--alias", "staging"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_everyday_commands_import_nothing_heavy(args: list[str], home: tuple[Path, Path]) -> None:
+    mods, proc = _imported(args, *home)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "modelvault" in mods
+    heavy = sorted(m for m in HEAVY if m in mods)
+    assert heavy == [], f"`mvault {' '.join(args)}` imported {heavy}"
+
+
+def test_help_imports_no_database_driver(home: tuple[Path, Path]) -> None:
+    for args in (["--help"], ["push", "--help"], ["ls", "--help"]):
+        mods, proc = _imported(args, *home)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found = sorted(m for m in HEAVY + DATABASE if m in mods)
+        assert found == [], f"`mvault {' '.join(args)}` imported {found}"
+
+
+def test_a_torch_archive_name_does_not_fall_back_to_bytes(home: tuple[Path, Path]) -> None:
+    """Random bytes named .pt2 are refused, not published as a plain file (exit 5)."""
+    _, root = home
+    (root / "model.pt2").write_bytes(os.urandom(2048))
+    (root / "model.safetensors").write_bytes(os.urandom(2048))
+    for name in ("model.pt2", "model.safetensors"):
+        _, proc = _imported(["push", "bad:1.0.0", name], *home)
+        assert proc.returncode == 5, proc.stderr[-2000:]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mvault:")]
+        assert len(lines) == 1 and "truncated or corrupt" in lines[0], proc.stderr[-2000:]
+    _, proc = _imported(["push", "bad:1.0.0", "model.pt2", "--format", "files"], *home)
+    assert proc.returncode == 0, proc.stderr[-2000:]
