@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -328,19 +330,65 @@ class LoadPipeline:
         variant: str | None = None,
         device: str = "cpu",
         progress: Any = None,
+        overwrite: bool = False,
     ) -> Path:
-        """Write the chosen variant's native form to ``dest`` (a file, or into a directory)."""
+        """Write the chosen variant's native form to ``dest`` (a file, or into a directory).
+
+        The output is written under a temporary name beside ``dest`` and moved
+        into place whole, so a failed or interrupted pull leaves nothing behind
+        and readers never see half a file. An existing ``dest`` is refused
+        unless ``overwrite``; missing parent directories are created.
+        """
+        from .formats.container import make_parents, remove_dirs
         from .formats.registry import get_plugin
 
         choice = self.choose(self.resolve(spec), device, variant)
+        manifest, _ = read_manifest(self.store, choice.variant.manifest_digest)
+        plugin = get_plugin(manifest.plugin)
+        suffix = plugin.native_suffix(StoreSource(manifest, self.store))
+        target = dest
+        if target.is_dir() and suffix:
+            safe = spec.replace("/", "_").replace("@", "-").replace(":", "-")
+            target = target / f"{safe}{suffix}"
+        if (target.exists() or target.is_symlink()) and not overwrite:
+            raise FileExistsError(
+                f"{target} already exists; pass overwrite=True (--force) to replace it"
+            )
+        created = make_parents(target.parent)
+        staging = target.with_name(f".{target.name}.mvault-{os.getpid()}-{id(self):x}.part")
 
         def use(source: StoreSource) -> Path:
-            plugin = get_plugin(source.manifest.plugin)
-            target = dest
-            suffix = plugin.native_suffix(source)
-            if target.is_dir() and suffix:
-                safe = spec.replace("/", "_").replace("@", "-").replace(":", "-")
-                target = target / f"{safe}{suffix}"
-            return plugin.export_native(source, target)
+            _remove(staging)
+            plugin.export_native(source, staging)
+            return staging
 
-        return self.deserialize(choice.variant, use, progress=progress)
+        try:
+            self.deserialize(choice.variant, use, progress=progress)
+            _move_into_place(staging, target)
+        except BaseException:
+            _remove(staging)
+            remove_dirs(created)
+            raise
+        return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """``staging`` becomes ``target``; an existing ``target`` (file or tree) is replaced whole."""
+    if target.is_dir() and not target.is_symlink():
+        old = target.with_name(f".{target.name}.mvault-old-{os.getpid()}")
+        os.replace(target, old)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(staging, target)

@@ -32,6 +32,7 @@ __all__ = [
     "PushRequest",
     "PushResult",
     "Upload",
+    "phase",
     "register",
     "upload_bundle",
     "upload_draft",
@@ -79,10 +80,25 @@ class PushResult:
     aliases: list[str] = field(default_factory=list)
 
 
+def phase(progress: Any, name: str, total: int | None = None) -> None:
+    """Tell a progress display that supports phases (``cli.progress.Transfer``) what runs now."""
+    if progress is not None and hasattr(progress, "phase"):
+        progress.phase(name, total)
+
+
+def _name_roles(progress: Any, manifest: Manifest) -> None:
+    if progress is not None and hasattr(progress, "roles"):
+        progress.roles({b.digest: b.role for b in manifest.blobs})
+
+
 def upload_draft(store: BlobStore, draft: Draft, progress: Any = None) -> Upload:
     """Hash the draft's blobs, store the ones the store lacks, then the manifest."""
-    draft.compute_digests()
+    phase(progress, "hashing", draft.total_size)
+    draft.compute_digests(
+        getattr(progress, "advance", None) if hasattr(progress, "phase") else None
+    )
     manifest = finalize(draft)  # validates everything before the first byte is stored
+    _name_roles(progress, manifest)
     uploaded = n_up = n_skip = 0
     seen: set[str] = set()
     for b in draft.blobs:
@@ -112,6 +128,7 @@ def upload_draft(store: BlobStore, draft: Draft, progress: Any = None) -> Upload
 def upload_bundle(store: BlobStore, bundle: Bundle, progress: Any = None) -> Upload:
     """Store a verified bundle's blobs (those the store lacks) and its manifest."""
     manifest = bundle.manifest
+    _name_roles(progress, manifest)
     uploaded = n_up = n_skip = 0
     for i, ref in enumerate(manifest.blobs):
         if store.exists(ref.digest):
@@ -148,8 +165,11 @@ def variant_input(manifest: Manifest) -> Any:
     )
 
 
-def register(registry: Registry, upload: Upload, request: PushRequest) -> PushResult:
+def register(
+    registry: Registry, upload: Upload, request: PushRequest, progress: Any = None
+) -> PushResult:
     """Record the uploaded container as ``request`` says, in one transaction."""
+    phase(progress, "registering")
     manifest = upload.manifest
     vin = variant_input(manifest)
     version = request.version

@@ -21,7 +21,7 @@ from .errors import ConflictError, InvalidArgumentError, UnknownFormatError
 from .formats.container import Draft
 from .formats.registry import detect, get_plugin
 from .loader import Choice, LoadPipeline, LoadRequest, StoreSource, choose_variant, read_manifest
-from .push import PushRequest, PushResult, register, upload_bundle, upload_draft
+from .push import PushRequest, PushResult, phase, register, upload_bundle, upload_draft
 
 if TYPE_CHECKING:
     from .formats.manifest import Manifest
@@ -166,14 +166,21 @@ class Vault:
             from .formats.bundle import Bundle
 
             bundle = Bundle.open(Path(obj))
-            bundle.verify()  # every byte checked before anything is stored
-            return register(self.registry, upload_bundle(self.store, bundle, progress), request)
+            phase(progress, "verifying", bundle.manifest.total_size)
+            # every byte checked before anything is stored
+            bundle.verify(
+                getattr(progress, "advance", None) if hasattr(progress, "phase") else None
+            )
+            upload = upload_bundle(self.store, bundle, progress)
+            return register(self.registry, upload, request, progress)
+        if isinstance(obj, (str, Path)):
+            phase(progress, f"reading {Path(obj).name}")
         draft = self.pack(obj, format=format, **options)
         if metadata:
             draft.metadata.update(dict(metadata))
         for key, value in dict(options.get("frameworks") or {}).items():
             draft.frameworks.setdefault(str(key), str(value))
-        return register(self.registry, upload_draft(self.store, draft, progress), request)
+        return register(self.registry, upload_draft(self.store, draft, progress), request, progress)
 
     # -- lookups -----------------------------------------------------------------
     def resolve(self, spec: str) -> Any:
@@ -253,10 +260,15 @@ class Vault:
         variant: str | None = None,
         device: str = "cpu",
         progress: Any = None,
+        overwrite: bool = False,
     ) -> Path:
-        """Write the version's native form (``.pt2``, TorchScript, ``.safetensors``, files) to ``dest``."""
+        """Write the version's native form (``.pt2``, TorchScript, ``.safetensors``, files) to ``dest``.
+
+        An existing ``dest`` is refused unless ``overwrite=True``; the output
+        appears whole or not at all.
+        """
         return self.pipeline.pull(
-            spec, Path(dest), variant=variant, device=device, progress=progress
+            spec, Path(dest), variant=variant, device=device, progress=progress, overwrite=overwrite
         )
 
     # -- bundles --------------------------------------------------------------------

@@ -54,6 +54,10 @@ def count_calls(store: S3Store) -> dict[str, int]:
             counts["body_bytes"] += len(body)
         elif isinstance(body, io.BytesIO):
             counts["body_bytes"] += body.getbuffer().nbytes
+        elif hasattr(body, "seek") and hasattr(body, "tell"):  # a part's file-like body
+            pos = body.tell()
+            counts["body_bytes"] += body.seek(0, io.SEEK_END) - pos
+            body.seek(pos)
 
     store.client.meta.events.register("before-parameter-build.s3", before_build)
     store.client.meta.events.register("before-send.s3", before_send)

@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--store", metavar="URL", help="blob store URL: file://, s3:// (env MVAULT_STORE)"
     )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress display (it is off anyway when stderr is not a terminal, "
+        "or with MVAULT_NO_PROGRESS=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
         try:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from ._common import Progress, add_json, emit, human_size, print_table
+from ._common import add_json, emit, human_size, print_table
+from .progress import Transfer, progress_enabled
 
 
 def _labels(pairs: list[str] | None) -> dict[str, str]:
@@ -52,6 +53,7 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="file or directory to write")
     p.add_argument("--variant", help="manifest digest (prefix) or format of the variant to pull")
     p.add_argument("--device", default="cpu", help="rank variants for this device (default cpu)")
+    p.add_argument("-f", "--force", action="store_true", help="replace PATH if it exists")
     add_json(p)
     p.set_defaults(func=run_pull)
 
@@ -85,6 +87,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("rm", help="delete a version: NAME:VERSION")
     p.add_argument("ref", metavar="NAME:VERSION")
     p.add_argument("--force", action="store_true", help="also remove aliases that point at it")
+    p.add_argument(
+        "-y", "--yes", action="store_true", help="do not ask for confirmation on a terminal"
+    )
     add_json(p)
     p.set_defaults(func=run_rm)
 
@@ -115,11 +120,23 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run_import)
 
 
-def _push_human(r: Any) -> None:
+def _transfer(args: argparse.Namespace, title: str, verb: str) -> Transfer:
+    return Transfer(
+        title, verb=verb, enabled=not args.json and progress_enabled(getattr(args, "quiet", False))
+    )
+
+
+def _rate(n: int, seconds: float) -> str:
+    return f"{human_size(n)} in {seconds:.1f} s ({human_size(n / max(seconds, 1e-6))}/s)"
+
+
+def _push_human(r: Any, seconds: float | None = None) -> None:
     what = "added variant to" if r.variant_added else ("pushed" if r.created else "unchanged:")
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
     sys.stdout.write(
         f"{what} {r.name}:{r.version} ({r.format}) {r.digest}\n"
-        f"  uploaded {r.blobs_uploaded} blobs, {human_size(r.bytes_uploaded)}; {r.blobs_skipped} already stored\n"
+        f"  uploaded {r.blobs_uploaded} blobs, {human_size(r.bytes_uploaded)}{took}; "
+        f"{r.blobs_skipped} already stored\n"
     )
     if r.aliases:
         sys.stdout.write(f"  aliases: {', '.join(r.aliases)}\n")
@@ -131,33 +148,60 @@ def run_push(args: argparse.Namespace) -> int:
     from ..vault import _split_ref
 
     name, version = _split_ref(args.ref, None)
-    progress = Progress(enabled=False if args.json else None)
-    result = _vault().push(
-        args.source,
-        name,
-        version,
-        format=args.format,
-        aliases=args.alias,
-        labels=_labels(args.label),
-        description=args.description,
-        variant=args.variant,
-        progress=progress,
-    )
-    emit(result, as_json=args.json, human=_push_human)
+    with _transfer(args, f"{name}:{version}", "uploading") as progress:
+        result = _vault().push(
+            args.source,
+            name,
+            version,
+            format=args.format,
+            aliases=args.alias,
+            labels=_labels(args.label),
+            description=args.description,
+            variant=args.variant,
+            progress=progress,
+        )
+    emit(result, as_json=args.json, human=lambda r: _push_human(r, progress.seconds))
     return 0
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    progress = Progress(enabled=False if args.json else None)
-    path = _vault().pull(
-        args.spec, args.output, variant=args.variant, device=args.device, progress=progress
-    )
+    vault = _vault()
+    info, choice = vault.choose(args.spec, args.device, variant=args.variant)
+    variant = choice.variant
+    exact = f"{info.model}:{info.version}"
+    with _transfer(args, exact, "downloading") as progress:
+        path = vault.pull(
+            exact,
+            args.output,
+            variant=variant.manifest_digest,
+            device=args.device,
+            progress=progress,
+            overwrite=args.force,
+        )
+    size = _tree_size(path)
+    out = {
+        "model": info.model,
+        "version": info.version,
+        "format": variant.format,
+        "digest": variant.manifest_digest,
+        "path": str(path),
+        "bytes": size,
+    }
     emit(
-        {"path": str(path)},
+        out,
         as_json=args.json,
-        human=lambda d: sys.stdout.write(f"wrote {d['path']}\n"),
+        human=lambda d: sys.stdout.write(
+            f"pulled {d['model']}:{d['version']} ({d['format']}) {d['digest']}\n"
+            f"  wrote {d['path']}, {_rate(size, progress.seconds)}\n"
+        ),
     )
     return 0
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return path.stat().st_size
 
 
 def run_ls(args: argparse.Namespace) -> int:
@@ -270,11 +314,28 @@ def run_alias_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _confirm(question: str, yes: bool) -> bool:
+    """Ask on a terminal; without one (scripts), go ahead: the command line said so."""
+    if yes or not sys.stdin.isatty():
+        return True
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
 def run_rm(args: argparse.Namespace) -> int:
     from ..vault import _split_ref
 
     name, version = _split_ref(args.ref, None)
-    r = _vault().delete(name, version, force=args.force)
+    vault = _vault()
+    info = vault.resolve(f"{name}:{version}")  # not found is an error before the question
+    question = f"delete {info.model}:{info.version}"
+    if info.aliases:
+        question += f" (aliases: {', '.join(info.aliases)})"
+    if not _confirm(question + "?", args.yes):
+        sys.stderr.write("mvault: nothing deleted\n")
+        return 1
+    r = vault.delete(name, version, force=args.force)
     emit(
         r,
         as_json=args.json,
@@ -334,6 +395,9 @@ def run_import(args: argparse.Namespace) -> int:
         from ..vault import _split_ref
 
         name, version = _split_ref(args.ref, None)
-    r = _vault().import_bundle(args.file, name, version, aliases=args.alias, variant=args.variant)
-    emit(r, as_json=args.json, human=_push_human)
+    with _transfer(args, args.file.name, "uploading") as progress:
+        r = _vault().import_bundle(
+            args.file, name, version, aliases=args.alias, variant=args.variant, progress=progress
+        )
+    emit(r, as_json=args.json, human=lambda x: _push_human(x, progress.seconds))
     return 0

@@ -16,7 +16,7 @@ import math
 import os
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -259,13 +259,18 @@ class Draft:
     def total_size(self) -> int:
         return sum(b.source.size for b in self.blobs)
 
-    def compute_digests(self) -> None:
-        """Hash every blob that has no digest yet (one read pass per blob)."""
+    def compute_digests(self, advance: Callable[[int], None] | None = None) -> None:
+        """Hash every blob that has no digest yet (one read pass per blob).
+
+        ``advance(n)`` is called after each chunk, for a progress display.
+        """
         for b in self.blobs:
             if b.digest is None:
                 h = new_hasher(self.digest_algorithm)
                 for chunk in b.source.chunks():
                     h.update(chunk)
+                    if advance is not None:
+                        advance(chunk.nbytes)
                 b.digest = h.digest_str()
 
 

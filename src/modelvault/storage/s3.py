@@ -29,12 +29,13 @@ imports boto3 or botocore.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -82,6 +83,46 @@ S3_CHECKSUMS = ("CRC32", "SHA256", "CRC32C", "SHA1", "CRC64NVME")
 #: Downloads move through memory in pieces of this size (read, write, hash).
 _STREAM_CHUNK = 1024 * 1024
 _WRITEBACK_STEP = 8 * 1024 * 1024
+
+
+class UploadCancelledError(Exception):
+    """Raised inside a part's send once its upload was given up (Ctrl-C, an error elsewhere)."""
+
+
+class _PartBody(io.RawIOBase):
+    """One part's bytes for botocore to send, in small reads that stop once ``cancelled`` is set.
+
+    http.client sends a file body 8 KiB at a time, so an interrupted push
+    stops sending within milliseconds instead of finishing every part in
+    flight; botocore seeks back to the start for checksums and retries.
+    """
+
+    def __init__(self, data: bytes, cancelled: threading.Event) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+        self._cancelled = cancelled
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, min(len(self._view), base + offset))
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        if self._cancelled.is_set():
+            raise UploadCancelledError("the upload was cancelled")
+        n = min(len(b), len(self._view) - self._pos, 1 << 16)
+        b[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
 
 
 class S3Store(BlobStore):
@@ -338,6 +379,7 @@ class S3Store(BlobStore):
         completed = False
         pending: deque[Future[dict[str, Any]]] = deque()
         done: list[dict[str, Any]] = []
+        cancelled = threading.Event()
 
         def send(number: int, data: bytes) -> dict[str, Any]:
             resp = self.client.upload_part(
@@ -345,7 +387,7 @@ class S3Store(BlobStore):
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=data,
+                Body=_PartBody(data, cancelled),
                 ChecksumAlgorithm=self.checksum,
             )
             if progress is not None:
@@ -380,11 +422,12 @@ class S3Store(BlobStore):
             raise self._translate(exc, "uploading a blob", digest) from exc
         finally:
             if not completed:
+                # Stop the parts in flight (their bodies refuse to give more bytes),
+                # drop the queued ones, and wait a moment for the senders to notice.
+                cancelled.set()
                 for fut in pending:
                     fut.cancel()
-                for fut in pending:
-                    with contextlib.suppress(BaseException):
-                        fut.result()
+                wait(pending, timeout=1.0)
                 # Best effort: when the server is gone this fails too, and
                 # cleanup_incomplete_uploads() removes the upload later.
                 with contextlib.suppress(Exception):
