@@ -25,7 +25,8 @@ keep working for callers that do not know modelvault.
     ├── ConflictError
     │   ├── ModelExistsError
     │   ├── VersionExistsError
-    │   └── VariantExistsError
+    │   ├── VariantExistsError
+    │   └── OutputExistsError (FileExistsError)
     ├── FormatError (ValueError)
     │   ├── TruncatedError
     │   ├── CorruptError
@@ -82,6 +83,7 @@ __all__ = [
     "ModelVaultError",
     "NoCompatibleVariantError",
     "NotFoundError",
+    "OutputExistsError",
     "PayloadMismatchError",
     "PluginNotFoundError",
     "RegistryError",
@@ -200,6 +202,17 @@ class ConflictError(ModelVaultError):
 
 class ModelExistsError(ConflictError):
     """A model of this name already exists."""
+
+
+class OutputExistsError(ConflictError, FileExistsError):
+    """The path a pull or export would write already exists, and replacing it was not asked for."""
+
+    def __init__(self, path: object) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} already exists",
+            hint="pass --force to replace it (overwrite=True from Python), or choose another path",
+        )
 
 
 class VersionExistsError(ConflictError):

@@ -42,6 +42,7 @@ from .errors import (
     BlobNotFoundError,
     IntegrityError,
     NoCompatibleVariantError,
+    OutputExistsError,
     VariantNotFoundError,
 )
 from .formats.container import BlobLocation
@@ -351,9 +352,7 @@ class LoadPipeline:
             safe = spec.replace("/", "_").replace("@", "-").replace(":", "-")
             target = target / f"{safe}{suffix}"
         if (target.exists() or target.is_symlink()) and not overwrite:
-            raise FileExistsError(
-                f"{target} already exists; pass overwrite=True (--force) to replace it"
-            )
+            raise OutputExistsError(target)
         created = make_parents(target.parent)
         staging = target.with_name(f".{target.name}.mvault-{os.getpid()}-{id(self):x}.part")
 

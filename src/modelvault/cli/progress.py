@@ -55,17 +55,29 @@ class Transfer:
                 BarColumn,
                 DownloadColumn,
                 Progress,
+                ProgressColumn,
                 TextColumn,
                 TimeRemainingColumn,
                 TransferSpeedColumn,
             )
+            from rich.text import Text
+
+            class Sized(ProgressColumn):
+                """A column shown only for steps with a byte count (not for "registering")."""
+
+                def __init__(self, inner: ProgressColumn) -> None:
+                    self.inner = inner
+                    super().__init__()
+
+                def render(self, task: Any) -> Any:
+                    return self.inner.render(task) if task.total is not None else Text("")
 
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
-                DownloadColumn(binary_units=True),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
+                Sized(DownloadColumn(binary_units=True)),
+                Sized(TransferSpeedColumn()),
+                Sized(TimeRemainingColumn()),
                 console=Console(stderr=True),
                 transient=True,
             )
@@ -100,8 +112,9 @@ class Transfer:
     def advance(self, n: int) -> None:
         with self._lock:
             self.bytes_moved += n
-            if self._bar is not None and self._task is not None:
-                self._bar.advance(self._task, n)
+            task = self._task if self._task is not None else self._phase_task
+            if self._bar is not None and task is not None:
+                self._bar.advance(task, n)
 
     def finish(self) -> None:
         with self._lock:
