@@ -46,7 +46,9 @@ def bundle(r: dict[str, Any]) -> list[str]:
         f"{gib:g} GiB of random bytes as one tensor; median of {r['runs']} rounds "
         f"after {r['warmup']} unmeasured, peers alternating.",
     )
-    lines += ["| operation (each row: the same bytes, the same end state as its peer) | seconds | GiB/s |"]
+    lines += [
+        "| operation (each row: the same bytes, the same end state as its peer) | seconds | GiB/s |"
+    ]
     lines += ["| --- | ---: | ---: |"]
     names = [
         ("plain_write_s", "plain write + fsync of the file and its directory"),
@@ -131,22 +133,41 @@ def torch_formats(r: dict[str, Any]) -> list[str]:
         ts = x("load_torch_jit", "load_modelvault_ts")
         frac = max(growth["load_modelvault_ep"]) / r["model_bytes"]
         goals += [
-            ("ExportedProgram onto the GPU ≥ 10x faster than `torch.export.load` + move", f"{ep:.1f}x", ep >= 10),
+            (
+                "ExportedProgram onto the GPU ≥ 10x faster than `torch.export.load` + move",
+                f"{ep:.1f}x",
+                ep >= 10,
+            ),
             ("ExportedProgram no slower than safetensors + module", f"{st:.2f}x", st >= 1.0),
             ("TorchScript onto the GPU ≥ 2x faster than `torch.jit.load`", f"{ts:.1f}x", ts >= 2),
-            ("host memory growth while loading onto the GPU < 25% of the model", f"{frac:.0%}", frac < 0.25),
+            (
+                "host memory growth while loading onto the GPU < 25% of the model",
+                f"{frac:.0%}",
+                frac < 0.25,
+            ),
         ]
     else:
         save = x("save_torch_export_fsync", "save_modelvault_ep")
         load = x("load_torch_export", "load_modelvault_ep")
         goals += [
-            ("ExportedProgram save ≥ 2x faster than `torch.export.save` + fsync", f"{save:.2f}x", save >= 2),
-            ("ExportedProgram load ≥ 2x faster than `torch.export.load` + `.module()`", f"{load:.2f}x", load >= 2),
+            (
+                "ExportedProgram save ≥ 2x faster than `torch.export.save` + fsync",
+                f"{save:.2f}x",
+                save >= 2,
+            ),
+            (
+                "ExportedProgram load ≥ 2x faster than `torch.export.load` + `.module()`",
+                f"{load:.2f}x",
+                load >= 2,
+            ),
         ]
     lines += _goals(goals)
     info = [
         ("save vs `torch.export.save` without fsync", x("save_torch_export", "save_modelvault_ep")),
-        ("ExportedProgram load vs safetensors + module", x("load_safetensors_module", "load_modelvault_ep")),
+        (
+            "ExportedProgram load vs safetensors + module",
+            x("load_safetensors_module", "load_modelvault_ep"),
+        ),
         ("TorchScript load vs `torch.jit.load`", x("load_torch_jit", "load_modelvault_ts")),
     ]
     if not gpu:
@@ -168,14 +189,17 @@ def vault(r: dict[str, Any]) -> list[str]:
     lines += ["| operation (both sides start from the same `nn.Module`) | median s |"]
     lines += ["| --- | ---: |"]
     rows = [
-        ("modelvault_push", "modelvault: `torch.export.export` + `Vault.push` (hashed, fsynced, registered)"),
+        (
+            "modelvault_push",
+            "modelvault: `torch.export.export` + `Vault.push` (hashed, fsynced, registered)",
+        ),
         ("modelvault_export", "&nbsp;&nbsp;of which `torch.export.export`"),
         ("modelvault_push_only", "&nbsp;&nbsp;of which `Vault.push`"),
         ("mlflow_push", "MLflow: `log_model(registered_model_name=..., input_example=x)` + fsync"),
         ("mlflow_push_fsync", "&nbsp;&nbsp;of which the fsync of its artifacts"),
         ("mlflow_push_pinned", "MLflow, `pip_requirements` given (no inference) + fsync"),
         ("modelvault_load", "modelvault: `Vault.load(...).module()`, weights resident"),
-        ("mlflow_load", "MLflow: `load_model(\"models:/bench/1\")`, weights resident"),
+        ("mlflow_load", 'MLflow: `load_model("models:/bench/1")`, weights resident'),
     ]
     for key, label in rows:
         if key in s:
@@ -187,7 +211,11 @@ def vault(r: dict[str, Any]) -> list[str]:
         load = s["mlflow_load"] / s["modelvault_load"]
         goals += [
             ("push + register ≥ 5x faster than MLflow `log_model`", f"{push:.1f}x", push >= 5),
-            ("the same against MLflow with requirement inference off", f"{pinned:.1f}x", pinned >= 5),
+            (
+                "the same against MLflow with requirement inference off",
+                f"{pinned:.1f}x",
+                pinned >= 5,
+            ),
             ("load by version ≥ 5x faster than MLflow `load_model`", f"{load:.1f}x", load >= 5),
         ]
     ov = r["vault_overhead_ms"]
@@ -232,7 +260,11 @@ def storage(r: dict[str, Any]) -> list[str]:
     ]
     zero = all(b == 0 for b in r["warm_pull_s3_get_bytes"])
     goals = [
-        ("push ≥ 90% of boto3 `upload_file`", f"{r['push_vs_boto3']:.0%}", r["push_vs_boto3"] >= 0.9),
+        (
+            "push ≥ 90% of boto3 `upload_file`",
+            f"{r['push_vs_boto3']:.0%}",
+            r["push_vs_boto3"] >= 0.9,
+        ),
         (
             "pull ≥ 90% of boto3 `download_file` + fsync",
             f"{r['pull_vs_boto3_fsync']:.0%}",
@@ -243,7 +275,11 @@ def storage(r: dict[str, Any]) -> list[str]:
             f"{r['second_push_fraction']:.2%}",
             r["second_push_fraction"] < 0.05,
         ),
-        ("pull into a warm cache reads no bytes from S3", "0 bytes" if zero else "bytes read", zero),
+        (
+            "pull into a warm cache reads no bytes from S3",
+            "0 bytes" if zero else "bytes read",
+            zero,
+        ),
     ]
     return lines + _goals(goals)
 

@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     ap.add_argument(
-        "--no-cold", action="store_true", help="skip the cold-cache reads (they drop the page cache)"
+        "--no-cold",
+        action="store_true",
+        help="skip the cold-cache reads (they drop the page cache)",
     )
     ap.add_argument("--dir", type=Path, default=HERE / ".work")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -192,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             times.update(
                 interleaved(
                     [
-                        Case("plain_write_s", lambda: plain_write(plain, data), lambda: clear(plain)),
+                        Case(
+                            "plain_write_s", lambda: plain_write(plain, data), lambda: clear(plain)
+                        ),
                         Case("bundle_write_s", do_bundle, lambda: clear(bundle_path)),
                     ],
                     args.runs,

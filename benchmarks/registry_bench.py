@@ -10,16 +10,20 @@ Measured through the public API, after a warm-up:
   the middle, while that model grows to 1k, 10k and 100k versions.
 
 MLflow runs the same workload in the same run, on the same engine and sizes,
-in its own virtual environment (``--mlflow-python``, default ``$MLFLOW_PYTHON``)
-as a subprocess: ``get_model_version``,
-``get_model_version_by_alias``, ``search_model_versions``. Data is
-bulk-inserted through SQLAlchemy Core on both sides (100k ``register``
-calls would measure the loader, not the lookups).
+in its own virtual environment (``--mlflow-python``, default ``$MLFLOW_PYTHON``,
+else ``benchmarks/.mlflow-venv``) as a worker process: ``get_model_version``,
+``get_model_version_by_alias``, ``search_model_versions``. Both databases
+exist side by side and the two sides take turns (``--rounds`` turns per case,
+the order reversed every other turn), each turn timing its calls in its own
+process. Data is bulk-inserted through SQLAlchemy Core on both sides (100k
+``register`` calls would measure the loader, not the lookups), then both are
+settled alike (``_settle.py``).
 
     PYTHONPATH=src python benchmarks/registry_bench.py            # full run
-    PYTHONPATH=src python benchmarks/registry_bench.py --quick    # smoke test
+    PYTHONPATH=src python benchmarks/registry_bench.py --quick    # smoke test, writes nothing
+    python benchmarks/registry_bench.py --render benchmarks/results/registry.json
 
-Writes benchmarks/results/registry.json and prints a Markdown table.
+Writes benchmarks/results/registry.json and prints the tables.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from _machine import Monitor  # benchmarks/ is this script's path
-from _runs import write_report
+from _runs import SCHEMA, write_report
 from _settle import settle
 from _tables import render
 from sqlalchemy import Engine, create_engine, insert, text
@@ -462,7 +466,11 @@ def main() -> None:
         help="python of a separate venv with mlflow-skinny and the database drivers",
     )
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    ap.add_argument("--out", default=str(HERE / "results" / "registry.json"))
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results file (default: results/registry.json; none with --quick)",
+    )
     ap.add_argument("--render", type=Path, help="print the tables of a results file and exit")
     args = ap.parse_args()
     if args.render:
@@ -501,7 +509,10 @@ def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     machine = monitor.record()
     machine["extra"] = {"disk": disk(), "sqlite": sqlite3.sqlite_version}
-    out = Path(args.out)
+    if args.out is None and args.quick:
+        print(render({"schema": SCHEMA, "benchmark": "registry", "machine": machine, **results}))
+        return
+    out = Path(args.out or HERE / "results" / "registry.json")
     write_report(out, "registry", results, machine)
     print(render(json.loads(out.read_text())))
     print(f"\nJSON: {out}")
@@ -509,9 +520,11 @@ def main() -> None:
 
 def disk() -> str:
     try:
-        return subprocess.run(
-            ["df", str(HERE)], capture_output=True, text=True, check=False
-        ).stdout.splitlines()[-1].split()[0]
+        return (
+            subprocess.run(["df", str(HERE)], capture_output=True, text=True, check=False)
+            .stdout.splitlines()[-1]
+            .split()[0]
+        )
     except (OSError, IndexError):
         return "unknown"
 

@@ -106,9 +106,7 @@ def main() -> None:
     )
     ap.add_argument("--weed-dir", default=None, help="SeaweedFS data (default: under --workdir)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storage.json"))
-    ap.add_argument(
-        "--render", default=None, help="print the table of a results file and exit"
-    )
+    ap.add_argument("--render", default=None, help="print the table of a results file and exit")
     args = ap.parse_args()
     if args.render:
         print(render(json.loads(Path(args.render).read_text())))
@@ -201,6 +199,7 @@ def main() -> None:
                 sent = store.put_file(digest, src)
                 got["mv_push_again"] = time.perf_counter() - t0
                 assert sent is False
+                push_again_ops = dict(ops)
                 cache = BlobCache(work / f"cache{run}", 4 * size)
                 cache.fetch(store, digest)
                 counter = get_bytes_counter(store.client)
@@ -215,7 +214,7 @@ def main() -> None:
                 if run >= args.warmup:
                     for k, v in got.items():
                         results[k].append(v)
-                    second_push_ops.append(dict(ops))
+                    second_push_ops.append(push_again_ops)
                     warm_get_bytes.append(counter["get_bytes"])
                 print(
                     f"run {run}{' (warm-up)' if run < args.warmup else ''}: "

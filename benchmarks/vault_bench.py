@@ -117,8 +117,7 @@ def main() -> int:
     with_mlflow = args.device == "cpu" and not args.no_mlflow
     if with_mlflow and not (args.mlflow_python and Path(args.mlflow_python).exists()):
         sys.exit(
-            "no MLflow interpreter: run `make bench-setup`, or pass --mlflow-python or "
-            "--no-mlflow"
+            "no MLflow interpreter: run `make bench-setup`, or pass --mlflow-python or --no-mlflow"
         )
 
     import safetensors.torch
@@ -171,9 +170,7 @@ def main() -> int:
     def mv_push() -> None:
         i = rnd["mv_push"]
         t0 = time.perf_counter()
-        program = torch.export.export(
-            model, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},)
-        )
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
         t1 = time.perf_counter()
         vaults[i].push(program, "bench", f"1.0.{i}")
         parts["export_s"].append(t1 - t0)
@@ -284,7 +281,8 @@ def main() -> int:
         "seconds": measured,
         "worker_round_trip_seconds": {k: v for k, v in wall.items() if k.startswith("mlflow")},
         "overhead_seconds": overhead,
-        "vault_overhead_ms": (median(overhead["vault_load"]) - median(overhead["plugin_load"])) * 1000,
+        "vault_overhead_ms": (median(overhead["vault_load"]) - median(overhead["plugin_load"]))
+        * 1000,
     }
     write_report(out_path, "vault", report, monitor.record())
     print(render(json.loads(out_path.read_text())))
