@@ -5,7 +5,7 @@
 # that started on a busy machine says CONTENDED in its table.
 #
 #     make bench-setup               # once: MLflow in its own venv
-#     bash benchmarks/run_all_cpu.sh # about 15 minutes on 2 cores
+#     bash benchmarks/run_all_cpu.sh
 #
 # PYTHON and MLFLOW_PYTHON override the interpreters; WAIT_IDLE=0 starts at
 # once instead of waiting (up to 10 minutes) for the load average to drop.
@@ -23,7 +23,7 @@ fi
 # Start each benchmark only once the machine has calmed down (load < 0.5 per CPU).
 wait_idle() {
     [ "${WAIT_IDLE:-1}" = 1 ] || return 0
-    local cpus limit i
+    local cpus i
     cpus=$(nproc)
     for i in $(seq 60); do
         if awk -v c="$cpus" '{ exit !($1 < 0.5 * c) }' /proc/loadavg; then return 0; fi
