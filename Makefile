@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch 2.13.0 is pinned so pip takes the CPU build from the machine's local wheel cache.
 TORCH  ?= torch==2.13.0
 
-.PHONY: quickstart test lint typecheck bench-cpu clean
+.PHONY: quickstart test lint typecheck bench-cpu bench-setup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ lint: $(BIN)/.installed
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy --strict src/modelvault
+
+## MLflow for the benchmarks' peer side, in its own venv: its dependencies from PyPI,
+## torch and numpy reused from $(VENV) through a .pth file (appended last, so
+## MLflow's own packages win), so torch is not downloaded twice.
+MLFLOW_VENV ?= benchmarks/.mlflow-venv
+MLFLOW_PKGS ?= mlflow-skinny==3.17.2 sqlalchemy alembic psycopg2-binary pandas scipy
+bench-setup: $(BIN)/.installed
+	$(BIN)/python -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install -q $(MLFLOW_PKGS)
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+	    > "$$($(MLFLOW_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-modelvault-venv.pth"
+	$(MLFLOW_VENV)/bin/python -c 'import mlflow.pytorch, torch; print("mlflow", mlflow.__version__, "torch", torch.__version__)'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,18 @@
-"""The MLflow half of registry_bench.py; runs in MLflow's own virtual environment.
+"""The MLflow half of registry_bench.py: a worker in MLflow's own virtual environment.
 
-Takes a JSON plan as argv[1], prints one JSON line of results. Populates
-MLflow's tables with SQLAlchemy Core (same sizes as the modelvault side) and
-times the store's public methods.
+    python _mlflow_side.py PLAN_JSON
+
+Populates MLflow's tables with SQLAlchemy Core (same sizes as the modelvault
+side), prints ``{"ready": ...}``, then answers one JSON command a line on
+stdin, so that the two sides' measurements can alternate:
+
+* ``{"op": "grow", "size": N}``: the big model grown to N versions, then
+  statistics refreshed; answers ``{}``;
+* ``{"op": "time", "case": NAME, "n": CALLS, "warmup": CALLS}``: seconds of
+  each of ``n`` calls of one case (``first_page``, ``middle_page``,
+  ``exact``, ``alias``, ``latest``, ``big_exact``, ``big_alias``,
+  ``big_latest``), after ``warmup`` untimed calls;
+* ``{"op": "quit"}``.
 """
 
 from __future__ import annotations
@@ -10,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import statistics
 import sys
 import time
 from typing import Any
@@ -31,27 +40,6 @@ from sqlalchemy import insert  # noqa: E402
 
 CHUNK = 10_000
 NOW = 1_767_225_600_000
-
-
-def pct(samples: list[float]) -> dict[str, float]:
-    s = sorted(samples)
-    return {
-        "p50_ms": round(statistics.median(s) * 1000, 3),
-        "p99_ms": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, 3),
-        "mean_ms": round(statistics.fmean(s) * 1000, 3),
-        "n": len(s),
-    }
-
-
-def timed(fn: Any, n: int, warmup: int = 100) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return pct(out)
 
 
 def main() -> None:
@@ -103,58 +91,64 @@ def main() -> None:
     bulk(
         SqlRegisteredModelAlias, [{"name": n, "alias": "prod", "version": per // 2} for n in names]
     )
+    settle(engine)
     populate = time.perf_counter() - t0
 
-    out: dict[str, Any] = {
-        "version": mlflow.__version__,
-        "populate_s": round(populate, 2),
-        "listing": {},
-    }
+    print(json.dumps({"ready": True, "version": mlflow.__version__, "populate_s": populate}))
+    sys.stdout.flush()
     have = 0
     filt = f"name='{big}'"
-    for size in plan["big_sizes"]:
-        versions([(big, have, size)])
-        if have == 0:
-            bulk(SqlRegisteredModelAlias, [{"name": big, "alias": "prod", "version": size // 2}])
-        have = size
-        settle(engine)
-        middle = SearchUtils.create_page_token(size // 2)
-        out["listing"][str(size)] = {
-            "first_page": timed(
-                lambda: store.search_model_versions(
-                    filt, max_results=50, order_by=["version_number DESC"]
-                ),
-                plan["list_iters"],
-            ),
-            "middle_page": timed(
-                lambda tok=middle: store.search_model_versions(
-                    filt, max_results=50, order_by=["version_number DESC"], page_token=tok
-                ),
-                plan["list_iters"],
-            ),
-        }
     rng = random.Random(7)
-    n = plan["iters"]
 
     def latest(name: str) -> Any:
         return store.search_model_versions(
             f"name='{name}'", max_results=1, order_by=["version_number DESC"]
         )
 
-    out["resolve"] = {
-        "exact": timed(
-            lambda: store.get_model_version(rng.choice(names), str(rng.randint(1, per))), n
+    cases: dict[str, Any] = {
+        "first_page": lambda: store.search_model_versions(
+            filt, max_results=50, order_by=["version_number DESC"]
         ),
-        "alias": timed(lambda: store.get_model_version_by_alias(rng.choice(names), "prod"), n),
-        "latest": timed(lambda: latest(rng.choice(names)), n),
+        "middle_page": lambda: store.search_model_versions(
+            filt,
+            max_results=50,
+            order_by=["version_number DESC"],
+            page_token=SearchUtils.create_page_token(have // 2),
+        ),
+        "exact": lambda: store.get_model_version(rng.choice(names), str(rng.randint(1, per))),
+        "alias": lambda: store.get_model_version_by_alias(rng.choice(names), "prod"),
+        "latest": lambda: latest(rng.choice(names)),
+        "big_exact": lambda: store.get_model_version(big, str(rng.randint(1, have))),
+        "big_alias": lambda: store.get_model_version_by_alias(big, "prod"),
+        "big_latest": lambda: latest(big),
     }
-    out["resolve_big"] = {
-        "exact": timed(lambda: store.get_model_version(big, str(rng.randint(1, have))), n),
-        "alias": timed(lambda: store.get_model_version_by_alias(big, "prod"), n),
-        "latest": timed(lambda: latest(big), n),
-    }
-    out["total_versions"] = (plan["models"] - 1) * per + have
-    print(json.dumps(out))
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        if cmd["op"] == "grow":
+            size = int(cmd["size"])
+            versions([(big, have, size)])
+            if have == 0:
+                bulk(
+                    SqlRegisteredModelAlias, [{"name": big, "alias": "prod", "version": size // 2}]
+                )
+            have = size
+            settle(engine)
+            reply: dict[str, Any] = {}
+        elif cmd["op"] == "time":
+            fn = cases[cmd["case"]]
+            for _ in range(int(cmd["warmup"])):
+                fn()
+            samples = []
+            for _ in range(int(cmd["n"])):
+                t0 = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - t0)
+            reply = {"samples": samples}
+        else:
+            raise SystemExit(f"unknown op {cmd['op']!r}")
+        print(json.dumps(reply), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,27 @@
 """Bundle write and verified read against plain sequential file I/O of the same bytes.
 
-Measures, in one run, on one directory (median of ``--runs`` runs each):
+Measures, in one run, on one directory (median of ``--runs`` runs each,
+peers alternating round by round, the order reversed every other round):
 
 * plain write: the same bytes, same chunk size, to a new file in the same
-  directory, with fsync (as ``write_bundle`` does);
-* ``write_bundle`` of a draft whose tensor section holds one tensor of
-  ``--size`` bytes;
-* plain sequential read of the bundle file into a buffer (page cache warm,
-  and cold when the page cache can be dropped: root and a writable
+  directory, then fsync of the file and of its directory; against
+  ``write_bundle`` of a draft whose tensor section holds one tensor of
+  ``--size`` bytes (hashes while writing, fsyncs, renames, fsyncs the
+  directory): the same durability on both sides;
+* reads into a buffer: plain sequential ``readinto`` of the tensor bytes
+  against ``Bundle.open`` + ``read_verified_into`` (page cache warm, and
+  cold when the page cache can be dropped: root and a writable
   ``/proc/sys/vm/drop_caches``);
-* verified read: ``Bundle.open`` and the tensor section through
-  ``read_verified_into`` into a buffer (warm and cold);
+* mapped reads (the CPU loader's path): the tensor bytes mapped and every
+  4 KiB page touched (plain: resident, unverified) against the same mapping
+  hashed in place (every byte read, digest checked): both end with the same
+  resident mapping; the difference is the cost of verification;
 * hashing alone: the digest of the same bytes already in memory.
 
-Peers alternate run by run. Writes ``benchmarks/results/bundle.json`` and
-prints a Markdown table.
+Writes ``benchmarks/results/bundle.json`` and prints the table.
 
-    PYTHONPATH=src python benchmarks/bundle_bench.py --size 1GiB --runs 3
+    PYTHONPATH=src python benchmarks/bundle_bench.py --size 1GiB --runs 9
+    python benchmarks/bundle_bench.py --render benchmarks/results/bundle.json
 """
 
 from __future__ import annotations
@@ -25,22 +30,24 @@ import argparse
 import json
 import mmap
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-
-from modelvault.config import parse_size
-from modelvault.formats.bundle import Bundle, write_bundle
-from modelvault.formats.container import Draft, TensorSectionBuilder
-from modelvault.digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
 RESULTS = HERE / "results" / "bundle.json"
+
+from _machine import Monitor  # noqa: E402
+from _runs import Case, interleaved, median, paired_ratio, write_report  # noqa: E402
+from _tables import render  # noqa: E402
+
+from modelvault.config import parse_size  # noqa: E402
+from modelvault.digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into  # noqa: E402
+from modelvault.formats.bundle import Bundle, write_bundle  # noqa: E402
+from modelvault.formats.container import Draft, TensorSectionBuilder  # noqa: E402
 
 
 def drop_caches() -> bool:
@@ -59,6 +66,12 @@ def plain_write(path: Path, data: memoryview) -> None:
         for start in range(0, data.nbytes, CHUNK):
             f.write(data[start : start + CHUNK])
         os.fsync(f.fileno())
+    # write_bundle makes the new name durable too.
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def plain_read(path: Path, buf: memoryview, offset: int) -> None:
@@ -78,6 +91,18 @@ def verified_read(path: Path, buf: memoryview) -> None:
     with open(path, "rb", buffering=0) as f:
         f.seek(loc.offset)
         read_verified_into(f, loc.size, loc.digest, into=buf)
+
+
+def plain_map(path: Path, offset: int, size: int) -> None:
+    """The same mapping without verification: every page touched, so it ends resident too."""
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    view = memoryview(m)[offset : offset + size]
+    try:
+        bytes(view[::4096])  # one byte of every page, read in C
+    finally:
+        view.release()
+        m.close()
 
 
 def verified_map(path: Path) -> None:
@@ -108,29 +133,31 @@ def hash_only(data: memoryview) -> None:
     h.digest_str()
 
 
-def machine(directory: Path) -> dict[str, str]:
+def disk(directory: Path) -> dict[str, str]:
     df = subprocess.run(
         ["df", "-T", str(directory)], capture_output=True, text=True, check=False
     ).stdout.splitlines()
     fs = df[-1].split() if len(df) > 1 else ["?", "?"]
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {
-        "cpus": str(os.cpu_count()),
-        "memory_gib": f"{mem / 2**30:.0f}",
-        "device": fs[0],
-        "filesystem": fs[1],
-        "python": platform.python_version(),
-    }
+    return {"disk": fs[0], "filesystem": fs[1]}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=1, help="unmeasured write rounds first")
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    ap.add_argument(
+        "--no-cold",
+        action="store_true",
+        help="skip the cold-cache reads (they drop the page cache)",
+    )
     ap.add_argument("--dir", type=Path, default=HERE / ".work")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--render", type=Path, help="print the table of a results file and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return 0
     size = parse_size(args.size)
     work = args.dir
     work.mkdir(parents=True, exist_ok=True)
@@ -154,146 +181,96 @@ def main(argv: list[str] | None = None) -> int:
         draft.add_tensor_section(builder)
         write_bundle(draft, bundle_path)
 
+    def clear(path: Path) -> None:
+        # Both writers get a new file: replacing a 1 GiB file first frees its
+        # blocks, which on a filesystem mounted with `discard` costs seconds.
+        path.unlink(missing_ok=True)
+        os.sync()
+
+    monitor = Monitor()
+    times: dict[str, list[float]] = {}
     try:
-        res: dict[str, float] = {}
-        times: dict[str, list[float]] = {}
-
-        def clear(path: Path) -> None:
-            # Both writers get a new file: replacing a 1 GiB file first frees its
-            # blocks, which on a filesystem mounted with `discard` costs seconds.
-            path.unlink(missing_ok=True)
-            os.sync()
-
-        def measure(key: str, fn: Callable[[], None], before: Callable[[], object] | None) -> None:
-            if before is not None:
-                before()
-            t0 = time.perf_counter()
-            fn()
-            times.setdefault(key, []).append(time.perf_counter() - t0)
-
-        # Peers run in alternation, round after round, so that drift in a shared
-        # machine (disk, CPU) reaches both sides of each comparison alike.
-        def do_plain() -> None:
-            plain_write(plain, data)
-
-        for _ in range(args.warmup):
-            for fn, path in ((do_plain, plain), (do_bundle, bundle_path)):
-                clear(path)
-                fn()
-        for _ in range(args.runs):
-            measure("plain_write_s", lambda: plain_write(plain, data), lambda: clear(plain))
-            measure("bundle_write_s", do_bundle, lambda: clear(bundle_path))
-        plain.unlink(missing_ok=True)
-        offset = Bundle.open(bundle_path).locate(0).offset
-        plain_read(bundle_path, out, offset)  # warm the cache
-        for _ in range(args.runs):
-            measure("plain_read_warm_s", lambda: plain_read(bundle_path, out, offset), None)
-            measure("verified_read_warm_s", lambda: verified_read(bundle_path, out), None)
-            measure("verified_map_warm_s", lambda: verified_map(bundle_path), None)
-            measure("hash_only_s", lambda: hash_only(data), None)
-        cold = drop_caches()
-        if cold:
-            for _ in range(args.runs):
-                measure(
-                    "plain_read_cold_s",
-                    lambda: plain_read(bundle_path, out, offset),
-                    drop_caches,
+        with monitor:
+            times.update(
+                interleaved(
+                    [
+                        Case(
+                            "plain_write_s", lambda: plain_write(plain, data), lambda: clear(plain)
+                        ),
+                        Case("bundle_write_s", do_bundle, lambda: clear(bundle_path)),
+                    ],
+                    args.runs,
+                    args.warmup,
                 )
-                measure(
-                    "verified_read_cold_s", lambda: verified_read(bundle_path, out), drop_caches
+            )
+            plain.unlink(missing_ok=True)
+            loc = Bundle.open(bundle_path).locate(0)
+            plain_read(bundle_path, out, loc.offset)  # warm the cache
+            times.update(
+                interleaved(
+                    [
+                        Case("plain_read_warm_s", lambda: plain_read(bundle_path, out, loc.offset)),
+                        Case("verified_read_warm_s", lambda: verified_read(bundle_path, out)),
+                        Case("plain_map_warm_s", lambda: plain_map(bundle_path, loc.offset, size)),
+                        Case("verified_map_warm_s", lambda: verified_map(bundle_path)),
+                        Case("hash_only_s", lambda: hash_only(data)),
+                    ],
+                    args.runs,
+                    args.warmup,
                 )
-        res = {k: statistics.median(v) for k, v in times.items()}
-        if bytes(out[:4096]) != bytes(data[:4096]) or out[-4096:] != data[-4096:]:
-            raise RuntimeError("verified read returned different bytes")
+            )
+            if not args.no_cold and drop_caches():
+                times.update(
+                    interleaved(
+                        [
+                            Case(
+                                "plain_read_cold_s",
+                                lambda: plain_read(bundle_path, out, loc.offset),
+                                drop_caches,
+                            ),
+                            Case(
+                                "verified_read_cold_s",
+                                lambda: verified_read(bundle_path, out),
+                                drop_caches,
+                            ),
+                        ],
+                        args.runs,
+                        args.warmup,
+                    )
+                )
+            if bytes(out[:4096]) != bytes(data[:4096]) or out[-4096:] != data[-4096:]:
+                raise RuntimeError("verified read returned different bytes")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    gib = size / 2**30
-    rows = []
-
-    def row(name: str, key: str, peer: str | None, goal: str = "", ok: bool | None = None) -> None:
-        t = res[key]
-        ratio = f"{res[peer] / t:.0%}" if peer else ""
-        mark = "" if ok is None else ("met" if ok else "missed")
-        rows.append((name, f"{t:.3f}", f"{gib / t:.2f}", ratio, goal, mark))
-
-    row("plain sequential write + fsync", "plain_write_s", None)
-    w_ratio = res["plain_write_s"] / res["bundle_write_s"]
-    row(
-        "write_bundle (hash while writing, fsync)",
-        "bundle_write_s",
-        "plain_write_s",
-        ">= 80% of plain write",
-        w_ratio >= 0.8,
-    )
-
-    def paired(peer: str, key: str) -> float:
-        """Median over rounds of peer/ours, each round's two runs taken side by side."""
-        return statistics.median(p / o for p, o in zip(times[peer], times[key]))
-
-    summary: dict[str, object] = {
-        "write_ratio": w_ratio,
-        "write_ratio_paired": paired("plain_write_s", "bundle_write_s"),
+    pairs = {
+        "write": ("plain_write_s", "bundle_write_s"),
+        "read_warm": ("plain_read_warm_s", "verified_read_warm_s"),
+        "read_cold": ("plain_read_cold_s", "verified_read_cold_s"),
+        "map_warm": ("plain_map_warm_s", "verified_map_warm_s"),
+        "map_vs_plain_read_warm": ("plain_read_warm_s", "verified_map_warm_s"),
     }
-    for temp in ("warm", "cold"):
-        pk, vk = f"plain_read_{temp}_s", f"verified_read_{temp}_s"
-        if pk not in res:
-            continue
-        r_ratio = res[pk] / res[vk]
-        cost = (res[vk] - res[pk]) / res[pk]
-        summary[f"read_ratio_{temp}"] = r_ratio
-        summary[f"read_ratio_{temp}_paired"] = paired(pk, vk)
-        summary[f"verify_cost_{temp}"] = cost
-        row(f"plain sequential read ({temp} cache)", pk, None)
-        row(
-            f"verified read ({temp} cache)",
-            vk,
-            pk,
-            ">= 80% of plain read; verification < 20% of the read",
-            r_ratio >= 0.8 and cost < 0.2,
-        )
-    m_ratio = res["plain_read_warm_s"] / res["verified_map_warm_s"]
-    m_cost = (res["verified_map_warm_s"] - res["plain_read_warm_s"]) / res["plain_read_warm_s"]
-    summary["map_ratio_warm"] = m_ratio
-    summary["map_ratio_warm_paired"] = paired("plain_read_warm_s", "verified_map_warm_s")
-    summary["map_verify_cost_warm"] = m_cost
-    row(
-        "verified mapped read (warm cache; the CPU loader's path)",
-        "verified_map_warm_s",
-        "plain_read_warm_s",
-        ">= 80% of plain read; verification < 20% of the read",
-        m_ratio >= 0.8 and m_cost < 0.2,
-    )
-    row("hashing alone (blake3, in memory)", "hash_only_s", None)
-    summary["hash_vs_plain_read_warm"] = res["hash_only_s"] / res["plain_read_warm_s"]
-    if "plain_read_cold_s" in res:
-        summary["hash_vs_plain_read_cold"] = res["hash_only_s"] / res["plain_read_cold_s"]
-    info = machine(args.dir.parent)
+    summary: dict[str, Any] = {}
+    for key, (peer, ours) in pairs.items():
+        if peer in times:
+            summary[f"{key}_ratio"] = median(times[peer]) / median(times[ours])
+            summary[f"{key}_ratio_paired"] = paired_ratio(times[peer], times[ours])
+            summary[f"{key}_cost"] = median(times[ours]) / median(times[peer]) - 1
+    machine = monitor.record()
+    machine["extra"] = disk(args.dir.parent)
     report = {
         "size_bytes": size,
         "runs": args.runs,
-        "warmup_write_rounds": args.warmup,
+        "warmup": args.warmup,
         "chunk_bytes": CHUNK,
-        "cold_cache_measured": "plain_read_cold_s" in res,
-        "machine": info,
-        "seconds_median": res,
+        "cold_cache_measured": "plain_read_cold_s" in times,
+        "seconds_median": {k: median(v) for k, v in times.items()},
         "seconds_all": times,
         "summary": summary,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-
-    print(
-        f"{gib:g} GiB, median of {args.runs} alternating runs; machine: {info['cpus']} cores, "
-        f"{info['memory_gib']} GiB, {info['device']} ({info['filesystem']})\n"
-    )
-    print("| operation | seconds | GiB/s | vs plain | goal | |")
-    print("| --- | ---: | ---: | ---: | --- | --- |")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
-    print()
-    for k, v in summary.items():
-        print(f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}")
+    write_report(args.out, "bundle", report, machine)
+    print(render(json.loads(args.out.read_text())))
+    print(f"\nJSON: {args.out}")
     return 0
 
 

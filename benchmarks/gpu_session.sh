@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU machine, in one call: the carried wheels, the
 # gpu-marked tests (plus the torch format tests on that machine's torch), and
-# the CUDA load benchmark. Logs and JSON go to $OUT.
+# the CUDA benchmarks. Logs and JSON go to $OUT; copy torch_cuda.json and
+# vault_cuda.json into benchmarks/results/ and run benchmarks/render_readme.py.
 set -uo pipefail
 OUT=${OUT:-/tmp/mvault-gpu-out}
 mkdir -p "$OUT"
@@ -19,3 +20,4 @@ export PYTHONUNBUFFERED=1
 } 2>&1 | tee "$OUT/machine.txt"
 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -rs -p no:cacheprovider tests/gpu tests/formats/torch "$@" 2>&1 | tee "$OUT/gpu-tests.log" | tail -40
 timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/torch_load_bench.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/torch_cuda.json" 2>&1 | tee "$OUT/bench-cuda.log" | tail -40
+timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/vault_bench.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/vault_cuda.json" 2>&1 | tee "$OUT/bench-vault-cuda.log" | tail -30

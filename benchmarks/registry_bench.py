@@ -10,16 +10,20 @@ Measured through the public API, after a warm-up:
   the middle, while that model grows to 1k, 10k and 100k versions.
 
 MLflow runs the same workload in the same run, on the same engine and sizes,
-in its own virtual environment (``--mlflow-python``, default ``$MLFLOW_PYTHON``)
-as a subprocess: ``get_model_version``,
-``get_model_version_by_alias``, ``search_model_versions``. Data is
-bulk-inserted through SQLAlchemy Core on both sides (100k ``register``
-calls would measure the loader, not the lookups).
+in its own virtual environment (``--mlflow-python``, default ``$MLFLOW_PYTHON``,
+else ``benchmarks/.mlflow-venv``) as a worker process: ``get_model_version``,
+``get_model_version_by_alias``, ``search_model_versions``. Both databases
+exist side by side and the two sides take turns (``--rounds`` turns per case,
+the order reversed every other turn), each turn timing its calls in its own
+process. Data is bulk-inserted through SQLAlchemy Core on both sides (100k
+``register`` calls would measure the loader, not the lookups), then both are
+settled alike (``_settle.py``).
 
     PYTHONPATH=src python benchmarks/registry_bench.py            # full run
-    PYTHONPATH=src python benchmarks/registry_bench.py --quick    # smoke test
+    PYTHONPATH=src python benchmarks/registry_bench.py --quick    # smoke test, writes nothing
+    python benchmarks/registry_bench.py --render benchmarks/results/registry.json
 
-Writes benchmarks/results/registry.json and prints a Markdown table.
+Writes benchmarks/results/registry.json and prints the tables.
 """
 
 from __future__ import annotations
@@ -29,19 +33,22 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import random
 import secrets
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _settle import settle  # benchmarks/ is this script's path
+from _machine import Monitor  # benchmarks/ is this script's path
+from _runs import SCHEMA, write_report
+from _settle import settle
+from _tables import render
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.dialects import postgresql
 
@@ -82,17 +89,6 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         "mean_ms": round(statistics.fmean(s) * 1000, 3),
         "n": len(s),
     }
-
-
-def timed(fn: Callable[[], Any], n: int, warmup: int = 100) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return percentiles(samples)
 
 
 # --- databases ------------------------------------------------------------------
@@ -263,12 +259,13 @@ class Loader:
         self.engine.dispose()
 
 
-def run_modelvault(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    url = create_db(kind, "mv")
-    out: dict[str, Any] = {"engine": kind}
-    try:
-        upgrade(url)
-        loader = Loader(url)
+class ModelvaultSide:
+    """modelvault's registry on a new database of ``kind``, filled with the small models."""
+
+    def __init__(self, kind: str, args: argparse.Namespace) -> None:
+        self.url = create_db(kind, "mv")
+        upgrade(self.url)
+        loader = Loader(self.url)
         names = [f"org{i % 20}/model{i:04d}" for i in range(args.models - 1)] + ["big/model"]
         t0 = time.perf_counter()
         loader.models(names)
@@ -281,166 +278,177 @@ def run_modelvault(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             alias_rows += [(mid, "prod", ids[len(ids) // 2]), (mid, "staging", ids[-1])]
         loader.aliases(alias_rows)
         loader.finish()
-        out["populate_s"] = round(time.perf_counter() - t0, 2)
+        self.populate_s = round(time.perf_counter() - t0, 2)
+        self.reg = Registry(self.url)
+        self.big_id = len(names)
+        self.have = 0
         rng = random.Random(7)
-        reg = Registry(url)
-        big_id = len(names)
-        have = 0
-        out["listing"] = {}
-        out["resolve_big"] = {}
-        for size in args.big_sizes:
-            loader = Loader(url)
-            loader.next_version = 10**7 + have + 1
-            loader.next_variant = 10**7 + have + 1
-            ids = loader.versions(big_id, "big/model", [big_version(i) for i in range(have, size)])
-            if have == 0:
-                loader.aliases([(big_id, "prod", ids[len(ids) // 2])])
-            loader.finish()
-            have = size
-            mid_v = big_version(size // 2)
-            middle = encode_cursor(
-                "versions", [mid_v.major, mid_v.minor, mid_v.patch, mid_v.prerelease_key]
-            )
-            out["listing"][str(size)] = {
-                "first_page": timed(
-                    lambda: reg.list_versions("big/model", limit=50), args.list_iters
-                ),
-                "middle_page": timed(
-                    lambda c=middle: reg.list_versions("big/model", limit=50, cursor=c),
-                    args.list_iters,
-                ),
-            }
-            print(f"  modelvault {kind}: big model at {size} versions listed", file=sys.stderr)
-        total_versions = (args.models - 1) * args.per_model + have
-        out["total_versions"] = total_versions
+        reg = self.reg
         small_names = names[:-1]
         carets = sorted({f"^{v.major}.{v.minor}" for v in small if not v.is_prerelease})
 
-        def caret_of(v: SemVer) -> str:
-            return f"{v.major}.{v.minor}"
+        def middle() -> str:
+            v = big_version(self.have // 2)
+            return encode_cursor("versions", [v.major, v.minor, v.patch, v.prerelease_key])
 
-        cases: dict[str, Callable[[], Any]] = {
+        def big_caret() -> str:
+            v = big_version(rng.randrange(self.have))
+            return f"big/model@^{v.major}.{v.minor}"
+
+        self.cases: dict[str, Callable[[], Any]] = {
+            "first_page": lambda: reg.list_versions("big/model", limit=50),
+            "middle_page": lambda: reg.list_versions("big/model", limit=50, cursor=middle()),
             "caret": lambda: reg.resolve(f"{rng.choice(small_names)}@{rng.choice(carets)}"),
             "alias": lambda: reg.resolve(f"{rng.choice(small_names)}@prod"),
             "latest": lambda: reg.resolve(f"{rng.choice(small_names)}@latest"),
             "exact": lambda: reg.resolve(f"{rng.choice(small_names)}:{rng.choice(small)}"),
+            "big_caret": lambda: reg.resolve(big_caret()),
+            "big_alias": lambda: reg.resolve("big/model@prod"),
+            "big_latest": lambda: reg.resolve("big/model@latest"),
+            "big_exact": lambda: reg.resolve(f"big/model:{big_version(rng.randrange(self.have))}"),
         }
-        out["resolve"] = {k: timed(fn, args.iters) for k, fn in cases.items()}
-        big_cases: dict[str, Callable[[], Any]] = {
-            "caret": lambda: reg.resolve(
-                f"big/model@^{caret_of(big_version(rng.randrange(have)))}"
-            ),
-            "alias": lambda: reg.resolve("big/model@prod"),
-            "latest": lambda: reg.resolve("big/model@latest"),
-            "exact": lambda: reg.resolve(f"big/model:{big_version(rng.randrange(have))}"),
-        }
-        out["resolve_big"] = {k: timed(fn, args.iters) for k, fn in big_cases.items()}
-        reg.close()
-    finally:
-        drop_db(url)
+
+    def grow(self, size: int) -> None:
+        loader = Loader(self.url)
+        loader.next_version = 10**7 + self.have + 1
+        loader.next_variant = 10**7 + self.have + 1
+        ids = loader.versions(
+            self.big_id, "big/model", [big_version(i) for i in range(self.have, size)]
+        )
+        if self.have == 0:
+            loader.aliases([(self.big_id, "prod", ids[len(ids) // 2])])
+        loader.finish()
+        self.have = size
+
+    def time(self, case: str, n: int, warmup: int) -> list[float] | None:
+        fn = self.cases[case]
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+        return samples
+
+    def close(self) -> None:
+        self.reg.close()
+        drop_db(self.url)
+
+
+class MLflowSide:
+    """MLflow's SqlAlchemyStore on a new database of ``kind``, in a worker process."""
+
+    def __init__(self, kind: str, args: argparse.Namespace) -> None:
+        self.url = create_db(kind, "mlflow")
+        # MLflow's own default PostgreSQL driver is psycopg2, installed in its venv.
+        uri = self.url
+        if kind != "sqlite":
+            uri = (
+                normalize_url(self.url)
+                .set(drivername="postgresql+psycopg2")
+                .render_as_string(hide_password=False)
+            )
+        plan = {"uri": uri, "models": args.models, "per_model": args.per_model}
+        self.proc = subprocess.Popen(
+            [args.mlflow_python, str(HERE / "_mlflow_side.py"), json.dumps(plan)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=WORK,
+        )
+        ready = self._reply()
+        self.version = str(ready["version"])
+        self.populate_s = round(float(ready["populate_s"]), 2)
+
+    def _reply(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the MLflow worker exited ({self.proc.wait()}); see its stderr")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def _call(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def grow(self, size: int) -> None:
+        self._call(op="grow", size=size)
+
+    def time(self, case: str, n: int, warmup: int) -> list[float] | None:
+        if case in ("caret", "big_caret"):
+            return None  # MLflow has no version ranges
+        samples: list[float] = self._call(op="time", case=case, n=n, warmup=warmup)["samples"]
+        return samples
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write('{"op": "quit"}\n')
+            self.proc.stdin.close()
+            self.proc.wait(timeout=120)
+        drop_db(self.url)
+
+
+def measure(sides: dict[str, Any], cases: list[str], n: int, rounds: int) -> dict[str, Any]:
+    """p50/p99 per side and case; the sides alternate, ``n / rounds`` calls a turn."""
+    per = max(1, n // rounds)
+    out: dict[str, dict[str, Any]] = {name: {} for name in sides}
+    for case in cases:
+        samples: dict[str, list[float] | None] = {name: [] for name in sides}
+        for rnd in range(rounds):
+            order = list(sides) if rnd % 2 == 0 else list(reversed(sides))
+            for name in order:
+                got = sides[name].time(case, per, 100 if rnd == 0 else 0)
+                if got is None:
+                    samples[name] = None
+                elif samples[name] is not None:
+                    samples[name] += got  # type: ignore[operator]
+        for name, s in samples.items():
+            if s:
+                out[name][case] = percentiles(s)
     return out
 
 
-def run_mlflow(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    python = args.mlflow_python
-    if not python or not Path(python).exists():
-        return {"engine": kind, "skipped": f"MLflow interpreter {python} not found"}
-    url = create_db(kind, "mlflow")
-    if kind == "sqlite":
-        uri = url
-    else:
-        # MLflow's own default PostgreSQL driver is psycopg2, installed in its venv
-        uri = (
-            normalize_url(url)
-            .set(drivername="postgresql+psycopg2")
-            .render_as_string(hide_password=False)
-        )
-    plan = {
-        "uri": uri,
-        "models": args.models,
-        "per_model": args.per_model,
-        "big_sizes": args.big_sizes,
-        "iters": args.iters,
-        "list_iters": args.list_iters,
-    }
+def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Both registries on ``kind``, side by side, measured in alternation."""
+    sides: dict[str, Any] = {"modelvault": ModelvaultSide(kind, args)}
+    result: dict[str, Any] = {"modelvault": {"engine": kind}, "mlflow": {"engine": kind}}
     try:
-        proc = subprocess.run(
-            [python, str(HERE / "_mlflow_side.py"), json.dumps(plan)],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            cwd=WORK,
-        )
+        python = args.mlflow_python
+        if python and Path(python).exists():
+            try:
+                sides["mlflow"] = MLflowSide(kind, args)
+            except Exception as exc:
+                result["mlflow"]["skipped"] = f"MLflow side failed: {exc}"[:300]
+        else:
+            result["mlflow"]["skipped"] = f"MLflow interpreter {python!r} not found"
+        for name, side in sides.items():
+            result[name]["populate_s"] = side.populate_s
+            result[name]["listing"] = {}
+        if "mlflow" in sides:
+            result["mlflow"]["version"] = sides["mlflow"].version
+        for size in args.big_sizes:
+            for side in sides.values():
+                side.grow(size)
+            got = measure(sides, ["first_page", "middle_page"], args.list_iters, args.rounds)
+            for name in sides:
+                result[name]["listing"][str(size)] = got[name]
+            print(f"  {kind}: big model at {size} versions listed", file=sys.stderr)
+        small = ["caret", "alias", "latest", "exact"]
+        got = measure(sides, small, args.iters, args.rounds)
+        big = measure(sides, [f"big_{c}" for c in small], args.iters, args.rounds)
+        for name in sides:
+            result[name]["resolve"] = got[name]
+            result[name]["resolve_big"] = {k.removeprefix("big_"): v for k, v in big[name].items()}
+            result[name]["total_versions"] = (args.models - 1) * args.per_model + args.big_sizes[-1]
     finally:
-        drop_db(url)
-    if proc.returncode != 0:
-        tail = [ln for ln in proc.stderr.strip().splitlines() if ln and not ln.startswith(" ")][-3:]
-        return {"engine": kind, "skipped": "MLflow side failed: " + " | ".join(tail)[:300]}
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["engine"] = kind
+        for side in sides.values():
+            side.close()
     return result
-
-
-def machine() -> str:
-    disk = "unknown disk"
-    try:
-        dev = subprocess.run(
-            ["df", "-h", str(HERE)], capture_output=True, text=True
-        ).stdout.splitlines()[-1]
-        disk = dev.split()[0]
-    except Exception:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"CPU dev machine: {os.cpu_count()} cores, {mem:.0f} GiB, {disk}; {platform.python_version()}"
-
-
-def table(results: dict[str, Any]) -> Iterator[str]:
-    yield f"Machine: {results['machine']}"
-    yield ""
-    yield "Resolve latency, ms (p50 / p99), random models of a 1,000-model registry, and one model holding all big versions:"
-    yield ""
-    yield "| engine | system | ^X.Y | alias | latest | exact | big ^X.Y | big alias | big latest | big exact |"
-    yield "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    for kind in results["engines"]:
-        mv = results["modelvault"][kind]
-        row = [kind, "modelvault"]
-        for section in ("resolve", "resolve_big"):
-            for case in ("caret", "alias", "latest", "exact"):
-                r = mv[section][case]
-                row.append(f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}")
-        yield "| " + " | ".join(row) + " |"
-        ml = results["mlflow"][kind]
-        if "skipped" in ml:
-            yield f"| {kind} | MLflow | {ml['skipped'][:60]} | | | | | | | |"
-            continue
-        row = [kind, f"MLflow {ml.get('version', '')}"]
-        for section in ("resolve", "resolve_big"):
-            for case in ("caret", "alias", "latest", "exact"):
-                r = ml[section].get(case)
-                row.append(f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}" if r else "n/a")
-        yield "| " + " | ".join(row) + " |"
-    yield ""
-    yield "Listing one model's versions, 50 a page, p50 ms (first page / middle page):"
-    yield ""
-    sizes = [str(s) for s in results["big_sizes"]]
-    yield "| engine | system | " + " | ".join(f"{s} versions" for s in sizes) + " |"
-    yield "| --- | --- | " + " | ".join("---" for _ in sizes) + " |"
-    for kind in results["engines"]:
-        for system in ("modelvault", "mlflow"):
-            r = results[system][kind]
-            if "skipped" in r:
-                continue
-            cells = [
-                f"{r['listing'][s]['first_page']['p50_ms']:.2f} / {r['listing'][s]['middle_page']['p50_ms']:.2f}"
-                for s in sizes
-            ]
-            label = "modelvault" if system == "modelvault" else f"MLflow {r.get('version', '')}"
-            yield f"| {kind} | {label} | " + " | ".join(cells) + " |"
-    yield ""
-    for kind in results["engines"]:
-        mv, ml = results["modelvault"][kind], results["mlflow"][kind]
-        extra = f"; MLflow {ml['populate_s']} s" if "populate_s" in ml else ""
-        yield f"- {kind}: {mv['total_versions']:,} versions; bulk population modelvault {mv['populate_s']} s{extra}"
 
 
 def main() -> None:
@@ -451,14 +459,23 @@ def main() -> None:
     ap.add_argument("--big-sizes", default="1000,10000,100000")
     ap.add_argument("--iters", type=int, default=1000)
     ap.add_argument("--list-iters", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=10, help="turns each side takes per case")
     ap.add_argument(
         "--mlflow-python",
-        default=os.environ.get("MLFLOW_PYTHON", ""),
+        default=default_mlflow_python(),
         help="python of a separate venv with mlflow-skinny and the database drivers",
     )
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    ap.add_argument("--out", default=str(HERE / "results" / "registry.json"))
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results file (default: results/registry.json; none with --quick)",
+    )
+    ap.add_argument("--render", type=Path, help="print the tables of a results file and exit")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return
     if args.quick:
         args.models, args.per_model, args.big_sizes, args.iters, args.list_iters = (
             20,
@@ -471,26 +488,53 @@ def main() -> None:
     engines = args.engines.split(",")
     WORK.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
-        "machine": machine(),
         "engines": engines,
         "big_sizes": args.big_sizes,
         "models": args.models,
         "per_model": args.per_model,
+        "iters": args.iters,
+        "list_iters": args.list_iters,
+        "rounds": args.rounds,
         "modelvault": {},
         "mlflow": {},
-        "load_average_start": os.getloadavg(),
     }
-    for kind in engines:
-        print(f"modelvault on {kind} ...", file=sys.stderr)
-        results["modelvault"][kind] = run_modelvault(kind, args)
-        print(f"MLflow on {kind} ...", file=sys.stderr)
-        results["mlflow"][kind] = run_mlflow(kind, args)
-    results["load_average_end"] = os.getloadavg()
+    # PostgreSQL's backends run this benchmark's queries: their CPU is its own.
+    monitor = Monitor(serving=("postgres",))
+    with monitor:
+        for kind in engines:
+            print(f"{kind} ...", file=sys.stderr)
+            got = run_engine(kind, args)
+            results["modelvault"][kind] = got["modelvault"]
+            results["mlflow"][kind] = got["mlflow"]
     shutil.rmtree(WORK, ignore_errors=True)
-    if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print("\n".join(table(results)))
+    machine = monitor.record()
+    machine["extra"] = {"disk": disk(), "sqlite": sqlite3.sqlite_version}
+    if args.out is None and args.quick:
+        print(render({"schema": SCHEMA, "benchmark": "registry", "machine": machine, **results}))
+        return
+    out = Path(args.out or HERE / "results" / "registry.json")
+    write_report(out, "registry", results, machine)
+    print(render(json.loads(out.read_text())))
+    print(f"\nJSON: {out}")
+
+
+def disk() -> str:
+    try:
+        return (
+            subprocess.run(["df", str(HERE)], capture_output=True, text=True, check=False)
+            .stdout.splitlines()[-1]
+            .split()[0]
+        )
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def default_mlflow_python() -> str:
+    env = os.environ.get("MLFLOW_PYTHON", "")
+    if env:
+        return env
+    venv = HERE / ".mlflow-venv" / "bin" / "python"
+    return str(venv) if venv.exists() else ""
 
 
 if __name__ == "__main__":

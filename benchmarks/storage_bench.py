@@ -1,18 +1,25 @@
 """Storage benchmark: modelvault's S3 store against boto3's own transfer manager.
 
 Starts a SeaweedFS server on loopback (the test helper), writes a random
-blob (1 GiB by default), and measures, median of N runs, peers interleaved:
+blob (1 GiB by default), and measures, median of N runs, peers alternating
+run by run (the order reversed every other run):
 
-- boto3 ``upload_file`` / ``download_file`` with a tuned ``TransferConfig``
-- modelvault ``S3Store.put_file`` / ``get_file`` (digest verified on both ways,
-  downloaded file fsynced before its atomic rename)
-- the second push of the same blob (dedup: no blob bytes sent)
+- push: boto3 ``upload_file`` with a ``TransferConfig`` of the same part
+  size and thread count, against modelvault ``S3Store.put_file`` (which also
+  hashes every byte and completes the upload only if the digest matches);
+- pull: boto3 ``download_file`` followed by an fsync of the file (the
+  durability modelvault gives), against ``S3Store.get_file`` (digest
+  verified, file fsynced, renamed into place); boto3 without the fsync is a
+  reference row. Every download goes to a path that does not exist (removed
+  outside the timing), for every peer;
+- the second push of the same blob (dedup: no blob bytes sent);
 - a pull into a warm cache (S3 GET bytes counted through a botocore event
-  hook: must be 0)
+  hook: must be 0).
 
-    PYTHONPATH=src:. python benchmarks/storage_bench.py [--size-mib 1024] [--runs 3]
+    PYTHONPATH=src:. python benchmarks/storage_bench.py --size-mib 1024 --runs 5
+    python benchmarks/storage_bench.py --render benchmarks/results/storage.json
 
-Writes ``benchmarks/results/storage.json`` and prints a Markdown table.
+Writes ``benchmarks/results/storage.json`` and prints the table.
 """
 
 from __future__ import annotations
@@ -20,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +36,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from _machine import Monitor  # noqa: E402
+from _runs import Case, median, run_round, write_report  # noqa: E402
+from _tables import render  # noqa: E402
 from tests.storage.seaweed import SeaweedS3  # noqa: E402
 
 from modelvault.digest import digest_file  # noqa: E402
@@ -63,12 +71,14 @@ def get_bytes_counter(client: Any) -> dict[str, int]:
 
 
 def download_durable(client: Any, key: str, out: Path, tc: Any) -> None:
+    """boto3's download made as durable as ``get_file``'s: the file and its new name fsynced."""
     client.download_file(BUCKET, key, str(out), Config=tc)
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    for target in (out, out.parent):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def op_counter(client: Any) -> dict[str, int]:
@@ -82,16 +92,11 @@ def op_counter(client: Any) -> dict[str, int]:
     return ops
 
 
-def timed(fn: Any) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured runs first")
     ap.add_argument("--part-mib", type=int, default=int(os.environ.get("BENCH_PART_MIB", "64")))
     ap.add_argument(
         "--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "8"))
@@ -101,9 +106,7 @@ def main() -> None:
     )
     ap.add_argument("--weed-dir", default=None, help="SeaweedFS data (default: under --workdir)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storage.json"))
-    ap.add_argument(
-        "--render", default=None, help="print the table of an earlier JSON report and exit"
-    )
+    ap.add_argument("--render", default=None, help="print the table of a results file and exit")
     args = ap.parse_args()
     if args.render:
         print(render(json.loads(Path(args.render).read_text())))
@@ -121,14 +124,13 @@ def main() -> None:
     digest = digest_file(src)
 
     server = SeaweedS3(Path(args.weed_dir) if args.weed_dir else work / "weed")
-    server.start()
     results: dict[str, list[float]] = {
         k: []
         for k in (
             "boto3_upload",
+            "mv_push",
             "boto3_download",
             "boto3_download_fsync",
-            "mv_push",
             "mv_pull",
             "mv_push_again",
             "mv_pull_warm",
@@ -136,119 +138,122 @@ def main() -> None:
     }
     warm_get_bytes: list[int] = []
     second_push_ops: list[dict[str, int]] = []
-    try:
-        server.create_bucket(BUCKET)
-        os.environ.update(server.env())
-        client = server.client()
-        tc = TransferConfig(
-            multipart_threshold=part,
-            multipart_chunksize=part,
-            max_concurrency=args.concurrency,
-            use_threads=True,
-        )
-        # Let the server allocate its volumes before anything is timed.
-        client.upload_file(str(src), BUCKET, "warmup", Config=tc)
-        client.delete_object(Bucket=BUCKET, Key="warmup")
-        for run in range(args.runs):
-            key = f"peer/run{run}"
-            out = work / "peer.out"
-            store = S3Store(BUCKET, f"mv/run{run}", part_size=part, concurrency=args.concurrency)
-            dest = work / "mv.out"
-
-            steps: dict[str, Any] = {
-                "boto3_upload": lambda: client.upload_file(str(src), BUCKET, key, Config=tc),  # noqa: B023
-                "mv_push": lambda: store.put_file(digest, src),  # noqa: B023
-                "boto3_download": lambda: client.download_file(BUCKET, key, str(out), Config=tc),  # noqa: B023
-                "mv_pull": lambda: store.get_file(digest, dest),  # noqa: B023
-                # For reference: what the peer costs once its file is made durable too.
-                "boto3_download_fsync": lambda: download_durable(client, key, out, tc),  # noqa: B023
-            }
-            # Alternate who goes first, so drift on a shared machine hits both alike.
-            names = ["boto3_upload", "mv_push", "boto3_download", "mv_pull"]
-            if run % 2:
-                names = ["mv_push", "boto3_upload", "mv_pull", "boto3_download"]
-            for name in [*names, "boto3_download_fsync"]:
-                results[name].append(timed(steps[name]))
-            out.unlink()
-            dest.unlink()
-            ops = op_counter(store.client)
-            t0 = time.perf_counter()
-            sent = store.put_file(digest, src)
-            results["mv_push_again"].append(time.perf_counter() - t0)
-            assert sent is False
-            second_push_ops.append(dict(ops))
-            cache = BlobCache(work / f"cache{run}", 4 * size)
-            cache.fetch(store, digest)
-            counter = get_bytes_counter(store.client)
-            t0 = time.perf_counter()
-            cache.fetch(store, digest)
-            results["mv_pull_warm"].append(time.perf_counter() - t0)
-            warm_get_bytes.append(counter["get_bytes"])
-            cache.clear()
-            store.delete(digest)
-            store.close()
-            client.delete_object(Bucket=BUCKET, Key=key)
-            server.vacuum()
-            print(
-                f"run {run}: " + ", ".join(f"{k}={v[-1]:.3f}s" for k, v in results.items()),
-                flush=True,
+    monitor = Monitor()
+    with monitor:
+        server.start()
+        try:
+            server.create_bucket(BUCKET)
+            os.environ.update(server.env())
+            client = server.client()
+            tc = TransferConfig(
+                multipart_threshold=part,
+                multipart_chunksize=part,
+                max_concurrency=args.concurrency,
+                use_threads=True,
             )
-    finally:
-        server.stop()
+            # Let the server allocate its volumes before anything is timed.
+            client.upload_file(str(src), BUCKET, "warmup", Config=tc)
+            client.delete_object(Bucket=BUCKET, Key="warmup")
+            for run in range(args.warmup + args.runs):
+                key = f"peer/run{run}"
+                store = S3Store(
+                    BUCKET, f"mv/run{run}", part_size=part, concurrency=args.concurrency
+                )
+                peer_out, mv_out = work / "peer.out", work / "mv.out"
 
-    med = {k: statistics.median(v) for k, v in results.items()}
-    mbps = {k: size / v / 1e6 for k, v in med.items()}
+                def gone(path: Path) -> Any:
+                    # A new file for every download, so none pays for freeing an old one.
+                    return lambda: (path.unlink(missing_ok=True), os.sync())
+
+                pushes = [
+                    Case(
+                        "boto3_upload",
+                        lambda: client.upload_file(str(src), BUCKET, key, Config=tc),  # noqa: B023
+                        before=os.sync,
+                    ),
+                    Case("mv_push", lambda: store.put_file(digest, src), before=os.sync),  # noqa: B023
+                ]
+                pulls = [
+                    Case(
+                        "boto3_download_fsync",
+                        lambda: download_durable(client, key, peer_out, tc),  # noqa: B023
+                        before=gone(peer_out),
+                    ),
+                    Case(
+                        "mv_pull",
+                        lambda: store.get_file(digest, mv_out),  # noqa: B023
+                        before=gone(mv_out),
+                    ),
+                    # For reference: the peer without making its file durable.
+                    Case(
+                        "boto3_download",
+                        lambda: client.download_file(BUCKET, key, str(peer_out), Config=tc),  # noqa: B023
+                        before=gone(peer_out),
+                    ),
+                ]
+                got = {**run_round(pushes, run), **run_round(pulls, run)}
+                peer_out.unlink(missing_ok=True)
+                mv_out.unlink(missing_ok=True)
+                ops = op_counter(store.client)
+                t0 = time.perf_counter()
+                sent = store.put_file(digest, src)
+                got["mv_push_again"] = time.perf_counter() - t0
+                assert sent is False
+                push_again_ops = dict(ops)
+                cache = BlobCache(work / f"cache{run}", 4 * size)
+                cache.fetch(store, digest)
+                counter = get_bytes_counter(store.client)
+                t0 = time.perf_counter()
+                cache.fetch(store, digest)
+                got["mv_pull_warm"] = time.perf_counter() - t0
+                cache.clear()
+                store.delete(digest)
+                store.close()
+                client.delete_object(Bucket=BUCKET, Key=key)
+                server.vacuum()
+                if run >= args.warmup:
+                    for k, v in got.items():
+                        results[k].append(v)
+                    second_push_ops.append(push_again_ops)
+                    warm_get_bytes.append(counter["get_bytes"])
+                print(
+                    f"run {run}{' (warm-up)' if run < args.warmup else ''}: "
+                    + ", ".join(f"{k}={v:.3f}s" for k, v in got.items()),
+                    flush=True,
+                )
+        finally:
+            server.stop()
+
+    med = {k: median(v) for k, v in results.items()}
+    machine = monitor.record()
+    machine["extra"] = {
+        "SeaweedFS data": "tmpfs"
+        if args.weed_dir and args.weed_dir.startswith("/dev/shm")
+        else "local disk",
+        "source and destination files": "local disk",
+    }
     report = {
-        "machine": f"CPU dev machine: {os.cpu_count()} cores, "
-        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB; "
-        f"SeaweedFS on loopback, data {'in tmpfs' if args.weed_dir and args.weed_dir.startswith('/dev/shm') else 'on local disk'}; "
-        "files read from and written to local disk (ext4)",
-        "python": platform.python_version(),
         "boto3": boto3.__version__,
         "size_bytes": size,
         "part_size": part,
         "concurrency": args.concurrency,
         "runs": args.runs,
+        "warmup": args.warmup,
         "seconds": results,
         "median_seconds": med,
-        "median_MBps": mbps,
+        "median_MBps": {k: size / v / 1e6 for k, v in med.items()},
         "push_vs_boto3": med["boto3_upload"] / med["mv_push"],
-        "pull_vs_boto3": med["boto3_download"] / med["mv_pull"],
+        "pull_vs_boto3_fsync": med["boto3_download_fsync"] / med["mv_pull"],
+        "pull_vs_boto3_no_fsync": med["boto3_download"] / med["mv_pull"],
         "second_push_fraction": med["mv_push_again"] / med["mv_push"],
         "warm_pull_s3_get_bytes": warm_get_bytes,
         "second_push_s3_calls": second_push_ops,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    out = Path(args.out)
+    write_report(out, "storage", report, machine)
     print()
-    print(render(report))
-
-
-def render(report: dict[str, Any]) -> str:
-    """The Markdown table of a report (also: ``--render results.json``)."""
-    med = report["median_seconds"]
-    mbps = report["median_MBps"]
-    lines = [
-        f"{report['machine']}; {report['size_bytes'] / 2**30:g} GiB blob, "
-        f"{report['part_size'] // MiB} MiB parts, {report['concurrency']} threads, "
-        f"median of {report['runs']} runs, peers interleaved.",
-        "",
-        "| operation | modelvault | boto3, tuned TransferConfig | modelvault vs boto3 |",
-        "| --- | --- | --- | --- |",
-        f"| push (`put_file` vs `upload_file`) | {med['mv_push']:.2f} s ({mbps['mv_push']:.0f} MB/s) "
-        f"| {med['boto3_upload']:.2f} s ({mbps['boto3_upload']:.0f} MB/s) | {report['push_vs_boto3']:.0%} |",
-        f"| pull (`get_file`, verified + fsync, vs `download_file`) | {med['mv_pull']:.2f} s "
-        f"({mbps['mv_pull']:.0f} MB/s) | {med['boto3_download']:.2f} s ({mbps['boto3_download']:.0f} MB/s) "
-        f"| {report['pull_vs_boto3']:.0%} |",
-        f"| pull, peer also fsyncs its file | | {med['boto3_download_fsync']:.2f} s "
-        f"({mbps['boto3_download_fsync']:.0f} MB/s) | {med['boto3_download_fsync'] / med['mv_pull']:.0%} |",
-        f"| second push of the unchanged blob | {med['mv_push_again'] * 1000:.1f} ms "
-        f"({report['second_push_fraction']:.2%} of the first); S3 calls "
-        f"{report.get('second_push_s3_calls', ['?'])[0]} | | |",
-        f"| pull into a warm cache | {med['mv_pull_warm'] * 1e6:.0f} µs; S3 GET bytes per run "
-        f"{report['warm_pull_s3_get_bytes']} | | |",
-    ]
-    return "\n".join(lines)
+    print(render(json.loads(out.read_text())))
+    print(f"\nJSON: {out}")
 
 
 if __name__ == "__main__":
