@@ -15,9 +15,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $@
 
-## Build a small model, push it, list it, load it back (SQLite + local store under MVAULT_HOME).
+## Build a small model, push it, list it, load it back (SQLite + local store under
+## QUICKSTART_HOME, inside the checkout, so your own ~/.modelvault is left alone).
+## Running it again is a no-op push of the same version.
+QUICKSTART_HOME ?= $(CURDIR)/.mvault-quickstart
 quickstart: $(BIN)/.installed
-	$(BIN)/mvault quickstart
+	MVAULT_HOME='$(QUICKSTART_HOME)' $(BIN)/mvault quickstart
 
 ## The test suite. Needs PostgreSQL and MariaDB running (see .ci/run); starts SeaweedFS itself.
 test: $(BIN)/.installed

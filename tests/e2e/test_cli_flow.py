@@ -30,7 +30,7 @@ def test_push_ls_show_pull_roundtrip(mvault, model_dir, tmp_path):
     assert again["created"] is False and again["bytes_uploaded"] == 0  # idempotent, nothing re-sent
 
     models = json.loads(mvault("ls", "--json").out)
-    assert [m["name"] for m in models] == ["team/encoder"]
+    assert [m["model"] for m in models] == ["team/encoder"]
     versions = json.loads(mvault("ls", "team/encoder", "--json").out)
     assert versions[0]["version"] == "1.0.0" and versions[0]["aliases"] == ["prod"]
 
@@ -253,7 +253,9 @@ def test_quickstart(mvault):
 
 
 def test_cache_ls_clear(mvault):
-    assert json.loads(mvault("cache", "ls", "--json").out) == []
+    listing = json.loads(mvault("cache", "ls", "--json").out)
+    assert listing["blobs"] == [] and listing["count"] == 0 and listing["bytes"] == 0
+    assert listing["max_bytes"] > 0
     assert json.loads(mvault("cache", "clear", "--json").out) == {"freed": 0}
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "add_json",
     "emit",
     "exit_code_for",
+    "iso",
     "print_table",
 ]
 
@@ -56,7 +57,29 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def iso(value: Any) -> str | None:
+    """A time as ISO 8601 in UTC with a ``Z`` (naive times are taken as UTC); None stays None."""
+    if value is None or value == "":
+        return None
+    from datetime import datetime, timezone
+
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
 def _default(o: Any) -> Any:
+    from datetime import datetime
+
+    if isinstance(o, datetime):
+        return iso(o)
     if hasattr(o, "isoformat"):
         return o.isoformat()
     if isinstance(o, bytes):

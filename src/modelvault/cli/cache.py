@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import add_json, emit, human_size, print_table
+from ._common import add_json, emit, human_size, iso, print_table
 
 
 def register(sub: Any) -> None:
@@ -31,18 +31,25 @@ def _cache() -> Any:
 def run_ls(args: argparse.Namespace) -> int:
     cache = _cache()
     items = cache.ls()
-    rows = [{"digest": i.digest, "size": i.size, "modified": i.modified} for i in items]
+    rows = [{"digest": i.digest, "size": i.size, "last_used": iso(i.modified)} for i in items]
+    report = {
+        "root": str(cache.root),
+        "blobs": rows,
+        "count": len(rows),
+        "bytes": sum(r["size"] for r in rows),
+        "max_bytes": cache.max_bytes,
+    }
 
-    def human(rs: list[dict[str, Any]]) -> None:
+    def human(r: dict[str, Any]) -> None:
         print_table(
-            [(r["digest"], human_size(r["size"]), r["modified"]) for r in rs],
+            [(b["digest"], human_size(b["size"]), b["last_used"]) for b in r["blobs"]],
             ["DIGEST", "SIZE", "LAST USED"],
         )
         sys.stdout.write(
-            f"\n{len(rs)} blobs, {human_size(sum(r['size'] for r in rs))} of {human_size(cache.max_bytes)}\n"
+            f"\n{r['count']} blobs, {human_size(r['bytes'])} of {human_size(r['max_bytes'])} in {r['root']}\n"
         )
 
-    emit(rows, as_json=args.json, human=human)
+    emit(report, as_json=args.json, human=human)
     return 0
 
 

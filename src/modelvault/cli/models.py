@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from ._common import add_json, emit, human_size, print_table
+from ._common import add_json, emit, human_size, iso, print_table
 from .progress import Transfer, progress_enabled
 
 
@@ -228,7 +228,10 @@ def run_ls(args: argparse.Namespace) -> int:
 
         def human(rs: list[dict[str, Any]]) -> None:
             print_table(
-                [(r["name"], r["latest"] or "", r["versions"], _aliases(r["aliases"])) for r in rs],
+                [
+                    (r["model"], r["latest"] or "", r["versions"], _aliases(r["aliases"]))
+                    for r in rs
+                ],
                 ["MODEL", "LATEST", "VERSIONS", "ALIASES"],
             )
 
@@ -247,7 +250,7 @@ def _version_row(x: Any) -> dict[str, Any]:
         "aliases": list(_get(x, "aliases", []) or []),
         "labels": dict(_get(x, "labels", {}) or {}),
         "variants": len(_get(x, "variants", []) or []),
-        "created_at": str(_get(x, "created_at", "")),
+        "created_at": iso(_get(x, "created_at")),
     }
 
 
@@ -257,12 +260,12 @@ def _aliases(aliases: dict[str, str]) -> str:
 
 def _model_row(x: Any) -> dict[str, Any]:
     return {
-        "name": _get(x, "name"),
+        "model": _get(x, "name"),
         "latest": _get(x, "latest"),
         "versions": _get(x, "version_count", 0),
         "aliases": dict(_get(x, "aliases", {}) or {}),
         "description": _get(x, "description"),
-        "created_at": str(_get(x, "created_at", "")),
+        "created_at": iso(_get(x, "created_at")),
     }
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from ._common import add_json, emit, human_size
 
+QUICKSTART_VERSION = "0.1.0"
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("quickstart", help="push, list and load a small model end to end")
@@ -35,9 +37,15 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
     s = settings()
     steps: list[dict[str, Any]] = []
-    _say(args, f"modelvault quickstart\n  registry {s.registry_url}\n  store    {s.store_url}\n")
+    _say(
+        args,
+        f"modelvault quickstart\n  home     {s.home}\n  registry {s.registry_url}\n"
+        f"  store    {s.store_url}\n",
+    )
     vault = Vault()
-    version = time.strftime("0.1.%Y%m%d%H%M%S", time.gmtime())
+    # One fixed version of a model built from a fixed seed: running quickstart
+    # again pushes the same content, which is a no-op.
+    version = QUICKSTART_VERSION
     with tempfile.TemporaryDirectory(prefix="mvault-quickstart-") as tmp:
         if importlib.util.find_spec("torch") is not None:
             result = _torch_flow(args, vault, version, Path(tmp), steps)
@@ -54,6 +62,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     _say(
         args,
         "\nAll good. Try next:\n"
+        f"  export MVAULT_HOME={s.home}   # this quickstart's registry and store\n"
         f"  mvault ls\n  mvault show {args.name}@latest\n"
         f"  mvault pull {args.name}@latest -o ./model.pt2\n"
         f"  mvault export {args.name}@latest ./model.mvpk && mvault inspect ./model.mvpk\n"
@@ -88,9 +97,10 @@ def _torch_flow(
             "seconds": round(time.perf_counter() - t0, 4),
         }
     )
+    verb = "pushed" if pushed.created else "already there, unchanged:"
     _say(
         args,
-        f"2. pushed {args.name}:{version} as {pushed.format}, {human_size(pushed.bytes_uploaded)} ({pushed.digest[:23]}...)",
+        f"2. {verb} {args.name}:{version} as {pushed.format}, {human_size(pushed.bytes_uploaded)} uploaded ({pushed.digest[:23]}...)",
     )
     t0 = time.perf_counter()
     loaded = vault.load(f"{args.name}@{version}", device=args.device)
@@ -117,7 +127,7 @@ def _files_flow(
     (src / "weights.bin").write_bytes(bytes(range(256)) * 64)
     (src / "config.json").write_text('{"layers": 2}\n')
     _say(args, "1. torch is not installed; built a small model directory instead")
-    pushed = vault.push(src, args.name, version)
+    pushed = vault.push(src, args.name, version, aliases=["quickstart"])
     steps.append({"step": "push", "digest": pushed.digest, "bytes": pushed.bytes_uploaded})
     _say(args, f"2. pushed {args.name}:{version} as files ({pushed.digest[:23]}...)")
     out = vault.load(f"{args.name}@{version}", dest=tmp / "out")
