@@ -129,7 +129,58 @@ def collect(offline: bool = False) -> dict[str, Any]:
     }
     if not offline:
         report["registry"] = _check_registry(s.registry_url)
+        report["store"] = check_store(s.store_url)
     return report
+
+
+#: What doctor writes to prove the store takes writes: a blob nothing references.
+_PROBE = b"modelvault doctor write probe\n"
+
+
+def check_store(url: str) -> dict[str, Any]:
+    """Open the store, list it, and write (then remove) a probe blob where a push would write.
+
+    Returns ``{"ok": bool, "checks": {"open": ..., "list": ..., "write": ...}, "error": ...}``:
+    each check is ``"ok"`` or the reason it failed, so a read-only store shows up as
+    ``write`` failing while ``list`` works.
+    """
+    from ..digest import digest_bytes
+    from ..storage import open_store
+
+    checks: dict[str, str] = {}
+    out: dict[str, Any] = {"ok": False, "url": mask_url(url), "checks": checks}
+    try:
+        store = open_store(url)
+    except Exception as exc:
+        checks["open"] = str(exc)
+        out["error"] = f"cannot open the store: {exc}"
+        out["hint"] = getattr(exc, "hint", None)
+        return out
+    checks["open"] = "ok"
+    try:
+        try:
+            next(iter(store.list()), None)
+            checks["list"] = "ok"
+        except Exception as exc:
+            checks["list"] = str(exc)
+            out["error"] = f"cannot list the store: {exc}"
+            out["hint"] = getattr(exc, "hint", None)
+            return out
+        digest = digest_bytes(_PROBE)
+        try:
+            created = store.put_bytes(digest, _PROBE)
+            if created:
+                store.delete(digest)
+            checks["write"] = "ok"
+        except Exception as exc:
+            checks["write"] = str(exc)
+            out["error"] = f"cannot write to the store (pushes will fail): {exc}"
+            out["hint"] = getattr(exc, "hint", None)
+            return out
+    finally:
+        store.close()
+    out["ok"] = True
+    return out
 
 
 def _check_registry(url: str) -> dict[str, Any]:
@@ -175,6 +226,14 @@ def run_doctor(args: argparse.Namespace) -> int:
             reg = r["registry"]
             w("\nregistry\n")
             w(f"  {reg.get('status', 'ok')}\n" if reg["ok"] else f"  error: {reg['error']}\n")
+        if "store" in r:
+            st = r["store"]
+            w("\nstore\n")
+            for name, result in st["checks"].items():
+                w(f"  {name:6} {result}\n")
+            if st.get("hint"):
+                w(f"  hint: {st['hint']}\n")
 
     emit(report, as_json=args.json, human=human)
-    return 0 if report.get("registry", {"ok": True})["ok"] else 6
+    ok = report.get("registry", {"ok": True})["ok"] and report.get("store", {"ok": True})["ok"]
+    return 0 if ok else 6

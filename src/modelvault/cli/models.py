@@ -130,6 +130,22 @@ def _rate(n: int, seconds: float) -> str:
     return f"{human_size(n)} in {seconds:.1f} s ({human_size(n / max(seconds, 1e-6))}/s)"
 
 
+def _push_json(r: Any) -> dict[str, Any]:
+    """A push result with the key every command uses for the model's name."""
+    return {
+        "model": r.name,
+        "version": r.version,
+        "digest": r.digest,
+        "format": r.format,
+        "created": r.created,
+        "variant_added": r.variant_added,
+        "bytes_uploaded": r.bytes_uploaded,
+        "blobs_uploaded": r.blobs_uploaded,
+        "blobs_skipped": r.blobs_skipped,
+        "aliases": list(r.aliases),
+    }
+
+
 def _push_human(r: Any, seconds: float | None = None) -> None:
     what = "added variant to" if r.variant_added else ("pushed" if r.created else "unchanged:")
     took = f" in {seconds:.1f} s" if seconds is not None else ""
@@ -160,7 +176,10 @@ def run_push(args: argparse.Namespace) -> int:
             variant=args.variant,
             progress=progress,
         )
-    emit(result, as_json=args.json, human=lambda r: _push_human(r, progress.seconds))
+    if args.json:
+        emit(_push_json(result), as_json=True)
+    else:
+        _push_human(result, progress.seconds)
     return 0
 
 
@@ -310,9 +329,9 @@ def run_alias_set(args: argparse.Namespace) -> int:
 def run_alias_rm(args: argparse.Namespace) -> int:
     _vault().remove_alias(args.name, args.alias)
     emit(
-        {"removed": f"{args.name}@{args.alias}"},
+        {"model": args.name, "alias": args.alias, "removed": True},
         as_json=args.json,
-        human=lambda d: sys.stdout.write(f"removed {d['removed']}\n"),
+        human=lambda d: sys.stdout.write(f"removed {d['model']}@{d['alias']}\n"),
     )
     return 0
 
@@ -381,12 +400,22 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    m = _vault().export_bundle(args.spec, args.file, variant=args.variant)
+    vault = _vault()
+    info = vault.resolve(args.spec)
+    m = vault.export_bundle(f"{info.model}:{info.version}", args.file, variant=args.variant)
     emit(
-        {"path": str(args.file), "digest": m.digest, "size": args.file.stat().st_size},
+        {
+            "model": info.model,
+            "version": info.version,
+            "format": m.plugin,
+            "digest": m.digest,
+            "path": str(args.file),
+            "bytes": args.file.stat().st_size,
+        },
         as_json=args.json,
         human=lambda d: sys.stdout.write(
-            f"wrote {d['path']} ({human_size(d['size'])}) {d['digest']}\n"
+            f"exported {d['model']}:{d['version']} ({d['format']}) {d['digest']}\n"
+            f"  wrote {d['path']} ({human_size(d['bytes'])})\n"
         ),
     )
     return 0
@@ -402,5 +431,8 @@ def run_import(args: argparse.Namespace) -> int:
         r = _vault().import_bundle(
             args.file, name, version, aliases=args.alias, variant=args.variant, progress=progress
         )
-    emit(r, as_json=args.json, human=lambda x: _push_human(x, progress.seconds))
+    if args.json:
+        emit(_push_json(r), as_json=True)
+    else:
+        _push_human(r, progress.seconds)
     return 0
