@@ -24,6 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..digest import (
+    CHUNK,
+    damaged,
+    digest_bytes,
+    new_hasher,
+    parse_digest,
+    placeholder_digest,
+    read_verified_into,
+)
 from ..errors import (
     CorruptError,
     InvalidArgumentError,
@@ -42,15 +51,6 @@ from .container import (
     read_blob,
     remove_dirs,
 )
-from ..digest import (
-    CHUNK,
-    damaged,
-    digest_bytes,
-    new_hasher,
-    parse_digest,
-    placeholder_digest,
-    read_verified_into,
-)
 from .manifest import FORMAT_VERSION, LIMITS, Manifest, align, decode_msgpack, encode_msgpack
 
 __all__ = ["MAGIC", "PREAMBLE_SIZE", "Bundle", "stream_blobs", "write_bundle"]
@@ -67,12 +67,12 @@ Progress = Callable[[int], None]
 
 
 def _preamble(
-    manifest_len: int, index_len: int, data_offset: int, file_len: int, index_crc: int
+    manifest_len: int, index_len: int, data_offset: int, file_len: int, index_crc: int, minor: int
 ) -> bytes:
     body = _PRE.pack(
         MAGIC,
         FORMAT_VERSION[0],
-        FORMAT_VERSION[1],
+        minor,  # the manifest's own: a 1.0 container exported again stays 1.0
         0,
         manifest_len,
         index_len,
@@ -228,7 +228,16 @@ def write_bundle(
             )
             assert len(index) == index_len
             f.seek(0)
-            f.write(_preamble(manifest_len, index_len, data_offset, file_len, zlib.crc32(index)))
+            f.write(
+                _preamble(
+                    manifest_len,
+                    index_len,
+                    data_offset,
+                    file_len,
+                    zlib.crc32(index),
+                    manifest.format_version[1],
+                )
+            )
             f.write(manifest_bytes)
             f.write(index)
             f.flush()
