@@ -15,10 +15,11 @@ function of tensor *contents* only, never of names or order:
   changing one 3 KB tensor stores 3 KB); beyond that they share packs, so a
   model with hundreds of biases and norms costs a handful of requests, not
   hundreds. Packs hold small contents in digest order, and a pack ends after
-  each content whose digest starts with ``0`` (1 in :data:`PACK_FANOUT`) or
-  once it holds :data:`PACK_MAX` bytes: boundaries come from the contents, so
-  changing one small tensor rewrites the one or two packs it leaves and joins
-  (about 2 x 16 small tensors), not every pack after it.
+  each content whose digest's last byte is below 16 (1 in :data:`PACK_FANOUT`), after
+  one in two once it holds :data:`PACK_SOFT` bytes, and at :data:`PACK_MAX`
+  bytes regardless: boundaries come from the contents, so
+  changing one small tensor rewrites the pack it leaves and the pack it joins
+  (which may split in two): about 2 x 16 small tensors, not every pack after it.
 
 Every offset in a blob is 4096-aligned, as in every tensor section.
 """
@@ -30,16 +31,28 @@ from dataclasses import dataclass
 
 from .manifest import align
 
-__all__ = ["LOOSE_SMALL", "PACK_FANOUT", "PACK_MAX", "STANDALONE_BYTES", "PlannedBlob", "plan"]
+__all__ = [
+    "LOOSE_SMALL",
+    "PACK_FANOUT",
+    "PACK_MAX",
+    "PACK_SOFT",
+    "STANDALONE_BYTES",
+    "PlannedBlob",
+    "plan",
+]
 
 #: Contents of at least this many bytes stand alone. At 64 KiB the 4 KiB
 #: alignment of a pack would waste up to 6%, and one request per blob is cheap.
 STANDALONE_BYTES = 64 * 1024
 #: Up to this many distinct small contents per container stay loose blobs.
 LOOSE_SMALL = 64
-#: A pack ends after a content whose digest's first hex digit is 0: 1 in 16.
+#: A pack ends after a content whose digest's last byte is below 256 / 16: 1 in 16.
 PACK_FANOUT = 16
-#: ... or once it reaches this size (a pack is read whole).
+#: Past this size a pack ends after one content in 2 (still chosen by digest), so
+#: long runs without a boundary are rare and forced cuts at PACK_MAX rarer still:
+#: a forced cut moves when a content is added before it, and the run shifts.
+PACK_SOFT = 256 * 1024
+#: ... and at this size it ends regardless (a pack is read whole).
 PACK_MAX = 1 << 20
 
 
@@ -82,7 +95,10 @@ def plan(contents: Sequence[tuple[str, int]]) -> tuple[list[PlannedBlob], list[t
         group_of[i] = len(groups)
         if nbytes:
             pos = offset + nbytes
-        if int(_hex(digest)[:2] or "ff", 16) < 256 // PACK_FANOUT or pos >= PACK_MAX:
+        # The cut looks at the digest's last byte: packs are sorted by its first
+        # bytes, so those rise through a run and would put every cut up front.
+        last = int(_hex(digest)[-2:] or "ff", 16)
+        if last < 256 // PACK_FANOUT or (pos >= PACK_SOFT and last < 128) or pos >= PACK_MAX:
             groups.append(current)
             current, pos = [], 0
     if current:
