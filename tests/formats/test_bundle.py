@@ -314,3 +314,20 @@ def test_destination_that_cannot_be_created(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_directory(small_draft(), tmp_path / "file" / "dir")
     assert listing(tmp_path) == ["file"]
+
+
+def test_a_bundle_of_thousands_of_blobs(tmp_path: Path) -> None:
+    """A model whose every tensor is a blob: layout, index, streaming and verification."""
+    d = Draft("p", "1")
+    blobs = [i.to_bytes(4, "little") * (1 + i % 7) for i in range(3000)]
+    for data in blobs:
+        d.add_blob("tensors", "application/octet-stream", BytesSource(data))
+    path = tmp_path / "many.mvpk"
+    m = write_bundle(d, path)
+    b = Bundle.open(path)
+    b.verify()
+    assert len(b.extents) == len(m.blobs) == 3000
+    assert [b.read_blob(i) for i in (0, 1234, 2999)] == [blobs[0], blobs[1234], blobs[2999]]
+    with open(path, "rb") as f:
+        streamed = {i: b"".join(chunks) for _m, i, chunks in stream_blobs(f)}
+    assert streamed == dict(enumerate(blobs))
