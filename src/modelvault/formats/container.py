@@ -1,9 +1,11 @@
 """Containers in the making and containers being read.
 
 A format plugin turns an object into a :class:`Draft`: the manifest's fields
-plus blob *sources* that produce bytes on demand (a file, a buffer, the tensor
-section laid out over many tensors' memory). Nothing is hashed or copied until
-the draft is written, to a store or to a bundle, in one streaming pass.
+plus blob *sources* that produce bytes on demand (a file, a buffer, tensor
+sections laid out over tensors' own memory). Nothing is copied until the draft
+is written, to a store or to a bundle, in one streaming pass; tensors alone are
+hashed when added, because where each is stored depends on its digest
+(content addressing, format 1.1), and that hash is the blob's digest.
 
 Reading goes the other way: a :class:`ContainerSource` (a bundle, a store, a
 cache) hands the plugin a decoded :class:`Manifest` and, per blob, a local file

@@ -131,3 +131,25 @@ def test_a_1_0_container_still_loads(mmap: bool, chunk: int, ring: int, tmp_path
     out = load_tensors(old, torch.device("cpu"), mmap=mmap, chunk=chunk, ring=ring)
     assert all(torch.equal(out[k], v) for k, v in sd.items())
     assert list(TensorsPlugin().load(old, mmap=mmap)) == list(sd)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs /proc")
+def test_past_max_maps_a_cpu_load_reads_instead_of_mapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelvault.formats._torch import stream
+
+    torch.manual_seed(3)
+    sd = {f"w{i}": torch.randn(20000) for i in range(4)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+
+    def mapped() -> int:
+        return Path("/proc/self/maps").read_text().count(str(tmp_path))
+
+    out = load_tensors(source, torch.device("cpu"), mmap=True)
+    assert mapped() == len(source.manifest.blobs) == 4  # one mapping per blob
+    del out
+    monkeypatch.setattr(stream, "MAX_MAPS", 3)
+    out = load_tensors(source, torch.device("cpu"), mmap=True)
+    assert mapped() == 0
+    assert all(torch.equal(out[k], v) for k, v in sd.items())

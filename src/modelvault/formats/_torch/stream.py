@@ -44,6 +44,7 @@ from .section import views_from_buffer
 
 __all__ = [
     "CHUNK",
+    "MAX_MAPS",
     "RING",
     "BackgroundLoad",
     "Piece",
@@ -57,6 +58,10 @@ __all__ = [
 
 #: Bytes per read and per host-to-device copy.
 CHUNK = 16 * 1024 * 1024
+#: Above this many tensor blobs a CPU load reads into one buffer instead of
+#: mapping each blob: every mapping is a kernel map entry, and a process may
+#: hold only so many (``vm.max_map_count``, 65 530 by default).
+MAX_MAPS = 16_384
 #: Pinned ring slots, and reads in flight: 8 x 16 MiB = 128 MiB of host memory.
 #: Several reads at once are what it takes to pull the page cache at full speed.
 RING = 8
@@ -105,7 +110,8 @@ def load_tensors(
 ) -> dict[str, torch.Tensor]:
     """Every tensor of the container (aliases included) on ``device``, verified.
 
-    On the CPU, ``mmap=True`` maps each blob copy-on-write instead of copying it.
+    On the CPU, ``mmap=True`` maps each blob copy-on-write instead of copying it
+    (up to :data:`MAX_MAPS` blobs).
     Otherwise every tensor blob lands in one buffer (one allocation; on CUDA one
     pass through the pinned ring across all blobs), each blob hashed on the way.
 
@@ -118,7 +124,7 @@ def load_tensors(
     out: dict[str, torch.Tensor] = {}
     buf: torch.Tensor | None = None
     try:
-        if device.type == "cpu" and mmap:
+        if device.type == "cpu" and mmap and len(blobs) <= MAX_MAPS:
             for i in blobs:
                 if manifest.blobs[i].size:
                     buf = map_blob(source, i)
