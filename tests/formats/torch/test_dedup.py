@@ -153,3 +153,18 @@ def test_past_max_maps_a_cpu_load_reads_instead_of_mapping(
     out = load_tensors(source, torch.device("cpu"), mmap=True)
     assert mapped() == 0
     assert all(torch.equal(out[k], v) for k, v in sd.items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_many_blobs_stream_into_one_cuda_buffer(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    sd = {f"w{i}": torch.randn(40000 + i) for i in range(6)}  # blobs of their own
+    sd |= {f"n{i}": torch.randn(100 + i) for i in range(150)}  # packs
+    sd |= {"z0": torch.zeros(5000), "z1": torch.zeros(5000)}  # one range, two tensors
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    assert 10 < len(source.manifest.blobs) < 60
+    out = load_tensors(source, torch.device("cuda:0"), chunk=64 * 1024, ring=3)
+    assert all(torch.equal(out[k].cpu(), v) for k, v in sd.items())
+    out["z0"].add_(1)
+    assert torch.equal(out["z1"].cpu(), sd["z1"])
