@@ -368,29 +368,37 @@ def exp_sd16() -> dict[str, Any]:
     return out
 
 
-def exp_load(sd: dict[str, torch.Tensor], runs: int) -> dict[str, Any]:
-    """``load_tensors`` of the same state dict written in each layout, alternating."""
+def exp_load(sd: dict[str, torch.Tensor], runs: int, device: str = "cpu") -> dict[str, Any]:
+    """``load_tensors`` of the same state dict written in each layout, alternating.
+
+    On CUDA ``mmap`` does not apply: every row is the one-buffer ring path.
+    """
     from modelvault.formats._torch.stream import load_tensors
     from modelvault.formats.container import write_directory
     from modelvault.formats.tensors import TensorsPlugin
 
+    dev = torch.device(device)
+    modes = (True, False) if dev.type == "cpu" else (False,)
     root = Path(tempfile.mkdtemp(prefix="mvault-load-"))
     try:
         sources = {}
         for name in ("1.0", "1.1"):
             with layout(name):
                 sources[name] = write_directory(TensorsPlugin().pack(sd), root / name)
-        times: dict[str, list[float]] = {
-            f"{n} mmap={m}": [] for n in sources for m in (True, False)
-        }
+        times: dict[str, list[float]] = {f"{n} mmap={m}": [] for n in sources for m in modes}
         for _ in range(runs):
-            for mmap in (True, False):
+            for mmap in modes:
                 for name, source in sources.items():
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
                     t0 = time.perf_counter()
-                    out = load_tensors(source, torch.device("cpu"), mmap=mmap)
+                    out = load_tensors(source, dev, mmap=mmap)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
                     times[f"{name} mmap={mmap}"].append(time.perf_counter() - t0)
                     del out
         return {
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "model_bytes": _nbytes(sd),
             "blobs": {n: len(s.manifest.blobs) for n, s in sources.items()},
             "seconds": {
@@ -411,6 +419,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated experiment names")
     ap.add_argument("--load", action="store_true", help="also time CPU loads, 1.0 vs 1.1 layout")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where --load loads to (cpu, cuda)")
     ap.add_argument("--out", type=Path, default=RESULTS / "dedup.json")
     args = ap.parse_args()
     only = {x for x in args.only.split(",") if x}
@@ -450,8 +459,9 @@ def main() -> None:
     if want("sd16"):
         results["sd16"] = exp_sd16()
     if args.load:
-        results["load_cpu"] = exp_load(gpt2, args.runs)  # type: ignore[arg-type]
-        results["load_cpu"]["load_average_after"] = os.getloadavg()
+        key = "load_cpu" if args.device == "cpu" else "load_cuda"
+        results[key] = exp_load(gpt2, args.runs, args.device)  # type: ignore[arg-type]
+        results[key]["load_average_after"] = os.getloadavg()
     results["published"] = PUBLISHED
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
