@@ -43,6 +43,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -181,16 +182,22 @@ _LIBS: list[Any] = []
 def _declare_torchvision_ops() -> None:
     """Let ``import torchvision`` (which transformers does too) finish on a CPU-only torch.
 
-    torchvision's C ops (nms and friends) do not load on this torch build, and the
-    import registers fake kernels for two of them; declaring their schemas first
-    lets it finish. Neither model here calls them.
+    Where torchvision's C ops (nms and friends) do not load, the import fails
+    registering fake kernels for two of them; declaring their schemas and
+    importing again lets it finish. Neither model here calls them.
     """
-    if _LIBS or hasattr(torch.ops.torchvision, "nms"):
-        return
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _LIBS.append(lib)  # the definitions live as long as the library object
+    try:
+        import torchvision
+    except RuntimeError as exc:
+        if "torchvision::nms" not in str(exc):
+            raise
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _LIBS.append(lib)  # the definitions live as long as the library object
+        for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+            del sys.modules[name]
+        import torchvision  # noqa: F401
 
 
 def gpt2_state() -> dict[str, torch.Tensor]:
