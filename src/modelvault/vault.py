@@ -297,6 +297,7 @@ class Vault:
                 list(m.tensors),
                 dict(m.tensor_aliases),
                 m.digest_algorithm,
+                m.format_version,
             )
             for i, ref in enumerate(m.blobs):
                 loc = source.locate(i)

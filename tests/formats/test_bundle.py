@@ -46,7 +46,7 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
         assert size == ref.size
         data = b.read_blob(i)
         assert digest_bytes(data) == ref.digest
-    assert b.read_blob(1) == b"graph bytes\n" * 100
+    assert b.read_blob(2) == b"graph bytes\n" * 100  # after the two tensors' blobs
     assert os.path.getsize(path) == b.extents[-1][0] + b.extents[-1][1]
     assert listing(tmp_path) == ["m.mvpk"]
 
@@ -140,7 +140,7 @@ def test_stream_blobs_skipping_a_blob_keeps_the_stream_in_step(tmp_path: Path) -
     write_bundle(small_draft(), path)
     with open(path, "rb") as f:
         seen = [i for _m, i, _chunks in stream_blobs(f)]  # never reads a chunk
-    assert seen == [0, 1]
+    assert seen == [0, 1, 2]
 
 
 def test_stream_blobs_detects_a_damaged_blob(tmp_path: Path) -> None:
@@ -263,7 +263,7 @@ def test_preamble_fields(tmp_path: Path) -> None:
     data = path.read_bytes()
     fields = struct.unpack("<8sHHIQQQQI8sI", data[:PREAMBLE_SIZE])
     magic, major, minor, flags, m_len, i_len, data_offset, file_len, _crc, reserved, _ = fields
-    assert (magic, major, minor, flags, reserved) == (b"\x89MVPK\r\n\x1a", 1, 0, 0, bytes(8))
+    assert (magic, major, minor, flags, reserved) == (b"\x89MVPK\r\n\x1a", 1, 1, 0, bytes(8))
     assert data[64 : 64 + m_len] == m.encode()
     assert data_offset == Bundle.open(path).extents[0][0] == 4096
     assert file_len == len(data)
@@ -314,3 +314,20 @@ def test_destination_that_cannot_be_created(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_directory(small_draft(), tmp_path / "file" / "dir")
     assert listing(tmp_path) == ["file"]
+
+
+def test_a_bundle_of_thousands_of_blobs(tmp_path: Path) -> None:
+    """A model whose every tensor is a blob: layout, index, streaming and verification."""
+    d = Draft("p", "1")
+    blobs = [i.to_bytes(4, "little") * (1 + i % 7) for i in range(3000)]
+    for data in blobs:
+        d.add_blob("tensors", "application/octet-stream", BytesSource(data))
+    path = tmp_path / "many.mvpk"
+    m = write_bundle(d, path)
+    b = Bundle.open(path)
+    b.verify()
+    assert len(b.extents) == len(m.blobs) == 3000
+    assert [b.read_blob(i) for i in (0, 1234, 2999)] == [blobs[0], blobs[1234], blobs[2999]]
+    with open(path, "rb") as f:
+        streamed = {i: b"".join(chunks) for _m, i, chunks in stream_blobs(f)}
+    assert streamed == dict(enumerate(blobs))

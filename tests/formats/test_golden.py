@@ -1,9 +1,12 @@
-"""Pin the exact bytes of a small bundle, and keep reading the committed copy.
+"""Pin the exact bytes of small bundles, and keep reading every committed copy.
 
-``golden/small.mvpk`` (tensors, a graph blob, metadata) and ``golden/files.mvpk``
-(a small tree through the ``files`` plugin) were written by format 1.0. If ``test_writer_is_byte_identical``
-fails, the format changed: that must be deliberate (a new minor or major version,
-docs/FORMAT.md updated), and the old file must still read. Regenerate a new
+``golden/small.mvpk`` (tensors in one section, a graph blob, metadata) and
+``golden/files.mvpk`` (a small tree through the ``files`` plugin) were written
+by format 1.0; ``golden/layout-1.1.mvpk`` and ``golden/files-1.1.mvpk`` by 1.1
+(tensors content-addressed: a blob per large tensor, loose small ones, a range
+shared by identical tensors). If a ``..._is_byte_identical`` test fails, the
+format changed: that must be deliberate (a new minor or major version,
+docs/FORMAT.md updated), and the old files must still read. Regenerate a new
 golden file only for a new format version, never to make this test pass:
 
     MVAULT_WRITE_GOLDEN=1 PYTHONPATH=src python -m pytest tests/formats/test_golden.py
@@ -15,8 +18,11 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
+
+from modelvault.digest import digest_bytes
 from modelvault.formats.bundle import Bundle, write_bundle
-from modelvault.formats.container import tensor_views
+from modelvault.formats.container import BytesSource, Draft, TensorSectionBuilder, tensor_views
 from modelvault.formats.files import FilesPlugin
 from modelvault.formats.manifest import Manifest
 
@@ -24,15 +30,64 @@ from .conftest import assemble, packb, small_draft
 
 GOLDEN = Path(__file__).parent / "golden" / "small.mvpk"
 GOLDEN_DIGEST = "blake3:a8b9d829870365bb5732a11f99d006d10953e42790437cf7c0aa5ae166fa7cc8"
+LAYOUT_GOLDEN = Path(__file__).parent / "golden" / "layout-1.1.mvpk"
+LAYOUT_DIGEST = "blake3:c523cebcc4d1ba3bd974ae7fb7783245654f190fe37efc2367c579dc69d84311"
+#: 64 KiB of a fixed pattern: large enough to stand alone.
+BIG = bytes(range(256)) * 256
+
+
+def layout_draft() -> Draft:
+    """``small_draft`` plus what 1.1 lays out differently: a tensor large enough to
+    stand alone, a second tensor with the same bytes as another (one shared range)
+    and an empty tensor."""
+    b = TensorSectionBuilder()
+    b.add("weight", "float32", (2, 3), struct.pack("<6f", 1, 2, 3, 4, 5, 6))
+    b.add("bias", "int64", (3,), struct.pack("<3q", -1, 0, 1))
+    b.add("big", "uint8", (256, 256), BIG)
+    b.add("weight_copy", "int32", (6,), struct.pack("<6f", 1, 2, 3, 4, 5, 6))
+    b.add("empty", "float16", (0, 2), b"")
+    b.alias("tied", "weight")
+    d = small_draft()
+    d.blobs = [blob for blob in d.blobs if blob.role == "graph"]
+    d.tensors, d.tensor_aliases = [], {}
+    d.payload = {"graph": {"blob": 0}}
+    d.add_tensor_section(b)
+    return d
 
 
 def test_writer_is_byte_identical(tmp_path: Path) -> None:
-    out = tmp_path / "small.mvpk"
-    write_bundle(small_draft(), out)
+    out = tmp_path / "layout.mvpk"
+    write_bundle(layout_draft(), out)
     if os.environ.get("MVAULT_WRITE_GOLDEN") == "1":
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_bytes(out.read_bytes())
-    assert out.read_bytes() == GOLDEN.read_bytes()
+        LAYOUT_GOLDEN.write_bytes(out.read_bytes())
+    assert out.read_bytes() == LAYOUT_GOLDEN.read_bytes()
+
+
+def test_committed_layout_golden_reads() -> None:
+    b = Bundle.open(LAYOUT_GOLDEN)
+    b.verify()
+    m = b.manifest
+    assert b.digest == m.digest == LAYOUT_DIGEST
+    assert m.format_version == (1, 1)
+    assert [(r.role, r.size) for r in m.blobs] == [
+        ("graph", 1200),
+        ("tensors", 24),
+        ("tensors", 24),
+        ("tensors", 65536),
+        ("tensors", 0),
+    ]
+    t = {e.name: e for e in m.tensors}
+    assert (t["weight"].blob, t["weight"].offset) == (t["weight_copy"].blob, 0)  # one range
+    assert m.blobs[t["big"].blob].digest == digest_bytes(BIG)  # the blob IS the tensor
+    views = {}
+    for i in {e.blob for e in m.tensors}:
+        views.update(tensor_views(m, i, memoryview(b.read_blob(i))))
+    assert struct.unpack("<6f", views["weight"]) == (1, 2, 3, 4, 5, 6)
+    assert views["weight_copy"] == views["weight"]
+    assert struct.unpack("<3q", views["bias"]) == (-1, 0, 1)
+    assert bytes(views["big"]) == BIG
+    assert bytes(views["empty"]) == b""
+    assert m.tensor_aliases == {"tied": "weight"}
 
 
 def test_committed_golden_file_reads() -> None:
@@ -50,18 +105,47 @@ def test_committed_golden_file_reads() -> None:
     assert b.read_blob(1) == b"graph bytes\n" * 100
 
 
-def test_specification_layout_matches_the_writer() -> None:
+@pytest.mark.parametrize("golden", [GOLDEN, LAYOUT_GOLDEN], ids=["1.0", "1.1"])
+def test_specification_layout_matches_the_writer(golden: Path) -> None:
     """Bytes assembled from docs/FORMAT.md alone equal the golden file."""
-    data = GOLDEN.read_bytes()
+    data = golden.read_bytes()
     m_len = struct.unpack("<Q", data[16:24])[0]
     manifest = Manifest.decode(data[64 : 64 + m_len])
-    b = Bundle.open(GOLDEN)
+    b = Bundle.open(golden)
     blobs = [b.read_blob(i) for i in range(len(manifest.blobs))]
     assert packb(manifest.to_wire()) == data[64 : 64 + m_len]
-    assert assemble(manifest.to_wire(), blobs) == data
+    minor = manifest.format_version[1]
+    assert assemble(manifest.to_wire(), blobs, minor=minor) == data
+
+
+def test_a_1_0_container_written_again_is_the_same_file(tmp_path: Path) -> None:
+    """Export rebuilds a stored container from its manifest: a 1.0 one stays 1.0,
+    preamble included, so it keeps its digest (and here its very bytes)."""
+    b = Bundle.open(GOLDEN)
+    m = b.manifest
+    d = Draft(
+        m.plugin,
+        m.plugin_version,
+        dict(m.frameworks),
+        dict(m.target),
+        dict(m.signature),
+        dict(m.metadata),
+        dict(m.payload),
+        [],
+        list(m.tensors),
+        dict(m.tensor_aliases),
+        m.digest_algorithm,
+        m.format_version,
+    )
+    for i, ref in enumerate(m.blobs):
+        d.add_blob(ref.role, ref.media_type, BytesSource(b.read_blob(i)))
+    out = tmp_path / "again.mvpk"
+    assert write_bundle(d, out).digest == GOLDEN_DIGEST
+    assert out.read_bytes() == GOLDEN.read_bytes()
 
 
 FILES_GOLDEN = Path(__file__).parent / "golden" / "files.mvpk"
+FILES_GOLDEN_1_1 = Path(__file__).parent / "golden" / "files-1.1.mvpk"
 
 
 def _files_tree(root: Path) -> Path:
@@ -81,12 +165,13 @@ def test_files_container_is_byte_identical(tmp_path: Path) -> None:
     out = tmp_path / "files.mvpk"
     write_bundle(FilesPlugin().pack(_files_tree(tmp_path / "tree")), out)
     if os.environ.get("MVAULT_WRITE_GOLDEN") == "1":
-        FILES_GOLDEN.write_bytes(out.read_bytes())
-    assert out.read_bytes() == FILES_GOLDEN.read_bytes()
+        FILES_GOLDEN_1_1.write_bytes(out.read_bytes())
+    assert out.read_bytes() == FILES_GOLDEN_1_1.read_bytes()
 
 
-def test_committed_files_container_unpacks(tmp_path: Path) -> None:
-    b = Bundle.open(FILES_GOLDEN)
+@pytest.mark.parametrize("golden", [FILES_GOLDEN, FILES_GOLDEN_1_1], ids=["1.0", "1.1"])
+def test_committed_files_container_unpacks(golden: Path, tmp_path: Path) -> None:
+    b = Bundle.open(golden)
     b.verify()
     assert (b.manifest.plugin, b.manifest.plugin_version) == ("files", "1")
     out = FilesPlugin().load(b, dest=tmp_path / "out")

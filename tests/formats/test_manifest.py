@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -13,6 +14,7 @@ from modelvault.digest import digest_bytes
 from modelvault.errors import ManifestError, UnsupportedDigestError, UnsupportedVersionError
 from modelvault.formats import manifest as manifest_mod
 from modelvault.formats.container import (
+    TENSORS_MEDIA_TYPE,
     BytesSource,
     Draft,
     DraftBlob,
@@ -53,7 +55,7 @@ def test_wire_fields_match_specification() -> None:
     wire = msgpack.unpackb(sample().encode())
     assert list(wire) == sorted(wire)
     assert set(wire) == set(manifest_wire())
-    assert wire["format"] == [1, 0]
+    assert wire["format"] == [1, 1]
     assert set(wire["blobs"][0]) == {"digest", "media_type", "role", "size"}
     assert set(wire["tensors"][0]) == {
         "blob",
@@ -281,16 +283,17 @@ def test_depth_string_and_size_limits(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- tensor section -------------------------------------------------------------
 
 
-def test_tensor_section_alignment_padding_and_aliases() -> None:
+def test_one_section_layout_alignment_padding_and_aliases() -> None:
+    """The 1.0 layout (every tensor in one blob), which older containers hold."""
     b = TensorSectionBuilder()
     b.add("a", "uint8", (3,), b"abc")
     b.add("b", "float16", (2, 2), bytes(range(8)))
     b.add("empty", "float32", (0, 4), b"")
     b.add("c", "int32", (), struct.pack("<i", 7))
     b.alias("a2", "a")
-    d = Draft("p", "1")
-    assert d.add_tensor_section(b) == 0
-    src = d.blobs[0].source
+    src, tensors = b.build(0)
+    d = Draft("p", "1", tensors=tensors, tensor_aliases=dict(b.aliases))
+    d.add_blob("tensors", TENSORS_MEDIA_TYPE, src)
     data = b"".join(bytes(c) for c in src.chunks())
     assert len(data) == src.size
     entries = {t.name: t for t in d.tensors}
@@ -310,6 +313,8 @@ def test_tensor_section_alignment_padding_and_aliases() -> None:
     assert struct.unpack("<i", views["c"])[0] == 7
     assert bytes(views["empty"]) == b""
     assert Manifest.decode(m.encode()) == m
+    old = replace(m, format_version=(1, 0))
+    assert Manifest.decode(old.encode()) == old
 
 
 def test_tensor_section_refuses_bad_tensors() -> None:
@@ -361,14 +366,15 @@ def test_tensor_entries_remapped_when_sections_are_identical() -> None:
     d.compute_digests()
     m = finalize(d)
     assert len(m.blobs) == 1
-    assert [t.blob for t in m.tensors] == [0, 0]
+    assert [(t.blob, t.offset) for t in m.tensors] == [(0, 0), (0, 0)]
+    assert Manifest.decode(m.encode()) == m  # 1.1: two tensors may name the same bytes
     with pytest.raises(ManifestError, match="overlap"):
-        m.encode()  # two names for the same bytes must be an alias, not two tensors
+        replace(m, format_version=(1, 0)).encode()  # 1.0 readers refuse it: so must 1.0
 
 
 def test_manifest_conveniences() -> None:
     m = sample()
     assert m.total_size == sum(b.size for b in m.blobs)
-    assert [i for i, _ in m.blobs_with_role("graph")] == [1]
+    assert [i for i, _ in m.blobs_with_role("graph")] == [len(m.blobs) - 1]
     assert m.with_metadata(x=1).metadata["x"] == 1
     assert TensorEntry("t", "uint8", (2, 3), (3, 1), 0, 0, 6).numel == 6

@@ -67,12 +67,12 @@ Progress = Callable[[int], None]
 
 
 def _preamble(
-    manifest_len: int, index_len: int, data_offset: int, file_len: int, index_crc: int
+    manifest_len: int, index_len: int, data_offset: int, file_len: int, index_crc: int, minor: int
 ) -> bytes:
     body = _PRE.pack(
         MAGIC,
         FORMAT_VERSION[0],
-        FORMAT_VERSION[1],
+        minor,  # the manifest's own: a 1.0 container exported again stays 1.0
         0,
         manifest_len,
         index_len,
@@ -137,26 +137,38 @@ def _plan(
     raise AssertionError("bundle layout did not converge")  # pragma: no cover
 
 
+#: Below this a chunk is hashed inline: handing it to the hashing thread costs more.
+_INLINE_HASH = 1 << 20
+
+
 def _write_hashing(
-    f: BinaryIO, draft_chunks: Iterator[memoryview], algorithm: str, progress: Progress | None
+    f: BinaryIO,
+    draft_chunks: Iterator[memoryview],
+    algorithm: str,
+    progress: Progress | None,
+    hasher: ThreadPoolExecutor,
 ) -> tuple[str, int]:
     """Write chunks while hashing them on one other thread (both release the GIL).
 
     The hash runs single-threaded: the writing thread keeps a core of its own,
-    and one core of BLAKE3 outruns a page-cache write.
+    and one core of BLAKE3 outruns a page-cache write. ``hasher`` is one thread
+    shared by every blob of the bundle (a model may have thousands).
     """
     h = new_hasher(algorithm, threads=1)
     written = 0
-    with ThreadPoolExecutor(max_workers=1) as hasher:
-        for chunk in draft_chunks:
+    for chunk in draft_chunks:
+        if chunk.nbytes < _INLINE_HASH:
+            h.update(chunk)
+            f.write(chunk)
+        else:
             pending = hasher.submit(h.update, chunk)
             try:
                 f.write(chunk)
             finally:
                 pending.result()  # the source may reuse the chunk's memory after this
-            written += chunk.nbytes
-            if progress is not None:
-                progress(chunk.nbytes)
+        written += chunk.nbytes
+        if progress is not None:
+            progress(chunk.nbytes)
     return h.digest_str(), written
 
 
@@ -201,13 +213,13 @@ def write_bundle(
         remove_dirs(created)
         raise
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f, ThreadPoolExecutor(max_workers=1) as hasher:
             f.write(bytes(data_offset))
             for b, (offset, size) in zip(draft.blobs, extents):
                 if f.tell() < offset:
                     f.write(bytes(offset - f.tell()))
                 b.digest, written = _write_hashing(
-                    f, b.source.chunks(), draft.digest_algorithm, progress
+                    f, b.source.chunks(), draft.digest_algorithm, progress, hasher
                 )
                 if written != size:
                     raise PayloadMismatchError(
@@ -228,7 +240,16 @@ def write_bundle(
             )
             assert len(index) == index_len
             f.seek(0)
-            f.write(_preamble(manifest_len, index_len, data_offset, file_len, zlib.crc32(index)))
+            f.write(
+                _preamble(
+                    manifest_len,
+                    index_len,
+                    data_offset,
+                    file_len,
+                    zlib.crc32(index),
+                    manifest.format_version[1],
+                )
+            )
             f.write(manifest_bytes)
             f.write(index)
             f.flush()

@@ -1,9 +1,11 @@
 """Containers in the making and containers being read.
 
 A format plugin turns an object into a :class:`Draft`: the manifest's fields
-plus blob *sources* that produce bytes on demand (a file, a buffer, the tensor
-section laid out over many tensors' memory). Nothing is hashed or copied until
-the draft is written, to a store or to a bundle, in one streaming pass.
+plus blob *sources* that produce bytes on demand (a file, a buffer, tensor
+sections laid out over tensors' own memory). Nothing is copied until the draft
+is written, to a store or to a bundle, in one streaming pass; tensors alone are
+hashed when added, because where each is stored depends on its digest
+(content addressing, format 1.1), and that hash is the blob's digest.
 
 Reading goes the other way: a :class:`ContainerSource` (a bundle, a store, a
 cache) hands the plugin a decoded :class:`Manifest` and, per blob, a local file
@@ -17,15 +19,25 @@ import os
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
+from ..digest import (
+    CHUNK,
+    DEFAULT_ALGORITHM,
+    digest_bytes,
+    digest_hex_length,
+    hash_chunks,
+    new_hasher,
+    read_verified_into,
+)
 from ..errors import BlobNotFoundError, ManifestError, PayloadMismatchError
+from ._layout import plan
 from .manifest import (
     ALIGNMENT,
     DTYPE_SIZES,
+    FORMAT_VERSION,
     LIMITS,
     BlobRef,
     Manifest,
@@ -147,17 +159,21 @@ def _as_bytes_view(data: Any) -> memoryview:
 
 
 class TensorSectionBuilder:
-    """Lay tensors out in one blob, each at a 4 KiB-aligned offset.
+    """Collect tensors, then lay them out as tensor-section blobs.
 
     ``data`` is anything exposing the buffer protocol with the tensor's raw
     little-endian bytes in row-major order (a numpy array, ``bytes``, a
     ``memoryview`` of a CPU torch tensor's storage). No bytes are copied here.
 
+    :meth:`layout` is what writers use (format 1.1: content-addressed blobs, see
+    :mod:`modelvault.formats._layout`); :meth:`build` is the 1.0 layout, every
+    tensor in one blob, kept for tests of readers of older containers.
+
         >>> b = TensorSectionBuilder()
         >>> b.add("w", "float32", (2, 2), bytes(16))
-        >>> source, entries = b.build(blob_index=0)
-        >>> entries[0].offset, source.size
-        (0, 16)
+        >>> blobs, entries = b.layout()
+        >>> entries[0].blob, entries[0].offset, blobs[0][0].size
+        (0, 0, 16)
     """
 
     def __init__(self) -> None:
@@ -200,7 +216,47 @@ class TensorSectionBuilder:
             raise ManifestError(f"tensor {name!r} added twice")
         self.aliases[name] = target
 
+    def layout(
+        self, algorithm: str = DEFAULT_ALGORITHM
+    ) -> tuple[list[tuple[TensorSectionSource, str]], list[TensorEntry]]:
+        """Content-addressed blobs: ``[(source, digest), ...]`` and one entry per tensor.
+
+        Each entry's ``blob`` indexes the returned list. Every tensor is hashed
+        once here; blob digests come out of the same pass (a blob holding one
+        tensor has that tensor's digest), so writing hashes nothing twice.
+        """
+        index_of: dict[str, int] = {}
+        contents: list[tuple[str, int]] = []
+        views: list[memoryview] = []
+        content_of: list[int] = []
+        for _name, _dtype, _shape, _strides, view in self._items:
+            d = digest_bytes(view, algorithm)
+            if d not in index_of:
+                index_of[d] = len(contents)
+                contents.append((d, view.nbytes))
+                views.append(view)
+            content_of.append(index_of[d])
+        planned, where = plan(contents)
+        blobs: list[tuple[TensorSectionSource, str]] = []
+        for p in planned:
+            source = TensorSectionSource([(off, views[i]) for off, i in p.members], p.size)
+            if (
+                len(p.members) == 1
+                and p.members[0][0] == 0
+                and p.size == contents[p.members[0][1]][1]
+            ):
+                digest = contents[p.members[0][1]][0]
+            else:
+                digest = hash_chunks(source.chunks(), algorithm)
+            blobs.append((source, digest))
+        entries = []
+        for (name, dtype, shape, strides, view), c in zip(self._items, content_of):
+            blob, offset = where[c]
+            entries.append(TensorEntry(name, dtype, shape, strides, blob, offset, view.nbytes))
+        return blobs, entries
+
     def build(self, blob_index: int) -> tuple[TensorSectionSource, list[TensorEntry]]:
+        """The 1.0 layout: every tensor in one blob, in insertion order."""
         entries: list[TensorEntry] = []
         parts: list[tuple[int, memoryview]] = []
         pos = 0
@@ -235,6 +291,9 @@ class Draft:
     tensors: list[TensorEntry] = field(default_factory=list)
     tensor_aliases: dict[str, str] = field(default_factory=dict)
     digest_algorithm: str = DEFAULT_ALGORITHM
+    #: A new container is written in the current format; a stored one written
+    #: again (export) keeps its own version, and so its manifest digest.
+    format_version: tuple[int, int] = FORMAT_VERSION
 
     def add_blob(self, role: str, media_type: str, source: BlobSource) -> int:
         """Append a blob; returns its index in the manifest's blob list."""
@@ -244,16 +303,22 @@ class Draft:
     def add_tensor_section(
         self, builder: TensorSectionBuilder, role: str = "tensors"
     ) -> int | None:
-        """Lay out ``builder``'s tensors as one blob; None when it holds no tensors."""
-        if not len(builder):
-            self.tensor_aliases.update(builder.aliases)
-            return None
-        index = len(self.blobs)
-        source, entries = builder.build(index)
-        self.blobs.append(DraftBlob(role, TENSORS_MEDIA_TYPE, source))
-        self.tensors.extend(entries)
+        """Add ``builder``'s tensors as content-addressed tensor-section blobs.
+
+        Large tensors become blobs of their own, small ones loose blobs or packs
+        (:mod:`modelvault.formats._layout`), so a tensor's bytes are stored once
+        whatever container, order or name holds them. Returns the index of the
+        first blob added; None when the builder holds no tensors.
+        """
         self.tensor_aliases.update(builder.aliases)
-        return index
+        if not len(builder):
+            return None
+        first = len(self.blobs)
+        blobs, entries = builder.layout(self.digest_algorithm)
+        for source, digest in blobs:
+            self.blobs.append(DraftBlob(role, TENSORS_MEDIA_TYPE, source, digest))
+        self.tensors.extend(replace(e, blob=e.blob + first) for e in entries)
+        return first
 
     @property
     def total_size(self) -> int:
@@ -264,8 +329,10 @@ class Draft:
 
         ``advance(n)`` is called after each chunk, for a progress display.
         """
+        prefix = self.digest_algorithm + ":"
         for b in self.blobs:
-            if b.digest is None:
+            # A digest of another algorithm (set before digest_algorithm changed) is redone.
+            if b.digest is None or not b.digest.startswith(prefix):
                 h = new_hasher(self.digest_algorithm)
                 for chunk in b.source.chunks():
                     h.update(chunk)
@@ -307,6 +374,7 @@ def finalize(draft: Draft) -> Manifest:
         signature=dict(draft.signature),
         metadata=dict(draft.metadata),
         payload=payload,
+        format_version=draft.format_version,
         digest_algorithm=draft.digest_algorithm,
     )
 
@@ -431,7 +499,8 @@ class DirectorySource:
         path = self.directory / self.blob_name(ref.digest)
         if not path.is_file():
             raise BlobNotFoundError(ref.digest, str(self.directory))
-        return BlobLocation(path, 0, ref.size, ref.digest)
+        # write_directory puts every blob in place by an atomic rename, like a local store.
+        return BlobLocation(path, 0, ref.size, ref.digest, mappable=True)
 
 
 def probe_manifest(draft: Draft) -> Manifest:

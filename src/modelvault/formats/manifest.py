@@ -40,7 +40,9 @@ __all__ = [
 
 #: (major, minor) of the container format this code writes. A reader accepts
 #: any minor of a major it knows (minor bumps only add optional meaning).
-FORMAT_VERSION = (1, 0)
+#: 1.1: tensors are content-addressed (one blob per large tensor, packs of small
+#: ones), and tensors with identical bytes may name the same byte range.
+FORMAT_VERSION = (1, 1)
 #: Tensors and bundle blobs start at multiples of this: mmap- and O_DIRECT-friendly.
 ALIGNMENT = 4096
 
@@ -48,7 +50,10 @@ ALIGNMENT = 4096
 @dataclass(frozen=True)
 class _Limits:
     manifest_bytes: int = 32 * 1024 * 1024
-    blobs: int = 100_000
+    # Every tensor may be a blob of its own, so blobs are bounded like tensors;
+    # the manifest's byte limit is what binds first (about 110 000 tensors that
+    # each stand alone, at some 280 bytes of manifest apiece).
+    blobs: int = 1_000_000
     tensors: int = 1_000_000
     string: int = 1024 * 1024
     depth: int = 32
@@ -544,11 +549,15 @@ def _validate(m: Manifest) -> None:
             raise ManifestError(
                 f"{w}: bytes {t.offset}..{t.offset + t.nbytes} lie past the end of blob {t.blob} ({blob.size} bytes)"
             )
-        extents.setdefault(t.blob, []).append((t.offset, t.offset + t.nbytes, t.name))
+        if t.nbytes:  # an empty range overlaps nothing
+            extents.setdefault(t.blob, []).append((t.offset, t.offset + t.nbytes, t.name))
     for blob_index, spans in extents.items():
         spans.sort()
-        for (s0, e0, n0), (s1, _e1, n1) in itertools.pairwise(spans):
-            if s1 < e0:
+        # From 1.1, tensors with identical bytes may name the very same range (each
+        # is still its own tensor); any other overlap is refused. Sorted by start, a
+        # range overlapping another overlaps its neighbour, or equals it.
+        for (s0, e0, n0), (s1, e1, n1) in itertools.pairwise(spans):
+            if s1 < e0 and ((s0, e0) != (s1, e1) or minor < 1):
                 raise ManifestError(
                     f"tensors {n0!r:.60} and {n1!r:.60} overlap in blob {blob_index} ({s0}..{e0} and {s1}..)"
                 )

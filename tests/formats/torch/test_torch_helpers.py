@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from modelvault.digest import digest_bytes, new_hasher
 from modelvault.errors import (
     DeviceOutOfMemoryError,
     DeviceUnavailableError,
@@ -16,7 +17,7 @@ from modelvault.errors import (
 )
 from modelvault.formats._torch import dtypes
 from modelvault.formats._torch.device import check_free_memory, human_bytes, resolve_device
-from modelvault.formats._torch.stream import load_tensors
+from modelvault.formats._torch.stream import Piece, _stream_cpu, load_tensors, stream_through_ring
 from modelvault.formats.manifest import DTYPE_SIZES
 from modelvault.formats.tensors import TensorsPlugin
 
@@ -91,7 +92,7 @@ def test_both_cpu_paths_verify(mmap: bool, tmp_path: Path) -> None:
     out["a"].add_(1)  # writes stay private: the file keeps its bytes
     again = load_tensors(source, torch.device("cpu"), mmap=mmap)
     assert torch.equal(again["a"], sd["a"])
-    corrupt_blob(source, 0, at=4096 * 3 + 1)
+    corrupt_blob(source, 0, at=4096 * 2 + 1)
     with pytest.raises(IntegrityError, match="damaged"):
         load_tensors(source, torch.device("cpu"), mmap=mmap)
     path = source.locate(0).path
@@ -112,26 +113,72 @@ def test_tuning_options_pass_through_and_are_checked(tmp_path: Path) -> None:
             TensorsPlugin().load(source, **bad)
 
 
+def _pieces(tmp_path: Path, sizes: list[int]) -> tuple[list[bytes], list[Piece], int]:
+    """One file per size, each blob behind a few bytes of junk, placed 4096-aligned."""
+    datas, pieces, pos = [], [], 0
+    for k, size in enumerate(sizes):
+        data = os.urandom(size)
+        path = tmp_path / f"blob{k}"
+        path.write_bytes(b"x" * (k + 3) + data)
+        pos = -(-pos // 4096) * 4096
+        pieces.append(Piece(path, k + 3, size, pos, new_hasher()))
+        datas.append(data)
+        pos += size
+    return datas, pieces, pos
+
+
+@pytest.mark.parametrize("path", ["ring", "direct"])
 @pytest.mark.parametrize(("chunk", "ring"), [(4096, 1), (4096, 3), (3 * 4096, 2), (1 << 20, 8)])
-def test_ring_bookkeeping(chunk: int, ring: int, tmp_path: Path) -> None:
-    """The staging ring used for GPU loads, driven with a CPU destination."""
-    import os
+def test_multi_blob_bookkeeping(path: str, chunk: int, ring: int, tmp_path: Path) -> None:
+    """Many blobs into one buffer: the GPU ring driven with a CPU destination, and
+    the CPU path. Each blob lands at its offset, is hashed alone, gaps stay untouched."""
+    sizes = [5 * 4096 + 123, 0, 7, 4096, 3 * 4096 + 1, 1, 2 * 4096]
+    datas, pieces, total = _pieces(tmp_path, sizes)
+    dest = torch.full((total,), 0xAB, dtype=torch.uint8)
+    (stream_through_ring if path == "ring" else _stream_cpu)(pieces, dest, chunk, ring)
+    got = bytes(dest.numpy())
+    covered = bytearray(b"\x01" * total)
+    for data, p in zip(datas, pieces):
+        assert got[p.dest : p.dest + p.size] == data
+        assert p.got == p.size and not p.short
+        assert p.hasher.digest_str() == digest_bytes(data)
+        covered[p.dest : p.dest + p.size] = bytes(p.size)
+    assert all(g == 0xAB for g, c in zip(got, covered) if c)  # nothing written between blobs
 
-    from modelvault.digest import digest_bytes, new_hasher
-    from modelvault.formats._torch.stream import stream_through_ring
 
-    data = os.urandom(5 * 4096 + 123)
-    path = tmp_path / "blob"
-    path.write_bytes(b"x" * 10 + data)
-    dest = torch.empty(len(data), dtype=torch.uint8)
-    h = new_hasher()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        got = stream_through_ring(fd, 10, len(data), dest, h, chunk, ring)
-        assert got == len(data)
-        assert bytes(dest.numpy()) == data
-        assert h.digest_str() == digest_bytes(data)
-        short = torch.empty(len(data) + 50, dtype=torch.uint8)
-        assert stream_through_ring(fd, 10, len(data) + 50, short, None, chunk, ring) == len(data)
-    finally:
-        os.close(fd)
+@pytest.mark.parametrize("path", ["ring", "direct"])
+def test_multi_blob_short_file(path: str, tmp_path: Path) -> None:
+    """A file shorter than its blob: that piece reports what it got; the others are whole."""
+    datas, pieces, total = _pieces(tmp_path, [9000, 20000, 300])
+    pieces[1].path.write_bytes(pieces[1].path.read_bytes()[:5000])
+    dest = torch.zeros(total, dtype=torch.uint8)
+    (stream_through_ring if path == "ring" else _stream_cpu)(pieces, dest, 4096, 3)
+    assert pieces[1].short and pieces[1].got == 5000 - pieces[1].offset
+    for k in (0, 2):
+        assert pieces[k].got == pieces[k].size
+        assert pieces[k].hasher.digest_str() == digest_bytes(datas[k])
+
+
+class _FdCounter:
+    """A hasher that records how many files this process has open as it is fed."""
+
+    def __init__(self, seen: list[int]) -> None:
+        self.seen = seen
+
+    def update(self, data: memoryview) -> None:
+        self.seen.append(len(os.listdir("/proc/self/fd")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_thousands_of_blobs_keep_few_files_open(tmp_path: Path) -> None:
+    sizes = [100 + k for k in range(600)]
+    datas, pieces, total = _pieces(tmp_path, sizes)
+    seen: list[int] = []
+    for p in pieces:
+        p.hasher = _FdCounter(seen)
+    before = len(os.listdir("/proc/self/fd"))
+    dest = torch.zeros(total, dtype=torch.uint8)
+    _stream_cpu(pieces, dest, 4096, 4)
+    assert max(seen) - before <= 4 + 1  # the reads in flight, not the 600 blobs
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert all(bytes(dest[p.dest : p.dest + p.size].numpy()) == d for d, p in zip(datas, pieces))

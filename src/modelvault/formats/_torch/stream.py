@@ -1,20 +1,22 @@
-"""Load tensor sections onto a device at disk speed, verifying on the way.
+"""Load tensor blobs onto a device at disk speed, verifying on the way.
 
-CPU: a local store's blob is mapped copy-on-write (``MAP_PRIVATE``), hashed
-through the mapping and then viewed as tensors: no copy, and writes to a tensor
-never reach the file. Store blobs are replaced only by atomic renames, so the
-verified bytes stay the mapped bytes. Any other file (a cache entry, which
-other processes fill and evict and which could be truncated under a mapping;
-a bundle), or any blob with ``mmap=False``, is read with parallel ``preadv``
-calls into private memory, hashed in order as chunks arrive.
+CPU: each blob of a local store is mapped copy-on-write (``MAP_PRIVATE``),
+hashed through the mapping and then viewed as tensors: no copy, and writes to a
+tensor never reach the file. Store blobs are replaced only by atomic renames,
+so the verified bytes stay the mapped bytes. Any other file (a cache entry,
+which other processes fill and evict and which could be truncated under a
+mapping; a bundle), or any load with ``mmap=False``, is read with parallel
+``preadv`` calls into one private buffer, each blob hashed in order as its
+chunks arrive.
 
-CUDA: one device buffer for the section is allocated after checking free
-memory; the file streams through a small ring of pinned host buffers. Reader
-threads fill ring slots with ``preadv`` (never an mmap: page faults inside a
-``cudaMemcpy`` serialize the copy), the main thread hashes each chunk in order
-(BLAKE3 releases the GIL and uses every core) and queues an asynchronous copy on
-a side stream; an event per slot says when it may be refilled. Host memory in
-use is the ring, not the model.
+CUDA: one device buffer for all of a container's tensor blobs (format 1.1
+stores a blob per large tensor) is allocated after checking free memory; the
+files stream through a small ring of pinned host buffers in one pass across
+blobs. Reader threads fill ring slots with ``preadv`` (never an mmap: page
+faults inside a ``cudaMemcpy`` serialize the copy), the main thread hashes each
+chunk in order into its blob's hasher (BLAKE3 releases the GIL and uses every
+core) and queues an asynchronous copy on a side stream; an event per slot says
+when it may be refilled. Host memory in use is the ring, not the model.
 
 No tensor is handed out before the digest of its whole blob checked out; on
 any failure the device memory is dropped before the error propagates.
@@ -24,10 +26,13 @@ from __future__ import annotations
 
 import mmap as _mmap
 import os
+import threading
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,22 +40,30 @@ import torch
 from ...digest import damaged, new_hasher, parse_digest
 from ...errors import DeviceOutOfMemoryError, IntegrityError, InvalidArgumentError
 from ..container import ContainerSource
+from ..manifest import Manifest, TensorEntry, align
 from .device import check_free_memory, human_bytes
 from .section import views_from_buffer
 
 __all__ = [
     "CHUNK",
+    "MAX_MAPS",
     "RING",
     "BackgroundLoad",
+    "Piece",
     "load_tensors",
     "map_blob",
-    "read_blob_into",
+    "read_blobs_into",
     "release",
     "stream_options",
+    "stream_through_ring",
 ]
 
 #: Bytes per read and per host-to-device copy.
 CHUNK = 16 * 1024 * 1024
+#: Above this many tensor blobs a CPU load reads into one buffer instead of
+#: mapping each blob: every mapping is a kernel map entry, and a process may
+#: hold only so many (``vm.max_map_count``, 65 530 by default).
+MAX_MAPS = 16_384
 #: Pinned ring slots, and reads in flight: 8 x 16 MiB = 128 MiB of host memory.
 #: Several reads at once are what it takes to pull the page cache at full speed.
 RING = 8
@@ -74,6 +87,21 @@ def _tensor_blobs(source: ContainerSource) -> list[int]:
     return sorted({t.blob for t in source.manifest.tensors})
 
 
+def _repeats(manifest: Manifest) -> list[TensorEntry]:
+    """Entries naming the same bytes as an earlier entry (identical tensors, format 1.1).
+
+    Each must still be a tensor of its own, so a load gives it its own memory.
+    """
+    seen: set[tuple[int, int, int]] = set()
+    out = []
+    for e in manifest.tensors:
+        key = (e.blob, e.offset, e.nbytes)
+        if e.nbytes and key in seen:
+            out.append(e)
+        seen.add(key)
+    return out
+
+
 def load_tensors(
     source: ContainerSource,
     device: torch.device,
@@ -84,35 +112,64 @@ def load_tensors(
 ) -> dict[str, torch.Tensor]:
     """Every tensor of the container (aliases included) on ``device``, verified.
 
-    On the CPU, ``mmap=True`` maps the section copy-on-write instead of copying it.
+    On the CPU, ``mmap=True`` maps each blob copy-on-write instead of copying it
+    (up to :data:`MAX_MAPS` blobs).
+    Otherwise every tensor blob lands in one buffer (one allocation; on CUDA one
+    pass through the pinned ring across all blobs), each blob hashed on the way.
 
-    Raises :class:`DeviceOutOfMemoryError` before allocating when the sections
+    Raises :class:`DeviceOutOfMemoryError` before allocating when the weights
     do not fit, :class:`IntegrityError` when bytes do not match their digest.
     """
+    manifest = source.manifest
     blobs = _tensor_blobs(source)
-    sizes = {i: source.manifest.blobs[i].size for i in blobs}
-    check_free_memory(device, sum(sizes.values()), what="the weights")
+    repeats = _repeats(manifest)
     out: dict[str, torch.Tensor] = {}
-    buffers: list[torch.Tensor] = []
     buf: torch.Tensor | None = None
     try:
-        for i in blobs:
-            if device.type == "cpu" and mmap and sizes[i] > 0 and source.locate(i).mappable:
-                buf = map_blob(source, i)
-            else:
-                buf = _allocate(device, sizes[i])
-                read_blob_into(source, i, buf, chunk=chunk, ring=ring)
-            buffers.append(buf)
-            out.update(views_from_buffer(source.manifest, i, buf))
+        mapped = (
+            device.type == "cpu"
+            and mmap
+            and len(blobs) <= MAX_MAPS
+            and all(source.locate(i).mappable for i in blobs)
+        )
+        if mapped:
+            for i in blobs:
+                if manifest.blobs[i].size:
+                    buf = map_blob(source, i)
+                else:
+                    buf = _allocate(device, 0)
+                    read_blobs_into(source, [i], buf, chunk=chunk, ring=ring)
+                out.update(views_from_buffer(manifest, i, buf))
+        else:
+            placed, total = _place(manifest, blobs)
+            check_free_memory(device, total + sum(e.nbytes for e in repeats), what="the weights")
+            buf = _allocate(device, total)
+            read_blobs_into(source, blobs, buf, chunk=chunk, ring=ring)
+            for i in blobs:
+                at = placed[i]
+                piece = buf[at : at + manifest.blobs[i].size]
+                out.update(views_from_buffer(manifest, i, piece))
+        for e in repeats:  # the same bytes as another tensor, but not the same tensor
+            out[e.name] = out[e.name].clone()
     except BaseException as exc:
         out.clear()
-        buffers.clear()
         buf = None
         release(exc, device)
         raise
-    for alias, target in source.manifest.tensor_aliases.items():
+    for alias, target in manifest.tensor_aliases.items():
         out[alias] = out[target]
     return out
+
+
+def _place(manifest: Manifest, blobs: Sequence[int]) -> tuple[dict[int, int], int]:
+    """Where each blob starts in the one buffer (4096-aligned, as its tensors are), and its size."""
+    placed: dict[int, int] = {}
+    pos = 0
+    for i in blobs:
+        pos = align(pos)
+        placed[i] = pos
+        pos += manifest.blobs[i].size
+    return placed, pos
 
 
 def release(exc: BaseException, device: torch.device) -> None:
@@ -224,29 +281,100 @@ def _read_exact(fd: int, view: memoryview, offset: int) -> int:
     return got
 
 
-def read_blob_into(
-    source: ContainerSource, index: int, dest: torch.Tensor, *, chunk: int = CHUNK, ring: int = RING
+@dataclass
+class Piece:
+    """``size`` bytes at ``offset`` of the file ``path``, bound for ``dest`` in the buffer.
+
+    ``hasher`` (or None) is fed the bytes in order; ``got`` says how many were read.
+    """
+
+    path: Path
+    offset: int
+    size: int
+    dest: int
+    hasher: Any = None
+    got: int = 0
+    short: bool = False
+
+
+def read_blobs_into(
+    source: ContainerSource,
+    indexes: Sequence[int],
+    dest: torch.Tensor,
+    *,
+    chunk: int = CHUNK,
+    ring: int = RING,
 ) -> None:
-    """Read blob ``index`` into the uint8 tensor ``dest`` (CPU or CUDA), verifying its digest."""
-    ref = source.manifest.blobs[index]
-    loc = source.locate(index)
-    where = str(loc.path)
-    algo, _ = parse_digest(ref.digest)
-    hasher = new_hasher(algo)
-    fd = os.open(loc.path, os.O_RDONLY)
-    try:
-        if dest.device.type == "cuda":
-            got = _stream_cuda(fd, loc.offset, ref.size, dest, hasher, chunk, ring)
-        else:
-            got = _stream_cpu(fd, loc.offset, ref.size, dest, hasher, chunk, ring)
-    finally:
-        os.close(fd)
-    if got != ref.size:
-        raise _integrity(ref, where, str(got), truncated=True)
-    if hasher is not None:
-        actual = hasher.digest_str()
+    """Read blobs ``indexes`` one after another (4096-aligned) into the uint8 tensor ``dest``.
+
+    CPU or CUDA; one pass over all of them, each blob verified against its digest.
+    """
+    placed, _total = _place(source.manifest, indexes)
+    pieces = []
+    for i in indexes:
+        ref = source.manifest.blobs[i]
+        loc = source.locate(i)
+        algo, _ = parse_digest(ref.digest)
+        pieces.append(Piece(Path(loc.path), loc.offset, ref.size, placed[i], new_hasher(algo)))
+    if dest.device.type == "cuda":
+        stream_through_ring(pieces, dest, chunk, ring)
+    else:
+        _stream_cpu(pieces, dest, chunk, ring)
+    for i, p in zip(indexes, pieces):
+        ref = source.manifest.blobs[i]
+        if p.got != ref.size:
+            raise _integrity(ref, str(p.path), str(p.got), truncated=True)
+        actual = p.hasher.digest_str()
         if actual != ref.digest:
-            raise _integrity(ref, where, actual, truncated=False)
+            raise _integrity(ref, str(p.path), actual, truncated=False)
+
+
+def _chunks(pieces: Sequence[Piece], chunk: int) -> list[tuple[int, int, int]]:
+    """``(piece, start, length)`` of every read: no read spans two blobs."""
+    out = []
+    for k, p in enumerate(pieces):
+        for start in range(0, p.size, chunk):
+            out.append((k, start, min(chunk, p.size - start)))
+    return out
+
+
+class _Files:
+    """File descriptors opened on a piece's first read, closed after its last.
+
+    A model may have thousands of blobs; only those the reads in flight touch
+    are open at once.
+    """
+
+    def __init__(self, pieces: Sequence[Piece]) -> None:
+        self._pieces = pieces
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def fd(self, k: int) -> int:
+        with self._lock:
+            if k not in self._fds:
+                self._fds[k] = os.open(self._pieces[k].path, os.O_RDONLY)
+            return self._fds[k]
+
+    def done(self, k: int) -> None:
+        with self._lock:
+            fd = self._fds.pop(k, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for k in list(self._fds):
+            self.done(k)
+
+
+def _consume(p: Piece, view: memoryview, want: int, n: int) -> None:
+    """Account for (and hash) one read of ``n`` of the ``want`` bytes asked."""
+    if p.short:
+        return  # the file ended early: the caller reports it as truncated
+    if p.hasher is not None:
+        p.hasher.update(view[:n])
+    p.got += n
+    p.short = n < want
 
 
 def _pipeline(
@@ -275,83 +403,87 @@ def _pipeline(
     return total
 
 
-def _stream_cpu(
-    fd: int, offset: int, size: int, dest: torch.Tensor, hasher: Any, chunk: int, ring: int
-) -> int:
-    view = memoryview(dest.numpy()) if size else memoryview(b"")  # type: ignore[arg-type]
-    n_chunks = -(-size // chunk)
-    short = [False]
+def _stream_cpu(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int, ring: int) -> None:
+    """Read straight into a CPU ``dest`` with ``ring`` reads in flight, hashing in order."""
+    total = max((p.dest + p.size for p in pieces), default=0)
+    view = memoryview(dest.numpy()) if total else memoryview(b"")  # type: ignore[arg-type]
+    plan = _chunks(pieces, chunk)
+    files = _Files(pieces)
 
     def read(j: int) -> int:
-        start = j * chunk
-        return _read_exact(fd, view[start : min(start + chunk, size)], offset + start)
+        k, start, want = plan[j]
+        p = pieces[k]
+        at = p.dest + start
+        return _read_exact(files.fd(k), view[at : at + want], p.offset + start)
 
     def consume(j: int, n: int) -> None:
-        start = j * chunk
-        if short[0]:
-            return
-        if hasher is not None:
-            hasher.update(view[start : start + n])
-        if n < min(chunk, size - start):
-            short[0] = True  # the file ends early: stop hashing; the caller reports it
+        k, start, want = plan[j]
+        p = pieces[k]
+        _consume(p, view[p.dest + start :], want, n)
+        if start + want == p.size:
+            files.done(k)
 
-    got = _pipeline(n_chunks, ring, read, consume)
-    return got
-
-
-def _stream_cuda(
-    fd: int, offset: int, size: int, dest: torch.Tensor, hasher: Any, chunk: int, ring: int
-) -> int:
-    return stream_through_ring(fd, offset, size, dest, hasher, chunk, ring)
+    try:
+        _pipeline(len(plan), ring, read, consume)
+    finally:
+        files.close_all()
 
 
-def stream_through_ring(
-    fd: int, offset: int, size: int, dest: torch.Tensor, hasher: Any, chunk: int, ring: int
-) -> int:
-    """Read ``size`` bytes at ``offset`` of ``fd`` into ``dest`` through ``ring`` staging slots.
+def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int, ring: int) -> None:
+    """Read every piece into ``dest`` through ``ring`` staging slots, in one pass.
 
     For a CUDA ``dest`` the slots are pinned and copies are asynchronous on a
     side stream, an event per slot guarding its reuse; for a CPU ``dest`` (used
-    to test the ring's bookkeeping) copies are plain. Returns the bytes read.
+    to test the ring's bookkeeping) copies are plain. A read never spans two
+    pieces, so each piece's hasher sees its bytes in order; ``Piece.got`` says
+    how many bytes of each were read.
     """
     device = dest.device
     cuda = device.type == "cuda"
-    chunk = min(chunk, max(size, 1))
+    largest = max((p.size for p in pieces), default=0)
+    chunk = min(chunk, max(largest, 1))
+    plan = _chunks(pieces, chunk)
+    ring = max(1, min(ring, len(plan)))
     slots = [torch.empty(chunk, dtype=torch.uint8, pin_memory=cuda) for _ in range(ring)]
     slot_views = [memoryview(s.numpy()) for s in slots]  # type: ignore[arg-type]
     events: list[Any] = [None] * ring
     stream = torch.cuda.Stream(device) if cuda else None  # type: ignore[no-untyped-call]
-    n_chunks = -(-size // chunk)
+    files = _Files(pieces)
 
     def read(j: int) -> int:
         k = j % ring
         ev = events[k]
         if ev is not None:
             ev.synchronize()  # the slot's previous copy must be done before it is overwritten
-        start = j * chunk
-        want = min(chunk, size - start)
-        return _read_exact(fd, slot_views[k][:want], offset + start)
+        piece, start, want = plan[j]
+        p = pieces[piece]
+        return _read_exact(files.fd(piece), slot_views[k][:want], p.offset + start)
 
     def consume(j: int, n: int) -> None:
         k = j % ring
-        if hasher is not None:
-            hasher.update(slot_views[k][:n])
-        start = j * chunk
+        piece, start, want = plan[j]
+        p = pieces[piece]
+        _consume(p, slot_views[k], want, n)
+        if start + want == p.size:
+            files.done(piece)
+        if not n:
+            return
+        at = p.dest + start
         if stream is None:
-            dest[start : start + n].copy_(slots[k][:n])
+            dest[at : at + n].copy_(slots[k][:n])
             return
         with torch.cuda.stream(stream):
-            dest[start : start + n].copy_(slots[k][:n], non_blocking=True)
+            dest[at : at + n].copy_(slots[k][:n], non_blocking=True)
             ev = torch.cuda.Event()  # type: ignore[no-untyped-call]
             ev.record(stream)
         events[k] = ev
 
     try:
-        got = _pipeline(n_chunks, ring, read, consume)
+        _pipeline(len(plan), ring, read, consume)
     finally:
+        files.close_all()
         if stream is not None:
             stream.synchronize()
     if stream is not None:
         # Later work on the default stream must see the copied bytes.
         torch.cuda.current_stream(device).wait_stream(stream)
-    return got
