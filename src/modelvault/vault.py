@@ -304,9 +304,11 @@ class Vault:
         progress: Any,
     ) -> PushResult:
         from .formats.bundle import Bundle
+        from .formats.validation import validate_container
 
         bundle = Bundle.open(path)
         bundle.verify()  # every byte checked before anything is stored
+        validate_container(bundle)  # and its meaning: nothing is registered that cannot load
         manifest = bundle.manifest
         store = self.store
         uploaded = n_up = n_skip = 0
