@@ -127,10 +127,10 @@ def test_control_torch_runs_the_injected_code(program, edit, tmp_path: Path) -> 
     marker = tmp_path / "MARKER"
     doc = EDITS[edit][0](graph_doc(program), marker)
     sd = dict(program.state_dict)
-    with pytest.raises(Exception):  # noqa: B017 - torch fails after running the command
-        ep = serde.deserialize(serde.SerializedArtifact(json.dumps(doc).encode(), sd, {}, b""))
-        ep.module()(torch.randn(3, 4), torch.randn(2))
-        raise RuntimeError("no failure")
+    try:
+        serde.deserialize(serde.SerializedArtifact(json.dumps(doc).encode(), sd, {}, b""))
+    except Exception:  # noqa: BLE001 - torch may fail, but only after running the command
+        pass
     assert marker.exists()
 
 
@@ -253,7 +253,7 @@ def test_pickled_weight_is_refused_at_push(saved, tmp_path: Path) -> None:
         pass
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(PayloadMismatchError, match="'a.weight' is pickled"):
+    with pytest.raises(PayloadMismatchError, match=r"'a\.weight' is pickled"):
         plugin.pack(evil)
     r = cli("push", "m:1.0.0", str(evil))
     assert r.returncode == 5 and "pickled" in r.stderr
