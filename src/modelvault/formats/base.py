@@ -28,7 +28,7 @@ def check_blob_references(source: ContainerSource) -> None:
                 w = f"{where}.{k}"
                 if k == "blob" and not (type(x) is int and 0 <= x < n):
                     raise PayloadMismatchError(
-                        f"payload {w} is {x!r:.40}; the container has blobs 0..{n - 1}",
+                        f"{w} is {x!r:.40}; the container has blobs 0..{n - 1}",
                         hint="the container is damaged or was assembled by hand",
                     )
                 walk(x, w, depth + 1)
