@@ -96,7 +96,7 @@ _ASSUMPTIONS = frozenset(
         "finite", "zero", "nonzero", "even", "odd", "rational", "extended_real",
     }
 )  # fmt: skip
-_SYMBOL_NAME = re.compile(r"[a-z]{1,8}[0-9]{0,12}")
+_SYMBOL_NAME = re.compile(r"[a-z]{1,8}[0-9]{1,12}")
 _FLOAT_TEXT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[-+]?[0-9]+)?|[-+]?inf|nan")
 
 # -- operator targets torch resolves, restricted to pure computation -----------------
