@@ -47,6 +47,7 @@ TORCH_EXPRESSIONS = [
 ]
 
 REFUSED_EXPRESSIONS = [
+    "__import__('os').system('id > F') or s0",
     "__import__('os').system('id')",
     f"{S}.subs({{}})",
     f"Add({S}, Integer(1)).func",
@@ -246,6 +247,12 @@ CASES: dict[str, tuple[Any, str]] = {
             )
         ),
         "is not a Python identifier",
+    ),
+    "constant input": (
+        lambda d: d["graph_module"]["signature"]["input_specs"].append(
+            {"constant_input": {"name": "c", "value": {"as_string": "'); import os; ('"}}}
+        ),
+        "string constant input with quotes",
     ),
     "NaN": (lambda d: d.update(x=float("nan")), "JSON constant NaN"),
 }

@@ -105,6 +105,23 @@ def test_tensors_naming_missing_entries(tmp_path: Path) -> None:
     assert "missing tensor(s) 'ghost'" in str(errors[0])
 
 
+def test_torchscript_archive_that_is_not_an_archive(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from modelvault.formats.torchscript import TorchScriptPlugin
+
+    module = torch.jit.trace(torch.nn.Linear(2, 2), torch.randn(1, 2))
+    draft = TorchScriptPlugin().pack(module)
+    index = draft.payload["archive"]["blob"]
+    from modelvault.formats.container import BytesSource, DraftBlob
+
+    old = draft.blobs[index]
+    draft.blobs[index] = DraftBlob(old.role, old.media_type, BytesSource(b"not a zip at all"))
+    manifest, blobs = draft_parts(draft)
+    bundle = bundle_from(manifest, blobs, tmp_path / "bad.mvpk")
+    errors = every_way_refused(bundle, manifest, blobs, tmp_path, None)
+    assert "the torchscript archive blob is not a zip archive" in str(errors[0])
+
+
 def test_inspect_and_import_through_the_cli(mvault, tmp_path: Path) -> None:  # noqa: F811
     bundle = bundle_from(files_wire([file_entry("../../x")]), [DATA], tmp_path / "bad.mvpk")
     r = mvault("inspect", str(bundle))

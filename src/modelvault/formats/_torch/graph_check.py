@@ -595,7 +595,13 @@ class _Walker:
                         bool(body.get("persistent", True)),
                     )
                 )
-            elif kind not in ("user_input", "token", "constant_input"):
+            elif kind == "constant_input":
+                # Its value becomes placeholder metadata, pasted between quotes into guards.
+                value = body.get("value") if isinstance(body, dict) else None
+                text = value.get("as_string") if isinstance(value, dict) else None
+                if text is not None and not (isinstance(text, str) and _PLAIN_TEXT.fullmatch(text)):
+                    raise _refuse(where, "string constant input with quotes or escapes")
+            elif kind not in ("user_input", "token"):
                 raise _refuse(where, f"input kind {kind!r:.40} is not supported")
 
 
