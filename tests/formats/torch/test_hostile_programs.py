@@ -334,6 +334,22 @@ def test_real_pt2_files_round_trip_byte_for_byte(tmp_path: Path) -> None:
         torch.testing.assert_close(again.module()(*inputs), ep.module()(*inputs))
 
 
+def test_recompressed_pt2_round_trips(program, saved, tmp_path: Path) -> None:
+    """An archive zipped again with deflate still loads and still comes back byte for byte."""
+    deflated = tmp_path / "deflated.pt2"
+    with (
+        zipfile.ZipFile(saved) as zin,
+        zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zout,
+    ):
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info), zipfile.ZIP_DEFLATED)
+    vault = Vault(registry=f"sqlite:///{tmp_path}/r.db", store=f"file://{tmp_path}/store")
+    vault.push(deflated, "m", "1.0.0")
+    assert vault.pull("m@1.0.0", tmp_path / "back.pt2").read_bytes() == deflated.read_bytes()
+    x, y = torch.randn(4, 4), torch.randn(2)
+    torch.testing.assert_close(vault.load("m@1.0.0").module()(x, y), program.module()(x, y))
+
+
 def test_damaged_verbatim_part_is_refused_at_pull(saved, tmp_path: Path) -> None:
     draft = plugin.pack(saved)
     layout = draft.payload["archive"]

@@ -144,7 +144,7 @@ def _as_ints(path: Path, seq: Any, where: str) -> tuple[int, ...]:
 
 
 def _tensor(
-    path: Path, kind: str, fqn: str, meta: Any, base: str, members: dict[str, Any]
+    path: Path, kind: str, fqn: str, meta: Any, base: str, sizes: dict[str, int]
 ) -> ArchiveTensor:
     where = f"{kind} {fqn!r:.80}"
     if not isinstance(meta, dict) or set(meta) - {
@@ -162,7 +162,7 @@ def _tensor(
     name = meta.get("path_name")
     if not isinstance(name, str) or not _PATH_NAME.fullmatch(name):
         raise _bad(path, f"{where}: path_name {name!r:.60} is not a raw tensor file")
-    if base + name not in members:
+    if base + name not in sizes:
         raise _bad(path, f"{where}: member {base + name} is missing")
     tm = meta.get("tensor_meta")
     if not isinstance(tm, dict):
@@ -173,14 +173,14 @@ def _tensor(
         raise _bad(path, f"{where}: dtype {tm.get('dtype')!r:.20} is not stored")
     if tm.get("layout", _STRIDED) != _STRIDED:
         raise _bad(path, f"{where}: only strided tensors are stored")
-    sizes = _as_ints(path, tm.get("sizes"), f"{where} sizes")
+    shape = _as_ints(path, tm.get("sizes"), f"{where} sizes")
     strides = _as_ints(path, tm.get("strides"), f"{where} strides")
     (offset,) = _as_ints(path, [tm.get("storage_offset")], f"{where} storage_offset")
-    if len(sizes) != len(strides) or len(sizes) > 64:
+    if len(shape) != len(strides) or len(shape) > 64:
         raise _bad(path, f"{where}: sizes and strides differ in length")
     item = DTYPE_SIZES[dtype]
-    _, nbytes, _ = members[base + name]
-    span = 0 if 0 in sizes else offset + 1 + sum((d - 1) * s for d, s in zip(sizes, strides))
+    nbytes = sizes[base + name]
+    span = 0 if 0 in shape else offset + 1 + sum((d - 1) * s for d, s in zip(shape, strides))
     if nbytes % item or span * item > nbytes:
         raise _bad(path, f"{where}: its view reaches past the {nbytes} bytes of {name}")
     return ArchiveTensor(
@@ -189,7 +189,7 @@ def _tensor(
         is_param=bool(meta.get("is_param")),
         requires_grad=bool(tm.get("requires_grad")),
         dtype=dtype,
-        sizes=sizes,
+        sizes=shape,
         strides=strides,
         storage_offset=offset,
         member=base + name,
@@ -223,6 +223,7 @@ def read_pt2(path: str | Path) -> Pt2Archive:
         if order in names and z.read(order).strip() != b"little":
             raise _bad(path, "big-endian weights are not read")
         members = _data_offsets(path, z)
+        sizes = {i.filename: i.file_size for i in z.infolist()}
         graph = z.read(models[0])
         tensors: list[ArchiveTensor] = []
         for kind, cfg_name, base in (
@@ -233,10 +234,7 @@ def read_pt2(path: str | Path) -> Pt2Archive:
             if full not in names:
                 raise _bad(path, f"{cfg_name} is missing")
             for fqn, meta in _config(path, z, full).items():
-                tensors.append(_tensor(path, kind, fqn, meta, root + base, members))
-        for t in tensors:
-            if members[t.member][2]:
-                raise _bad(path, f"{t.member} is compressed; torch.export.save stores weights raw")
+                tensors.append(_tensor(path, kind, fqn, meta, root + base, sizes))
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):

@@ -35,13 +35,15 @@ class OpenedPt2:
         """Segments and verbatim ranges; weight storages stored whole are referenced, not copied."""
         whole: dict[str, str] = {}
         for t in self.archive.tensors:
-            _, nbytes, _ = self.archive.members[t.member]
+            _, nbytes, compressed = self.archive.members[t.member]
             numel = 1
             for d in t.sizes:
                 numel *= d
             item = torch.empty((), dtype=from_name(t.dtype)).element_size()
+            # A compressed member (an archive zipped again) is kept verbatim.
             if (
                 nbytes
+                and not compressed
                 and t.member not in whole
                 and t.storage_offset == 0
                 and tuple(t.strides) == contiguous_strides(t.sizes)
