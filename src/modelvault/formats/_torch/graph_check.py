@@ -135,6 +135,8 @@ _TREESPEC_TYPES = frozenset(
         "torch.fx.immutable_collections.immutable_dict",
     }
 )  # fmt: skip
+#: Expressions already accepted (they only depend on their text).
+_ACCEPTED: set[str] = set()
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 _NEWLINE_OK = frozenset({"stack_trace"})
 
@@ -149,7 +151,19 @@ class GraphSummary:
     tensor_meta: dict[str, tuple[str | None, list[int | None]]] = field(default_factory=dict)
 
 
-def _refuse(where: str, what: str) -> UnsafeGraphError:
+class _Where:
+    """A location in the document, spelled out only when an error names it (walking stays cheap)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: tuple[str, ...]) -> None:
+        self.path = path
+
+    def __str__(self) -> str:
+        return _where_name(self.path)
+
+
+def _refuse(where: object, what: str) -> UnsafeGraphError:
     return UnsafeGraphError(
         f"the program graph is refused at {where}: {what}",
         hint="the graph holds something torch.export never writes; it is not loaded",
@@ -167,8 +181,10 @@ def _where_name(path: tuple[str, ...]) -> str:
 # symbolic expressions
 
 
-def check_sym_expr(text: object, where: str = "expr_str") -> None:
+def check_sym_expr(text: object, where: object = "expr_str") -> None:
     """Accept ``text`` only when it is an srepr() expression of the allowed forms."""
+    if isinstance(text, str) and text in _ACCEPTED:
+        return  # the same expressions recur in every tensor's sizes and strides
     if not isinstance(text, str):
         raise _refuse(where, f"expected an expression string, got {type(text).__name__}")
     if len(text) > _MAX_EXPR:
@@ -184,6 +200,9 @@ def check_sym_expr(text: object, where: str = "expr_str") -> None:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise _refuse(where, f"not an expression: {text!r:.80}") from None
     _sym_node(tree.body, where, text)
+    if len(_ACCEPTED) > 100_000:
+        _ACCEPTED.clear()
+    _ACCEPTED.add(text)
 
 
 def _int_literal(n: ast.expr) -> bool:
@@ -192,7 +211,7 @@ def _int_literal(n: ast.expr) -> bool:
     return isinstance(n, ast.Constant) and type(n.value) is int
 
 
-def _sym_node(n: ast.expr, where: str, text: str) -> None:
+def _sym_node(n: ast.expr, where: object, text: str) -> None:
     bad = _refuse(where, f"expression {text!r:.80} is not one torch writes")
     if isinstance(n, ast.Name):
         if n.id not in _SYMPY_CONSTANTS:
@@ -256,7 +275,7 @@ _BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod, ast.Div, ast.Pow)
 _CMPOPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 
 
-def check_guard(text: object, where: str = "guards_code") -> None:
+def check_guard(text: object, where: object = "guards_code") -> None:
     """Accept a guard only when it is a comparison over input sizes of the allowed forms."""
     if not isinstance(text, str) or len(text) > _MAX_EXPR or _CONTROL.search(text) or "\n" in text:
         raise _refuse(where, "a guard must be one line of at most 64 KiB")
@@ -269,7 +288,7 @@ def check_guard(text: object, where: str = "guards_code") -> None:
     _guard_node(tree.body, where, text)
 
 
-def _guard_node(n: ast.expr, where: str, text: str) -> None:
+def _guard_node(n: ast.expr, where: object, text: str) -> None:
     def sub(x: ast.expr) -> None:
         _guard_node(x, where, text)
 
@@ -314,7 +333,7 @@ def _guard_node(n: ast.expr, where: str, text: str) -> None:
         raise _refuse(where, f"guard {text!r:.80} is not one torch writes")
 
 
-def _guard_source(n: ast.expr, where: str, text: str) -> None:
+def _guard_source(n: ast.expr, where: object, text: str) -> None:
     """``L['x']``, ``L['x'][0]``, ``L['x'].size()[1]``: inputs addressed by identifiers and ints."""
     while True:
         if isinstance(n, ast.Subscript):
@@ -349,7 +368,7 @@ def _guard_source(n: ast.expr, where: str, text: str) -> None:
 # the document
 
 
-def _parse_json(data: bytes | str, where: str) -> Any:
+def _parse_json(data: bytes | str, where: object) -> Any:
     def no_constants(name: str) -> Any:
         raise _refuse(where, f"JSON constant {name} is not allowed")
 
@@ -375,7 +394,7 @@ def _strings(obj: Any, depth: int = 0) -> Iterator[str]:
             yield from _strings(v, depth + 1)
 
 
-def _check_treespec(text: object, where: str, kwargs_identifiers: bool) -> None:
+def _check_treespec(text: object, where: object, kwargs_identifiers: bool) -> None:
     if not isinstance(text, str):
         raise _refuse(where, "a tree spec must be a JSON string")
     doc = _parse_json(text, where)
@@ -414,19 +433,19 @@ def _check_treespec(text: object, where: str, kwargs_identifiers: bool) -> None:
     node(doc[1], 0, top=False)
 
 
-def _identifier(v: object, where: str) -> str:
+def _identifier(v: object, where: object) -> str:
     if not (isinstance(v, str) and _IDENT.fullmatch(v) and not keyword.iskeyword(v)):
         raise _refuse(where, f"{v!r:.80} is not a Python identifier")
     return v
 
 
-def _fqn(v: object, where: str, empty_ok: bool = False) -> str:
+def _fqn(v: object, where: object, empty_ok: bool = False) -> str:
     if not isinstance(v, str) or not (_FQN.fullmatch(v) or (empty_ok and v == "")):
         raise _refuse(where, f"{v!r:.80} is not a dotted module path")
     return v
 
 
-def check_target(v: object, where: str) -> str:
+def check_target(v: object, where: object) -> str:
     """An operator target torch resolves to a pure computation, else refused."""
     if not isinstance(v, str):
         raise _refuse(where, "an operator target must be a string")
@@ -451,9 +470,17 @@ _REFUSED_KEYS = {
 }
 
 
+# Control characters can reach a decoded string only as raw non-ASCII characters
+# or as JSON escapes; a document with neither needs no per-string search.
+_RAW_CONTROL = re.compile(
+    r"[\x7f-\x9f\u2028\u2029]|\\u(?:00[01][0-9a-fA-F]|007[fF]|00[89][0-9a-fA-F]|202[89])|\\[bfr]"
+)
+
+
 class _Walker:
-    def __init__(self) -> None:
+    def __init__(self, scan_controls: bool = True) -> None:
         self.summary = GraphSummary()
+        self.scan = scan_controls
 
     def walk(self, obj: Any, path: tuple[str, ...]) -> None:
         if len(path) > _MAX_DEPTH:
@@ -475,11 +502,11 @@ class _Walker:
     def text(self, s: str, path: tuple[str, ...]) -> None:
         if len(s) > _MAX_STRING:
             raise _refuse(_where_name(path), f"string of {len(s)} characters")
-        if _CONTROL.search(s) or ("\n" in s and not (set(path[-2:]) & _NEWLINE_OK)):
+        if (self.scan and _CONTROL.search(s)) or ("\n" in s and not (set(path[-2:]) & _NEWLINE_OK)):
             raise _refuse(_where_name(path), f"control character in {s!r:.60}")
 
     def key(self, k: str, v: Any, parent: dict[str, Any], path: tuple[str, ...]) -> None:
-        where = _where_name(path)
+        where = _Where(path)
         self.text(k, path)
         if k in _REFUSED_KEYS:
             raise _refuse(where, _REFUSED_KEYS[k])
@@ -503,7 +530,7 @@ class _Walker:
             if not isinstance(v, dict):
                 raise _refuse(where, "expected a map of names")
             for name in v:
-                _identifier(name, f"{where}[{name!r:.40}]")
+                _identifier(name, _Where((*path, name)))
             self.walk(v, path)
             return
         if k == "forward_arg_names":
@@ -511,7 +538,7 @@ class _Walker:
                 if not isinstance(v, list):
                     raise _refuse(where, "expected a list of names")
                 for i, name in enumerate(v):
-                    _identifier(name, f"{where}[{i}]")
+                    _identifier(name, _Where((*path, str(i))))
             return
         if k in _FQN_KEYS and isinstance(v, str):
             _fqn(v, where)
@@ -526,7 +553,7 @@ class _Walker:
             if not isinstance(v, list):
                 raise _refuse(where, "guards_code must be a list")
             for i, g in enumerate(v):
-                check_guard(g, f"{where}[{i}]")
+                check_guard(g, _Where((*path, str(i))))
             return
         if k == "verifiers":
             if not isinstance(v, list) or not all(x in _VERIFIERS for x in v):
@@ -562,7 +589,7 @@ class _Walker:
     def metadata(self, meta: dict[str, Any], path: tuple[str, ...]) -> None:
         for mk, mv in meta.items():
             p = (*path, mk)
-            where = _where_name(p)
+            where = _Where(p)
             self.text(mk, p)
             if not isinstance(mv, str):
                 raise _refuse(where, "node metadata values are strings")
@@ -580,7 +607,7 @@ class _Walker:
         kinds = {"parameter": "parameter_name", "buffer": "buffer_name"}
         kinds["tensor_constant"] = "tensor_constant_name"
         for i, spec in enumerate(specs):
-            where = _where_name((*path, str(i)))
+            where = _Where((*path, str(i)))
             if not (isinstance(spec, dict) and len(spec) == 1):
                 raise _refuse(where, "an input spec is a one-key map")
             ((kind, body),) = spec.items()
@@ -640,7 +667,7 @@ def check_graph(data: bytes | bytearray | memoryview) -> GraphSummary:
     gm = doc["graph_module"]
     if not isinstance(gm.get("graph"), dict) or not isinstance(gm.get("signature"), dict):
         raise _refuse("graph_module", "no graph or signature")
-    walker = _Walker()
+    walker = _Walker(scan_controls=_RAW_CONTROL.search(text) is not None)
     walker.walk(doc, ())
     walker.summary.tensor_meta = _tensor_meta(gm["graph"])
     return walker.summary
