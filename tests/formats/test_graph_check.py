@@ -37,6 +37,9 @@ TORCH_EXPRESSIONS = [
     f"Equality({S}, Integer(2))",
     f"StrictLessThan({S}, Integer(3))",
     f"Unequality(Add({S}, Integer(-2)), Integer(1))",
+    f"Pow({S}, Integer(2))",
+    f"PowByNatural({S}, {S})",
+    f"Pow({S}, Integer(-1))",
     "Rational(1, 2)",
     "Float('1.5', precision=53)",
     "int_oo",
@@ -67,6 +70,12 @@ REFUSED_EXPRESSIONS = [
     "Add(" * 100 + "Integer(1)" + ")" * 100,
     "",
     "Integer(1",
+    # sympy evaluates concrete arithmetic while it parses: no giant numbers
+    "Pow(Integer(10), Integer(1000000000000))",
+    "LShift(Integer(1), Integer(10000000000))",
+    "Float('1.5', precision=1000000000)",
+    "Integer(" + "9" * 30 + ")",
+    f"Pow({S}, Rational(1, 100000000000))",
 ]
 
 
@@ -107,6 +116,8 @@ def test_torch_guards_are_accepted(text: str) -> None:
         "L['x'].size()[0] == 1\nimport os",
         "(lambda: 1)() == 1",
         "L['x'].size()[0] == 'a'",
+        "L['x'].size()[0] == 2 ** 10 ** 10",
+        "L['x'].size()[0] == 2 ** 100000",
     ],
 )
 def test_other_guards_are_refused(text: str) -> None:

@@ -205,10 +205,26 @@ def check_sym_expr(text: object, where: object = "expr_str") -> None:
     _ACCEPTED.add(text)
 
 
-def _int_literal(n: ast.expr) -> bool:
+def _int_literal(n: ast.expr, bound: int = 1 << 64) -> bool:
     if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
         n = n.operand
-    return isinstance(n, ast.Constant) and type(n.value) is int
+    return isinstance(n, ast.Constant) and type(n.value) is int and n.value <= bound
+
+
+#: sympy evaluates these on concrete integers as it parses: a literal exponent or
+#: shift is kept small so that no expression asks for a number of gigabytes.
+_EXPONENTIAL = frozenset({"Pow", "PowByNatural", "FloatPow", "LShift", "RoundDecimal"})
+_MAX_EXPONENT = 64
+
+
+def _small_exponent(n: ast.expr) -> bool:
+    if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "Integer":
+        return len(n.args) == 1 and _int_literal(n.args[0], _MAX_EXPONENT)
+    return not (
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Name)
+        and n.func.id in ("Rational", "Float")
+    )
 
 
 def _sym_node(n: ast.expr, where: object, text: str) -> None:
@@ -247,15 +263,19 @@ def _sym_node(n: ast.expr, where: object, text: str) -> None:
             and isinstance(args[0], ast.Constant)
             and isinstance(args[0].value, str)
             and _FLOAT_TEXT.fullmatch(args[0].value) is not None
+            and len(args[0].value) <= 64
             and all(
                 k.arg == "precision"
                 and isinstance(k.value, ast.Constant)
                 and type(k.value.value) is int
+                and 0 < k.value.value <= 1024
                 for k in kws
             )
         )
     elif fn in _SYMPY_FUNCTIONS:
         ok = not kws and len(args) <= 64
+        if fn in _EXPONENTIAL:
+            ok = ok and len(args) == 2 and _small_exponent(args[1])
         if ok:
             for a in args:
                 _sym_node(a, where, text)
@@ -302,12 +322,17 @@ def _guard_node(n: ast.expr, where: object, text: str) -> None:
         for c in n.comparators:
             sub(c)
     elif isinstance(n, ast.BinOp) and isinstance(n.op, _BINOPS):
+        if isinstance(n.op, ast.Pow) and not _int_literal(n.right, _MAX_EXPONENT):
+            raise _refuse(
+                where, f"guard {text!r:.80} raises to a power that is not a small integer"
+            )
         sub(n.left)
         sub(n.right)
     elif isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd, ast.Not)):
         sub(n.operand)
     elif isinstance(n, ast.Constant) and type(n.value) in (int, float, bool):
-        pass
+        if type(n.value) is int and abs(n.value) > 1 << 64:
+            raise _refuse(where, f"guard {text!r:.80} holds an integer past 64 bits")
     elif isinstance(n, ast.Call) and not n.keywords and len(n.args) <= 8:
         f = n.func
         if (isinstance(f, ast.Name) and f.id in _GUARD_CALLS) or (
