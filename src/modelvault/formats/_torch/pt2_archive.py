@@ -87,10 +87,6 @@ class Pt2Archive:
     def graph_member(self) -> str:
         return f"{self.root}models/model.json"
 
-    def read_member(self, name: str) -> bytes:
-        with zipfile.ZipFile(self.path) as z:
-            return z.read(name)
-
 
 def _bad(path: Path, what: str) -> PayloadMismatchError:
     return PayloadMismatchError(
@@ -271,6 +267,8 @@ def layout(
     kept: list[tuple[int, int]] = []
     pos = 0
     for start, size, seg in refs:
+        if start < pos:
+            raise _bad(archive.path, "members overlap; torch.export.save never writes that")
         if start > pos:
             segments.append(["raw", start - pos])
             kept.append((pos, start - pos))
