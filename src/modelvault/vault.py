@@ -164,6 +164,7 @@ class Vault:
         )
         if isinstance(obj, (str, Path)) and Path(obj).suffix == ".mvpk" and format is None:
             from .formats.bundle import Bundle
+            from .formats.validation import validate_container
 
             bundle = Bundle.open(Path(obj))
             phase(progress, "verifying", bundle.manifest.total_size)
@@ -171,6 +172,7 @@ class Vault:
             bundle.verify(
                 getattr(progress, "advance", None) if hasattr(progress, "phase") else None
             )
+            validate_container(bundle)  # and its meaning: nothing is registered that cannot load
             upload = upload_bundle(self.store, bundle, progress)
             return register(self.registry, upload, request, progress)
         if isinstance(obj, (str, Path)):

@@ -1,4 +1,9 @@
-"""``mvault inspect``: a bundle's manifest and the verification of every blob."""
+"""``mvault inspect``: a bundle's manifest, the verification of every blob, and its validation.
+
+A bundle is intact when every blob matches its digest and its format plugin
+accepts the payload (what would make a pull fail is reported here, exit 5).
+Everything printed comes from the bundle, so control characters are escaped.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import FormatError
 from ._common import Progress, add_json, emit, human_size, print_table
+
+
+def clean(value: object) -> str:
+    """``str(value)`` with every non-printable character escaped, so a bundle cannot drive the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 def register(sub: Any) -> None:
@@ -50,28 +66,44 @@ def run_inspect(args: argparse.Namespace) -> int:
         finally:
             progress.finish()
         info["verified"] = True
+        from ..formats.validation import validate_container
+
+        try:
+            validate_container(bundle)
+        except FormatError as exc:
+            info["valid"] = False
+            info["problem"] = str(exc)
+        else:
+            info["valid"] = True
     else:
         info["verified"] = False
 
     def human(d: dict[str, Any]) -> None:
         out = sys.stdout
-        out.write(f"bundle    {args.file}\n")
-        out.write(f"digest    {d['digest']}\n")
+        c = clean
+        out.write(f"bundle    {c(args.file)}\n")
+        out.write(f"digest    {c(d['digest'])}\n")
         out.write(f"format    {d['format'][0]}.{d['format'][1]}\n")
-        out.write(f"plugin    {d['plugin']['name']} {d['plugin']['version']}\n")
+        out.write(f"plugin    {c(d['plugin']['name'])} {c(d['plugin']['version'])}\n")
         for key in ("frameworks", "target", "metadata"):
             if d[key]:
-                out.write(f"{key:9} " + ", ".join(f"{k}={v}" for k, v in d[key].items()) + "\n")
+                out.write(
+                    f"{key:9} " + ", ".join(f"{c(k)}={c(v)}" for k, v in d[key].items()) + "\n"
+                )
         out.write(f"tensors   {d['tensors']}\nsize      {human_size(d['size'])}\n\n")
         print_table(
-            [(b["role"], b["media_type"], human_size(b["size"]), b["digest"]) for b in d["blobs"]],
+            [
+                (c(b["role"]), c(b["media_type"]), human_size(b["size"]), c(b["digest"]))
+                for b in d["blobs"]
+            ],
             ["ROLE", "MEDIA TYPE", "SIZE", "DIGEST"],
         )
-        out.write(
-            "\nintact: every blob verified\n"
-            if d["verified"]
-            else "\nheader valid (blobs not verified)\n"
-        )
+        if not d["verified"]:
+            out.write("\nheader valid (blobs not verified)\n")
+        elif d["valid"]:
+            out.write("\nintact: every blob verified, payload valid\n")
+        else:
+            out.write(f"\nNOT intact: every blob verified, but {c(d['problem'])}\n")
 
     emit(info, as_json=args.json, human=human)
-    return 0
+    return 0 if info.get("valid", True) else 5

@@ -12,9 +12,31 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import PayloadMismatchError
 from .container import ContainerSource, Draft
 
-__all__ = ["FormatPlugin"]
+__all__ = ["FormatPlugin", "check_blob_references"]
+
+
+def check_blob_references(source: ContainerSource) -> None:
+    """Every ``"blob"`` key of the payload is a blob index of this container (not a bool)."""
+    n = len(source.manifest.blobs)
+
+    def walk(v: Any, where: str, depth: int) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                w = f"{where}.{k}"
+                if k == "blob" and not (type(x) is int and 0 <= x < n):
+                    raise PayloadMismatchError(
+                        f"{w} is {x!r:.40}; the container has blobs 0..{n - 1}",
+                        hint="the container is damaged or was assembled by hand",
+                    )
+                walk(x, w, depth + 1)
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                walk(x, f"{where}[{i}]", depth + 1)
+
+    walk(dict(source.manifest.payload), "payload", 0)
 
 
 class FormatPlugin(ABC):
@@ -52,6 +74,17 @@ class FormatPlugin(ABC):
 
         Must verify every blob that can run code before deserializing it.
         """
+
+    def validate(self, source: ContainerSource) -> None:
+        """Refuse a container whose payload this plugin could not load.
+
+        Called by ``inspect``, ``import`` and bundle pushes after every blob was
+        verified, and before anything is registered; it may read (verified)
+        blobs but must not deserialize anything that can run code. The default
+        checks only that payload ``"blob"`` references are blob indices; plugins
+        override it to check their whole payload.
+        """
+        check_blob_references(source)
 
     def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
         """Write the native form (a ``.pt2``, a TorchScript archive, a directory) to ``dest``."""

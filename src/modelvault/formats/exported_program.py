@@ -17,6 +17,15 @@ Payload (layout 1)::
 
 Tensor-section names are ``"state_dict/<name>"`` and ``"constants/<name>"``;
 tied weights are aliases (stored once). Example inputs are not stored.
+
+A ``.pt2`` pushed from disk also records, under ``"archive"``, how to rebuild
+that file byte for byte: ``{"blob": <index of the verbatim bytes>, "segments":
+[["raw", n] | ["graph"] | ["tensor", name], ...], "sha256": hex, "size": n}``.
+
+Nothing here unpickles: a ``.pt2`` is read as a zip of raw tensor storages
+(:mod:`._torch.pt2_archive`), and every program JSON is checked by
+:mod:`._torch.graph_check` before torch's deserializer sees it (at push, at
+``inspect``/``import`` through :meth:`ExportedProgramPlugin.validate`, at load).
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ from ..errors import FormatError, PayloadMismatchError, UnknownFormatError
 from ._torch import _export_private as private
 from ._torch.device import resolve_device
 from ._torch.dtypes import from_name, to_name
+from ._torch.graph_check import check_graph, weight_problems
+from ._torch.pt2_archive import check_segments, write_pt2
+from ._torch.pt2_native import open_pt2
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
 from ._torch.stream import BackgroundLoad, release, stream_options
@@ -41,6 +53,7 @@ from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder
 __all__ = ["GRAPH_MEDIA_TYPE", "ExportedProgramPlugin"]
 
 GRAPH_MEDIA_TYPE = "application/vnd.pytorch.export.program+json"
+ARCHIVE_MEDIA_TYPE = "application/vnd.modelvault.pt2-verbatim"
 _SD = "state_dict/"
 _CONST = "constants/"
 _MAX_GRAPH = 1 << 31
@@ -109,7 +122,7 @@ class ExportedProgramPlugin(FormatPlugin):
     # -- push ------------------------------------------------------------------
     def pack(self, obj: Any, **options: Any) -> Draft:
         """Pack an ExportedProgram, or the path of a ``.pt2`` from ``torch.export.save``."""
-        ep = self._open(obj)
+        ep, opened = self._open(obj)
         state_dict = dict(ep.state_dict)
         constants = dict(ep.constants)
         for k, v in constants.items():
@@ -118,7 +131,10 @@ class ExportedProgramPlugin(FormatPlugin):
                     f"constant {k!r} is a {type(v).__name__}; only tensor constants can be stored",
                     hint="script objects and custom classes cannot be stored without pickling code",
                 )
-        graph = private.serialize_graph(ep)
+        # A file's own program JSON is kept as it is (it was checked before torch
+        # parsed it); a live program's is checked too, so what is pushed loads.
+        graph = opened.archive.graph if opened is not None else private.serialize_graph(ep)
+        summary = check_graph(graph)
         draft = Draft(self.name, self.version)
         builder = TensorSectionBuilder()
         add_tensors(
@@ -140,6 +156,30 @@ class ExportedProgramPlugin(FormatPlugin):
             },
             "constants": list(constants),
         }
+        if opened is not None:
+            segments, _ = opened.layout()
+            verbatim = draft.add_blob("archive", ARCHIVE_MEDIA_TYPE, BytesSource(opened.verbatim()))
+            draft.payload["archive"] = {
+                "blob": verbatim,
+                "segments": segments,
+                "sha256": opened.archive.sha256,
+                "size": opened.archive.size,
+            }
+        shapes = {
+            (kind, k): (to_name(v.dtype), list(v.shape))
+            for kind, d in (("state_dict", state_dict), ("constants", constants))
+            for k, v in d.items()
+        }
+        problems = weight_problems(
+            summary,
+            lambda kind, fqn: shapes.get((kind, fqn)),
+            {_SD + k for k in state_dict} | {_CONST + k for k in constants},
+        )
+        if problems:
+            raise PayloadMismatchError(
+                "the weights disagree with the graph: " + "; ".join(problems[:8]),
+                hint="the program is inconsistent; export it again",
+            )
         param_kind = torch.export.graph_signature.InputKind.PARAMETER
         params = {
             s.target: state_dict[s.target]
@@ -155,23 +195,26 @@ class ExportedProgramPlugin(FormatPlugin):
         draft.metadata.update(options.get("metadata") or {})
         return draft
 
-    def _open(self, obj: Any) -> torch.export.ExportedProgram:
+    def _open(self, obj: Any) -> tuple[torch.export.ExportedProgram, Any]:
         if isinstance(obj, torch.export.ExportedProgram):
-            return obj
+            return obj, None
         if isinstance(obj, (str, Path)):
             path = Path(obj)
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist")
             if not zipfile.is_zipfile(path):
                 raise UnknownFormatError(f"{path} is not a .pt2 archive (not a zip file)")
+            # Never torch.export.load: it unpickles sample inputs, retrying with
+            # weights_only=False when the safe load fails.
             try:
-                ep = torch.export.load(str(path))
+                opened = open_pt2(path)
+            except FormatError:
+                raise
             except Exception as exc:
-                raise UnknownFormatError(
-                    f"{path} could not be opened with torch.export.load: {exc}"
+                raise FormatError(
+                    f"{path} could not be rebuilt by torch {torch.__version__}: {str(exc)[:300]}"
                 ) from exc
-            assert isinstance(ep, torch.export.ExportedProgram)
-            return ep
+            return opened.program, opened
         raise UnknownFormatError(
             f"the exported_program format packs an ExportedProgram or a .pt2 path, not a {type(obj).__name__}"
         )
@@ -231,8 +274,10 @@ class ExportedProgramPlugin(FormatPlugin):
                 f"the weights disagree with the graph: missing tensor(s) {', '.join(map(repr, missing[:5]))}",
                 hint="the container is inconsistent; push the model again",
             )
-        try:
+        try:  # deserialize_graph checks the JSON before torch parses any of it
             ep = private.deserialize_graph(graph, sd, consts)
+        except FormatError:
+            raise
         except Exception as exc:
             if type(exc).__name__ == "SpecViolationError":
                 raise PayloadMismatchError(
@@ -248,7 +293,11 @@ class ExportedProgramPlugin(FormatPlugin):
 
     # -- native ----------------------------------------------------------------
     def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
-        """Write a ``.pt2`` with ``torch.export.save``."""
+        """The pushed ``.pt2`` byte for byte, or for a pushed live program, ``torch.export.save``."""
+        payload = _check_payload(source)
+        self.validate(source)
+        if "archive" in payload:
+            return write_pt2(source, Path(dest), payload["archive"], payload["graph"]["blob"])
         ep = self.load(source, device="cpu")
         # Loaded weights are views into one section buffer; torch.export.save would
         # treat them as views of one storage, so give each its own (ties kept).
@@ -284,6 +333,46 @@ class ExportedProgramPlugin(FormatPlugin):
     def native_suffix(self, source: ContainerSource) -> str:
         return ".pt2"
 
+    # -- validation --------------------------------------------------------------
+    def validate(self, source: ContainerSource) -> None:
+        """Payload, program JSON (checked, never parsed by torch) and weights agree; no torch call."""
+        super().validate(source)
+        m = source.manifest
+        payload = _check_payload(source)
+        graph_ref = m.blobs[payload["graph"]["blob"]]
+        if graph_ref.media_type != GRAPH_MEDIA_TYPE:
+            raise PayloadMismatchError(
+                f"blob {payload['graph']['blob']} is a {graph_ref.media_type!r:.80}, not the program graph"
+            )
+        summary = check_graph(read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH))
+        entries = {e.name: e for e in m.tensors}
+        for alias, target in m.tensor_aliases.items():
+            entries[alias] = entries[target]
+        listed = {_SD + k for k in payload["state_dict"]} | {
+            _CONST + k for k in payload["constants"]
+        }
+        missing = sorted(listed - set(entries))
+        if missing:
+            raise PayloadMismatchError(
+                f"the payload names tensors the container does not hold: {', '.join(repr(x)[:80] for x in missing[:5])}",
+                hint="the container is inconsistent; push the model again",
+            )
+
+        def stored(kind: str, fqn: str) -> tuple[str, list[int]] | None:
+            name = (_SD if kind == "state_dict" else _CONST) + fqn
+            e = entries.get(name) if name in listed else None
+            return None if e is None else (e.dtype, list(e.shape))
+
+        problems = weight_problems(summary, stored, set(entries))
+        if problems:
+            raise PayloadMismatchError(
+                "the weights disagree with the graph: " + "; ".join(problems[:8]),
+                hint="the container is inconsistent; push the model again",
+            )
+        if "archive" in payload:
+            arc = payload["archive"]
+            check_segments(arc["segments"], m.blobs[arc["blob"]].size, set(entries))
+
 
 def _attach(
     ep: torch.export.ExportedProgram,
@@ -311,7 +400,7 @@ def _check_payload(source: ContainerSource) -> dict[str, Any]:
     ok = (
         p.get("layout") == 1
         and isinstance(p.get("graph"), dict)
-        and isinstance(p["graph"].get("blob"), int)
+        and type(p["graph"].get("blob")) is int
         and 0 <= p["graph"]["blob"] < len(source.manifest.blobs)
         and isinstance(p.get("state_dict"), dict)
         and all(
@@ -322,6 +411,8 @@ def _check_payload(source: ContainerSource) -> dict[str, Any]:
         )
         and isinstance(p.get("constants"), list)
         and all(isinstance(c, str) for c in p["constants"])
+        and set(p) <= {"layout", "graph", "state_dict", "constants", "archive"}
+        and ("archive" not in p or _archive_ok(p["archive"], len(source.manifest.blobs)))
     )
     if not ok:
         raise PayloadMismatchError(
@@ -329,6 +420,21 @@ def _check_payload(source: ContainerSource) -> dict[str, Any]:
             hint="the container was written by a newer modelvault or is damaged",
         )
     return p
+
+
+def _archive_ok(a: Any, n_blobs: int) -> bool:
+    return (
+        isinstance(a, dict)
+        and set(a) == {"blob", "segments", "sha256", "size"}
+        and type(a["blob"]) is int
+        and 0 <= a["blob"] < n_blobs
+        and isinstance(a["segments"], list)
+        and isinstance(a["sha256"], str)
+        and len(a["sha256"]) == 64
+        and all(c in "0123456789abcdef" for c in a["sha256"])
+        and type(a["size"]) is int
+        and a["size"] >= 0
+    )
 
 
 def _check_weights(

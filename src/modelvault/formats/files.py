@@ -182,6 +182,11 @@ class FilesPlugin(FormatPlugin):
             dest = Path(tempfile.mkdtemp(prefix="mvault-files-")) / "content"
         return self.export_native(source, Path(dest))
 
+    def validate(self, source: ContainerSource) -> None:
+        """Every entry is a safe relative path, every link stays inside, every blob exists."""
+        super().validate(source)
+        _parse_payload(source)
+
     def native_suffix(self, source: ContainerSource) -> str:
         return ""
 

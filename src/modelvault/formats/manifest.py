@@ -29,6 +29,7 @@ __all__ = [
     "DTYPE_SIZES",
     "FORMAT_VERSION",
     "LIMITS",
+    "MAX_INDEX",
     "BlobRef",
     "Manifest",
     "TensorEntry",
@@ -45,6 +46,8 @@ __all__ = [
 FORMAT_VERSION = (1, 1)
 #: Tensors and bundle blobs start at multiples of this: mmap- and O_DIRECT-friendly.
 ALIGNMENT = 4096
+#: The largest dimension, stride or element count torch can index (int64).
+MAX_INDEX = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -526,6 +529,14 @@ def _validate(m: Manifest) -> None:
             )
         if any(d < 0 for d in t.shape) or any(s < 0 for s in t.strides):
             raise ManifestError(f"{w}: negative dimension or stride")
+        # torch indexes with int64: a dimension, stride or element count past it
+        # is refused here rather than by a TypeError or C++ error at load.
+        if any(d > MAX_INDEX for d in t.shape) or any(s > MAX_INDEX for s in t.strides):
+            raise ManifestError(f"{w}: a dimension or stride exceeds 2**63 - 1")
+        if t.numel > MAX_INDEX or _span_elements(t.shape, t.strides) * 16 > MAX_INDEX:
+            raise ManifestError(
+                f"{w}: shape {list(t.shape)[:8]} with strides {list(t.strides)[:8]} spans more elements than torch can index"
+            )
         if not 0 <= t.blob < len(m.blobs):
             raise ManifestError(
                 f"{w}: blob index {t.blob} is out of range (container has {len(m.blobs)} blobs)"
@@ -540,7 +551,7 @@ def _validate(m: Manifest) -> None:
             raise ManifestError(
                 f"{w}: strides {list(t.strides)} reach past the tensor's {numel} elements"
             )
-        if t.offset < 0 or t.offset % ALIGNMENT:
+        if t.offset < 0 or t.offset % ALIGNMENT or t.offset > LIMITS.blob_size:
             raise ManifestError(
                 f"{w}: offset {t.offset} is not a non-negative multiple of {ALIGNMENT}"
             )

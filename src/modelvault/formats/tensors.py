@@ -137,14 +137,14 @@ class TensorsPlugin(FormatPlugin):
     ) -> dict[str, torch.Tensor]:
         """The state dict on ``device``; the tensors are views into one buffer per section."""
         dev = resolve_device(device)
-        order = source.manifest.payload.get("order")
+        order = _check_order(source)
         tensors = load_tensors(source, dev, **stream_options(options))
-        if not isinstance(order, list) or set(order) != set(tensors):
-            raise PayloadMismatchError(
-                "the tensors payload's name list disagrees with the stored tensors",
-                hint="the container is inconsistent; push the state dict again",
-            )
         return {name: tensors[name] for name in order}
+
+    def validate(self, source: ContainerSource) -> None:
+        """The payload names exactly the stored tensors (and aliases), each once."""
+        super().validate(source)
+        _check_order(source)
 
     def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
         """Write a ``.safetensors`` file (tied tensors are written as separate copies)."""
@@ -162,3 +162,35 @@ class TensorsPlugin(FormatPlugin):
 
     def native_suffix(self, source: ContainerSource) -> str:
         return ".safetensors"
+
+
+def _check_order(source: ContainerSource) -> list[str]:
+    m = source.manifest
+    p = m.payload
+    order = p.get("order")
+    stored = {e.name for e in m.tensors} | set(m.tensor_aliases)
+    if (
+        p.get("layout") != 1
+        or set(p) != {"layout", "order"}
+        or not isinstance(order, list)
+        or not all(isinstance(n, str) for n in order)
+        or len(set(order)) != len(order)
+    ):
+        raise PayloadMismatchError(
+            "the tensors payload is malformed (expected layout 1 with an order list of distinct names)",
+            hint="the container was written by a newer modelvault or is damaged",
+        )
+    missing, extra = sorted(set(order) - stored), sorted(stored - set(order))
+    if missing or extra:
+        problems = [f"missing tensor(s) {', '.join(repr(n)[:80] for n in missing[:5])}"] * bool(
+            missing
+        )
+        problems += [f"unlisted tensor(s) {', '.join(repr(n)[:80] for n in extra[:5])}"] * bool(
+            extra
+        )
+        raise PayloadMismatchError(
+            "the tensors payload's name list disagrees with the stored tensors: "
+            + "; ".join(problems),
+            hint="the container is inconsistent; push the state dict again",
+        )
+    return order

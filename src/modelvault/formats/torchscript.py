@@ -350,6 +350,37 @@ class TorchScriptPlugin(FormatPlugin):
         torch.jit.save(module, str(dest), _extra_files=extra)
         return dest
 
+    def validate(self, source: ContainerSource) -> None:
+        """Payload well formed, its archive blob a zip, its tensor list the stored tensors.
+
+        Nothing of the archive is unpickled here: TorchScript is code, and it
+        runs only when :meth:`load` deserializes it after every byte verified.
+        """
+        super().validate(source)
+        payload = _check_payload(source)
+        m = source.manifest
+        if payload["weights"] == "section":
+            names = set(payload["tensors"])
+            stored = {e.name for e in m.tensors} | set(m.tensor_aliases)
+            if names != stored:
+                missing, extra_t = sorted(names - stored), sorted(stored - names)
+                raise PayloadMismatchError(
+                    "the weights disagree with the module: "
+                    f"missing {[n[:80] for n in missing[:5]]}, unexpected {[n[:80] for n in extra_t[:5]]}",
+                    hint="the container is inconsistent; push the model again",
+                )
+        # A sanity check on the first bytes, not a trust decision: load verifies
+        # the whole archive before torch reads it.
+        loc = source.locate(payload["archive"]["blob"])
+        with loc.path.open("rb") as f:
+            f.seek(loc.offset)
+            head = f.read(min(4, loc.size))
+        if head != b"PK\x03\x04":
+            raise PayloadMismatchError(
+                "the torchscript archive blob is not a zip archive",
+                hint="the container is damaged or was assembled by hand",
+            )
+
     def native_suffix(self, source: ContainerSource) -> str:
         return ".pt"
 
@@ -359,7 +390,7 @@ def _check_payload(source: ContainerSource) -> dict[str, Any]:
     ok = (
         p.get("layout") == 1
         and isinstance(p.get("archive"), dict)
-        and isinstance(p["archive"].get("blob"), int)
+        and type(p["archive"].get("blob")) is int
         and 0 <= p["archive"]["blob"] < len(source.manifest.blobs)
         and p.get("weights") in ("section", "archive")
         and isinstance(p.get("tensors"), dict)

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch._export.serde import serialize as _serde
 
+from .graph_check import check_graph
+
 __all__ = ["deserialize_graph", "schema_version", "serialize_graph", "set_script_attribute"]
 
 
@@ -83,8 +85,12 @@ def deserialize_graph(
     """Rebuild an ExportedProgram from :func:`serialize_graph`'s bytes around given tensors.
 
     The tensors are used as they are (no copy, no device move). ``graph`` is
-    JSON: nothing in it is unpickled.
+    JSON: nothing in it is unpickled, and it is checked by
+    :func:`~modelvault.formats._torch.graph_check.check_graph` first, because
+    torch's deserializer evaluates parts of it (sympify) and FX executes
+    source built from its names.
     """
+    check_graph(graph)
     # The dataclass is annotated with bytes, but the deserializer takes ready dicts as well.
     artifact = _serde.SerializedArtifact(graph, dict(state_dict), dict(constants), b"")  # type: ignore[arg-type]
     ep = _serde.deserialize(artifact)
