@@ -24,6 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..digest import (
+    CHUNK,
+    damaged,
+    digest_bytes,
+    new_hasher,
+    parse_digest,
+    placeholder_digest,
+    read_verified_into,
+)
 from ..errors import (
     CorruptError,
     InvalidArgumentError,
@@ -41,15 +50,6 @@ from .container import (
     probe_manifest,
     read_blob,
     remove_dirs,
-)
-from ..digest import (
-    CHUNK,
-    damaged,
-    digest_bytes,
-    new_hasher,
-    parse_digest,
-    placeholder_digest,
-    read_verified_into,
 )
 from .manifest import FORMAT_VERSION, LIMITS, Manifest, align, decode_msgpack, encode_msgpack
 
