@@ -28,7 +28,7 @@ from ..container import TensorSectionBuilder
 from ..manifest import Manifest, TensorEntry, contiguous_strides
 from .dtypes import from_name, to_name
 
-__all__ = ["add_tensors", "dense_order", "owns_storage", "views_from_buffer"]
+__all__ = ["add_tensors", "dense_order", "owns_storage", "raw_bytes", "views_from_buffer"]
 
 if sys.byteorder != "little":  # the section is little-endian and views are zero-copy
     raise ImportError("modelvault's torch formats need a little-endian machine")
@@ -59,7 +59,7 @@ def owns_storage(t: torch.Tensor) -> bool:
     )
 
 
-def _raw_bytes(t: torch.Tensor) -> tuple[Any, tuple[int, ...]]:
+def raw_bytes(t: torch.Tensor) -> tuple[Any, tuple[int, ...]]:
     """A uint8 numpy view of a CPU tensor's bytes in memory order, and the strides that read them.
 
     Dense tensors (any dimension order) are not copied; others are made contiguous.
@@ -118,7 +118,7 @@ def add_tensors(
         if key is not None:
             first.setdefault(key, name)
         dtype = to_name(t.dtype)  # refuses dtypes the section lacks before reading any byte
-        data, strides = _raw_bytes(t)
+        data, strides = raw_bytes(t)
         builder.add(name, dtype, tuple(t.shape), data, strides)
     return aliases
 
