@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from modelvault.digest import digest_bytes, read_verified_into
 from modelvault.errors import (
     BlobNotFoundError,
     IntegrityError,
@@ -27,7 +28,6 @@ from modelvault.formats.container import (
     read_blob,
     write_directory,
 )
-from modelvault.digest import digest_bytes, read_verified_into
 
 from .conftest import listing, small_draft
 

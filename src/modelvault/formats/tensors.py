@@ -112,7 +112,7 @@ class _Tree:
             return v
         if isinstance(v, int):
             if not _MIN_INT <= v <= _MAX_INT:
-                raise PayloadMismatchError(f"{where} is an int too large to store ({v:.40})")
+                raise PayloadMismatchError(f"{where} is an int too large to store ({v!s:.40})")
             return v
         raise PayloadMismatchError(
             f"{where} is a {type(v).__module__}.{type(v).__qualname__}; a checkpoint can hold "

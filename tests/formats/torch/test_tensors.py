@@ -105,7 +105,9 @@ def test_order_disagreeing_with_tensors(tmp_path: Path) -> None:
 
 
 def test_pack_refusals(tmp_path: Path) -> None:
-    with pytest.raises(PayloadMismatchError, match=r"checkpoint\['x'\]\['f'\] is a builtins.object"):
+    with pytest.raises(
+        PayloadMismatchError, match=r"checkpoint\['x'\]\['f'\] is a builtins.object"
+    ):
         plugin.pack({"x": {"f": object()}})
     with pytest.raises(PayloadMismatchError, match="no data to store"):
         plugin.pack({"m": torch.empty(3, device="meta")})

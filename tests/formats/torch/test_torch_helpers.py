@@ -117,8 +117,8 @@ def test_ring_bookkeeping(chunk: int, ring: int, tmp_path: Path) -> None:
     """The staging ring used for GPU loads, driven with a CPU destination."""
     import os
 
-    from modelvault.formats._torch.stream import stream_through_ring
     from modelvault.digest import digest_bytes, new_hasher
+    from modelvault.formats._torch.stream import stream_through_ring
 
     data = os.urandom(5 * 4096 + 123)
     path = tmp_path / "blob"
