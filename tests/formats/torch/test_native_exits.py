@@ -275,7 +275,7 @@ def test_safetensors_file_pulled_back_byte_identical_without_torch(tmp_path: Pat
     sd["scalar"] = torch.tensor(1.5)
     path = tmp_path / "w.safetensors"
     safetensors.torch.save_file(sd, str(path), metadata={"who": "test"})
-    source = write(tensors_plugin.pack(path), tmp_path / "c")
+    write(tensors_plugin.pack(path), tmp_path / "c")
     out = tmp_path / "pulled.safetensors"
     _export_in_fresh_interpreter(tmp_path / "c", out)
     assert _sha(out) == _sha(path)

@@ -113,7 +113,7 @@ def test_pack_refusals(tmp_path: Path) -> None:
         plugin.pack({"m": torch.empty(3, device="meta")})
     with pytest.raises(PayloadMismatchError, match="cannot be stored"):
         plugin.pack({"c": torch.zeros(2, dtype=torch.complex32)})
-    with pytest.raises(UnknownFormatError, match="a dict or a .safetensors path"):
+    with pytest.raises(UnknownFormatError, match=r"a dict or a \.safetensors path"):
         plugin.pack([torch.ones(1)])
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 32)

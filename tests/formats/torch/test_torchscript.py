@@ -167,7 +167,7 @@ def test_wrong_shape_and_dtype_are_named(tmp_path: Path) -> None:
 
 
 def test_pack_refusals(tmp_path: Path) -> None:
-    with pytest.raises(UnknownFormatError, match="ScriptModule, an nn.Module"):
+    with pytest.raises(UnknownFormatError, match=r"ScriptModule, an nn\.Module"):
         plugin.pack([MLP()])
     with pytest.raises(InvalidArgumentError, match="weights"):
         plugin.pack(torch.jit.script(MLP()), weights="pickle")
