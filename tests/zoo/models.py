@@ -127,7 +127,6 @@ def _gpt2() -> nn.Module:
         n_layer=2,
         n_head=2,
         use_cache=False,
-        return_dict=False,
     )
     model = GPT2LMHeadModel(cfg)
     assert model.lm_head.weight is model.transformer.wte.weight  # tied
@@ -146,7 +145,6 @@ def _llama() -> nn.Module:
         num_key_value_heads=1,
         max_position_embeddings=64,
         use_cache=False,
-        return_dict=False,
     )
     return LlamaForCausalLM(cfg)
 
@@ -162,7 +160,6 @@ def _t5() -> nn.Module:
         num_layers=2,
         num_heads=2,
         use_cache=False,
-        return_dict=False,
     )
     return T5Model(cfg)
 
@@ -207,7 +204,7 @@ class MixedPrecision(nn.Module):
 CASES = [
     Case("resnet18", _resnet18, _image(), "script", slow=True),
     Case("resnet50_small", _resnet50_small, _image(), "script"),
-    Case("mobilenet_v3_small", _mobilenet_v3_small, _image(), "script"),
+    Case("mobilenet_v3_small", _mobilenet_v3_small, _image(), "script", slow=True),
     Case("vit_small", _vit_small, _image(), "script"),
     Case("efficientnet_b0", _efficientnet_b0, _image(), "script", slow=True),
     Case("swin_timm", _swin, _image(2, 56), "trace"),

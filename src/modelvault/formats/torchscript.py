@@ -218,17 +218,22 @@ def _swapped(module: Any, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
 def _signature(module: Any, example_inputs: Any) -> dict[str, Any]:
     import torch
 
+    from ._torch.export_module import example_args
     from ._torch.signature import describe_value
 
     schema = module.forward.schema
     args = list(schema.arguments)[1:]  # a method's first argument is the module itself
     if example_inputs is not None:
-        ex = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        ex, kw = example_args(example_inputs)
         inputs = [describe_value(a.name, v) for a, v in zip(args, ex)]
+        inputs += [describe_value(k, v) for k, v in kw.items()]
         with torch.no_grad():
-            out = module(*ex)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        outputs = [describe_value(f"output{i}", v) for i, v in enumerate(outs)]
+            out = module(*ex, **kw)
+        if isinstance(out, Mapping):
+            outputs = [describe_value(str(k), v) for k, v in out.items()]
+        else:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            outputs = [describe_value(f"output{i}", v) for i, v in enumerate(outs)]
         return {"inputs": inputs, "outputs": outputs}
     inputs = [{"name": a.name, "type": str(a.type)} for a in args]
     outputs = [

@@ -20,13 +20,18 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from modelvault.errors import InvalidArgumentError, PayloadMismatchError
+from modelvault.errors import (
+    FormatError,
+    IntegrityError,
+    InvalidArgumentError,
+    PayloadMismatchError,
+)
 from modelvault.formats.exported_program import ExportedProgramPlugin
 from modelvault.formats.registry import detect
 from modelvault.formats.tensors import TensorsPlugin
 from modelvault.formats.torchscript import TorchScriptPlugin
 
-from .helpers import write
+from .helpers import corrupt_blob, write
 from .torch_cases import MLP, ConvBN
 
 ts = TorchScriptPlugin()
@@ -393,3 +398,50 @@ def test_live_module_as_torchscript(tmp_path: Path) -> None:
         assert torch.equal(ts.load(source)(img), model(img))
     with pytest.raises(InvalidArgumentError, match="tracing needs example inputs"):
         ts.pack(model, method="trace")
+
+
+# -- damaged recipes -----------------------------------------------------------
+
+
+def _pushed_safetensors(tmp_path: Path) -> Any:
+    return write(tensors_plugin.pack(_write_safetensors(tmp_path)), tmp_path / "c")
+
+
+def test_damaged_skeleton_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    source = _pushed_safetensors(tmp_path)
+    corrupt_blob(source, source.manifest.payload["native"]["skeleton"], at=10)
+    out = tmp_path / "out" / "w.safetensors"
+    with pytest.raises(IntegrityError, match="damaged"):
+        tensors_plugin.export_native(source, out)
+    assert not out.parent.exists()
+
+
+def test_damaged_weights_are_refused(tmp_path: Path) -> None:
+    source = _pushed_safetensors(tmp_path)
+    corrupt_blob(source, source.manifest.tensors[0].blob, at=0)
+    with pytest.raises(IntegrityError, match="damaged"):
+        tensors_plugin.export_native(source, tmp_path / "out.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda r: r.update(size=r["size"] + 1), "does not add up"),
+        (lambda r: r["pieces"].append("nope"), "names tensor 'nope', which is not stored"),
+        (lambda r: r.update(sha256="0" * 64), "sha256 is"),
+        (lambda r: r.update(skeleton=99), "recipe is malformed"),
+    ],
+)
+def test_inconsistent_recipe_is_refused(change: Any, match: str, tmp_path: Path) -> None:
+    draft = tensors_plugin.pack(_write_safetensors(tmp_path))
+    change(draft.payload["native"])
+    source = write(draft, tmp_path / "c")
+    with pytest.raises(FormatError, match=match):
+        tensors_plugin.export_native(source, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def _write_safetensors(tmp_path: Path) -> Path:
+    path = tmp_path / "w.safetensors"
+    safetensors.torch.save_file({"a": torch.randn(64), "b": torch.arange(5)}, str(path))
+    return path

@@ -31,11 +31,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def example_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``(args, kwargs)`` from what a user passes as ``example_inputs``."""
+    """``(args, kwargs)`` from ``example_inputs``: a tuple of arguments, a dict of keyword
+    arguments, or one argument."""
     if isinstance(example_inputs, tuple):
         return example_inputs, {}
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs), {}
     if isinstance(example_inputs, Mapping):
         return (), dict(example_inputs)
     return (example_inputs,), {}
@@ -96,9 +95,10 @@ def to_script(module: torch.nn.Module, example_inputs: Any, method: str = "auto"
         )
     args, kwargs = example_args(example_inputs)
     try:
+        # strict=False: outputs may be dicts and lists (Hugging Face models return dicts).
         if kwargs:
-            return torch.jit.trace(module, example_kwarg_inputs=kwargs)  # type: ignore[no-untyped-call]
-        return torch.jit.trace(module, args)  # type: ignore[no-untyped-call]
+            return torch.jit.trace(module, example_kwarg_inputs=kwargs, strict=False)  # type: ignore[no-untyped-call]
+        return torch.jit.trace(module, args, strict=False)  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise PayloadMismatchError(
             f"torch.jit.trace could not trace the {name}: {type(exc).__name__}: {_first_line(exc)}",
