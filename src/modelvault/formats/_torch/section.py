@@ -128,20 +128,21 @@ def views_from_buffer(
 ) -> dict[str, torch.Tensor]:
     """Each tensor of blob ``blob_index`` as a view into ``buffer`` (the whole blob, uint8)."""
     out: dict[str, torch.Tensor] = {}
+    storage = buffer.untyped_storage()
+    base = buffer.storage_offset()
     for e in manifest.tensors:
         if e.blob == blob_index:
-            out[e.name] = _view(buffer, e)
+            out[e.name] = _view(storage, base, buffer.device, e)
     return out
 
 
-def _view(buffer: torch.Tensor, e: TensorEntry) -> torch.Tensor:
+def _view(storage: Any, base: int, device: torch.device, e: TensorEntry) -> torch.Tensor:
     dtype = from_name(e.dtype)
     if e.nbytes == 0:
-        return torch.empty(e.shape, dtype=dtype, device=buffer.device)
+        return torch.empty(e.shape, dtype=dtype, device=device)
     # A storage slice points into the buffer's memory (no copy) and holds a
     # reference to the buffer's storage, so the mapping or device block lives
     # as long as any tensor over it. Offsets are 4 KiB-aligned.
-    start = buffer.storage_offset() + e.offset
-    storage = buffer.untyped_storage()[start : start + e.nbytes]
-    out = torch.empty(0, dtype=dtype, device=buffer.device)
-    return out.set_(storage, 0, e.shape, e.strides)
+    start = base + e.offset
+    piece = storage[start : start + e.nbytes]
+    return torch.empty(0, dtype=dtype, device=device).set_(piece, 0, e.shape, e.strides)
