@@ -129,7 +129,7 @@ def views_from_buffer(
     """Each tensor of blob ``blob_index`` as a view into ``buffer`` (the whole blob, uint8)."""
     out: dict[str, torch.Tensor] = {}
     storage = buffer.untyped_storage()
-    base = buffer.storage_offset()
+    base = int(buffer.storage_offset())
     for e in manifest.tensors:
         if e.blob == blob_index:
             out[e.name] = _view(storage, base, buffer.device, e)
