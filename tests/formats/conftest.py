@@ -15,10 +15,10 @@ from typing import Any
 
 import msgpack
 
-from modelvault.digest import digest_bytes
 from modelvault.errors import FormatError, IntegrityError
 from modelvault.formats.bundle import Bundle, stream_blobs
 from modelvault.formats.container import BytesSource, Draft, TensorSectionBuilder
+from modelvault.digest import digest_bytes
 
 MAGIC = b"\x89MVPK\r\n\x1a"
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from modelvault.digest import digest_bytes, read_verified_into
 from modelvault.errors import (
     BlobNotFoundError,
     IntegrityError,
@@ -28,6 +27,7 @@ from modelvault.formats.container import (
     read_blob,
     write_directory,
 )
+from modelvault.digest import digest_bytes, read_verified_into
 
 from .conftest import listing, small_draft
 

@@ -9,7 +9,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from modelvault.digest import digest_bytes
 from modelvault.errors import (
     CorruptError,
     IntegrityError,
@@ -21,6 +20,7 @@ from modelvault.errors import (
     UnsupportedVersionError,
 )
 from modelvault.formats.bundle import Bundle, write_bundle
+from modelvault.digest import digest_bytes
 from modelvault.formats.files import FilesPlugin
 
 from .conftest import (

@@ -9,7 +9,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from modelvault.digest import digest_bytes
 from modelvault.errors import ManifestError, UnsupportedDigestError, UnsupportedVersionError
 from modelvault.formats import manifest as manifest_mod
 from modelvault.formats.container import (
@@ -20,6 +19,7 @@ from modelvault.formats.container import (
     finalize,
     tensor_views,
 )
+from modelvault.digest import digest_bytes
 from modelvault.formats.manifest import BlobRef, Manifest, TensorEntry, decode_msgpack
 
 from .conftest import blob_wire, manifest_wire, packb, small_draft

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from modelvault.digest import digest_bytes
 from modelvault.errors import (
     BlobNotFoundError,
     FormatError,
     IntegrityError,
     InvalidArgumentError,
 )
+from modelvault.digest import digest_bytes
 from modelvault.storage import BlobInfo, BlobStore, CallbackProgress
 
 HOSTILE_DIGESTS = [

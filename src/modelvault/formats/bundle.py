@@ -24,15 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ..digest import (
-    CHUNK,
-    damaged,
-    digest_bytes,
-    new_hasher,
-    parse_digest,
-    placeholder_digest,
-    read_verified_into,
-)
 from ..errors import (
     CorruptError,
     InvalidArgumentError,
@@ -50,6 +41,15 @@ from .container import (
     probe_manifest,
     read_blob,
     remove_dirs,
+)
+from ..digest import (
+    CHUNK,
+    damaged,
+    digest_bytes,
+    new_hasher,
+    parse_digest,
+    placeholder_digest,
+    read_verified_into,
 )
 from .manifest import FORMAT_VERSION, LIMITS, Manifest, align, decode_msgpack, encode_msgpack
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
 from ..errors import BlobNotFoundError, ManifestError, PayloadMismatchError
+from ..digest import CHUNK, DEFAULT_ALGORITHM, digest_hex_length, new_hasher, read_verified_into
 from .manifest import (
     ALIGNMENT,
     DTYPE_SIZES,

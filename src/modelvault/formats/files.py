@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..digest import read_verified_into
 from ..errors import ManifestError, PayloadMismatchError, UnsafePathError
 from .base import FormatPlugin
 from .container import ContainerSource, Draft, FileSource, make_parents, remove_dirs
+from ..digest import read_verified_into
 
 __all__ = ["FilesPlugin", "check_link_target", "check_relative_path"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import msgpack
 
-from ..digest import DEFAULT_ALGORITHM, digest_bytes, digest_hex_length, parse_digest
 from ..errors import ManifestError, UnsupportedVersionError
+from ..digest import DEFAULT_ALGORITHM, digest_bytes, digest_hex_length, parse_digest
 
 __all__ = [
     "ALIGNMENT",

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..digest import CHUNK, damaged, new_hasher, parse_digest
 from ..errors import BlobNotFoundError, IntegrityError, StorageError
+from ..digest import CHUNK, damaged, new_hasher, parse_digest
 from .base import Progress, fsync_dir, os_error, temp_path_for
 
 if TYPE_CHECKING:

@@ -32,8 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from ..digest import CHUNK, iter_file_chunks, parse_digest
 from ..errors import InvalidArgumentError, StorageError, StorageFullError, StoreAccessError
+from ..digest import CHUNK, iter_file_chunks, parse_digest
 
 __all__ = [
     "BlobInfo",

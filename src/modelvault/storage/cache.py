@@ -28,8 +28,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..digest import ALGORITHMS, parse_digest
 from ..errors import BlobNotFoundError, IntegrityError, InvalidArgumentError
+from ..digest import ALGORITHMS, parse_digest
 from ._io import copy_file_verified, remove_quietly
 from .base import BlobInfo, BlobStore, Progress, blob_relpath, os_error
 

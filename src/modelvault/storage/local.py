@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ..digest import ALGORITHMS, parse_digest
 from ..errors import BlobNotFoundError, InvalidArgumentError
+from ..digest import ALGORITHMS, parse_digest
 from ._io import copy_file_verified, remove_quietly, write_temp_verified
 from .base import (
     BlobInfo,

@@ -10,8 +10,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 
-from ..digest import new_hasher, parse_digest
 from ..errors import BlobNotFoundError, InvalidArgumentError
+from ..digest import new_hasher, parse_digest
 from ._io import check_digest
 from .base import BlobInfo, BlobStore, Progress, check_range
 

@@ -44,13 +44,13 @@ import botocore.exceptions as bexc
 from botocore.config import Config
 
 from ..config import settings
-from ..digest import new_hasher, parse_digest
 from ..errors import (
     BlobNotFoundError,
     InvalidArgumentError,
     StorageError,
     StoreAccessError,
 )
+from ..digest import new_hasher, parse_digest
 from ._io import (
     check_digest,
     hash_range,

@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from ...digest import damaged, new_hasher, parse_digest
 from ...errors import DeviceOutOfMemoryError, IntegrityError, InvalidArgumentError
 from ..container import ContainerSource
+from ...digest import damaged, new_hasher, parse_digest
 from .device import check_free_memory, human_bytes
 from .section import views_from_buffer
 

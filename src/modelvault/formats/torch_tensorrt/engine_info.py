@@ -37,8 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ...digest import digest_bytes
 from ...errors import EngineInfoError, FormatError, UnsupportedVersionError
+from ...digest import digest_bytes
 from .inert_pickle import inert_loads, to_plain
 
 __all__ = [

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...digest import new_hasher
 from ...errors import (
     DeviceError,
     EngineInfoError,
@@ -32,6 +31,7 @@ from ...errors import (
 from ...targets import Machine, check
 from ..base import FormatPlugin
 from ..container import ContainerSource, Draft, FileSource
+from ...digest import new_hasher
 from .archive import IR, detect_ir, find_engine_states
 from .engine_info import EngineInfo, parse_engine_info
 from .requirements import requirements_from_engines
