@@ -8,11 +8,13 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: quickstart test lint typecheck bench-cpu bench-setup clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml requirements-zoo.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q '$(TORCH)'
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	# The zoo tests' model libraries, without their CLI and hub-client dependency trees.
+	$(BIN)/python -m pip install -q --no-deps -r requirements-zoo.txt
 	touch $@
 
 ## Build a small model, push it, list it, load it back (SQLite + local store under

@@ -121,7 +121,17 @@ class ExportedProgramPlugin(FormatPlugin):
 
     # -- push ------------------------------------------------------------------
     def pack(self, obj: Any, **options: Any) -> Draft:
-        """Pack an ExportedProgram, or the path of a ``.pt2`` from ``torch.export.save``."""
+        """Pack an ExportedProgram, the path of a ``.pt2`` from ``torch.export.save``, or an
+        ``nn.Module`` to export (options ``example_inputs``, ``dynamic_shapes``, ``strict``)."""
+        if isinstance(obj, torch.nn.Module):
+            from ._torch.export_module import to_exported_program
+
+            obj = to_exported_program(
+                obj,
+                options.get("example_inputs"),
+                options.get("dynamic_shapes"),
+                strict=bool(options.get("strict", False)),
+            )
         ep, opened = self._open(obj)
         state_dict = dict(ep.state_dict)
         constants = dict(ep.constants)

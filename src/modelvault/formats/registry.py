@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -173,6 +174,11 @@ def detect(obj: Any) -> FormatPlugin:
     for plugin in _candidates():
         if plugin.can_pack(obj):
             return plugin
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.nn.Module):
+        # A live module is code: it is stored as the graph torch.export records
+        # (format="torchscript" scripts or traces it instead).
+        return get_plugin("exported_program")
     raise UnknownFormatError(
         f"no format plugin recognises an object of type {type(obj).__module__}.{type(obj).__qualname__}",
         hint="pass format=... to name the plugin; `mvault doctor` lists the installed ones",

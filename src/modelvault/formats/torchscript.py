@@ -22,29 +22,52 @@ Payload (layout 1)::
 
 ``path`` is a dotted attribute path (``"encoder.0.weight"``) and is also the
 tensor's name in the tensor section; tied tensors are aliases.
+
+The section holds tensors that own their storage (tied ones once). A module
+with any other tensor (a view into a larger storage, two tensors over one
+storage, a dtype the section lacks such as the quantized ones) keeps its
+archive whole, so torch gets back exactly the storages it wrote.
+
+An archive pushed from a file also gets ``"native"``, the recipe of that file
+(:mod:`modelvault.formats._splice`): a pull writes the very same bytes,
+assembled from the stored tensors and the rest of the zip, without torch.
+A module pushed in archive form is pulled as its stored archive, also without
+torch. Only a live module pushed with its weights in the section is pulled by
+loading it and calling ``torch.jit.save``.
 """
 
 from __future__ import annotations
 
 import io
+import mmap
+import os
 import re
+import struct
+import sys
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
+from ..digest import digest_bytes
 from ..errors import InvalidArgumentError, PayloadMismatchError, UnknownFormatError
-from ._torch import _export_private as private
-from ._torch.device import resolve_device
-from ._torch.dtypes import to_name
-from ._torch.section import add_tensors
-from ._torch.signature import describe_value, fill_common
-from ._torch.stream import BackgroundLoad, release, stream_options
+from . import _splice
 from .base import FormatPlugin
-from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
+from .container import (
+    BytesSource,
+    ContainerSource,
+    Draft,
+    FileSource,
+    TensorSectionBuilder,
+    create_temp,
+    read_blob,
+)
+
+# torch is imported where it is used, so that writing a stored archive back
+# (``export_native``) runs without it.
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ARCHIVE_MEDIA_TYPE", "TorchScriptPlugin", "is_torchscript_archive"]
 
@@ -100,13 +123,85 @@ def _weights(module: Any) -> dict[str, tuple[torch.Tensor, bool]]:
 
 
 def _placeholder(t: torch.Tensor) -> torch.Tensor:
+    import torch
+
     # One element of storage that still carries the shape and dtype, for checking on load.
     return torch.zeros((), dtype=t.dtype).expand(t.shape)
+
+
+def _section_misfit(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """Why these tensors cannot go to the section exactly, or None when they can."""
+    from ._torch.dtypes import to_name
+    from ._torch.section import owns_storage
+
+    by_storage: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        if t.is_quantized:
+            return f"tensor {name!r} is quantized ({t.dtype})"
+        to_name(t.dtype)  # raises, naming the dtype, when the section has no such dtype
+        if t.device.type == "meta" or t.numel() == 0:
+            continue
+        key = (t.device.type, t.untyped_storage().data_ptr())
+        seen = by_storage.get(key)
+        if seen is not None:
+            if seen[1] is t or _same_view(seen[1], t):
+                continue  # tied: one tensor under two names
+            return f"tensors {seen[0]!r} and {name!r} share one storage"
+        by_storage[key] = (name, t)
+        if not owns_storage(t):
+            return f"tensor {name!r} is a view into a larger storage (offset {t.storage_offset()}, strides {list(t.stride())})"
+    return None
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.storage_offset() == b.storage_offset()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+    )
+
+
+def _zip_storage_runs(
+    path: Path, tensors: Mapping[str, torch.Tensor]
+) -> list[tuple[int, int, str]]:
+    """Byte ranges of the archive's storage records that equal one of ``tensors``' bytes."""
+    from ._torch.section import raw_bytes
+
+    by_digest: dict[str, str] = {}
+    for name, t in tensors.items():
+        if t.numel():
+            by_digest.setdefault(digest_bytes(memoryview(raw_bytes(t)[0])), name)
+    runs: list[tuple[int, int, str]] = []
+    with open(path, "rb") as f, zipfile.ZipFile(f) as z:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            for info in z.infolist():
+                # torch.jit.save writes each storage uncompressed as <archive>/data/<key>.
+                parts = info.filename.split("/")
+                if not (len(parts) == 3 and parts[1] == "data" and parts[2].isdigit()):
+                    continue
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size == 0:
+                    continue
+                head = mm[info.header_offset : info.header_offset + 30]
+                if len(head) < 30 or head[:4] != b"PK\x03\x04":
+                    continue
+                name_len, extra_len = struct.unpack("<HH", head[26:30])
+                start = info.header_offset + 30 + name_len + extra_len
+                with memoryview(mm)[start : start + info.file_size] as member:
+                    found = by_digest.get(digest_bytes(member))
+                if found is not None:
+                    runs.append((start, info.file_size, found))
+        finally:
+            mm.close()
+    return runs
 
 
 @contextmanager
 def _swapped(module: Any, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
     """Temporarily set attributes of a ScriptModule; always restores the originals."""
+    from ._torch import _export_private as private
+
     saved: dict[str, torch.Tensor] = {}
     try:
         for path, v in values.items():
@@ -121,15 +216,24 @@ def _swapped(module: Any, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
 
 
 def _signature(module: Any, example_inputs: Any) -> dict[str, Any]:
+    import torch
+
+    from ._torch.export_module import example_args
+    from ._torch.signature import describe_value
+
     schema = module.forward.schema
     args = list(schema.arguments)[1:]  # a method's first argument is the module itself
     if example_inputs is not None:
-        ex = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        ex, kw = example_args(example_inputs)
         inputs = [describe_value(a.name, v) for a, v in zip(args, ex)]
+        inputs += [describe_value(k, v) for k, v in kw.items()]
         with torch.no_grad():
-            out = module(*ex)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        outputs = [describe_value(f"output{i}", v) for i, v in enumerate(outs)]
+            out = module(*ex, **kw)
+        if isinstance(out, Mapping):
+            outputs = [describe_value(str(k), v) for k, v in out.items()]
+        else:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            outputs = [describe_value(f"output{i}", v) for i, v in enumerate(outs)]
         return {"inputs": inputs, "outputs": outputs}
     inputs = [{"name": a.name, "type": str(a.type)} for a in args]
     outputs = [
@@ -146,22 +250,31 @@ class TorchScriptPlugin(FormatPlugin):
     description: ClassVar[str] = "TorchScript module (torch.jit.save archive)"
 
     def can_pack(self, obj: Any) -> bool:
-        return isinstance(obj, torch.jit.ScriptModule)
+        torch = sys.modules.get("torch")  # not imported: obj cannot be a torch module
+        return torch is not None and isinstance(obj, torch.jit.ScriptModule)
 
     def can_pack_path(self, path: Path) -> bool:
         return path.is_file() and is_torchscript_archive(path)
 
     def pack(self, obj: Any, **options: Any) -> Draft:
-        """Pack a ScriptModule or a TorchScript archive path.
+        """Pack a ScriptModule, a TorchScript archive path, or an ``nn.Module`` to script or trace.
 
         Options: ``extra_files`` (``{name: bytes|str}``, live modules only),
         ``weights`` (``"section"``, the default, or ``"archive"``),
-        ``example_inputs`` (to record input and output shapes in the signature).
+        ``example_inputs`` (to record input and output shapes in the signature,
+        and to trace an ``nn.Module``), ``method`` (for an ``nn.Module``:
+        ``"script"``, ``"trace"``, or ``"auto"``, the default: script, else trace).
         """
+        import torch
+
+        from ._torch.section import add_tensors
+        from ._torch.signature import fill_common
+
         mode = options.get("weights", "section")
         if mode not in ("section", "archive"):
             raise InvalidArgumentError(f"weights must be 'section' or 'archive', not {mode!r}")
         extra: dict[str, Any] = dict(options.get("extra_files") or {})
+        path: Path | None = None
         if isinstance(obj, (str, Path)):
             path = Path(obj)
             if not path.is_file():
@@ -179,9 +292,16 @@ class TorchScriptPlugin(FormatPlugin):
                 ) from exc
         elif isinstance(obj, torch.jit.ScriptModule):
             module = obj
+        elif isinstance(obj, torch.nn.Module):
+            from ._torch.export_module import to_script
+
+            module = to_script(
+                obj, options.get("example_inputs"), str(options.get("method", "auto"))
+            )
         else:
             raise UnknownFormatError(
-                f"the torchscript format packs a ScriptModule or an archive path, not a {type(obj).__name__}"
+                "the torchscript format packs a ScriptModule, an nn.Module or an archive path, "
+                f"not a {type(obj).__name__}"
             )
         weights = _weights(module)
         tensors = {k: t for k, (t, _) in weights.items()}
@@ -190,22 +310,31 @@ class TorchScriptPlugin(FormatPlugin):
         if mode == "section":
             builder = TensorSectionBuilder()
             try:
+                misfit = _section_misfit(tensors)
+                if misfit is not None:
+                    raise PayloadMismatchError(misfit)
                 add_tensors(builder, tensors.items())
                 with _swapped(module, {k: _placeholder(t) for k, t in tensors.items()}):
                     archive = self._save(module, extra)
             except (RuntimeError, PayloadMismatchError) as exc:
                 # Some modules cannot have their tensors swapped out (dtypes the
-                # section lacks, attributes TorchScript will not retype): keep
-                # TorchScript's own archive, weights and all, and say so.
+                # section lacks, storages shared between tensors, attributes
+                # TorchScript will not retype): keep TorchScript's own archive,
+                # weights and all, and say so.
                 fallback = f"{type(exc).__name__}: {exc}"[:500]
                 mode = "archive"
             else:
                 draft.add_tensor_section(builder)
         if mode == "archive":
-            archive = self._save(module, extra)
+            # From a file, the archive is that file: a pull gives back the same bytes.
+            archive_source: Any = (
+                FileSource(path) if path is not None else BytesSource(self._save(module, extra))
+            )
+        else:
+            archive_source = BytesSource(archive)
         traced = isinstance(module, torch.jit.TracedModule)  # type: ignore[attr-defined]
         kind = "traced" if traced else "scripted"
-        blob = draft.add_blob("archive", ARCHIVE_MEDIA_TYPE, BytesSource(archive))
+        blob = draft.add_blob("archive", ARCHIVE_MEDIA_TYPE, archive_source)
         draft.payload = {
             "layout": 1,
             "archive": {"blob": blob},
@@ -221,6 +350,9 @@ class TorchScriptPlugin(FormatPlugin):
         }
         if fallback is not None:
             draft.payload["weights_reason"] = fallback
+        if path is not None and mode == "section":
+            runs = _zip_storage_runs(path, {e.name: tensors[e.name] for e in draft.tensors})
+            draft.payload["native"] = _splice.add_recipe(draft, path, runs)
         fill_common(
             draft,
             parameters={k: t for k, (t, p) in weights.items() if p},
@@ -235,12 +367,19 @@ class TorchScriptPlugin(FormatPlugin):
 
     @staticmethod
     def _save(module: Any, extra: Mapping[str, Any]) -> bytes:
+        import torch
+
         buf = io.BytesIO()
         torch.jit.save(module, buf, _extra_files=dict(extra))
         return buf.getvalue()
 
     def load(self, source: ContainerSource, *, device: str = "cpu", **options: Any) -> Any:
         """The ScriptModule on ``device``. ``extra_files``: a dict filled with the stored extra files."""
+        import torch
+
+        from ._torch.device import resolve_device
+        from ._torch.stream import BackgroundLoad, release, stream_options
+
         dev = resolve_device(device)
         payload = _check_payload(source)
         section = payload["weights"] == "section"
@@ -301,6 +440,11 @@ class TorchScriptPlugin(FormatPlugin):
 
     @staticmethod
     def _install(module: Any, info: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
+        import torch
+
+        from ._torch import _export_private as private
+        from ._torch.dtypes import to_name
+
         problems = []
         values: dict[str, torch.Tensor] = {}
         for path, meta in info.items():
@@ -343,12 +487,27 @@ class TorchScriptPlugin(FormatPlugin):
             private.set_script_attribute(owner, leaf, v)
 
     def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
-        """Write a TorchScript archive with ``torch.jit.save`` (extra files included)."""
+        """Write the TorchScript archive: the pushed file itself where there was one.
+
+        A file pushed from disk comes back byte for byte; a module stored in
+        archive form comes back as that archive; both without torch. A live
+        module with section weights is loaded and written by ``torch.jit.save``.
+        """
+        payload = _check_payload(source)
+        dest = Path(dest)
+        if "native" in payload:
+            return _splice.write_recipe(source, payload["native"], dest)
+        if payload["weights"] == "archive":
+            return _write_atomically(
+                read_blob(source, payload["archive"]["blob"], max_size=_MAX_ARCHIVE), dest
+            )
+        import torch
+
         extra: dict[str, Any] = {}
         module = self.load(source, device="cpu", extra_files=extra)
-        dest = Path(dest)
-        torch.jit.save(module, str(dest), _extra_files=extra)
-        return dest
+        buf = io.BytesIO()
+        torch.jit.save(module, buf, _extra_files=extra)
+        return _write_atomically(buf.getvalue(), dest)
 
     def validate(self, source: ContainerSource) -> None:
         """Payload well formed, its archive blob a zip, its tensor list the stored tensors.
@@ -383,6 +542,20 @@ class TorchScriptPlugin(FormatPlugin):
 
     def native_suffix(self, source: ContainerSource) -> str:
         return ".pt"
+
+
+def _write_atomically(data: bytes, dest: Path) -> Path:
+    fd, tmp = create_temp(dest.parent, f".{dest.name}.")
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
 
 
 def _check_payload(source: ContainerSource) -> dict[str, Any]:

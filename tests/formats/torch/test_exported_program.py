@@ -214,7 +214,7 @@ def test_cuda_without_cuda(tmp_path: Path) -> None:
 
 def test_pack_refuses_what_is_not_a_program(tmp_path: Path) -> None:
     with pytest.raises(UnknownFormatError, match="ExportedProgram"):
-        plugin.pack(MLP())
+        plugin.pack([MLP()])
     bad = tmp_path / "x.pt2"
     bad.write_text("not a zip")
     assert not plugin.can_pack_path(bad)

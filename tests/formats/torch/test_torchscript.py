@@ -167,8 +167,8 @@ def test_wrong_shape_and_dtype_are_named(tmp_path: Path) -> None:
 
 
 def test_pack_refusals(tmp_path: Path) -> None:
-    with pytest.raises(UnknownFormatError, match="ScriptModule"):
-        plugin.pack(MLP())
+    with pytest.raises(UnknownFormatError, match=r"ScriptModule, an nn\.Module"):
+        plugin.pack([MLP()])
     with pytest.raises(InvalidArgumentError, match="weights"):
         plugin.pack(torch.jit.script(MLP()), weights="pickle")
     not_ts = tmp_path / "x.pt"
