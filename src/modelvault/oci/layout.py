@@ -233,6 +233,7 @@ def build_manifest(
     for i, (ref, sha) in enumerate(zip(manifest.blobs, sha256s, strict=True)):
         ann = {
             FILEPATH: paths[i],
+            TITLE: paths[i],
             A_DIGEST: ref.digest,
             A_ROLE: ref.role,
             A_MEDIA_TYPE: ref.media_type,
@@ -240,7 +241,7 @@ def build_manifest(
         layers.append(LayerPlan(Descriptor(WEIGHT_RAW, sha, ref.size, ann), blob_index=i))
     if manifest.tensors:
         table = canonical_json(tensor_table(manifest))
-        ann = {FILEPATH: TENSORS_PATH, A_DIGEST: digest_bytes(table), A_ROLE: "tensor-table"}
+        ann = {FILEPATH: TENSORS_PATH, TITLE: TENSORS_PATH, A_DIGEST: digest_bytes(table), A_ROLE: "tensor-table"}
         layers.append(
             LayerPlan(
                 Descriptor(WEIGHT_CONFIG_RAW, digest_bytes(table, "sha256"), len(table), ann),
@@ -248,7 +249,7 @@ def build_manifest(
             )
         )
     encoded = manifest.encode()
-    ann = {FILEPATH: MANIFEST_PATH, A_DIGEST: manifest.digest, A_ROLE: "manifest"}
+    ann = {FILEPATH: MANIFEST_PATH, TITLE: MANIFEST_PATH, A_DIGEST: manifest.digest, A_ROLE: "manifest"}
     layers.append(
         LayerPlan(
             Descriptor(
