@@ -412,9 +412,10 @@ class RegistryClient:
         size: int,
         *,
         progress: Any = None,
-        chunk: int = CHUNK,
+        chunk: int | None = None,
     ) -> None:
         """Upload ``size`` bytes of ``path`` from ``offset`` as blob ``digest``."""
+        chunk = chunk or CHUNK
         scope = f"repository:{repo}:pull,push"
         what = f"upload of {digest}"
         loc = self._start_upload(repo)
