@@ -46,6 +46,7 @@ class Seen:
     path: str
     sent: int  # request body bytes that reached the registry
     status: int
+    range: str = ""
 
 
 class MisbehavingProxy:
@@ -81,7 +82,9 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
         def log_message(self, *a: Any) -> None:
             pass
 
-        def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        def _reply(
+            self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+        ) -> None:
             self.send_response(status)
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
@@ -93,13 +96,22 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
             auth = self.headers.get("Authorization", "")
             proxy.token_requests.append(self.path)
             assert proxy.bearer is not None
-            want = "Basic " + base64.b64encode(f"{proxy.bearer[0]}:{proxy.bearer[1]}".encode()).decode()
+            want = (
+                "Basic "
+                + base64.b64encode(f"{proxy.bearer[0]}:{proxy.bearer[1]}".encode()).decode()
+            )
             if auth != want:
-                self._reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}')
+                self._reply(
+                    401, b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}'
+                )
                 return
             tok = secrets.token_hex(16)
             proxy.tokens.add(tok)
-            self._reply(200, f'{{"token":"{tok}","expires_in":300}}'.encode(), {"Content-Type": "application/json"})
+            self._reply(
+                200,
+                f'{{"token":"{tok}","expires_in":300}}'.encode(),
+                {"Content-Type": "application/json"},
+            )
 
         def _any(self) -> None:
             method, path = self.command, self.path
@@ -125,8 +137,13 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
                     m = re.match(r"^/v2/(.+?)/(blobs|manifests)/", path)
                     if m:
                         scope = f',scope="repository:{m.group(1)}:pull,push"'
-                    self._reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}',
-                                {"WWW-Authenticate": f'Bearer realm="{realm}",service="test-registry"{scope}'})
+                    self._reply(
+                        401,
+                        b'{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}',
+                        {
+                            "WWW-Authenticate": f'Bearer realm="{realm}",service="test-registry"{scope}'
+                        },
+                    )
                     return
             if rule is not None and rule.action == "status":
                 msg = b'{"errors":[{"code":"INJECTED","message":"injected by the test proxy"}]}'
@@ -134,9 +151,21 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
                 return
             self._forward(method, path, self.headers, body, rule=rule)
 
-        def _forward(self, method: str, path: str, headers: Any, body: bytes, rule: Rule | None = None, partial: int | None = None) -> None:
+        def _forward(
+            self,
+            method: str,
+            path: str,
+            headers: Any,
+            body: bytes,
+            rule: Rule | None = None,
+            partial: int | None = None,
+        ) -> None:
             conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
-            h = {k: v for k, v in headers.items() if k.lower() not in ("host", "authorization", "connection")}
+            h = {
+                k: v
+                for k, v in headers.items()
+                if k.lower() not in ("host", "authorization", "connection")
+            }
             if partial is not None:
                 # Send the head and part of the body, then drop the connection.
                 conn.putrequest(method, path, skip_host=False, skip_accept_encoding=True)
@@ -151,14 +180,27 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
             resp = conn.getresponse()
             data = resp.read()
             conn.close()
-            proxy.log.append(Seen(method, path, len(body), resp.status))
-            out_headers = {k: v for k, v in resp.getheaders() if k.lower() not in ("content-length", "connection", "transfer-encoding")}
-            if "Location" in out_headers and out_headers["Location"].startswith(f"http://{proxy.upstream}"):
-                out_headers["Location"] = out_headers["Location"].replace(proxy.upstream, proxy.host)
+            proxy.log.append(Seen(method, path, len(body), resp.status, headers.get("Range", "")))
+            out_headers = {
+                k: v
+                for k, v in resp.getheaders()
+                if k.lower() not in ("content-length", "connection", "transfer-encoding")
+            }
+            if "Location" in out_headers and out_headers["Location"].startswith(
+                f"http://{proxy.upstream}"
+            ):
+                out_headers["Location"] = out_headers["Location"].replace(
+                    proxy.upstream, proxy.host
+                )
             if rule is not None and rule.action == "flip_byte" and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             if rule is not None and rule.action == "body":
+                # A registry that lies consistently: no digest header to trip over.
                 data = rule.body
+                out_headers = {
+                    k: v for k, v in out_headers.items() if k.lower() != "docker-content-digest"
+                }
+                out_headers.update(rule.headers)
             self.send_response(resp.status)
             for k, v in out_headers.items():
                 self.send_header(k, v)

@@ -48,7 +48,9 @@ def htpasswd_line(user: str, password: str) -> str:
 
 
 @contextlib.contextmanager
-def run_registry(tmp: Path, *, user: str | None = None, password: str | None = None) -> Iterator[RunningRegistry]:
+def run_registry(
+    tmp: Path, *, user: str | None = None, password: str | None = None
+) -> Iterator[RunningRegistry]:
     exe = shutil.which(BINARY)
     if exe is None:
         pytest.fail(
@@ -76,7 +78,9 @@ def run_registry(tmp: Path, *, user: str | None = None, password: str | None = N
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"{BINARY} exited: {(tmp / 'registry.log').read_text()[-2000:]}", pytrace=False)
+                pytest.fail(
+                    f"{BINARY} exited: {(tmp / 'registry.log').read_text()[-2000:]}", pytrace=False
+                )
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/v2/")

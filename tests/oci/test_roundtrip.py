@@ -77,13 +77,21 @@ def test_torchscript_comes_back_and_runs_the_same(
     assert torch.equal(back(x), module(x))
     # The raw weight layers are readable with the tensor table alone.
     m = _manifest(registry, "tiny", "0.1.0")
-    table_layer = next(x for x in m["layers"] if x["annotations"]["org.cncf.model.filepath"] == "modelvault/tensors.json")
+    table_layer = next(
+        x
+        for x in m["layers"]
+        if x["annotations"]["org.cncf.model.filepath"] == "modelvault/tensors.json"
+    )
     table = json.loads(_blob(registry, "tiny", table_layer["digest"]))
-    (path, tensors), = table.items()
-    weights_layer = next(x for x in m["layers"] if x["annotations"]["org.cncf.model.filepath"] == path)
+    ((path, tensors),) = table.items()
+    weights_layer = next(
+        x for x in m["layers"] if x["annotations"]["org.cncf.model.filepath"] == path
+    )
     raw = _blob(registry, "tiny", weights_layer["digest"])
     w = tensors["0.weight"]
-    got = torch.frombuffer(bytearray(raw[w["offset"] : w["offset"] + w["nbytes"]]), dtype=torch.float32)
+    got = torch.frombuffer(
+        bytearray(raw[w["offset"] : w["offset"] + w["nbytes"]]), dtype=torch.float32
+    )
     assert torch.equal(got.reshape(w["shape"]), module.state_dict()["0.weight"])
 
 
@@ -120,7 +128,9 @@ def test_several_variants_become_an_index(
     got = other_vault.pull_oci(registry.url("multi:2.0.0"))
     want = sorted(v.manifest_digest for v in vault.resolve("multi@2.0.0").variants)
     assert sorted(got.variants) == want
-    assert torch.allclose(other_vault.load("multi@2.0.0", variant="exported_program").module()(x), lin(x))
+    assert torch.allclose(
+        other_vault.load("multi@2.0.0", variant="exported_program").module()(x), lin(x)
+    )
 
 
 def test_oras_reads_what_modelvault_pushed(
@@ -143,9 +153,8 @@ def test_modelvault_imports_what_oras_pushed(
     registry: RunningRegistry, vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch = pytest.importorskip("torch")
-    from safetensors.torch import save_file
-
     import oras.client
+    from safetensors.torch import save_file
 
     tensors = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.ones(4)}
     work = tmp_path / "oras-in"
@@ -174,7 +183,11 @@ def test_modelvault_imports_what_oras_pushed(
 
 
 def test_large_blobs_go_in_resumable_chunks_and_parallel_parts(
-    registry: RunningRegistry, vault: Vault, other_vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    registry: RunningRegistry,
+    vault: Vault,
+    other_vault: Vault,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import modelvault.oci.client as client_mod
     import modelvault.oci.transfer as transfer_mod

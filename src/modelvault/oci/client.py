@@ -282,7 +282,12 @@ class RegistryClient:
                 url = urllib.parse.urljoin(url, resp.getheader("Location", ""))
                 redirects += 1
                 continue
-            if resp.status == 401 and same_host and not answered:
+            if (
+                resp.status == 401
+                and same_host
+                and not answered
+                and resp.getheader("WWW-Authenticate")
+            ):
                 self._answer(resp.getheader("WWW-Authenticate") or "", scope, what)
                 answered = True
                 continue
@@ -290,6 +295,8 @@ class RegistryClient:
                 attempt += 1
                 time.sleep(min(self._retry_after(resp, attempt), 10.0))
                 continue
+            if resp.status == 401 and answered:
+                raise self._refused(what, f"refused the credentials with 401 {resp.reason}")
             raise self._error(resp.status, resp.reason, err, what)
 
     def _retry_after(self, resp: http.client.HTTPResponse, attempt: int) -> float:
@@ -318,7 +325,11 @@ class RegistryClient:
 
     # -- manifests --------------------------------------------------------------------
     def get_manifest(self, repo: str, target: str, accept: list[str]) -> tuple[bytes, str]:
-        """The manifest bytes (at most :data:`MAX_MANIFEST_BYTES`) and their media type."""
+        """The manifest bytes (at most :data:`MAX_MANIFEST_BYTES`) and their media type.
+
+        When the registry names the digest (``Docker-Content-Digest``), the
+        bytes must hash to it.
+        """
         resp = self.request(
             "GET",
             f"/v2/{repo}/manifests/{target}",
@@ -342,6 +353,15 @@ class RegistryClient:
                 f"manifest {repo}:{target} is larger than {MAX_MANIFEST_BYTES} bytes"
             )
         media_type = (resp.getheader("Content-Type") or "").split(";")[0].strip()
+        named = (resp.getheader("Docker-Content-Digest") or "").strip()
+        if named.startswith("sha256:"):
+            import hashlib
+
+            actual = "sha256:" + hashlib.sha256(data).hexdigest()
+            if actual != named:
+                from ..digest import damaged
+
+                raise damaged(named, actual, where=f"manifest {repo}:{target} from {self.registry}")
         return data, media_type
 
     def put_manifest(self, repo: str, target: str, data: bytes, media_type: str) -> None:

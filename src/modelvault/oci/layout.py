@@ -241,7 +241,12 @@ def build_manifest(
         layers.append(LayerPlan(Descriptor(WEIGHT_RAW, sha, ref.size, ann), blob_index=i))
     if manifest.tensors:
         table = canonical_json(tensor_table(manifest))
-        ann = {FILEPATH: TENSORS_PATH, TITLE: TENSORS_PATH, A_DIGEST: digest_bytes(table), A_ROLE: "tensor-table"}
+        ann = {
+            FILEPATH: TENSORS_PATH,
+            TITLE: TENSORS_PATH,
+            A_DIGEST: digest_bytes(table),
+            A_ROLE: "tensor-table",
+        }
         layers.append(
             LayerPlan(
                 Descriptor(WEIGHT_CONFIG_RAW, digest_bytes(table, "sha256"), len(table), ann),
@@ -249,7 +254,12 @@ def build_manifest(
             )
         )
     encoded = manifest.encode()
-    ann = {FILEPATH: MANIFEST_PATH, TITLE: MANIFEST_PATH, A_DIGEST: manifest.digest, A_ROLE: "manifest"}
+    ann = {
+        FILEPATH: MANIFEST_PATH,
+        TITLE: MANIFEST_PATH,
+        A_DIGEST: manifest.digest,
+        A_ROLE: "manifest",
+    }
     layers.append(
         LayerPlan(
             Descriptor(
