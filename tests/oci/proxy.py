@@ -90,7 +90,8 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def _token(self) -> None:
             auth = self.headers.get("Authorization", "")

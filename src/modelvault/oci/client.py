@@ -168,15 +168,21 @@ class RegistryClient:
         with self._lock:
             return self._tokens.get(scope) or self._basic
 
-    def _answer(self, challenge: str, scope: str, what: str) -> None:
-        """Get what the challenge asks for, or raise; called once per refusal."""
+    def _answer(self, challenge: str, scope: str, what: str, sent: str | None = None) -> None:
+        """Get what the challenge asks for, or raise; called once per refusal.
+
+        ``sent`` is the Authorization the refused request carried: when another
+        thread has since obtained something else, retrying with that is enough.
+        """
+        if sent != self._auth_header(scope):
+            return
         scheme, params = parse_challenge(challenge)
         creds = self._credentials()
         if scheme == "basic":
             if creds is None:
                 raise self._refused(what, "needs credentials and none are configured")
             with self._lock:
-                if self._basic == creds.basic():
+                if sent == creds.basic():
                     raise self._refused(what, f"refused the credentials of {creds.username!r}")
                 self._basic = creds.basic()
             return
@@ -188,6 +194,14 @@ class RegistryClient:
             self._tokens[scope] = f"Bearer {token}"
 
     def _fetch_token(
+        self, realm: str, service: str | None, scope: str, creds: Credentials | None, what: str
+    ) -> str:
+        try:
+            return self._token_from(realm, service, scope, creds, what)
+        except _Broken as exc:
+            raise OCIUnavailableError(f"token server {realm} is unreachable ({exc})") from None
+
+    def _token_from(
         self, realm: str, service: str | None, scope: str, creds: Credentials | None, what: str
     ) -> str:
         query = {k: v for k, v in (("service", service), ("scope", scope)) if v}
@@ -288,7 +302,7 @@ class RegistryClient:
                 and not answered
                 and resp.getheader("WWW-Authenticate")
             ):
-                self._answer(resp.getheader("WWW-Authenticate") or "", scope, what)
+                self._answer(resp.getheader("WWW-Authenticate") or "", scope, what, auth)
                 answered = True
                 continue
             if resp.status in _TRANSIENT and attempt < self.retries:
@@ -296,7 +310,8 @@ class RegistryClient:
                 time.sleep(min(self._retry_after(resp, attempt), 10.0))
                 continue
             if resp.status == 401 and answered:
-                raise self._refused(what, f"refused the credentials with 401 {resp.reason}")
+                who = f" of {self._creds.username!r}" if self._creds else ""
+                raise self._refused(what, f"refused the credentials{who} with 401 {resp.reason}")
             raise self._error(resp.status, resp.reason, err, what)
 
     def _retry_after(self, resp: http.client.HTTPResponse, attempt: int) -> float:
@@ -501,7 +516,7 @@ class RegistryClient:
             if resp.status in _TRANSIENT:
                 raise _Broken(f"PATCH answered {resp.status}")
             if resp.status == 401:  # a token expired mid-upload: renew it, then resume
-                self._answer(resp.getheader("WWW-Authenticate") or "", scope, what)
+                self._answer(resp.getheader("WWW-Authenticate") or "", scope, what, auth)
                 raise _Broken("PATCH answered 401")
             raise self._error(resp.status, resp.reason, err, what)
         resp.read()
