@@ -63,7 +63,7 @@ def triton_version_of(version: str) -> int:
     v = SemVer.parse(version)
     if v.prerelease or max(v.major, v.minor, v.patch) >= 1000 or v.major >= 9000:
         raise InvalidArgumentError(
-            f"version {version} has no natural Triton version number",
+            f"version {version} has no natural Triton version number (pre-release, or a part of 1000 or more)",
             hint="pass --triton-version N",
         )
     return v.major * 1_000_000 + v.minor * 1_000 + v.patch
@@ -81,10 +81,10 @@ def _dims(entry: Mapping[str, Any], what: str) -> list[int]:
 
 
 def _io(entry: Mapping[str, Any], name: str, what: str) -> str:
+    dims = ", ".join(str(d) for d in _dims(entry, what))
     dtype = entry.get("dtype")
     if dtype not in TRITON_DTYPES:
         raise IncompatibleError(f"{what} has dtype {dtype!r}, which Triton has no type for")
-    dims = ", ".join(str(d) for d in _dims(entry, what))
     return f'  {{\n    name: "{name}"\n    data_type: {TRITON_DTYPES[dtype]}\n    dims: [ {dims} ]\n  }}'
 
 
@@ -192,6 +192,27 @@ def write_repository(
             f"no variant of {info.model}:{info.version} can be served by Triton ({'; '.join(refused)})",
             hint="push a TorchScript variant (torch.jit.script/trace) of this version",
         )
+    # Plan every file and the config first: a refusal writes nothing.
+    files: list[tuple[Any, str]] = []
+    cc_files: dict[str, str] = {}
+    if portable:
+        files.append((portable[0][0], "model"))
+    # Exact engines first so they win over a hardware-compatible one for their SM.
+    for v, _m, ccs, exact in sorted(engines, key=lambda e: not e[3]):
+        stem = (
+            "model_sm" + "_".join(c.replace(".", "") for c in ccs) if exact else "model_ampere_plus"
+        )
+        files.append((v, stem))
+        for cc in ccs:
+            cc_files.setdefault(cc, f"{stem}.pt")
+    text = config_pbtxt(
+        name,
+        (portable[0][1] if portable else engines[0][1]).signature,
+        platform="pytorch_libtorch",
+        default_file=f"{files[0][1]}.pt",
+        cc_files=cc_files,
+        gpu=bool(engines),
+    )
     model_dir = Path(root) / name
     final = model_dir / str(number)
     if final.exists():
@@ -199,35 +220,9 @@ def write_repository(
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{number}-", dir=model_dir))
     try:
-        cc_files: dict[str, str] = {}
-        default_file = ""
-        if portable:
-            v, _m = portable[0]
-            out = export_native(
-                vault, spec, staging, "model", variant=v.manifest_digest, device="cpu"
-            )
-            default_file = _rename(out, "model.pt")
-        # Exact engines first so they win over a hardware-compatible one for their SM.
-        for v, _m, ccs, exact in sorted(engines, key=lambda e: not e[3]):
-            stem = (
-                "model_sm" + "_".join(c.replace(".", "") for c in ccs)
-                if exact
-                else "model_ampere_plus"
-            )
+        for v, stem in files:
             out = export_native(vault, spec, staging, stem, variant=v.manifest_digest, device="cpu")
-            fname = _rename(out, f"{stem}.pt")
-            for cc in ccs:
-                cc_files.setdefault(cc, fname)
-            default_file = default_file or fname
-        signature = (portable[0][1] if portable else engines[0][1]).signature
-        text = config_pbtxt(
-            name,
-            signature,
-            platform="pytorch_libtorch",
-            default_file=default_file,
-            cc_files=cc_files,
-            gpu=bool(engines),
-        )
+            _rename(out, f"{stem}.pt")  # Triton's PyTorch backend looks for .pt
         os.replace(staging, final)
         tmp = model_dir / ".config.pbtxt.tmp"
         tmp.write_text(text)
