@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelvault import Vault
+from tests.cli.conftest import mvault  # noqa: F401  (re-exported fixture)
 
 from .registry import RunningRegistry, run_registry
 

@@ -24,7 +24,9 @@ def storage_container() -> dict[str, Any]:
     return dict(csc)
 
 
-def run_initializer(uri: str, target: Path, env_over: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_initializer(
+    uri: str, target: Path, env_over: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     csc = storage_container()
     container = csc["spec"]["container"]
     assert container["name"] == "storage-initializer"  # KServe finds the init container by name
@@ -51,7 +53,11 @@ def test_initializer_writes_the_model_into_mnt_models(tmp_path: Path) -> None:
         v.push(torch.export.export(lin, (x,)), "served", "1.0.0", aliases=["prod"])
     target = tmp_path / "mnt" / "models"
     target.mkdir(parents=True)  # KServe mounts an existing emptyDir there
-    env = {"MVAULT_REGISTRY": registry, "MVAULT_STORE": store, "MVAULT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        "MVAULT_REGISTRY": registry,
+        "MVAULT_STORE": store,
+        "MVAULT_CACHE_DIR": str(tmp_path / "cache"),
+    }
     done = run_initializer("mvault://served@prod", target, env)
     assert done.returncode == 0, done.stderr
     assert [p.name for p in target.iterdir()] == ["model.pt2"]

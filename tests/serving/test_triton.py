@@ -73,7 +73,7 @@ def test_dynamic_dims_from_a_real_export_become_minus_one() -> None:
     )
     signature = _user_signature(ep)
     assert isinstance(signature["inputs"][0]["shape"][0], str)  # a symbol, as recorded
-    cfg, pb = parse(
+    cfg, _ = parse(
         config_pbtxt("lin", signature, platform="pytorch_libtorch", default_file="model.pt")
     )
     assert list(cfg.input[0].dims) == [-1, 3]
