@@ -27,7 +27,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import (
@@ -36,58 +36,34 @@ from ..errors import (
     OCIAccessError,
     OCIUnavailableError,
 )
+from ._http import (
+    IO_BLOCK,
+    Broken,
+    FileRange,
+    advance,
+    blocks,
+    oci_message,
+    range_end,
+    read_all,
+    with_query,
+)
 from .auth import Credentials, credentials_for, parse_challenge
 
-__all__ = ["MAX_MANIFEST_BYTES", "RegistryClient"]
+__all__ = ["MAX_MANIFEST_BYTES", "RegistryClient", "read_all", "with_query"]
 
 #: containerd's and the distribution registry's limit: a manifest is small JSON.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: Upload and download parts; large enough that a round trip is noise.
 CHUNK = 64 * 1024 * 1024
-_IO_BLOCK = 1 << 20
 _TRANSIENT = {429, 500, 502, 503, 504}
 _REDIRECTS = {301, 302, 303, 307, 308}
 _LOOPBACK = {"localhost", "127.0.0.1", "[::1]", "::1"}
-
-
-class _Broken(Exception):
-    """A connection broke mid-transfer; the caller resumes."""
-
-
-class _FileRange:
-    """``length`` bytes of a file from ``offset``, as a body http.client can send."""
-
-    def __init__(self, path: str | os.PathLike[str], offset: int, length: int) -> None:
-        self._f = open(path, "rb")  # noqa: SIM115 - closed by close(), after the request
-        self._f.seek(offset)
-        self._left = length
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        n = self._left if n < 0 else min(n, self._left)
-        data = self._f.read(n)
-        self._left -= len(data)
-        return data
-
-    def close(self) -> None:
-        self._f.close()
 
 
 def _host_of(registry: str) -> str:
     if registry.startswith("["):
         return registry[: registry.index("]") + 1]
     return registry.rsplit(":", 1)[0]
-
-
-def _oci_message(body: bytes) -> str:
-    """The first ``errors[].code: message`` of a registry error body, if it has one."""
-    try:
-        errs = json.loads(body).get("errors") or []
-        e = errs[0]
-        return f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
-    except Exception:
-        return body[:120].decode(errors="replace").strip()
 
 
 class RegistryClient:
@@ -129,7 +105,7 @@ class RegistryClient:
         conn = pool.get((scheme, netloc))
         if conn is None:
             cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            conn = cls(netloc, timeout=self.timeout, blocksize=_IO_BLOCK)
+            conn = cls(netloc, timeout=self.timeout, blocksize=IO_BLOCK)
             pool[(scheme, netloc)] = conn
         return conn
 
@@ -154,7 +130,7 @@ class RegistryClient:
             return conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             self._drop(u.scheme, u.netloc)
-            raise _Broken(f"{method} {url}: {exc}") from exc
+            raise Broken(f"{method} {url}: {exc}") from exc
 
     # -- auth -------------------------------------------------------------------------
     def _credentials(self) -> Credentials | None:
@@ -198,7 +174,7 @@ class RegistryClient:
     ) -> str:
         try:
             return self._token_from(realm, service, scope, creds, what)
-        except _Broken as exc:
+        except Broken as exc:
             raise OCIUnavailableError(f"token server {realm} is unreachable ({exc})") from None
 
     def _token_from(
@@ -277,7 +253,7 @@ class RegistryClient:
             data = body() if callable(body) else body
             try:
                 resp = self._send(method, url, h, data)
-            except _Broken as exc:
+            except Broken as exc:
                 if attempt >= self.retries:
                     raise OCIUnavailableError(
                         f"registry {self.registry} is unreachable ({exc})",
@@ -320,7 +296,7 @@ class RegistryClient:
         return float(self.backoff * 2**attempt)
 
     def _error(self, status: int, reason: str, body: bytes, what: str) -> Exception:
-        detail = _oci_message(body)
+        detail = oci_message(body)
         line = f"registry {self.registry} answered {status} {reason} to {what}" + (
             f": {detail}" if detail else ""
         )
@@ -457,14 +433,14 @@ class RegistryClient:
         if size <= chunk:
             self.request(
                 "PUT",
-                _with_query(loc, digest=digest),
+                with_query(loc, digest=digest),
                 scope=scope,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                body=lambda: _FileRange(path, offset, size),
+                body=lambda: FileRange(path, offset, size),
                 ok=(201,),
                 what=what,
             ).read()
-            _advance(progress, size)
+            advance(progress, size)
             return
         done = 0
         broken = 0
@@ -472,22 +448,22 @@ class RegistryClient:
             n = min(chunk, size - done)
             try:
                 resp = self._patch(loc, scope, path, offset + done, done, n, what)
-            except _Broken:
+            except Broken:
                 broken += 1
                 if broken > self.retries:
                     raise OCIUnavailableError(
                         f"registry {self.registry} kept breaking the {what}"
                     ) from None
                 loc, resumed = self._resume(loc, repo, scope, what)
-                _advance(progress, resumed - done)
+                advance(progress, resumed - done)
                 done = resumed
                 continue
             loc = self._location(resp)
-            _advance(progress, n)
-            done = _range_end(resp, done + n)
+            advance(progress, n)
+            done = range_end(resp, done + n)
         self.request(
             "PUT",
-            _with_query(loc, digest=digest),
+            with_query(loc, digest=digest),
             scope=scope,
             headers={"Content-Length": "0"},
             ok=(201,),
@@ -502,7 +478,7 @@ class RegistryClient:
             "Content-Length": str(n),
             "Content-Range": f"{start}-{start + n - 1}",
         }
-        body = _FileRange(path, at, n)
+        body = FileRange(path, at, n)
         h = {"User-Agent": "modelvault", **headers}
         auth = self._auth_header(scope)
         if auth:
@@ -514,10 +490,10 @@ class RegistryClient:
         if resp.status != 202:
             err = resp.read(1 << 16)
             if resp.status in _TRANSIENT:
-                raise _Broken(f"PATCH answered {resp.status}")
+                raise Broken(f"PATCH answered {resp.status}")
             if resp.status == 401:  # a token expired mid-upload: renew it, then resume
                 self._answer(resp.getheader("WWW-Authenticate") or "", scope, what, auth)
-                raise _Broken("PATCH answered 401")
+                raise Broken("PATCH answered 401")
             raise self._error(resp.status, resp.reason, err, what)
         resp.read()
         return resp
@@ -527,7 +503,7 @@ class RegistryClient:
         try:
             resp = self.request("GET", loc, scope=scope, ok=(204,), what=what)
             resp.read()
-            return self._location(resp), _range_end(resp, 0)
+            return self._location(resp), range_end(resp, 0)
         except (ArtifactNotFoundError, ArtifactError):
             # The registry dropped the session (some refuse to resume after a short
             # chunk): start a new one from the first byte.
@@ -568,11 +544,11 @@ class RegistryClient:
                 pos = 0
                 end = int(resp.getheader("Content-Length") or end + 1) - 1
             try:
-                for block in _blocks(resp):
+                for block in blocks(resp):
                     os.pwrite(fd, block, pos)
                     pos += len(block)
-                    _advance(progress, len(block))
-            except _Broken:
+                    advance(progress, len(block))
+            except Broken:
                 broken += 1
                 if broken > self.retries:
                     raise OCIUnavailableError(
@@ -589,42 +565,3 @@ class RegistryClient:
             if whole:
                 return False
         return True
-
-
-def _blocks(resp: http.client.HTTPResponse) -> Iterator[bytes]:
-    try:
-        while True:
-            block = resp.read(_IO_BLOCK)
-            if not block:
-                return
-            yield block
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Broken(str(exc)) from exc
-
-
-def _range_end(resp: http.client.HTTPResponse, default: int) -> int:
-    """One past the last byte the session's ``Range: 0-N`` header says it holds."""
-    r = resp.getheader("Range")
-    if r:
-        _, _, last = r.rpartition("-")
-        if last.isdigit():
-            return int(last) + 1
-    return default
-
-
-def _with_query(url: str, **params: str) -> str:
-    sep = "&" if "?" in url else "?"
-    return url + sep + urllib.parse.urlencode(params)
-
-
-def _advance(progress: Any, n: int) -> None:
-    if progress is not None and n > 0:
-        progress.advance(n)
-
-
-def read_all(resp: http.client.HTTPResponse, limit: int, what: str) -> bytes:
-    """The whole body, refusing more than ``limit`` bytes."""
-    data = resp.read(limit + 1)
-    if len(data) > limit:
-        raise ArtifactError(f"{what} is larger than {limit} bytes")
-    return data

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..digest import damaged, digest_bytes, new_hasher
 from ..errors import ArtifactError, ArtifactNotFoundError, InvalidArgumentError, UnsafePathError
 from ..formats.manifest import Manifest
-from .client import CHUNK, MAX_MANIFEST_BYTES, RegistryClient, read_all
+from .client import CHUNK, MAX_MANIFEST_BYTES, RegistryClient, read_all, with_query
 from .layout import (
     A_DIGEST,
     A_NAME,
@@ -255,9 +255,7 @@ def push_version(
 
 
 def _monolithic(client: RegistryClient, repo: str, sha: str) -> str:
-    from .client import _with_query
-
-    return _with_query(client._start_upload(repo), digest=sha)
+    return with_query(client._start_upload(repo), digest=sha)
 
 
 # ---------------------------------------------------------------------------
