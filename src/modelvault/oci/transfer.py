@@ -511,11 +511,11 @@ def _pull_native(
             raise damaged(b3_want, b3, where=f"layer {repo}@{d.digest} from {client.registry}")
 
     list(pool.map(check, zip(want, items)))
-    # Everything verified: only now does anything reach the store.
-    for b3, (d, path) in zip(want, items):
-        store.put_file(b3, path)
-        result.blobs_downloaded += 1
-        result.bytes_downloaded += d.size
+    # Everything verified: only now does anything reach the store (in parallel:
+    # a local store writes, fsyncs and re-hashes each blob).
+    list(pool.map(lambda it: store.put_file(it[0], it[1][1]), zip(want, items)))
+    result.blobs_downloaded = len(items)
+    result.bytes_downloaded = sum(d.size for d, _ in items)
     for m in manifests:
         store.put_bytes(m.digest, m.encode())
 
