@@ -13,7 +13,8 @@ keep working for callers that do not know modelvault.
     │   ├── InvalidNameError
     │   ├── InvalidVersionError
     │   ├── InvalidSpecError
-    │   └── InvalidDeviceError
+    │   ├── InvalidDeviceError
+    │   └── InvalidReferenceError
     ├── NotFoundError (LookupError)
     │   ├── ModelNotFoundError
     │   ├── VersionNotFoundError
@@ -21,7 +22,8 @@ keep working for callers that do not know modelvault.
     │   ├── VariantNotFoundError
     │   ├── BlobNotFoundError
     │   ├── PluginNotFoundError
-    │   └── StoreNotFoundError
+    │   ├── StoreNotFoundError
+    │   └── ArtifactNotFoundError
     ├── ConflictError
     │   ├── ModelExistsError
     │   ├── VersionExistsError
@@ -36,7 +38,8 @@ keep working for callers that do not know modelvault.
     │   ├── UnsafePathError
     │   ├── PayloadMismatchError
     │   ├── UnknownFormatError
-    │   └── EngineInfoError
+    │   ├── EngineInfoError
+    │   └── ArtifactError
     ├── IntegrityError (ValueError)
     ├── RegistryError
     │   ├── RegistryUnavailableError (ConnectionError)
@@ -44,7 +47,9 @@ keep working for callers that do not know modelvault.
     │   └── SchemaAheadError
     ├── StorageError (OSError)
     │   ├── StoreUnavailableError (ConnectionError)
+    │   │   └── OCIUnavailableError
     │   ├── StoreAccessError (PermissionError)
+    │   │   └── OCIAccessError
     │   └── StorageFullError
     ├── IncompatibleError
     │   └── NoCompatibleVariantError
@@ -60,6 +65,8 @@ from typing import Any
 
 __all__ = [
     "AliasNotFoundError",
+    "ArtifactError",
+    "ArtifactNotFoundError",
     "BlobNotFoundError",
     "ConfigError",
     "ConflictError",
@@ -74,6 +81,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidDeviceError",
     "InvalidNameError",
+    "InvalidReferenceError",
     "InvalidSpecError",
     "InvalidVersionError",
     "ManifestError",
@@ -83,6 +91,8 @@ __all__ = [
     "ModelVaultError",
     "NoCompatibleVariantError",
     "NotFoundError",
+    "OCIAccessError",
+    "OCIUnavailableError",
     "OutputExistsError",
     "PayloadMismatchError",
     "PluginNotFoundError",
@@ -159,6 +169,10 @@ class InvalidDeviceError(InvalidArgumentError):
     """A device string names no device that exists."""
 
 
+class InvalidReferenceError(InvalidArgumentError):
+    """An OCI reference (``oci://registry/repository:tag``) breaks the distribution spec's grammar."""
+
+
 class NotFoundError(ModelVaultError, LookupError):
     """Something asked for does not exist."""
 
@@ -194,6 +208,10 @@ class PluginNotFoundError(NotFoundError):
 
 class StoreNotFoundError(NotFoundError):
     """The store location (bucket, directory) does not exist."""
+
+
+class ArtifactNotFoundError(NotFoundError):
+    """An OCI registry has no manifest or blob under this reference or digest."""
 
 
 class ConflictError(ModelVaultError):
@@ -263,6 +281,10 @@ class EngineInfoError(FormatError):
     """A TensorRT engine's serialized info (fields, device, metadata, plan) is malformed or contradictory."""
 
 
+class ArtifactError(FormatError):
+    """An OCI artifact is not a model artifact modelvault can read (type, layout, size)."""
+
+
 class IntegrityError(ModelVaultError, ValueError):
     """Bytes do not match their digest: the data is damaged or was tampered with."""
 
@@ -301,6 +323,14 @@ class StoreUnavailableError(StorageError, ConnectionError):
 
 class StoreAccessError(StorageError, PermissionError):
     """The store refused the credentials or the operation."""
+
+
+class OCIUnavailableError(StoreUnavailableError):
+    """An OCI registry cannot be reached, is rate limiting, or fails with a server error."""
+
+
+class OCIAccessError(StoreAccessError):
+    """An OCI registry refused the credentials (401) or the operation (403)."""
 
 
 class StorageFullError(StorageError):

@@ -344,6 +344,24 @@ class Vault:
                 )
         return self.push(Path(path), name, version, **kw)
 
+    # -- OCI registries ---------------------------------------------------------------
+    def push_oci(self, spec: str, ref: str, **kw: Any) -> Any:
+        """Push a version to an OCI registry as a ModelPack artifact (:mod:`modelvault.oci`).
+
+        ``ref`` is ``oci://registry/repository[:tag]``; the tag defaults to the version.
+        """
+        from .oci import push_version
+
+        return push_version(self, spec, ref, **kw)
+
+    def pull_oci(
+        self, ref: str, name: str | None = None, version: str | None = None, **kw: Any
+    ) -> Any:
+        """Register the model artifact at ``ref`` as a version of this vault (:mod:`modelvault.oci`)."""
+        from .oci import pull_version
+
+        return pull_version(self, ref, name=name, version=version, **kw)
+
     # -- maintenance ----------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: str) -> Any:
         return self.registry.set_alias(name, alias, version)

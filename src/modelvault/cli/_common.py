@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -14,7 +12,6 @@ from .. import errors as E
 
 __all__ = [
     "EXIT_CODES",
-    "Progress",
     "add_json",
     "emit",
     "exit_code_for",
@@ -123,57 +120,3 @@ def human_size(n: int | float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"  # pragma: no cover
-
-
-class Progress:
-    """A one-line progress bar on stderr; silent when stderr is not a terminal.
-
-    Thread-safe: stores may call :meth:`advance` from worker threads.
-    """
-
-    def __init__(self, enabled: bool | None = None) -> None:
-        from ..config import settings
-
-        self.enabled = (
-            (sys.stderr.isatty() and not settings().no_progress) if enabled is None else enabled
-        )
-        self._lock = threading.Lock()
-        self._total = 0
-        self._done = 0
-        self._label = ""
-        self._last = 0.0
-        self._t0 = time.monotonic()
-
-    def start(self, total: int, label: str) -> None:
-        with self._lock:
-            self._total, self._done, self._label = total, 0, label
-            self._t0 = time.monotonic()
-        self._draw(force=True)
-
-    def advance(self, n: int) -> None:
-        with self._lock:
-            self._done += n
-        self._draw()
-
-    def finish(self) -> None:
-        self._draw(force=True)
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.1:
-            return
-        self._last = now
-        with self._lock:
-            done, total, label = self._done, self._total, self._label
-        rate = done / max(now - self._t0, 1e-6)
-        frac = done / total if total else 1.0
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(
-            f"\r{label[:30]:30} [{bar:30}] {frac * 100:5.1f}% {human_size(done)}/{human_size(total)} {human_size(rate)}/s"
-        )
-        sys.stderr.flush()

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
-from ._common import Progress, add_json, emit, human_size, print_table
+from ._common import add_json, emit, human_size, print_table
+from .progress import Transfer, progress_enabled
 
 
 def clean(value: object) -> str:
@@ -59,12 +60,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     bundle = Bundle.open(args.file)
     info = manifest_summary(bundle.manifest, bundle.digest)
     if not args.no_verify:
-        progress = Progress(enabled=None if not args.json else False)
-        progress.start(bundle.manifest.total_size, f"verify {args.file.name}")
-        try:
+        enabled = not args.json and progress_enabled(getattr(args, "quiet", False))
+        with Transfer(args.file.name, verb="verifying", enabled=enabled) as progress:
+            progress.phase("verifying", bundle.manifest.total_size)
             bundle.verify(progress.advance)
-        finally:
-            progress.finish()
         info["verified"] = True
         from ..formats.validation import validate_container
 

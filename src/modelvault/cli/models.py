@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from ._common import add_json, emit, human_size, iso, print_table
+from .oci import add_pull_options, pull_special, run_oci_import, run_oci_push
 from .progress import Transfer, progress_enabled
 
 
@@ -29,13 +30,17 @@ def _vault() -> Any:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("push", help="push a model version: NAME:VERSION SOURCE")
+    p = sub.add_parser(
+        "push",
+        help="push a model version: NAME:VERSION SOURCE, or oci://REGISTRY/REPO[:TAG] NAME@SPEC",
+    )
     p.add_argument("ref", metavar="NAME:VERSION")
     p.add_argument(
         "source",
-        type=Path,
-        help="a .pt2, TorchScript archive, .safetensors, .mvpk, or any file/directory",
+        help="a .pt2, TorchScript archive, .safetensors, .mvpk, or any file/directory "
+        "(NAME@SPEC when pushing to an oci:// registry)",
     )
+    p.add_argument("--plain-http", action="store_true", help="speak HTTP to an oci:// registry")
     p.add_argument("--format", help="format plugin (default: detected)")
     p.add_argument(
         "--alias", action="append", default=[], help="point this alias at the version (repeatable)"
@@ -50,10 +55,12 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("pull", help="write a version's native form: NAME[@SPEC] -o PATH")
     p.add_argument("spec", metavar="NAME[@SPEC]")
-    p.add_argument("-o", "--output", type=Path, required=True, help="file or directory to write")
+    p.add_argument("-o", "--output", type=Path, help="file or directory to write")
     p.add_argument("--variant", help="manifest digest (prefix) or format of the variant to pull")
     p.add_argument("--device", default="cpu", help="rank variants for this device (default cpu)")
     p.add_argument("-f", "--force", action="store_true", help="replace PATH if it exists")
+    p.add_argument("--alias", action="append", default=[], help="(oci://) point this alias at it")
+    add_pull_options(p)  # oci://, mvault:// (KServe), --triton: cli/oci.py
     add_json(p)
     p.set_defaults(func=run_pull)
 
@@ -111,8 +118,11 @@ def register(sub: Any) -> None:
     add_json(p)
     p.set_defaults(func=run_export)
 
-    p = sub.add_parser("import", help="register a bundle: FILE.mvpk [NAME:VERSION]")
-    p.add_argument("file", type=Path, metavar="FILE.mvpk")
+    p = sub.add_parser(
+        "import", help="register a bundle or an OCI artifact: FILE.mvpk|oci://... [NAME:VERSION]"
+    )
+    p.add_argument("file", metavar="FILE.mvpk")
+    p.add_argument("--plain-http", action="store_true", help="speak HTTP to an oci:// registry")
     p.add_argument("ref", nargs="?", metavar="NAME:VERSION")
     p.add_argument("--alias", action="append", default=[])
     p.add_argument("--variant", action="store_true")
@@ -159,6 +169,11 @@ def _push_human(r: Any, seconds: float | None = None) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    from ..oci import is_oci_reference
+
+    if is_oci_reference(args.ref):  # push oci://registry/repo:tag NAME@SPEC
+        return run_oci_push(_vault(), args, args.ref, args.source)
+    args.source = Path(args.source)
     if not args.source.exists():
         raise FileNotFoundError(f"{args.source} does not exist")
     from ..vault import _split_ref
@@ -185,6 +200,9 @@ def run_push(args: argparse.Namespace) -> int:
 
 def run_pull(args: argparse.Namespace) -> int:
     vault = _vault()
+    special = pull_special(vault, args)
+    if special is not None:
+        return special
     info, choice = vault.choose(args.spec, args.device, variant=args.variant)
     variant = choice.variant
     exact = f"{info.model}:{info.version}"
@@ -422,6 +440,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from ..oci import is_oci_reference
+
+    if is_oci_reference(args.file):
+        return run_oci_import(_vault(), args, args.file, args.ref)
+    args.file = Path(args.file)
     name = version = None
     if args.ref:
         from ..vault import _split_ref

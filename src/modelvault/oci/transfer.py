@@ -1,0 +1,577 @@
+"""Push a version to an OCI registry, and pull one from it into the vault.
+
+push: resolve the version; open each variant through the load pipeline (its
+manifest verified against the registry's digest); read every blob once,
+hashing it with BLAKE3 (checked against the manifest) and sha256 (the name
+OCI gives it); then, in parallel, skip the blobs the repository has (``HEAD``),
+mount the ones another repository of the registry holds, upload the rest;
+the manifests go last, the tag last of all.
+
+pull: fetch the manifest (or index) the tag names, check its sha256, refuse
+anything that is not a model artifact; download every layer the store lacks
+into a private directory, in parallel ranged parts; check each layer's sha256
+and BLAKE3; only then put the blobs and manifests in the store and register
+the version, in one registry transaction. A failure at any point registers
+nothing and leaves nothing in the cache directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from ..digest import damaged, digest_bytes, new_hasher
+from ..errors import ArtifactError, ArtifactNotFoundError, InvalidArgumentError, UnsafePathError
+from ..formats.manifest import Manifest
+from .client import CHUNK, MAX_MANIFEST_BYTES, RegistryClient, read_all, with_query
+from .layout import (
+    A_DIGEST,
+    A_NAME,
+    A_ROLE,
+    A_VERSION,
+    ACCEPT,
+    FILEPATH,
+    INDEX_MEDIA_TYPE,
+    MANIFEST_LAYER_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    Descriptor,
+    ImageManifest,
+    VariantPlan,
+    build_index,
+    build_manifest,
+    parse_image_manifest,
+    parse_index,
+)
+from .reference import Reference, parse_reference, tag_for_version
+
+if TYPE_CHECKING:
+    from ..vault import Vault
+
+__all__ = ["OCIPullResult", "OCIPushResult", "pull_version", "push_version"]
+
+_HASH_BLOCK = 8 * 1024 * 1024
+_MAX_CONFIG = 4 * 1024 * 1024
+_MOUNT_HINTS = 20_000
+
+
+@dataclass
+class OCIPushResult:
+    """What a push to a registry did; ``digest`` is the sha256 of what the tag now names."""
+
+    reference: str
+    digest: str
+    media_type: str
+    variants: int
+    blobs_uploaded: int = 0
+    blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    bytes_uploaded: int = 0
+
+
+@dataclass
+class OCIPullResult:
+    """What a pull from a registry did."""
+
+    reference: str
+    digest: str
+    name: str
+    version: str
+    variants: list[str] = field(default_factory=list)
+    created: bool = False
+    blobs_downloaded: int = 0
+    blobs_skipped: int = 0
+    bytes_downloaded: int = 0
+
+
+def hash_both(path: Path, offset: int, size: int) -> tuple[str, str]:
+    """(sha256, blake3) of ``size`` bytes of ``path`` from ``offset``, in one read."""
+    sha = hashlib.sha256()
+    b3 = new_hasher("blake3")
+    left = size
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while left > 0:
+            block = f.read(min(_HASH_BLOCK, left))
+            if not block:
+                raise damaged("", f"{size - left} bytes", where=str(path))
+            sha.update(block)
+            b3.update(block)
+            left -= len(block)
+    return f"sha256:{sha.hexdigest()}", b3.digest_str()
+
+
+# ---------------------------------------------------------------------------
+# mount hints: which repository of a registry last received a blob
+
+
+def _hints_path() -> Path:
+    from ..config import settings
+
+    return settings().cache_dir / "oci-mounts.json"
+
+
+def _load_hints() -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(_hints_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_hints(registry: str, repo: str, digests: Sequence[str]) -> None:
+    # A hint only: a failure to record it costs a future upload, nothing else.
+    try:
+        hints = _load_hints()
+        mine = hints.setdefault(registry, {})
+        for d in digests:
+            mine[d] = repo
+        while len(mine) > _MOUNT_HINTS:
+            mine.pop(next(iter(mine)))
+        path = _hints_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(hints))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# push
+
+
+def push_version(
+    vault: Vault,
+    spec: str,
+    ref: str | Reference,
+    *,
+    plain_http: bool | None = None,
+    workers: int = 8,
+    progress: Any = None,
+    client: RegistryClient | None = None,
+) -> OCIPushResult:
+    """Push the version ``spec`` names to ``ref`` (``oci://registry/repo[:tag]``).
+
+    The tag defaults to the version (``+`` becomes ``_``, which tags allow).
+    """
+    if isinstance(ref, str):
+        ref = parse_reference(ref, default_tag=None)
+    if ref.digest:
+        raise InvalidArgumentError(f"{ref}: push to a tag, not a digest")
+    info = vault.resolve(spec)
+    tag = ref.tag or tag_for_version(info.version)
+    description = getattr(info, "description", None)
+    client = client or RegistryClient(ref.registry, plain_http=plain_http)
+    plans: list[VariantPlan] = []
+    kinds: list[str] = []
+    files: dict[str, tuple[Path, int, int]] = {}
+    datas: dict[str, bytes] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for variant in info.variants:
+            source = vault.pipeline.open(variant)
+            m = source.manifest
+            locs = [source.locate(i) for i in range(len(m.blobs))]
+
+            def one(i: int, m: Manifest = m, locs: list[Any] = locs) -> str:
+                sha, b3 = hash_both(locs[i].path, locs[i].offset, locs[i].size)
+                if b3 != m.blobs[i].digest:  # the store's copy is damaged
+                    raise damaged(m.blobs[i].digest, b3, where=str(locs[i].path))
+                return sha
+
+            shas = list(pool.map(one, range(len(m.blobs))))
+            plan = build_manifest(m, shas, info.model, info.version, variant.kind, description)
+            plans.append(plan)
+            kinds.append(variant.kind)
+            for lp in plan.layers:
+                if lp.blob_index is not None:
+                    loc = locs[lp.blob_index]
+                    files[lp.descriptor.digest] = (loc.path, loc.offset, loc.size)
+                elif lp.data is not None:
+                    datas[lp.descriptor.digest] = lp.data
+            datas[plan.config_descriptor.digest] = plan.config
+        result = OCIPushResult(str(ref.with_target(tag=tag)), "", "", len(plans))
+        hints = _load_hints().get(ref.registry, {})
+        repo = ref.repository
+        if progress is not None:
+            progress.start(sum(s for _, _, s in files.values()), f"push {repo}:{tag}")
+
+        def send(sha: str) -> tuple[str, int]:
+            size = files[sha][2] if sha in files else len(datas[sha])
+            if client.blob_size(repo, sha) is not None:
+                return "skipped", 0
+            other = hints.get(sha)
+            if other and other != repo and client.mount_blob(repo, sha, other):
+                return "mounted", 0
+            if sha in files:
+                path, offset, _ = files[sha]
+                client.upload_blob(repo, sha, path, offset, size, progress=progress)
+            else:
+                client.request(
+                    "PUT",
+                    _monolithic(client, repo, sha),
+                    scope=f"repository:{repo}:pull,push",
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(size),
+                    },
+                    body=datas[sha],
+                    ok=(201,),
+                    what=f"upload of {sha}",
+                ).read()
+            return "uploaded", size
+
+        every = list(dict.fromkeys([*files, *datas]))
+        for outcome, sent in pool.map(send, every):
+            result.bytes_uploaded += sent
+            if outcome == "skipped":
+                result.blobs_skipped += 1
+            elif outcome == "mounted":
+                result.blobs_mounted += 1
+            else:
+                result.blobs_uploaded += 1
+    if progress is not None:
+        progress.finish()
+    if len(plans) == 1:
+        body, media_type = plans[0].body, MANIFEST_MEDIA_TYPE
+    else:
+        for plan in plans:  # children first: an index may only name manifests that exist
+            client.put_manifest(
+                repo, digest_bytes(plan.body, "sha256"), plan.body, MANIFEST_MEDIA_TYPE
+            )
+        body, media_type = build_index(plans, kinds, info.model, info.version), INDEX_MEDIA_TYPE
+    client.put_manifest(repo, tag, body, media_type)
+    _save_hints(ref.registry, repo, every)
+    result.digest = digest_bytes(body, "sha256")
+    result.media_type = media_type
+    return result
+
+
+def _monolithic(client: RegistryClient, repo: str, sha: str) -> str:
+    return with_query(client._start_upload(repo), digest=sha)
+
+
+# ---------------------------------------------------------------------------
+# pull
+
+
+def _fetch_manifest(client: RegistryClient, ref: Reference, desc: Descriptor | None) -> bytes:
+    target = desc.digest if desc else ref.target
+    try:
+        data, _ = client.get_manifest(ref.repository, target, ACCEPT)
+    except ArtifactNotFoundError:
+        if desc is None:
+            raise
+        raise ArtifactNotFoundError(
+            f"the index at {ref} names manifest {desc.digest}, which {ref.registry} does not have"
+        ) from None
+    expected = desc.digest if desc else ref.digest
+    actual = digest_bytes(data, "sha256")
+    if expected and actual != expected:
+        raise damaged(
+            expected, actual, where=f"manifest {ref.repository}@{expected} from {ref.registry}"
+        )
+    if desc is not None and len(data) != desc.size:
+        raise ArtifactError(
+            f"manifest {desc.digest} is {len(data)} bytes; the index says {desc.size}"
+        )
+    return data
+
+
+def _small_blob(client: RegistryClient, repo: str, desc: Descriptor, limit: int) -> bytes:
+    if desc.size > limit:
+        raise ArtifactError(
+            f"blob {desc.digest} is {desc.size} bytes; at most {limit} expected here"
+        )
+    data = read_all(client.open_blob(repo, desc.digest), limit, f"blob {desc.digest}")
+    actual = digest_bytes(data, "sha256")
+    if actual != desc.digest or len(data) != desc.size:
+        raise damaged(
+            desc.digest, actual, where=f"blob {repo}@{desc.digest} from {client.registry}"
+        )
+    return data
+
+
+def _download(
+    client: RegistryClient,
+    repo: str,
+    items: Sequence[tuple[Descriptor, Path]],
+    pool: ThreadPoolExecutor,
+    progress: Any,
+) -> None:
+    """Fetch every layer to its path: first parts in parallel, then the rest of ranged ones."""
+    fds: dict[str, int] = {}
+    try:
+        for desc, path in items:
+            fds[desc.digest] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+        def first(desc: Descriptor) -> bool:
+            if desc.size == 0:
+                return False
+            end = min(CHUNK, desc.size) - 1
+            ranged = client.fetch_range(
+                repo, desc.digest, fds[desc.digest], 0, end, progress=progress
+            )
+            return ranged and desc.size > CHUNK
+
+        descs = [d for d, _ in items]
+        more = [d for d, go_on in zip(descs, pool.map(first, descs)) if go_on]
+        parts = [
+            (d, start, min(start + CHUNK, d.size) - 1)
+            for d in more
+            for start in range(CHUNK, d.size, CHUNK)
+        ]
+        list(
+            pool.map(
+                lambda p: client.fetch_range(
+                    repo, p[0].digest, fds[p[0].digest], p[1], p[2], progress=progress
+                ),
+                parts,
+            )
+        )
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _safe_relpath(text: str) -> PurePosixPath:
+    p = PurePosixPath(text)
+    if not text or p.is_absolute() or any(part in ("..", "") for part in p.parts) or "\\" in text:
+        raise UnsafePathError(f"layer file path {text!r:.120} would escape the target directory")
+    return p
+
+
+def pull_version(
+    vault: Vault,
+    ref: str | Reference,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    aliases: Sequence[str] = (),
+    plain_http: bool | None = None,
+    workers: int = 8,
+    progress: Any = None,
+    client: RegistryClient | None = None,
+) -> OCIPullResult:
+    """Import the model artifact ``ref`` names as a version of the vault.
+
+    An artifact modelvault pushed comes back as the very variants it was
+    (same manifest digests); another tool's ModelPack artifact of raw layers
+    is imported as files (a single ``.safetensors`` layer as tensors), and
+    then needs ``name`` and ``version`` unless its config names them.
+    """
+    from ..config import settings
+    from ..registry import SemVer, validate_name
+
+    if isinstance(ref, str):
+        ref = parse_reference(ref)
+    client = client or RegistryClient(ref.registry, plain_http=plain_http)
+    repo = ref.repository
+    top = _fetch_manifest(client, ref, None)
+    top_digest = digest_bytes(top, "sha256")
+    try:
+        top_type = json.loads(top).get("mediaType")
+    except (ValueError, AttributeError):
+        raise ArtifactError(f"the manifest at {ref} is not JSON") from None
+    annotations: dict[str, str] = {}
+    if top_type == INDEX_MEDIA_TYPE:
+        descs, annotations = parse_index(top, f"index at {ref}")
+        bodies = [_fetch_manifest(client, ref, d) for d in descs]
+    else:
+        bodies = [top]
+    images = [parse_image_manifest(b, f"manifest at {ref}") for b in bodies]
+    annotations = {**images[0].annotations, **annotations}
+    native = all(
+        any(layer.media_type == MANIFEST_LAYER_MEDIA_TYPE for layer in im.layers) for im in images
+    )
+    name = name or annotations.get(A_NAME)
+    version = version or annotations.get(A_VERSION)
+    cache_dir = settings().cache_dir
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".oci-pull-", dir=cache_dir))
+    result = OCIPullResult(str(ref), top_digest, name or "", version or "")
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            if native:
+                if not name or not version:
+                    raise ArtifactError(
+                        f"{ref} does not say which model version it is", hint="pass NAME:VERSION"
+                    )
+                validate_name("model", name)
+                version = str(SemVer.parse(version))
+                manifests = [_native_manifest(client, repo, im) for im in images]
+                _pull_native(vault, client, repo, images, manifests, tmp, pool, progress, result)
+                from ..push import variant_input
+
+                info, created = vault.registry.register_version(
+                    name, version, [variant_input(m) for m in manifests], aliases=list(aliases)
+                )
+                if not created:
+                    for a in aliases:
+                        vault.registry.set_alias(name, a, info.version)
+                result.name, result.version, result.created = name, info.version, created
+                result.variants = [m.digest for m in manifests]
+            else:
+                if len(images) != 1:
+                    raise ArtifactError(
+                        f"{ref} is an index of {len(images)} manifests not written by modelvault; pull one of them by digest"
+                    )
+                pushed = _pull_foreign(
+                    vault,
+                    client,
+                    repo,
+                    images[0],
+                    tmp,
+                    pool,
+                    progress,
+                    result,
+                    name,
+                    version,
+                    aliases,
+                )
+                result.name, result.version, result.created = (
+                    pushed.name,
+                    pushed.version,
+                    pushed.created,
+                )
+                result.variants = [pushed.digest]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _native_manifest(client: RegistryClient, repo: str, im: ImageManifest) -> Manifest:
+    """The modelvault manifest layer of one image manifest, checked against every layer."""
+    layer = next(d for d in im.layers if d.media_type == MANIFEST_LAYER_MEDIA_TYPE)
+    data = _small_blob(client, repo, layer, MAX_MANIFEST_BYTES * 8)
+    m = Manifest.decode(data)
+    want = layer.annotations.get(A_DIGEST)
+    if want and m.digest != want:
+        raise damaged(want, m.digest, where=f"modelvault manifest layer {layer.digest}")
+    blob_layers = [
+        d for d in im.layers if d.annotations.get(A_ROLE) not in ("manifest", "tensor-table")
+    ]
+    if len(blob_layers) != len(m.blobs):
+        raise ArtifactError(
+            f"manifest {m.digest} lists {len(m.blobs)} blobs; the artifact has {len(blob_layers)} blob layers"
+        )
+    for i, (ref, d) in enumerate(zip(m.blobs, blob_layers)):
+        if d.annotations.get(A_DIGEST) != ref.digest or d.size != ref.size:
+            raise ArtifactError(
+                f"layer {i} ({d.digest}) is not blob {ref.digest} of manifest {m.digest} (digest or size differs)"
+            )
+    return m
+
+
+def _pull_native(
+    vault: Vault,
+    client: RegistryClient,
+    repo: str,
+    images: Sequence[ImageManifest],
+    manifests: Sequence[Manifest],
+    tmp: Path,
+    pool: ThreadPoolExecutor,
+    progress: Any,
+    result: OCIPullResult,
+) -> None:
+    store = vault.store
+    want: dict[str, Descriptor] = {}  # blake3 -> layer
+    for im, m in zip(images, manifests):
+        for ref, d in zip(
+            m.blobs,
+            [d for d in im.layers if d.annotations.get(A_ROLE) not in ("manifest", "tensor-table")],
+        ):
+            if ref.digest in want or store.exists(ref.digest):
+                result.blobs_skipped += ref.digest not in want
+                continue
+            want[ref.digest] = d
+    items = [(d, tmp / f"{i:06d}.blob") for i, d in enumerate(want.values())]
+    if progress is not None:
+        progress.start(sum(d.size for d in want.values()), f"pull {repo}")
+    _download(client, repo, items, pool, progress)
+    if progress is not None:
+        progress.finish()
+
+    def check(item: tuple[str, tuple[Descriptor, Path]]) -> None:
+        b3_want, (d, path) = item
+        size = path.stat().st_size
+        if size != d.size:
+            raise damaged(d.digest, f"{size} bytes (expected {d.size})", where=f"{repo}@{d.digest}")
+        sha, b3 = hash_both(path, 0, d.size)
+        if sha != d.digest:
+            raise damaged(d.digest, sha, where=f"layer {repo}@{d.digest} from {client.registry}")
+        if b3 != b3_want:
+            raise damaged(b3_want, b3, where=f"layer {repo}@{d.digest} from {client.registry}")
+
+    list(pool.map(check, zip(want, items)))
+    # Everything verified: only now does anything reach the store (in parallel:
+    # a local store writes, fsyncs and re-hashes each blob).
+    list(pool.map(lambda it: store.put_file(it[0], it[1][1]), zip(want, items)))
+    result.blobs_downloaded = len(items)
+    result.bytes_downloaded = sum(d.size for d, _ in items)
+    for m in manifests:
+        store.put_bytes(m.digest, m.encode())
+
+
+def _pull_foreign(
+    vault: Vault,
+    client: RegistryClient,
+    repo: str,
+    im: ImageManifest,
+    tmp: Path,
+    pool: ThreadPoolExecutor,
+    progress: Any,
+    result: OCIPullResult,
+    name: str | None,
+    version: str | None,
+    aliases: Sequence[str],
+) -> Any:
+    config = _small_blob(client, repo, im.config, _MAX_CONFIG)
+    try:
+        descriptor = json.loads(config).get("descriptor") or {}
+    except (ValueError, AttributeError):
+        raise ArtifactError(f"the config of {repo} is not a JSON object") from None
+    name = name or (descriptor.get("name") if isinstance(descriptor, dict) else None)
+    version = version or (descriptor.get("version") if isinstance(descriptor, dict) else None)
+    if not name or not version:
+        raise ArtifactError(
+            f"oci://{client.registry}/{repo} does not say which model version it is",
+            hint="pass NAME:VERSION",
+        )
+    root = tmp / "files"
+    items = []
+    for i, d in enumerate(im.layers):
+        if not d.media_type.endswith(".raw"):
+            raise ArtifactError(
+                f"layer {i} is {d.media_type}; modelvault imports raw (.raw) ModelPack layers"
+            )
+        rel = _safe_relpath(
+            d.annotations.get(FILEPATH)
+            or d.annotations.get("org.opencontainers.image.title")
+            or f"layer{i}"
+        )
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        items.append((d, path))
+    if len({p for _, p in items}) != len(items):
+        raise ArtifactError(f"two layers of {repo} name the same file path")
+    _download(client, repo, items, pool, progress)
+
+    def check(item: tuple[Descriptor, Path]) -> None:
+        d, path = item
+        sha, _ = hash_both(path, 0, d.size)
+        if sha != d.digest or path.stat().st_size != d.size:
+            raise damaged(d.digest, sha, where=f"layer {repo}@{d.digest} from {client.registry}")
+
+    list(pool.map(check, items))
+    result.blobs_downloaded = len(items)
+    result.bytes_downloaded = sum(d.size for d, _ in items)
+    source = items[0][1] if len(items) == 1 else root
+    return vault.push(source, name, version, aliases=list(aliases))

@@ -1,0 +1,1 @@
+from tests.cli.conftest import Result, mvault  # noqa: F401  (re-exported fixture)
