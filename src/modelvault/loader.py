@@ -15,15 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .digest import verify_bytes
 from .errors import BlobNotFoundError, NoCompatibleVariantError, VariantNotFoundError
 from .formats.container import BlobLocation
-from .digest import verify_bytes
 from .formats.manifest import Manifest
 
 if TYPE_CHECKING:
     from .storage.base import BlobStore
 
-__all__ = ["Choice", "StoreSource", "choose_variant", "device_kind", "read_manifest"]
+__all__ = [
+    "Choice",
+    "StoreSource",
+    "builder_for",
+    "choose_variant",
+    "device_kind",
+    "read_manifest",
+    "sibling_options",
+]
 
 #: Manifests are small; refuse to pull anything claiming to be one that is not.
 MAX_MANIFEST_FETCH = 64 * 1024 * 1024
@@ -85,6 +93,32 @@ def choose_variant(
             hint="push a portable variant, or load with build_missing=True to compile one here",
         )
     return Choice(by_digest[fitting[0]], [(_label(by_digest[d]), why) for d, why in rejected])
+
+
+def sibling_options(plugin: Any, manifest: Manifest, view: Any) -> dict[str, Any]:
+    """``plugin.load`` keywords for the sibling variants ``plugin.siblings_needed`` names:
+    each the verified source of the version's variant of that format."""
+    out: dict[str, Any] = {}
+    for need in plugin.siblings_needed(manifest):
+        match = [v for v in view.variants if v.format == need.format]
+        if not match:
+            raise NoCompatibleVariantError(need.why, [])
+        out[need.option] = view.source(match[0])
+    return out
+
+
+def builder_for(device: str, best: Any | None, view: Any) -> Any | None:
+    """The first plugin, in detection order, that would build a variant for ``device``
+    (``FormatPlugin.can_build``), or None. Only plugins whose dependencies are importable
+    are asked; called only when the caller asked to build on miss."""
+    from .formats.registry import available, get_plugin, known_plugins
+
+    for name in known_plugins():
+        if available(name):
+            plugin = get_plugin(name)
+            if plugin.can_build(device, best, view):
+                return plugin
+    return None
 
 
 def read_manifest(store: BlobStore, digest: str) -> tuple[Manifest, bytes]:

@@ -382,30 +382,48 @@ class Vault:
     ) -> Any:
         """Load a model version onto ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
         from .errors import NoCompatibleVariantError
-        from .formats.torch_tensorrt.build import load_options, wants_build
+        from .loader import builder_for, sibling_options
 
         try:
             info, choice = self.choose(spec, device, variant=variant)
         except NoCompatibleVariantError:
             if not build_missing:
                 raise
-            return self._build_missing(spec, device, compile_settings, options)
-        # A portable variant always fits; with build_missing on a GPU, a TensorRT
-        # variant is compiled here instead (and pushed back for the next machine).
-        if variant is None and wants_build(choice.variant, device, build_missing):
-            return self._build_missing(spec, device, compile_settings, options)
-        source = self._source(choice.variant)
+            info, best = self.resolve(spec), None
+        else:
+            best = choice.variant
+        if build_missing and variant is None:
+            view = self._view(info)
+            builder = builder_for(device, best, view)
+            if builder is not None:
+                built = builder.build(
+                    view, device=device, settings=dict(compile_settings or {}), options=options
+                )
+                self.push(
+                    built.obj,
+                    info.model,
+                    info.version,
+                    format=builder.name,
+                    variant=True,
+                    **built.push_options,
+                )
+                return built.obj
+        if best is None:
+            return self.choose(spec, device, variant=variant)  # raises the full explanation
+        source = self._source(best)
         plugin = get_plugin(source.manifest.plugin)
-        extra = load_options(self, list(info.variants), source)  # refit source for stripped engines
+        extra = sibling_options(plugin, source.manifest, self._view(info))
         return plugin.load(source, device=device, **{**extra, **options})
 
-    def _build_missing(
-        self, spec: str, device: str, settings: Mapping[str, Any] | None, options: Mapping[str, Any]
-    ) -> Any:
-        from .formats.torch_tensorrt import build_variant_for
+    def _view(self, info: Any) -> Any:
+        from .formats.base import VersionView
 
-        return build_variant_for(
-            self, spec, device=device, settings=dict(settings or {}), options=dict(options)
+        return VersionView(
+            info.model,
+            info.version,
+            info.variants,
+            lambda v: read_manifest(self.store, v.manifest_digest)[0],
+            self._source,
         )
 
     def pull(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from modelvault.errors import EngineInfoError, FormatError, UnsupportedVersionError
 from modelvault.digest import digest_bytes
+from modelvault.errors import EngineInfoError, FormatError, UnsupportedVersionError
 from modelvault.formats.torch_tensorrt.engine_info import (
     ABI_LAYOUTS,
     decode_metadata,

@@ -11,7 +11,9 @@ an engine reaches TensorRT.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import io
 import os
 import shutil
 import tempfile
@@ -20,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ...digest import new_hasher
 from ...errors import (
     DeviceError,
     EngineInfoError,
@@ -28,10 +31,10 @@ from ...errors import (
     NoCompatibleVariantError,
     PayloadMismatchError,
 )
-from ...targets import Machine, check
-from ..base import FormatPlugin
+from ...targets import Machine, check, parse_device_index
+from ..base import Built, FormatPlugin, SiblingNeed, VersionView
 from ..container import ContainerSource, Draft, FileSource
-from ...digest import new_hasher
+from ..manifest import Manifest
 from .archive import IR, detect_ir, find_engine_states
 from .engine_info import EngineInfo, parse_engine_info
 from .requirements import requirements_from_engines
@@ -41,6 +44,7 @@ __all__ = [
     "TorchTensorRTPlugin",
     "build_variant",
     "compile_portable",
+    "device_problems",
     "import_runtime",
     "inputs_from_signature",
     "inspect_program",
@@ -79,8 +83,45 @@ def inspect_program(path: Path) -> tuple[IR, list[EngineInfo]]:
             "with no TensorRT engine in it (no torch.classes.tensorrt.Engine object)",
             hint=f"push it with format='{other}', or compile it with torch_tensorrt first",
         )
-    infos = [parse_engine_info(s.fields, engine_encoding="base64", where=s.member) for s in states]
+    infos = [
+        dataclasses.replace(
+            parse_engine_info(s.fields, engine_encoding="base64", where=s.member), form=s.form
+        )
+        for s in states
+    ]
     return ir, infos
+
+
+def device_problems(engines: list[Mapping[str, Any]], machine: Machine, device: str) -> list[str]:
+    """Why the runtime would not run these engines on ``device`` although its SM fits.
+
+    The Torch-TensorRT runtime (``get_most_compatible_device``,
+    ``core/runtime/runtime.cpp``) takes the one GPU of the engine's SM when
+    there is one; with several, it takes only a GPU whose name equals the
+    recorded device name, unless the engine is hardware-compatible, and
+    prefers the current device. The load sets the current device to
+    ``device``, so the name is what must be checked here.
+    """
+    kind, index = parse_device_index(device)
+    if kind != "cuda":
+        return []
+    gpu = machine.gpu(index or 0)
+    if gpu is None:
+        return []  # check() already says the device does not exist
+    out = []
+    for e in engines:
+        if e.get("hardware_compatible"):
+            continue
+        sm = str(e.get("compute_capability"))
+        same_sm = [g for g in machine.devices if g.sm == sm]
+        name = str(e.get("device_name", ""))
+        if len(same_sm) > 1 and gpu.name != name:
+            out.append(
+                f"engine {e.get('name')!r} was built on a {name}; {device} is a {gpu.name} and this "
+                f"machine has {len(same_sm)} GPUs of compute capability {sm}, so the runtime would "
+                "pick one named like the engine's device, not the one asked for"
+            )
+    return out
 
 
 def _contains_trt(obj: Any) -> bool:
@@ -258,6 +299,8 @@ class TorchTensorRTPlugin(FormatPlugin):
         tt = import_runtime()
         machine = options.get("machine") or Machine.probe(refresh=True)
         reasons = check(manifest.target, machine, device)
+        if not reasons:
+            reasons = device_problems(list(manifest.payload.get("engines", [])), machine, device)
         if reasons:
             label = f"{self.name} variant {manifest.digest[:19]}"
             raise NoCompatibleVariantError(
@@ -270,23 +313,32 @@ class TorchTensorRTPlugin(FormatPlugin):
             raise PayloadMismatchError(
                 f"variant payload names IR {ir!r}; this plugin reads {', '.join(MEDIA_TYPES)}"
             )
-        path, cleanup = _verified_file(source, int(manifest.payload["program"]["blob"]))
-        try:
-            if ir == "torchscript":
-                import torch
+        import torch
 
-                return torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
-            program = tt.load(str(path))
-        except (RuntimeError, ValueError) as exc:
+        program_bytes = _verified_copy(source, int(manifest.payload["program"]["blob"]))
+        index = parse_device_index(device)[1] or 0
+        try:
+            # The runtime places engines on the current device when it fits (it may pick
+            # another GPU otherwise), so the current device is the one asked for.
+            with torch.cuda.device(index):
+                if ir == "torchscript":
+                    return torch.jit.load(program_bytes, map_location=device)  # type: ignore[no-untyped-call]
+                if not _has_cpp_runtime(tt):
+                    # As torch_tensorrt.load does: the Python runtime registers execute_engine here.
+                    importlib.import_module("torch_tensorrt.dynamo.runtime._TRTEngine")
+                # torch.export.load directly, not torch_tensorrt.load, which catches this error,
+                # prints it, retries torch.jit.load and raises a ValueError without the reason.
+                program = torch.export.load(program_bytes)
+        except Exception as exc:
             # Every recorded requirement was checked above, so this is TensorRT refusing the plan
             # (a driver or library mismatch the engine info cannot record).
             raise DeviceError(
-                f"TensorRT could not deserialize this variant's engines on {device}: {exc}",
+                f"TensorRT could not deserialize this variant's engines on {device}: "
+                f"{type(exc).__name__}: {exc}",
                 hint="load the portable variant (variant='exported_program'), or rebuild with build_missing=True",
             ) from exc
         finally:
-            if cleanup:
-                shutil.rmtree(cleanup, ignore_errors=True)
+            program_bytes.close()
         if manifest.payload.get("weights") == "refit_from_portable":
             portable = options.get("refit_from")
             if portable is None:
@@ -302,73 +354,100 @@ class TorchTensorRTPlugin(FormatPlugin):
             )
         return program if options.get("return_program") else program.module()
 
+    # -- the version hooks of FormatPlugin ------------------------------------------
+    def siblings_needed(self, manifest: Manifest) -> list[SiblingNeed]:
+        """A weight-stripped variant needs the portable ExportedProgram it is refit from."""
+        from .build import REFIT_NEED
+
+        return [REFIT_NEED] if manifest.payload.get("weights") == "refit_from_portable" else []
+
+    def can_build(self, device: str, best: Any | None, view: VersionView) -> bool:
+        from .build import wants_build
+
+        return wants_build(best, device)
+
+    def build(
+        self,
+        view: VersionView,
+        *,
+        device: str,
+        settings: Mapping[str, Any],
+        options: Mapping[str, Any],
+    ) -> Built:
+        from .build import build_on_miss
+
+        return build_on_miss(view, device=device, settings=settings, options=options)
+
     def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
         """Copy the program, verified, to ``dest`` (``torch_tensorrt.load`` reads it)."""
         index = int(source.manifest.payload["program"]["blob"])
-        path, cleanup = _verified_file(source, index)
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         try:
-            dest = Path(dest)
-            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-            shutil.copyfile(path, tmp)
+            with open(tmp, "wb") as out:
+                _hash_copy(source, index, out)
             os.replace(tmp, dest)
-        finally:
-            if cleanup:
-                shutil.rmtree(cleanup, ignore_errors=True)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return dest
 
     def native_suffix(self, source: ContainerSource) -> str:
         return _SUFFIX.get(str(source.manifest.payload.get("ir")), ".pt2")
 
 
-def _verified_file(source: ContainerSource, index: int) -> tuple[Path, str | None]:
-    """A local file holding exactly blob ``index``, hashed against its digest before use.
+def _has_cpp_runtime(tt: Any) -> bool:
+    features = getattr(tt, "ENABLED_FEATURES", None)
+    return bool(getattr(features, "torch_tensorrt_runtime", True))
 
-    Returns ``(path, tmpdir_to_remove)``. A blob that is a byte range of a
-    larger file (a bundle) is copied out while it is hashed.
-    """
+
+def _hash_copy(source: ContainerSource, index: int, out: Any) -> None:
+    """Write blob ``index`` to ``out`` while hashing it; :class:`IntegrityError` when it does not
+    match. What is written is exactly what was hashed, so a file changed underneath (a cache
+    entry rewritten) can never reach the runtime unverified."""
     from ...errors import IntegrityError
 
     ref = source.manifest.blobs[index]
     loc = source.locate(index)
-    whole = loc.offset == 0 and loc.path.stat().st_size == ref.size
-    tmpdir = None if whole else tempfile.mkdtemp(prefix="mvault-trt-")
-    out = None if whole else open(Path(tmpdir or ".") / "program", "wb")  # noqa: SIM115
-    algorithm = ref.digest.split(":", 1)[0]
-    h = new_hasher(algorithm)
+    h = new_hasher(ref.digest.split(":", 1)[0])
+    with loc.path.open("rb") as f:
+        f.seek(loc.offset)
+        left = ref.size
+        while left > 0:
+            chunk = f.read(min(left, 8 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+    actual = h.digest_str()
+    if actual != ref.digest:
+        raise IntegrityError(
+            f"blob {index} ({ref.role}) does not match its digest; refusing to deserialize it",
+            expected=ref.digest,
+            actual=actual,
+            where=str(loc.path),
+        )
+
+
+def _verified_copy(source: ContainerSource, index: int) -> io.BufferedRandom:
+    """Blob ``index`` in a private anonymous temporary file, hashed while copied, rewound.
+
+    The runtime reads this file object, never the cache or store path (see :func:`_hash_copy`);
+    the file has no name, so nothing else can open it, and it is gone when closed.
+    """
+    out = tempfile.TemporaryFile(prefix="mvault-trt-")  # noqa: SIM115  (closed by the caller)
     try:
-        with loc.path.open("rb") as f:
-            f.seek(loc.offset)
-            left = ref.size
-            while left > 0:
-                chunk = f.read(min(left, 8 << 20))
-                if not chunk:
-                    break
-                h.update(chunk)
-                if out is not None:
-                    out.write(chunk)
-                left -= len(chunk)
-        actual = h.digest_str()
-        if actual != ref.digest:
-            raise IntegrityError(
-                f"blob {index} ({ref.role}) does not match its digest; refusing to deserialize it",
-                expected=ref.digest,
-                actual=actual,
-                where=str(loc.path),
-            )
+        _hash_copy(source, index, out)
+        out.seek(0)
     except BaseException:
-        if out is not None:
-            out.close()
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
-    if out is not None:
         out.close()
-        return Path(tmpdir or ".") / "program", tmpdir
-    return loc.path, None
+        raise
+    return out
 
 
 # ---------------------------------------------------------------------------
-# build on miss and refit: called by the vault
+# build on miss and refit (reached through the FormatPlugin hooks)
 
 
 def _portable_program(portable: ContainerSource, device: str) -> Any:
