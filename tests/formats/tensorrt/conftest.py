@@ -167,6 +167,7 @@ def info_list(
         "requires_output_allocator": "0",
         "resource_allocation_strategy": "0",
         "requires_native_multidevice": "0",
+        "aliased_io": "",
     }
     return [values[f] for f in fields]
 

@@ -97,7 +97,7 @@ def test_pack_records_requirements_and_engines(program: Path, tmp_path: Path) ->
         "kind": "tensorrt",
         "device": "cuda",
         "compute_capabilities": ["9.0"],
-        "tensorrt": "10.3",
+        "tensorrt": "10.3.0",
         "torch_tensorrt_abi": "9",
         "torch_tensorrt": "2.13",
         "platform": "linux_x86_64",
@@ -357,7 +357,7 @@ def test_only_trt_variants_and_no_fit_explains(vault: Any, program: Path) -> Non
         choose_variant(vault.resolve("m:1.0.0").variants, "cuda:0", machine=a100)
     text = str(exc.value)
     assert "built for compute capability 9.0; cuda:0 (A100) is 8.0" in text
-    assert "built with TensorRT 10.3; this machine has TensorRT 10.7.0" in text
+    assert "built with TensorRT 10.3.0; this machine has TensorRT 10.7.0" in text
 
 
 def test_bad_push_registers_nothing(vault: Any, tmp_path: Path, torchbind: Any) -> None:
@@ -390,22 +390,27 @@ def test_same_variant_twice(vault: Any, program: Path, tmp_path: Path) -> None:
 
 @pytest.fixture
 def stand_in_runtime(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """A ``torch_tensorrt`` module whose ``load`` records the bytes it was handed and then
-    fails the way TensorRT does on a plan it cannot use."""
+    """A ``torch_tensorrt`` module that claims the C++ runtime (so nothing of it is imported),
+    and torch's own ``torch.export.load`` wrapped to record the bytes it was handed. The real
+    torch then fails on the engine class no runtime registered, as it fails on a plan TensorRT
+    refuses: with its own error."""
     import sys
     import types
 
+    import torch
+
     seen: list[bytes] = []
     mod = types.ModuleType("torch_tensorrt")
-
-    def load(path: str) -> Any:
-        seen.append(Path(path).read_bytes())
-        raise RuntimeError(
-            "IRuntime::deserializeCudaEngine: Error Code 1: Serialization (Version tag does not match)"
-        )
-
-    mod.load = load  # type: ignore[attr-defined]
+    mod.ENABLED_FEATURES = types.SimpleNamespace(torch_tensorrt_runtime=True)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torch_tensorrt", mod)
+    real_load = torch.export.load
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(f.read())
+        f.seek(0)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export, "load", load)
     return seen
 
 
@@ -441,6 +446,11 @@ def test_tensorrt_refusal_becomes_a_device_error(
     src = write_directory(plugin.pack(program, frameworks=FW), tmp_path / "c")
     with pytest.raises(
         DeviceError, match="TensorRT could not deserialize this variant's engines on cuda:0"
-    ):
+    ) as exc:
         plugin.load(src, device="cuda:0", machine=H100)
     assert stand_in_runtime == [program.read_bytes()]  # the verified program, byte for byte
+    # torch's own reason, not a generic wrap (torch_tensorrt.load would print it and raise
+    # "doesn't correspond to a valid Torchscript module or ExportedProgram")
+    cause = exc.value.__cause__
+    assert cause is not None and str(cause) and str(cause) in str(exc.value)
+    assert "doesn't correspond to a valid" not in str(exc.value)

@@ -169,8 +169,8 @@ def test_message_hardware_compatible_on_turing() -> None:
 
 def test_message_tensorrt_minor() -> None:
     assert check(TRT_REQ, machine(trt="10.7.0"), "cuda:0") == [
-        "built with TensorRT 10.3; this machine has TensorRT 10.7.0 "
-        "(an engine loads only on the TensorRT major.minor that built it)"
+        "built with TensorRT 10.3; this machine has TensorRT 10.7.0 (an engine runs only on the "
+        "exact TensorRT version that built it, unless compiled with version_compatible=True)"
     ]
 
 

@@ -11,6 +11,7 @@ an engine reaches TensorRT.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import io
@@ -320,7 +321,8 @@ class TorchTensorRTPlugin(FormatPlugin):
         try:
             # The runtime places engines on the current device when it fits (it may pick
             # another GPU otherwise), so the current device is the one asked for.
-            with torch.cuda.device(index):
+            on_gpu = torch.cuda.is_available()
+            with torch.cuda.device(index) if on_gpu else contextlib.nullcontext():
                 if ir == "torchscript":
                     return torch.jit.load(program_bytes, map_location=device)  # type: ignore[no-untyped-call]
                 if not _has_cpp_runtime(tt):
