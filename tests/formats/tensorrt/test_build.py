@@ -267,3 +267,23 @@ def test_cli_push_variant_and_show(mvault: Any, torchbind: Any, tmp_path: Path) 
         assert r.code == 0, r.err
         shown = mvault("show", "resnet50:1.3.0")
         assert "torch_tensorrt" in shown.out and "compute_capabilities" in shown.out
+
+
+def test_a_plain_load_knows_no_tensorrt() -> None:
+    """Without build_missing, Vault.load asks no plugin to build and imports no TensorRT code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from modelvault.vault import Vault\n"
+        "with Vault() as v:\n"
+        "    ep = torch.export.export(torch.nn.Linear(4, 2), (torch.randn(2, 4),))\n"
+        "    v.push(ep, 'm', '1.0.0', format='exported_program')\n"
+        "    v.load('m:1.0.0', device='cpu')\n"
+        "print(sorted(m for m in sys.modules if 'tensorrt' in m))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"

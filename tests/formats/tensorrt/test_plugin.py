@@ -414,6 +414,34 @@ def stand_in_runtime(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return seen
 
 
+def test_the_runtime_reads_the_bytes_that_were_hashed(
+    program: Path, tmp_path: Path, stand_in_runtime: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob file rewritten after it was verified (a cache entry changed underneath) cannot
+    reach the runtime: the runtime reads a private copy written while hashing."""
+    import torch
+
+    if program.suffix == ".ts":
+        pytest.skip("the TorchScript path is the same copy, read by torch.jit.load")
+    plugin = get_plugin("torch_tensorrt")
+    src = write_directory(plugin.pack(program, frameworks=FW), tmp_path / "c")
+    blob = src.locate(int(src.manifest.payload["program"]["blob"])).path
+    original = blob.read_bytes()
+    recording = torch.export.load
+
+    def tamper_then_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        blob.chmod(0o644)
+        blob.write_bytes(b"PK\x03\x04 replaced after verification" + bytes(len(original)))
+        return recording(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export, "load", tamper_then_load)
+    from modelvault.errors import DeviceError
+
+    with pytest.raises(DeviceError):  # torch then refuses the engine class no runtime registered
+        plugin.load(src, device="cuda:0", machine=H100)
+    assert stand_in_runtime == [original]
+
+
 def test_requirements_are_checked_before_any_engine_is_deserialized(
     program: Path, tmp_path: Path, stand_in_runtime: list[bytes]
 ) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import hashlib
 import pickle
 import sys
 import zipfile
@@ -57,24 +56,17 @@ from modelvault.formats.torch_tensorrt.engine_info import ABI_LAYOUTS
 from modelvault.targets import GpuDevice, Machine, check, tensorrt_mismatch
 
 from .conftest import FW, H100, rename_engine_class, save_pt2, save_torchscript
-from .releases import function_source, release, runtime_h_layout, sources
+from .release_fixtures import H100_NAME, PLAN, field_name, packed, write_pt2_213, write_windows_pt2
+from .releases import release, runtime_h_layout, sources
 
 torch = pytest.importorskip("torch")
-
-PLAN = b"ftrt" + hashlib.sha256(b"plan").digest() * 8  # the plan's bytes matter only as bytes
-H100_NAME = "NVIDIA H100 80GB HBM3"
-
-
-def _field(idx_name: str) -> str:
-    name = idx_name.removesuffix("_IDX").lower()
-    return {"abi_target": "abi"}.get(name, name)
 
 
 @pytest.mark.parametrize("version", ["2.11.0", "2.12.0", "2.13.0"])
 def test_layout_table_is_each_releases_runtime_h(version: str) -> None:
     abi, names = runtime_h_layout(version)
     assert {"2.11.0": "8", "2.12.0": "9", "2.13.0": "9"}[version] == abi
-    fields = tuple(_field(n) for n in names)
+    fields = tuple(field_name(n) for n in names)
     assert fields in [lay.fields for lay in ABI_LAYOUTS[abi]]
 
 
@@ -82,7 +74,7 @@ def test_layout_table_is_2_13s_python_layout() -> None:
     rel = release("2.13.0")
     with rel.active():
         layout = rel.module("torch_tensorrt.dynamo.runtime._serialized_engine_layout")
-    fields = tuple(_field(m.name) for m in layout.SerializedInfoIndex)
+    fields = tuple(field_name(m.name) for m in layout.SerializedInfoIndex)
     assert layout.SERIALIZATION_LEN == len(fields) == 12
     assert ABI_LAYOUTS[layout.ABI_VERSION][0].fields == fields
 
@@ -90,109 +82,15 @@ def test_layout_table_is_2_13s_python_layout() -> None:
 # -- info lists as each release packs them --------------------------------------------
 
 
-def _metadata(version: str, **settings: Any) -> str:
-    """``encode_metadata`` of the release's metadata dict around its ``CompilationSettings``."""
-    rel = release(version)
-    with rel.active():
-        cls = rel.module("torch_tensorrt.dynamo._settings").CompilationSettings
-        device = rel.module("torch_tensorrt._Device").Device(gpu_id=0)
-        meta: dict[str, Any] = {
-            "settings": cls(device=device, **settings),
-            "inout_symexprs": None,
-            "output_tensors_are_unowned": False,
-        }
-        if version != "2.13.0":  # 2.13 dropped weight_name_map from the metadata
-            meta["weight_name_map"] = None
-        return base64.b64encode(pickle.dumps(meta)).decode("utf-8")
-
-
-def _platform(version: str, platform: str) -> str:
-    """The platform field: 2.13's fixtures take the Python path (no C++ runtime), which writes
-    ``str(Platform.X)``, the enum's name (``_enums.py``); 2.11 and 2.12's torchbind engines
-    come from the C++ runtime, whose ``Platform.cpp`` writes ``linux_x86_64``/``windows_x86_64``."""
-    if version != "2.13.0":
-        return platform
-    rel = release(version)
-    with rel.active():
-        enum = rel.module("torch_tensorrt._enums").Platform
-        return str({"linux_x86_64": enum.LINUX_X86_64, "windows_x86_64": enum.WIN_X86_64}[platform])
-
-
-def _packed(
-    version: str,
-    *,
-    name: str = "_run_on_acc_0_engine",
-    sm: str = "9%0",
-    platform: str = "linux_x86_64",
-    **settings: Any,
-) -> list[Any]:
-    """An info list in the release's index order with the raw plan (``_pack_engine_info``)."""
-    abi, names = runtime_h_layout(version)
-    values = {
-        "ABI_TARGET_IDX": abi,
-        "NAME_IDX": name,
-        "DEVICE_IDX": f"0%{sm}%0%{H100_NAME}",  # serialize_device_info: id, major, minor, type, name
-        "ENGINE_IDX": PLAN,
-        "INPUT_BINDING_NAMES_IDX": "x",
-        "OUTPUT_BINDING_NAMES_IDX": "output0",
-        "HW_COMPATIBLE_IDX": str(int(bool(settings.get("hardware_compatible")))),
-        "SERIALIZED_METADATA_IDX": _metadata(version, **settings),
-        "TARGET_PLATFORM_IDX": _platform(version, platform),
-        "REQUIRES_OUTPUT_ALLOCATOR_IDX": "0",
-        "RESOURCE_ALLOCATION_STRATEGY_IDX": "0",
-        "REQUIRES_NATIVE_MULTIDEVICE_IDX": "0",
-    }
-    return [values[n] for n in names]
-
-
-def _pt2_213(path: Path, infos: list[list[Any]], *, normalize: bool = True) -> Path:
-    """A 2.13 ``.pt2``: the release's engines in a real exported graph, saved by torch."""
-    rel = release("2.13.0")
-    with rel.active():
-        engine_mod = rel.module("torch_tensorrt.dynamo.runtime._TRTEngine")
-        engines = []
-        for info in infos:
-            # A TRTEngine without a TensorRT engine behind it: only its serialized state is used.
-            eng = engine_mod.TRTEngine.__new__(engine_mod.TRTEngine)
-            eng.serialized_info, eng.cudagraph = list(info), None
-            eng.output_shapes, eng.output_dtypes = [[1, 2]], [torch.float32]
-            engines.append(eng)
-
-        class Compiled(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                for i, e in enumerate(engines):
-                    setattr(self, f"_run_on_acc_{i}_engine", e)
-
-            def forward(self, x: Any) -> Any:
-                for i in range(len(engines)):
-                    engine = getattr(self, f"_run_on_acc_{i}_engine")
-                    x = torch.ops.tensorrt.execute_engine([x], engine)[0]
-                return x
-
-        ep = torch.export.export(Compiled(), (torch.ones(1, 2),))
-        if normalize:
-            ns: dict[str, Any] = {"torch": torch}
-            exec(
-                function_source("2.13.0", "_compile.py", "_normalize_engine_constants_to_python"),
-                ns,
-            )
-            ns["_normalize_engine_constants_to_python"](ep)
-            kinds = {type(c).__name__ for c in ep.constants.values()}
-            assert kinds == {"EngineSerializer"}
-        torch.export.save(ep, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def pt2_213(tmp_path_factory: pytest.TempPathFactory) -> Path:
     infos = [
-        _packed(
+        packed(
             "2.13.0", name=f"_run_on_acc_{i}_engine", optimization_level=5, version_compatible=True
         )
         for i in range(2)
     ]
-    return _pt2_213(tmp_path_factory.mktemp("r") / "model.pt2", infos)
+    return write_pt2_213(tmp_path_factory.mktemp("r") / "model.pt2", infos)
 
 
 def test_2_13_engine_serializer_constants_are_found(pt2_213: Path) -> None:
@@ -227,7 +125,7 @@ def test_2_13_push_records_what_the_release_wrote(pt2_213: Path, tmp_path: Path)
 
 
 def test_2_13_python_runtime_engines_pickled_as_themselves(tmp_path: Path) -> None:
-    path = _pt2_213(tmp_path / "py.pt2", [_packed("2.13.0")], normalize=False)
+    path = write_pt2_213(tmp_path / "py.pt2", [packed("2.13.0")], normalize=False)
     _, infos = inspect_program(path)
     assert [(e.form, e.abi, e.engine_size) for e in infos] == [("python_trtengine", "9", len(PLAN))]
 
@@ -281,15 +179,15 @@ def test_a_truncated_engine_serializer_is_refused(
     assert vault.list() == []
 
 
-# -- 2.11 and 2.12: torchbind engines, in both IRs ------------------------------------
+# -- torchbind engines (the C++ runtime's), in both IRs --------------------------------
 
 
-@pytest.mark.parametrize("version", ["2.11.0", "2.12.0"])
+@pytest.mark.parametrize("version", ["2.11.0", "2.12.0", "2.13.0"])
 @pytest.mark.parametrize("ir", ["torchscript", "exported_program"])
-def test_2_11_and_2_12_engines_in_both_irs(
+def test_torchbind_engines_of_each_release_in_both_irs(
     version: str, ir: str, torchbind: Any, tmp_path: Path
 ) -> None:
-    info = _packed(version, optimization_level=4, immutable_weights=False)
+    info = packed(version, optimization_level=4, immutable_weights=False)
     state = [
         base64.b64encode(x).decode() if isinstance(x, bytes) else x for x in info
     ]  # def_pickle
@@ -301,47 +199,16 @@ def test_2_11_and_2_12_engines_in_both_irs(
     assert (got_ir, e.abi, e.field_count) == (ir, abi, len(runtime_h_layout(version)[1]))
     assert e.form == "torchbind" and e.engine_size == len(PLAN)
     assert e.settings["optimization_level"] == 4 and e.refittable
-    assert "enabled_precisions" in e.settings  # still a setting before 2.13
+    # a setting until 2.13 removed it from CompilationSettings
+    assert ("enabled_precisions" in e.settings) == (version != "2.13.0")
 
 
 # -- programs cross-compiled for Windows ------------------------------------------------
 
 
-def _windows_pt2(path: Path, info: list[Any]) -> Path:
-    """A cross-compiled ``.pt2`` as 2.12's ``inline_trt_modules(..., cross_compile_module=True)``
-    (``dynamo/_exporter.py``) makes it: the info list, engine base64, as the string arguments of
-    ``tensorrt::no_op_placeholder_for_execute_engine``, whose schema is 2.12's own (its
-    definition is executed from ``dynamo/runtime/meta_ops/register_meta_ops.py``); torch 2.13
-    traces and saves it."""
-    if not hasattr(torch.ops.tensorrt, "no_op_placeholder_for_execute_engine"):
-        text = (
-            sources("2.12.0") / "torch_tensorrt/dynamo/runtime/meta_ops/register_meta_ops.py"
-        ).read_text()
-        fn = next(
-            n
-            for n in ast.parse(text).body
-            if isinstance(n, ast.FunctionDef) and n.name == "no_op_placeholder_for_execute_engine"
-        )
-        lines = text.splitlines()[fn.decorator_list[0].lineno - 1 : fn.end_lineno]
-        exec("\n".join(lines), {"torch": torch, "List": list})
-        # The release's fake kernel reads shapes from the metadata through TorchTensorRTModule;
-        # tracing here needs only one output shaped like the input.
-        torch.library.register_fake("tensorrt::no_op_placeholder_for_execute_engine")(
-            lambda inputs, *args: [torch.empty_like(inputs[0])]
-        )
-    args = [base64.b64encode(x).decode("utf-8") if isinstance(x, bytes) else x for x in info]
-
-    class CrossCompiled(torch.nn.Module):
-        def forward(self, x: Any) -> Any:
-            return torch.ops.tensorrt.no_op_placeholder_for_execute_engine([x], *args)[0]
-
-    torch.export.save(torch.export.export(CrossCompiled(), (torch.ones(1, 2),)), str(path))
-    return path
-
-
 def test_windows_cross_compiled_engines_are_found(tmp_path: Path) -> None:
-    info = _packed("2.12.0", platform="windows_x86_64", hardware_compatible=False)
-    path = _windows_pt2(tmp_path / "win.pt2", info)
+    info = packed("2.12.0", platform="windows_x86_64", hardware_compatible=False)
+    path = write_windows_pt2(tmp_path / "win.pt2", info)
     ir, (e,) = inspect_program(path)
     assert (ir, e.form, e.abi, e.target_platform) == (
         "exported_program",
@@ -358,7 +225,7 @@ def test_windows_cross_compiled_engines_are_found(tmp_path: Path) -> None:
 
 
 def test_a_placeholder_whose_engine_is_a_tensor_is_refused(tmp_path: Path) -> None:
-    path = _windows_pt2(tmp_path / "win.pt2", _packed("2.12.0"))
+    path = write_windows_pt2(tmp_path / "win.pt2", packed("2.12.0"))
     with zipfile.ZipFile(path) as zf:
         name = next(n for n in zf.namelist() if n.endswith("models/model.json"))
         doc = zf.read(name)
@@ -446,7 +313,7 @@ def test_version_compatible_engines_load_on_a_later_tensorrt(pt2_213: Path, tmp_
     assert check(src.manifest.target, earlier, "cuda:0")
     plain = write_directory(
         plugin.pack(
-            _pt2_213(tmp_path / "p.pt2", [_packed("2.13.0")]),
+            write_pt2_213(tmp_path / "p.pt2", [packed("2.13.0")]),
             frameworks={**FW, "tensorrt": "10.14.1"},
         ),
         tmp_path / "d",

@@ -81,7 +81,7 @@ def inspect_program(path: Path) -> tuple[IR, list[EngineInfo]]:
         other = "exported_program" if ir == "exported_program" else "torchscript"
         raise PayloadMismatchError(
             f"{path.name} is a {'.pt2 ExportedProgram' if ir == 'exported_program' else 'TorchScript program'} "
-            "with no TensorRT engine in it (no torch.classes.tensorrt.Engine object)",
+            "with no TensorRT engine in it (no torch.classes.tensorrt.Engine, EngineSerializer, TRTEngine or cross-compiled engine placeholder)",
             hint=f"push it with format='{other}', or compile it with torch_tensorrt first",
         )
     infos = [
