@@ -257,19 +257,27 @@ def test_abi_10_and_unknown_abi_11() -> None:
 
 
 def _compile_parameters(version: str) -> frozenset[str]:
-    """The keyword parameters of the release's ``dynamo.compile`` (``dynamo/_compiler.py``), read
-    with ast and turned into a real signature for :func:`compile_parameters`."""
-    text = (sources(version) / "torch_tensorrt" / "dynamo" / "_compiler.py").read_text()
+    """:func:`compile_parameters` of the release's own ``dynamo.compile`` (``dynamo/_compiler.py``):
+    the function is executed from its source, body and parameter names unchanged (its defaults
+    and annotations, which need the release's imports, become None), and its source is
+    registered so that ``inspect.getsource`` reads the real text."""
+    import linecache
+
+    path = sources(version) / "torch_tensorrt" / "dynamo" / "_compiler.py"
+    text = path.read_text()
     fn = next(
         n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef) and n.name == "compile"
     )
-    fn.decorator_list, fn.returns, fn.body = [], None, [ast.Pass()]
+    fn.decorator_list, fn.returns = [], None
     for a in [*fn.args.args, *fn.args.kwonlyargs]:
         a.annotation = None
     fn.args.defaults = [ast.Constant(None) for _ in fn.args.defaults]
     fn.args.kw_defaults = [ast.Constant(None) for _ in fn.args.kw_defaults]
+    filename = f"<{version} {path.name}>"
+    source = ast.unparse(fn)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     ns: dict[str, Any] = {}
-    exec(compile(ast.fix_missing_locations(ast.Module([fn], [])), "_compiler.py", "exec"), ns)
+    exec(compile(source, filename, "exec"), ns)
     return compile_parameters(ns["compile"])
 
 
@@ -285,6 +293,9 @@ def test_2_13_refuses_the_settings_it_would_ignore() -> None:
     with pytest.raises(InvalidArgumentError, match="'no_such_setting' is not a parameter"):
         check_compile_settings({"no_such_setting": 1}, p213, "2.13.0")
     check_compile_settings({"enable_autocast": True, "version_compatible": True}, p213, "2.13.0")
+    # read from **kwargs by 2.13's compile itself, so taken
+    assert {"debug", "enable_cross_compile_for_windows"} <= p213
+    check_compile_settings({"enable_cross_compile_for_windows": True}, p213, "2.13.0")
     recorded = [{"settings": {"enabled_precisions": ["torch.float16"], "optimization_level": 3}}]
     assert recorded_compile_settings(recorded, p213) == {"optimization_level": 3}
 

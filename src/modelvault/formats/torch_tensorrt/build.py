@@ -20,7 +20,9 @@ release does not name is refused.
 
 from __future__ import annotations
 
+import ast
 import inspect
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -65,12 +67,55 @@ _REMOVED_IN_2_13 = {
 _NOT_RECORDED = frozenset({"device", "arg_inputs", "kwarg_inputs", "inputs", "exported_program"})
 
 
+def _kwargs_read(compile_fn: Callable[..., Any], kwargs_name: str) -> set[str]:
+    """Keys the function's own source reads from its ``**kwargs``: ``kwargs["k"]``,
+    ``kwargs.get("k")``, ``"k" in kwargs`` / ``in kwargs.keys()`` (2.13 reads ``debug`` and
+    ``enable_cross_compile_for_windows`` so, besides deprecated spellings)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(compile_fn)))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+
+    def is_kwargs(node: ast.AST) -> bool:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            node = node.func.value  # kwargs.keys()
+        return isinstance(node, ast.Name) and node.id == kwargs_name
+
+    keys: set[str] = set()
+    for node in ast.walk(tree):
+        key: ast.AST | None = None
+        if isinstance(node, ast.Subscript) and is_kwargs(node.value):
+            key = node.slice
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("get", "pop")
+            and is_kwargs(node.func.value)
+            and node.args
+        ):
+            key = node.args[0]
+        elif (
+            isinstance(node, ast.Compare)
+            and any(isinstance(o, ast.In) for o in node.ops)
+            and is_kwargs(node.comparators[0])
+        ):
+            key = node.left
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            keys.add(key.value)
+    return keys
+
+
 def compile_parameters(compile_fn: Callable[..., Any]) -> frozenset[str]:
-    """The keyword parameters ``compile_fn`` names (``**kwargs`` excluded)."""
-    params = inspect.signature(compile_fn).parameters.values()
-    return frozenset(
+    """The settings ``compile_fn`` takes: the keyword parameters it names, plus the keys its
+    source reads from ``**kwargs`` (anything else given would fall into ``**kwargs`` unread)."""
+    params = list(inspect.signature(compile_fn).parameters.values())
+    named = {
         p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL, p.POSITIONAL_ONLY)
-    )
+    }
+    var_kw = next((p.name for p in params if p.kind == p.VAR_KEYWORD), None)
+    if var_kw is not None:
+        named |= _kwargs_read(compile_fn, var_kw) - set(_RENAMED)
+    return frozenset(named)
 
 
 def check_compile_settings(
