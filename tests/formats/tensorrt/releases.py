@@ -1,5 +1,8 @@
 """The Python sources of real Torch-TensorRT releases, fetched from PyPI, and their modules imported.
 
+2.11, 2.12 and 2.13 are the releases read in full; 2.2, 2.3, 2.5 and 2.10 are
+fetched for their ``runtime.h`` alone (the ABI table's history).
+
 Why fetch rather than vendor: the fixtures must come from the exact release
 files, all of them reachable (a real module imports a dozen siblings), and
 the repository should carry no third-party code. The wheels are pinned by
@@ -63,6 +66,32 @@ class Release:
 RELEASES = {
     r.version: r
     for r in (
+        # Older releases, for their core/runtime/runtime.h only (the ABI table's history).
+        Release(
+            "2.2.0",
+            "torch_tensorrt-2.2.0-cp311-cp311-manylinux_2_34_x86_64.whl",
+            "7c66e44b760104bb14207467a0f831b28ac37cd3a24e3372b6df8fd77f6dd798",
+            "4c3d026ea64bd646a840bf174ef9d1818f10c20f",
+        ),
+        Release(
+            "2.3.0",
+            "torch_tensorrt-2.3.0-cp311-cp311-manylinux_2_31_x86_64.manylinux_2_34_x86_64.whl",
+            "a2c5afc5d8dc93efb1b08e3b8cbbdab161ee76df2b27141c1ad97ee09f6f67b6",
+            "52ba6f1e3ff5b905e15a12b500af2d4abf847e21",
+        ),
+        Release(
+            "2.5.0",
+            "torch_tensorrt-2.5.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64"
+            ".manylinux_2_34_x86_64.whl",
+            "1b408fe06ba0e855cb6a142a2ac27815ab45f43c05d3e3880c8602429cddb27f",
+            "f2e1e6c7d20068f6b21edbee4bdb4218d715dc75",
+        ),
+        Release(
+            "2.10.0",
+            "torch_tensorrt-2.10.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+            "b64450453b5d06bf91d17b082eb78b0f250f18a1bb6f3f2ae3965deca0f2a22f",
+            "1a1c2e20dce4392c1c2a63d3587e86c9ca637c03",
+        ),
         Release(
             "2.11.0",
             "torch_tensorrt-2.11.0-cp311-cp311-manylinux_2_28_x86_64.whl",
@@ -113,7 +142,8 @@ def sources(version: str) -> Path:
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
             "--python-version", "3.11", "--implementation", "cp",
-            "--platform", "manylinux_2_28_x86_64", "-d", str(wheel_dir),
+            *(f"--platform=manylinux_2_{n}_x86_64" for n in (17, 27, 28, 31, 34)),
+            "-d", str(wheel_dir),
             f"torch-tensorrt=={version}",
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -62,10 +62,21 @@ from .releases import release, runtime_h_layout, sources
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("version", ["2.11.0", "2.12.0", "2.13.0"])
+ABI_OF = {
+    "2.2.0": "4",
+    "2.3.0": "5",
+    "2.5.0": "6",
+    "2.10.0": "7",
+    "2.11.0": "8",
+    "2.12.0": "9",
+    "2.13.0": "9",
+}
+
+
+@pytest.mark.parametrize("version", list(ABI_OF))
 def test_layout_table_is_each_releases_runtime_h(version: str) -> None:
     abi, names = runtime_h_layout(version)
-    assert {"2.11.0": "8", "2.12.0": "9", "2.13.0": "9"}[version] == abi
+    assert ABI_OF[version] == abi
     fields = tuple(field_name(n) for n in names)
     assert fields in [lay.fields for lay in ABI_LAYOUTS[abi]]
 
