@@ -135,6 +135,23 @@ def test_2_13_push_records_what_the_release_wrote(pt2_213: Path, tmp_path: Path)
     assert engines[0]["engine_digest"].startswith("blake3:")
 
 
+def test_a_live_2_13_program_is_recognised() -> None:
+    """The release's own objects in a live ExportedProgram, before and after 2.13's save conversion."""
+    from modelvault.formats.registry import detect
+
+    rel = release("2.13.0")
+    with rel.active():
+        engine_mod = rel.module("torch_tensorrt.dynamo.runtime._TRTEngine")
+        ep = torch.export.export(torch.nn.Linear(2, 2), (torch.ones(1, 2),))
+        assert not get_plugin("torch_tensorrt").can_pack(ep)
+        eng = engine_mod.TRTEngine.__new__(engine_mod.TRTEngine)
+        eng.cudagraph = None
+        ep._constants["_run_on_acc_0_engine"] = eng
+        assert detect(ep) is get_plugin("torch_tensorrt")
+        ep._constants["_run_on_acc_0_engine"] = engine_mod.EngineSerializer(packed("2.13.0"))
+        assert get_plugin("torch_tensorrt").can_pack(ep)
+
+
 def test_2_13_python_runtime_engines_pickled_as_themselves(tmp_path: Path) -> None:
     path = write_pt2_213(tmp_path / "py.pt2", [packed("2.13.0")], normalize=False)
     _, infos = inspect_program(path)

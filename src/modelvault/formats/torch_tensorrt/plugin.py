@@ -58,6 +58,10 @@ MEDIA_TYPES: dict[str, str] = {
 }
 _SUFFIX = {"exported_program": ".pt2", "torchscript": ".ts"}
 _TRT_MODULE_CLASSES = {"TorchTensorRTModule", "PythonTorchTensorRTModule"}
+_PY_ENGINE_CLASSES = {
+    "torch_tensorrt.dynamo.runtime._TRTEngine.TRTEngine",
+    "torch_tensorrt.dynamo.runtime._TRTEngine.EngineSerializer",
+}
 
 
 def import_runtime(purpose: str = "loading a TensorRT variant") -> Any:
@@ -136,6 +140,9 @@ def _contains_trt(obj: Any) -> bool:
         consts = getattr(obj, "constants", None)
         if isinstance(consts, Mapping):
             for v in consts.values():
+                # the Python runtime's TRTEngine, or 2.13's EngineSerializer (opaque objects)
+                if f"{type(v).__module__}.{type(v).__qualname__}" in _PY_ENGINE_CLASSES:
+                    return True
                 qual = getattr(getattr(v, "_type", lambda: None)(), "qualified_name", lambda: "")()
                 if "tensorrt.Engine" in str(qual):
                     return True
