@@ -43,13 +43,9 @@ from .requirements import requirements_from_engines
 __all__ = [
     "MEDIA_TYPES",
     "TorchTensorRTPlugin",
-    "build_variant",
-    "compile_portable",
     "device_problems",
     "import_runtime",
-    "inputs_from_signature",
     "inspect_program",
-    "refit",
 ]
 
 MEDIA_TYPES: dict[str, str] = {
@@ -354,6 +350,8 @@ class TorchTensorRTPlugin(FormatPlugin):
                 raise InvalidArgumentError(
                     "this variant's engines were stored without weights; pass refit_from=<portable variant source>"
                 )
+            from .build import refit
+
             return refit(
                 program,
                 portable,
@@ -453,138 +451,3 @@ def _verified_copy(source: ContainerSource, index: int) -> io.BufferedRandom:
         out.close()
         raise
     return out
-
-
-# ---------------------------------------------------------------------------
-# build on miss and refit (reached through the FormatPlugin hooks)
-
-
-def _portable_program(portable: ContainerSource, device: str) -> Any:
-    """The version's portable ExportedProgram, weights on ``device``."""
-    import torch
-
-    from ..registry import get_plugin
-
-    plugin = get_plugin(portable.manifest.plugin)
-    obj = plugin.load(portable, device=device)
-    if isinstance(obj, torch.export.ExportedProgram):
-        return obj
-    tmp = tempfile.mkdtemp(prefix="mvault-trt-")
-    try:
-        path = plugin.export_native(portable, Path(tmp) / "portable.pt2")
-        return torch.export.load(str(path))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def inputs_from_signature(signature: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Compile inputs (``min_shape``/``opt_shape``/``max_shape``/``dtype``) from a portable
-    program's recorded signature; a dynamic dimension spans its recorded range, with
-    ``opt`` at the range's low end.
-
-    Raises :class:`InvalidArgumentError` when the signature cannot say (a non-tensor
-    input, an unbounded or derived dimension): pass ``arg_inputs`` then.
-    """
-    dims = signature.get("dims") or {}
-    out: list[dict[str, Any]] = []
-    for entry in signature.get("inputs") or []:
-        name = entry.get("name", "?")
-        if "shape" not in entry or "dtype" not in entry:
-            raise InvalidArgumentError(
-                f"input {name!r} is not a tensor; pass compile_settings={{'arg_inputs': (...)}}"
-            )
-        lo: list[int] = []
-        hi: list[int] = []
-        for d in entry["shape"]:
-            if isinstance(d, int):
-                lo.append(d)
-                hi.append(d)
-                continue
-            rng = dims.get(str(d))
-            if not isinstance(rng, Mapping) or rng.get("max") is None:
-                raise InvalidArgumentError(
-                    f"input {name!r} has dimension {d!r} without a finite recorded range; "
-                    "pass compile_settings={'arg_inputs': (torch_tensorrt.Input(...), ...)}"
-                )
-            lo.append(max(int(rng.get("min") or 1), 1))
-            hi.append(int(rng["max"]))
-        out.append(
-            {
-                "name": name,
-                "min_shape": lo,
-                "opt_shape": list(lo),
-                "max_shape": hi,
-                "dtype": entry["dtype"],
-            }
-        )
-    if not out:
-        raise InvalidArgumentError(
-            "the portable program records no inputs; pass compile_settings={'arg_inputs': (...)}"
-        )
-    return out
-
-
-def build_variant(
-    portable_source: ContainerSource, *, device: str, settings: Mapping[str, Any]
-) -> Any:
-    """Compile a TensorRT module from the version's portable ExportedProgram, on ``device``.
-
-    ``settings`` are ``torch_tensorrt.dynamo.compile`` keyword arguments
-    (``enabled_precisions``, ``hardware_compatible``, ``immutable_weights``,
-    ``strip_engine_weights``, ...) plus ``arg_inputs``/``kwarg_inputs``; when
-    no inputs are given the program's own ``example_inputs`` are used.
-    Returns the compiled ``torch.fx.GraphModule``; the vault pushes it back
-    with :meth:`TorchTensorRTPlugin.pack` as a new variant.
-    """
-    return compile_portable(portable_source, device=device, settings=settings)[0]
-
-
-def compile_portable(
-    portable_source: ContainerSource, *, device: str, settings: Mapping[str, Any]
-) -> tuple[Any, tuple[Any, ...], dict[str, Any] | None]:
-    """:func:`build_variant`, also returning the inputs it compiled for (a push needs them)."""
-    if portable_source.manifest.plugin != "exported_program":
-        raise InvalidArgumentError(
-            "build on miss compiles from an ExportedProgram variant; "
-            f"this one is {portable_source.manifest.plugin!r}"
-        )
-    tt = import_runtime("building a TensorRT variant")
-    import torch
-
-    ep = _portable_program(portable_source, device)
-    opts = dict(settings)
-    arg_inputs = opts.pop("arg_inputs", None)
-    kwarg_inputs = opts.pop("kwarg_inputs", None)
-    if arg_inputs is None:
-        specs = inputs_from_signature(portable_source.manifest.signature)
-        arg_inputs = tuple(
-            tt.Input(
-                min_shape=s["min_shape"],
-                opt_shape=s["opt_shape"],
-                max_shape=s["max_shape"],
-                dtype=getattr(torch, s["dtype"]),
-            )
-            for s in specs
-        )
-    else:
-        arg_inputs = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in arg_inputs)
-    module = tt.dynamo.compile(
-        ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, device=torch.device(device), **opts
-    )
-    return module, arg_inputs, kwarg_inputs
-
-
-def refit(
-    program: Any,
-    portable_source: ContainerSource,
-    *,
-    device: str = "cuda:0",
-    arg_inputs: Any = None,
-    kwarg_inputs: Any = None,
-) -> Any:
-    """Put the portable variant's weights into weight-stripped engines (``refit_module_weights``)."""
-    tt = import_runtime("refitting TensorRT engines")
-    ep = _portable_program(portable_source, device)
-    return tt.dynamo.refit_module_weights(
-        program, ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, in_place=False
-    )
