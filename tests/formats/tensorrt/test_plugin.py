@@ -391,9 +391,9 @@ def test_same_variant_twice(vault: Any, program: Path, tmp_path: Path) -> None:
 @pytest.fixture
 def stand_in_runtime(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """A ``torch_tensorrt`` module that claims the C++ runtime (so nothing of it is imported),
-    and torch's own ``torch.export.load`` wrapped to record the bytes it was handed. The real
-    torch then fails on the engine class no runtime registered, as it fails on a plan TensorRT
-    refuses: with its own error."""
+    and torch's own ``torch.export.load`` and ``torch.jit.load`` wrapped to record the bytes
+    they were handed. The real torch then fails on the engine class no runtime registered, as
+    it fails on a plan TensorRT refuses: with its own error."""
     import sys
     import types
 
@@ -403,14 +403,15 @@ def stand_in_runtime(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     mod = types.ModuleType("torch_tensorrt")
     mod.ENABLED_FEATURES = types.SimpleNamespace(torch_tensorrt_runtime=True)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torch_tensorrt", mod)
-    real_load = torch.export.load
+    for owner in (torch.export, torch.jit):
+        real = owner.load
 
-    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(f.read())
-        f.seek(0)
-        return real_load(f, *args, **kwargs)
+        def load(f: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            seen.append(f.read())
+            f.seek(0)
+            return _real(f, *args, **kwargs)
 
-    monkeypatch.setattr(torch.export, "load", load)
+        monkeypatch.setattr(owner, "load", load)
     return seen
 
 
@@ -421,20 +422,19 @@ def test_the_runtime_reads_the_bytes_that_were_hashed(
     reach the runtime: the runtime reads a private copy written while hashing."""
     import torch
 
-    if program.suffix == ".ts":
-        pytest.skip("the TorchScript path is the same copy, read by torch.jit.load")
     plugin = get_plugin("torch_tensorrt")
     src = write_directory(plugin.pack(program, frameworks=FW), tmp_path / "c")
     blob = src.locate(int(src.manifest.payload["program"]["blob"])).path
     original = blob.read_bytes()
-    recording = torch.export.load
+    owner = torch.jit if program.suffix == ".ts" else torch.export
+    recording = owner.load
 
     def tamper_then_load(f: Any, *args: Any, **kwargs: Any) -> Any:
         blob.chmod(0o644)
         blob.write_bytes(b"PK\x03\x04 replaced after verification" + bytes(len(original)))
         return recording(f, *args, **kwargs)
 
-    monkeypatch.setattr(torch.export, "load", tamper_then_load)
+    monkeypatch.setattr(owner, "load", tamper_then_load)
     from modelvault.errors import DeviceError
 
     with pytest.raises(DeviceError):  # torch then refuses the engine class no runtime registered
@@ -468,8 +468,6 @@ def test_tensorrt_refusal_becomes_a_device_error(
 ) -> None:
     from modelvault.errors import DeviceError
 
-    if program.suffix == ".ts":
-        pytest.skip("TorchScript programs are read by torch.jit.load, not torch_tensorrt.load")
     plugin = get_plugin("torch_tensorrt")
     src = write_directory(plugin.pack(program, frameworks=FW), tmp_path / "c")
     with pytest.raises(
