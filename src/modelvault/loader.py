@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .digest import verify_bytes
 from .errors import BlobNotFoundError, NoCompatibleVariantError, VariantNotFoundError
 from .formats.container import BlobLocation
+from .digest import verify_bytes
 from .formats.manifest import Manifest
 
 if TYPE_CHECKING:

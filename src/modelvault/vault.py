@@ -384,14 +384,17 @@ class Vault:
         from .errors import NoCompatibleVariantError
         from .loader import builder_for, sibling_options
 
+        miss: NoCompatibleVariantError | None = None
         try:
             info, choice = self.choose(spec, device, variant=variant)
-        except NoCompatibleVariantError:
+        except NoCompatibleVariantError as exc:
             if not build_missing:
                 raise
-            info, best = self.resolve(spec), None
+            info, best, miss = self.resolve(spec), None, exc
         else:
             best = choice.variant
+        # Build on miss: the first format plugin that would build for this device does
+        # (FormatPlugin.can_build/build); the vault pushes the result back as a variant.
         if build_missing and variant is None:
             view = self._view(info)
             builder = builder_for(device, best, view)
@@ -408,8 +411,8 @@ class Vault:
                     **built.push_options,
                 )
                 return built.obj
-        if best is None:
-            return self.choose(spec, device, variant=variant)  # raises the full explanation
+        if miss is not None:
+            raise miss
         source = self._source(best)
         plugin = get_plugin(source.manifest.plugin)
         extra = sibling_options(plugin, source.manifest, self._view(info))
