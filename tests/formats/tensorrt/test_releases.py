@@ -158,6 +158,22 @@ def test_2_13_python_runtime_engines_pickled_as_themselves(tmp_path: Path) -> No
     assert [(e.form, e.abi, e.engine_size) for e in infos] == [("python_trtengine", "9", len(PLAN))]
 
 
+@pytest.mark.parametrize("protocol", [0, 1, 2, 5])
+def test_a_python_runtime_engine_in_every_pickle_protocol(
+    pt2_213: Path, tmp_path: Path, protocol: int
+) -> None:
+    rel = release("2.13.0")
+    with rel.active():
+        engine_mod = rel.module("torch_tensorrt.dynamo.runtime._TRTEngine")
+        eng = engine_mod.TRTEngine.__new__(engine_mod.TRTEngine)
+        eng.serialized_info, eng.cudagraph = packed("2.13.0"), None
+        body = pickle.dumps(eng, protocol=protocol)  # TRTEngine.__getstate__, the release's
+    bad = _replace_member(pt2_213, tmp_path / "p.pt2", "data/constants/opaque_obj_1", body)
+    _, infos = inspect_program(bad)
+    assert [e.form for e in infos] == ["engine_serializer", "python_trtengine"]
+    assert infos[1].engine_size == len(PLAN)
+
+
 def _replace_member(src: Path, dest: Path, member_tail: str, body: bytes) -> Path:
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
         for info in zin.infolist():
@@ -178,7 +194,7 @@ class _Gadget:
     [
         (pickle.dumps(_Gadget(), protocol=2), r"names the global (posix|os)\.system"),
         (pickle.dumps({"not": "an engine"}, protocol=2), "not a TensorRT engine"),
-        (b"not a pickle", "is not a pickle"),
+        (b"not a pickle", "is not a readable pickle"),
     ],
 )
 def test_a_foreign_opaque_constant_is_refused_unresolved(

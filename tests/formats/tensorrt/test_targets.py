@@ -257,6 +257,8 @@ def test_device_strings() -> None:
 
 def test_describe_requirements() -> None:
     assert describe_requirements(TRT_REQ) == "TensorRT 10.3, ABI 9, SM 8.6, linux_x86_64, CUDA 12"
+    vc = {**TRT_REQ, "tensorrt": "10.14.1", "tensorrt_version_compatible": True}
+    assert describe_requirements(vc).startswith("TensorRT 10.14.1 or later (version-compatible), ")
     assert (
         describe_requirements(VARIANTS[4][1])
         == "TensorRT 10.3, ABI 9, SM >= 8.0 (hardware-compatible), linux_x86_64, CUDA 12"

@@ -51,8 +51,18 @@ _TRT_ENGINE_MODULE = "torch_tensorrt.dynamo.runtime._TRTEngine"
 RECONSTRUCT = f"{_TRT_ENGINE_MODULE}._reconstruct_trt_engine"
 #: The Python-only runtime's engine class; its pickled state is ``(info_list, "TRTEngine")``.
 PY_ENGINE = f"{_TRT_ENGINE_MODULE}.TRTEngine"
-#: Every global an ``opaque_obj_<n>`` constant of a Torch-TensorRT program may name.
-OPAQUE_GLOBALS = frozenset({RECONSTRUCT, PY_ENGINE})
+#: Every global an ``opaque_obj_<n>`` constant of a Torch-TensorRT program may name: the two
+#: above, and what pickle protocols 0 and 1 write for an object with state (inert here too).
+OPAQUE_GLOBALS = frozenset(
+    {
+        RECONSTRUCT,
+        PY_ENGINE,
+        "copy_reg._reconstructor",
+        "copyreg._reconstructor",
+        "builtins.object",
+        "__builtin__.object",
+    }
+)
 #: The op holding a cross-compiled (Windows) engine's info list as its arguments.
 WINDOWS_PLACEHOLDER = "torch.ops.tensorrt.no_op_placeholder_for_execute_engine.default"
 _MAX_JSON = 1 << 32  # a graph JSON holding base64 engines can be large, but not this large
@@ -142,7 +152,12 @@ def _engine_of(inert: Inert, member: str, class_names: Collection[str]) -> Engin
         return EngineState(
             member, _string_list(args[0], member, "an EngineSerializer"), "engine_serializer"
         )
-    if inert.qualname == PY_ENGINE:
+    made_by_reconstructor = (
+        inert.qualname.endswith("._reconstructor")
+        and bool(inert.args)
+        and getattr(inert.args[0], "qualname", None) == PY_ENGINE
+    )
+    if inert.qualname == PY_ENGINE or made_by_reconstructor:
         state = inert.state
         if not (isinstance(state, tuple) and len(state) == 2 and state[1] == "TRTEngine"):
             raise FormatError(
@@ -237,9 +252,7 @@ def _scan_zip(
         where = f"{prefix}{name}"
         if is_graph:
             found.extend(_engines_in_graph_json(data, where))
-        elif is_opaque:
-            if data[:1] != b"\x80":
-                raise FormatError(f"{where} is not a pickle; the program is corrupted")
+        elif is_opaque:  # any pickle protocol: torch.export.save takes pickle_protocol
             found.extend(_engines_in_pickle(data, where, class_names, opaque=True))
         elif data[:4] == b"PK\x03\x04":
             if depth >= _MAX_DEPTH:
