@@ -1,7 +1,7 @@
 """The Python sources of real Torch-TensorRT releases, fetched from PyPI, and their modules imported.
 
-2.11, 2.12 and 2.13 are the releases read in full; 2.2, 2.3, 2.5 and 2.10 are
-fetched for their ``runtime.h`` alone (the ABI table's history).
+2.11, 2.12 and 2.13 are the releases read in full; 2.2, 2.3, 2.5, 2.7 and
+2.10 are fetched for their ``runtime.h`` alone (the ABI table's history).
 
 Why fetch rather than vendor: the fixtures must come from the exact release
 files, all of them reachable (a real module imports a dozen siblings), and
@@ -85,6 +85,12 @@ RELEASES = {
             ".manylinux_2_34_x86_64.whl",
             "1b408fe06ba0e855cb6a142a2ac27815ab45f43c05d3e3880c8602429cddb27f",
             "f2e1e6c7d20068f6b21edbee4bdb4218d715dc75",
+        ),
+        Release(
+            "2.7.0",
+            "torch_tensorrt-2.7.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_34_x86_64.whl",
+            "d0581a8dbe2ebd687157e23a6c79bacd6f4d57442a69af3d3c321b7ef4c46b18",
+            "8250319dfe75a2e5271f391de354787f82c81570",
         ),
         Release(
             "2.10.0",

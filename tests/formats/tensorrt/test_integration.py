@@ -229,7 +229,9 @@ def test_load_honours_the_device(vault: Any, tmp_path: Path) -> None:
     loaded = vault.load("dev:1.0.0", device="cuda:1")
     out = loaded(x.to("cuda:1"))
     assert out.device == torch.device("cuda:1")
-    with pytest.raises(Exception, match="does not exist here"):
+    from modelvault.errors import NoCompatibleVariantError
+
+    with pytest.raises(NoCompatibleVariantError, match="does not exist here"):
         vault.load("dev:1.0.0", device=f"cuda:{torch.cuda.device_count()}")
 
 

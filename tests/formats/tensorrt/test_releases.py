@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import base64
 import pickle
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -66,6 +67,7 @@ ABI_OF = {
     "2.2.0": "4",
     "2.3.0": "5",
     "2.5.0": "6",
+    "2.7.0": "7",
     "2.10.0": "7",
     "2.11.0": "8",
     "2.12.0": "9",
@@ -78,7 +80,14 @@ def test_layout_table_is_each_releases_runtime_h(version: str) -> None:
     abi, names = runtime_h_layout(version)
     assert ABI_OF[version] == abi
     fields = tuple(field_name(n) for n in names)
-    assert fields in [lay.fields for lay in ABI_LAYOUTS[abi]]
+    (layout,) = [lay for lay in ABI_LAYOUTS[abi] if lay.fields == fields]
+    # the release range the table states covers this release
+    bounds = [tuple(map(int, b.split("."))) for b in re.findall(r"\d+\.\d+", layout.releases)]
+    mm = tuple(map(int, version.split(".")[:2]))
+    low, high = (
+        (bounds[0], bounds[-1]) if not layout.releases.startswith("up to") else ((0, 0), bounds[0])
+    )
+    assert low <= mm <= high, f"ABI {abi} layout says releases {layout.releases!r}"
 
 
 def test_layout_table_is_2_13s_python_layout() -> None:
