@@ -58,9 +58,11 @@ __all__ = [
     "LoadPipeline",
     "LoadRequest",
     "StoreSource",
+    "builder_for",
     "choose_variant",
     "device_kind",
     "read_manifest",
+    "sibling_options",
 ]
 
 #: Manifests are small; refuse to pull anything claiming to be one that is not.
@@ -142,6 +144,32 @@ def choose_variant(
             hint="push a portable variant, or load with build_missing=True to compile one here",
         )
     return Choice(by_digest[fitting[0]], [(_label(by_digest[d]), why) for d, why in rejected])
+
+
+def sibling_options(plugin: Any, manifest: Manifest, view: Any) -> dict[str, Any]:
+    """``plugin.load`` keywords for the sibling variants ``plugin.siblings_needed`` names:
+    each the verified source of the version's variant of that format."""
+    out: dict[str, Any] = {}
+    for need in plugin.siblings_needed(manifest):
+        match = [v for v in view.variants if v.format == need.format]
+        if not match:
+            raise NoCompatibleVariantError(need.why, [])
+        out[need.option] = view.source(match[0])
+    return out
+
+
+def builder_for(device: str, best: Any | None, view: Any) -> Any | None:
+    """The first plugin, in detection order, that would build a variant for ``device``
+    (``FormatPlugin.can_build``), or None. Only plugins whose dependencies are importable
+    are asked; called only when the caller asked to build on miss."""
+    from .formats.registry import available, get_plugin, known_plugins
+
+    for name in known_plugins():
+        if available(name):
+            plugin = get_plugin(name)
+            if plugin.can_build(device, best, view):
+                return plugin
+    return None
 
 
 def read_manifest(store: BlobStore, digest: str) -> tuple[Manifest, bytes]:
@@ -254,8 +282,6 @@ class LoadPipeline:
         source.prefetch()
         return source
 
-    _source = open  # the name build-on-miss uses
-
     def deserialize(
         self, variant: Any, use: Callable[[StoreSource], T], *, progress: Any = None
     ) -> T:
@@ -286,42 +312,69 @@ class LoadPipeline:
         return use(source)
 
     # -- what callers ask for -------------------------------------------------
+    def view(self, info: Any) -> Any:
+        """What a format plugin may see of a version (:class:`~modelvault.formats.base.VersionView`)."""
+        from .formats.base import VersionView
+
+        return VersionView(
+            info.model,
+            info.version,
+            info.variants,
+            lambda v: read_manifest(self.store, v.manifest_digest)[0],
+            self.open,
+        )
+
     def load(self, request: LoadRequest) -> Any:
-        """The model of ``request.spec`` on ``request.device``."""
+        """The model of ``request.spec`` on ``request.device``.
+
+        With ``build_missing``, the first format plugin whose ``can_build`` says so
+        builds a variant here (e.g. a TensorRT engine for this GPU), and it is pushed
+        back as a variant of the same version for the next machine of this kind.
+        The pipeline knows no format by name: siblings and builds are plugin hooks.
+        """
         from .formats.registry import get_plugin
-        from .formats.torch_tensorrt.build import load_options, wants_build
 
         info = self.resolve(request.spec)
+        miss: NoCompatibleVariantError | None = None
+        best: Any = None
         try:
-            choice = self.choose(info, request.device, request.variant)
-        except NoCompatibleVariantError:
+            best = self.choose(info, request.device, request.variant).variant
+        except NoCompatibleVariantError as exc:
             if not request.build_missing:
                 raise
-            return self._build_missing(request)
-        # A portable variant always fits; with build_missing on a GPU, a TensorRT
-        # variant is compiled here instead (and pushed back for the next machine).
-        if request.variant is None and wants_build(
-            choice.variant, request.device, request.build_missing
-        ):
-            return self._build_missing(request)
+            miss = exc
+        view = self.view(info)
+        if request.build_missing and request.variant is None:
+            builder = builder_for(request.device, best, view)
+            if builder is not None:
+                if self.push is None:
+                    raise NoCompatibleVariantError(
+                        "a variant would be built here, but this pipeline cannot push it back", []
+                    )
+                built = builder.build(
+                    view,
+                    device=request.device,
+                    settings=dict(request.compile_settings),
+                    options=dict(request.options),
+                )
+                self.push(
+                    built.obj,
+                    info.model,
+                    info.version,
+                    format=builder.name,
+                    variant=True,
+                    **built.push_options,
+                )
+                return built.obj
+        if miss is not None:
+            raise miss
 
         def use(source: StoreSource) -> Any:
             plugin = get_plugin(source.manifest.plugin)
-            extra = load_options(self, list(info.variants), source)  # refit weights
+            extra = sibling_options(plugin, source.manifest, view)  # e.g. refit weights
             return plugin.load(source, device=request.device, **{**extra, **request.options})
 
-        return self.deserialize(choice.variant, use)
-
-    def _build_missing(self, request: LoadRequest) -> Any:
-        from .formats.torch_tensorrt import build_variant_for
-
-        return build_variant_for(
-            self,
-            request.spec,
-            device=request.device,
-            settings=dict(request.compile_settings),
-            options=dict(request.options),
-        )
+        return self.deserialize(best, use)
 
     def pull(
         self,

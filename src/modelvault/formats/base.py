@@ -9,13 +9,59 @@ its native form (so users can always leave modelvault).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import PayloadMismatchError
 from .container import ContainerSource, Draft
+from .manifest import Manifest
 
-__all__ = ["FormatPlugin", "check_blob_references"]
+__all__ = ["Built", "FormatPlugin", "SiblingNeed", "VersionView", "check_blob_references"]
+
+
+# -- what a plugin may ask of the version it belongs to (sibling variants, build on miss) --
+
+
+@dataclass(frozen=True)
+class SiblingNeed:
+    """A load of this variant needs another variant of the same version.
+
+    The caller finds the version's variant whose format is ``format`` and
+    passes its verified :class:`ContainerSource` to :meth:`FormatPlugin.load`
+    as the keyword ``option``; when the version has none it raises
+    :class:`~modelvault.errors.NoCompatibleVariantError` with ``why``.
+    """
+
+    option: str
+    format: str
+    why: str
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """One version's variants, as a plugin may see them: no vault, no store, no registry.
+
+    ``variants`` are the registry's variant records (``format``, ``kind``,
+    ``manifest_digest``, ``requirements``); ``manifest`` reads one variant's
+    verified manifest (no blob fetched); ``source`` opens one variant's
+    verified container, its blobs local.
+    """
+
+    name: str
+    version: str
+    variants: Sequence[Any]
+    manifest: Callable[[Any], Manifest]
+    source: Callable[[Any], ContainerSource]
+
+
+@dataclass
+class Built:
+    """What :meth:`FormatPlugin.build` made: the live object, and the options that push it back."""
+
+    obj: Any
+    push_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def check_blob_references(source: ContainerSource) -> None:
@@ -93,3 +139,29 @@ class FormatPlugin(ABC):
     def native_suffix(self, source: ContainerSource) -> str:
         """File name suffix of :meth:`export_native`'s output (``""`` for a directory)."""
         return ""
+
+    # -- sibling variants and build on miss: the caller (the load pipeline) drives these --
+    def siblings_needed(self, manifest: Manifest) -> Sequence[SiblingNeed]:
+        """Other variants of the same version that :meth:`load` of this one needs (none by default)."""
+        return ()
+
+    def can_build(self, device: str, best: Any | None, view: VersionView) -> bool:
+        """True when, asked to build on miss, this plugin would build a new variant for ``device``.
+
+        ``best`` is the variant the loader would load otherwise (``None`` when
+        nothing fits). Called only when the caller asked for a build; must not
+        import heavy dependencies or fetch blobs.
+        """
+        return False
+
+    def build(
+        self,
+        view: VersionView,
+        *,
+        device: str,
+        settings: Mapping[str, Any],
+        options: Mapping[str, Any],
+    ) -> Built:
+        """Build a variant of ``view``'s version on ``device``; the caller pushes it back with
+        ``format=self.name, variant=True, **push_options`` and returns ``obj``."""
+        raise NotImplementedError(f"the {self.name} format builds no variants")

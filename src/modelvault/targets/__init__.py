@@ -17,7 +17,8 @@ all optional except ``device``:
 | --- | --- | --- |
 | ``device`` | ``"any"`` or ``"cuda"`` | runs on any device / needs a CUDA GPU |
 | ``compute_capabilities`` | ``["8.6"]`` or ``{"min": "8.0"}`` | exact SM list (a TensorRT engine built for one GPU architecture), or a lower bound (hardware-compatible engines: Ampere and newer) |
-| ``tensorrt`` | ``"10.3"`` | TensorRT major.minor that built the engines; must match exactly |
+| ``tensorrt`` | ``"10.3.0.26"`` | TensorRT version that built the engines; must match exactly, in every component recorded (older manifests record major.minor) |
+| ``tensorrt_version_compatible`` | ``true`` | engines built ``version_compatible=True``: they also run on later TensorRT (same major, or 8 -> 9/10, 10 -> 11) |
 | ``torch_tensorrt_abi`` | ``"9"`` | Torch-TensorRT runtime ABI of the serialized engines; must match |
 | ``torch_tensorrt`` | ``"2.13"`` | Torch-TensorRT release that wrote it (informational) |
 | ``platform`` | ``"linux_x86_64"`` | ``linux_x86_64``, ``linux_aarch64``, ``windows_x86_64``, ``windows_arm64`` |
@@ -38,7 +39,14 @@ from __future__ import annotations
 
 from .machine import GpuDevice, Machine, current_platform
 from .render import describe_requirements
-from .requirements import HW_COMPAT_MIN, KNOWN_KEYS, check, parse_device_index, rank
+from .requirements import (
+    HW_COMPAT_MIN,
+    KNOWN_KEYS,
+    check,
+    parse_device_index,
+    rank,
+    tensorrt_mismatch,
+)
 
 __all__ = [
     "HW_COMPAT_MIN",
@@ -50,4 +58,5 @@ __all__ = [
     "describe_requirements",
     "parse_device_index",
     "rank",
+    "tensorrt_mismatch",
 ]

@@ -14,7 +14,8 @@ def describe_requirements(req: Mapping[str, Any]) -> str:
     """One line for ``mvault show``: ``TensorRT 10.3, ABI 9, SM 8.6, linux_x86_64, CUDA 12``."""
     parts: list[str] = []
     if is_tensorrt(req):
-        parts.append(f"TensorRT {req.get('tensorrt', '?')}")
+        later = " or later (version-compatible)" if req.get("tensorrt_version_compatible") else ""
+        parts.append(f"TensorRT {req.get('tensorrt', '?')}{later}")
         if "torch_tensorrt_abi" in req:
             parts.append(f"ABI {req['torch_tensorrt_abi']}")
     else:

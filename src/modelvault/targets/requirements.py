@@ -22,6 +22,7 @@ __all__ = [
     "parse_device_index",
     "parse_sm",
     "rank",
+    "tensorrt_mismatch",
 ]
 
 KNOWN_KEYS = frozenset(
@@ -29,6 +30,7 @@ KNOWN_KEYS = frozenset(
         "device",
         "compute_capabilities",
         "tensorrt",
+        "tensorrt_version_compatible",
         "torch_tensorrt_abi",
         "torch_tensorrt",
         "platform",
@@ -65,11 +67,52 @@ def parse_sm(text: Any) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _major_minor(v: str | None) -> str | None:
-    if not v:
+#: Version-compatible engines across a major boundary, as NVIDIA's support matrix lists them.
+_VC_CROSS_MAJOR = frozenset({(8, 9), (8, 10), (10, 11)})
+
+
+def _numbers(v: str) -> tuple[int, ...]:
+    out = []
+    for part in re.split(r"[.+-]", v.strip()):
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
+
+
+def tensorrt_mismatch(built: str, here: str, version_compatible: bool) -> str | None:
+    """Why an engine built with TensorRT ``built`` cannot run on TensorRT ``here`` (None when it can).
+
+    TensorRT runs a plan only on the exact version that built it, unless the
+    plan was built version-compatible (TensorRT 8.6 and later), which also runs
+    on later runtimes of the same major and on the cross-major pairs NVIDIA
+    supports (8 -> 9, 8 -> 10, 10 -> 11). ``built`` is compared in every
+    component it records (an older manifest recorded only major.minor).
+
+    >>> tensorrt_mismatch("10.3.0", "10.3.0.26", False) is None
+    True
+    >>> tensorrt_mismatch("10.3.0", "10.4.0", True) is None
+    True
+    """
+    b, h = _numbers(built), _numbers(here)
+    if not b or not h:
+        return f"TensorRT version {built!r} or {here!r} is not a version number"
+    if h[: len(b)] == b:
         return None
-    parts = re.split(r"[.+]", v)
-    return ".".join(parts[:2]) if len(parts) >= 2 else parts[0]
+    if version_compatible:
+        if b < (8, 6):
+            return f"built version-compatible with TensorRT {built}, but that needs TensorRT 8.6 or later"
+        later = h > b
+        if later and (h[0] == b[0] or (b[0], h[0]) in _VC_CROSS_MAJOR):
+            return None
+        return (
+            f"built version-compatible with TensorRT {built}; this machine has TensorRT {here} "
+            "(such engines run on the same or a later TensorRT of the same major, or 8 -> 9/10, 10 -> 11)"
+        )
+    return (
+        f"built with TensorRT {built}; this machine has TensorRT {here} (an engine runs only on the "
+        "exact TensorRT version that built it, unless compiled with version_compatible=True)"
+    )
 
 
 def is_tensorrt(req: Mapping[str, Any]) -> bool:
@@ -138,15 +181,17 @@ def check(
             reasons.append(f"compute_capabilities {ccs!r} is malformed")
     need_trt = requirements.get("tensorrt")
     if need_trt is not None:
-        have = _major_minor(machine.tensorrt)
-        if have is None:
+        if not machine.tensorrt:
             why = machine.problems.get("tensorrt") or "tensorrt is not installed"
             reasons.append(f"needs TensorRT {need_trt}; {why}")
-        elif have != _major_minor(str(need_trt)):
-            reasons.append(
-                f"built with TensorRT {need_trt}; this machine has TensorRT {machine.tensorrt} "
-                "(an engine loads only on the TensorRT major.minor that built it)"
+        else:
+            why_not = tensorrt_mismatch(
+                str(need_trt),
+                machine.tensorrt,
+                bool(requirements.get("tensorrt_version_compatible")),
             )
+            if why_not:
+                reasons.append(why_not)
     need_abi = requirements.get("torch_tensorrt_abi")
     if need_abi is not None:
         if machine.torch_tensorrt is None:

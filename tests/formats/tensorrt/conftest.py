@@ -1,10 +1,14 @@
 """Builders for Torch-TensorRT serialized info lists, metadata pickles and archives.
 
 TensorRT cannot be installed on the CPU test machines, so the info lists are
-built here, field by field, in each ABI layout Torch-TensorRT has written
-since 2.2, and the metadata pickle is written by classes that carry
-torch_tensorrt's module and class names (so the bytes name the same globals
-as a real ``encode_metadata``) without importing torch_tensorrt.
+built here, field by field, in each ABI layout of the plugin's table (ABIs
+4 to 10, including layouts no release downloaded here wrote). The table
+itself is checked against each release's ``runtime.h``, and the programs
+2.11, 2.12 and 2.13 really write are built from their own code, in
+``release_fixtures.py`` / ``test_releases.py``. Here the metadata pickle is
+written by classes that carry torch_tensorrt's module and class names (so the
+bytes name the same globals as a real ``encode_metadata``) without importing
+torch_tensorrt.
 """
 
 from __future__ import annotations
@@ -167,6 +171,7 @@ def info_list(
         "requires_output_allocator": "0",
         "resource_allocation_strategy": "0",
         "requires_native_multidevice": "0",
+        "aliased_io": "",
     }
     return [values[f] for f in fields]
 

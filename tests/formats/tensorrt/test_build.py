@@ -164,18 +164,28 @@ def test_recorded_compile_settings() -> None:
             }
         }
     ]
-    out = recorded_compile_settings(engines)
+    before_2_13 = {
+        "enabled_precisions",
+        "hardware_compatible",
+        "immutable_weights",
+        "optimization_level",
+    }
+    out = recorded_compile_settings(engines, before_2_13)
     assert out == {
         "enabled_precisions": {torch.float16, torch.float32},
         "hardware_compatible": True,
         "immutable_weights": False,
         "optimization_level": 3,
     }
+    # a release whose compile no longer names a setting (2.13: enabled_precisions) never gets it
+    assert "enabled_precisions" not in recorded_compile_settings(
+        engines, before_2_13 - {"enabled_precisions"}
+    )
     # a precision recorded as a Torch-TensorRT enum is left to the compiler's default, not guessed
     assert "enabled_precisions" not in recorded_compile_settings(
-        [{"settings": {"enabled_precisions": ["torch_tensorrt._enums.dtype(2)"]}}]
+        [{"settings": {"enabled_precisions": ["torch_tensorrt._enums.dtype(2)"]}}], before_2_13
     )
-    assert recorded_compile_settings([]) == {}
+    assert recorded_compile_settings([], before_2_13) == {}
 
 
 def _trt_program(torchbind: Any, tmp_path: Path, **settings: Any) -> Path:
@@ -201,16 +211,26 @@ def test_wants_build(vault: Any, torchbind: Any, tmp_path: Path) -> None:
     )
     by_format = {v.format: v for v in vault.resolve("m:1.0.0").variants}
     portable, trt = by_format["exported_program"], by_format["torch_tensorrt"]
-    assert wants_build(portable, "cuda:0", True)
-    assert not wants_build(portable, "cuda:0", False)
-    assert not wants_build(portable, "cpu", True)
-    assert not wants_build(trt, "cuda:0", True)
+    assert wants_build(portable, "cuda:0") and wants_build(None, "cuda:0")
+    assert not wants_build(portable, "cpu")
+    assert not wants_build(trt, "cuda:0")
+    # the same answer through the format interface, as the vault asks it
+    from modelvault.formats.registry import get_plugin
+    from modelvault.loader import builder_for
+
+    view = vault.pipeline.view(vault.resolve("m:1.0.0"))
+    assert builder_for("cuda:0", portable, view) is get_plugin("torch_tensorrt")
+    assert builder_for("cuda:0", trt, view) is None and builder_for("cpu", portable, view) is None
 
 
-def test_load_options_refit_from_the_portable_variant(
-    vault: Any, torchbind: Any, tmp_path: Path
-) -> None:
-    from modelvault.formats.torch_tensorrt import load_options
+def test_refit_source_is_the_portable_sibling(vault: Any, torchbind: Any, tmp_path: Path) -> None:
+    from modelvault.formats.registry import get_plugin
+    from modelvault.loader import sibling_options
+
+    plugin = get_plugin("torch_tensorrt")
+
+    def load_options(vault: Any, variants: Any, source: Any) -> dict[str, Any]:
+        return sibling_options(plugin, source.manifest, vault.pipeline.view(vault.resolve("s:1.0.0")))
 
     prog = _trt_program(torchbind, tmp_path, immutable_weights=False, strip_engine_weights=True)
     vault.push(prog, "s", "1.0.0", format="torch_tensorrt", frameworks=FW)
@@ -247,3 +267,23 @@ def test_cli_push_variant_and_show(mvault: Any, torchbind: Any, tmp_path: Path) 
         assert r.code == 0, r.err
         shown = mvault("show", "resnet50:1.3.0")
         assert "torch_tensorrt" in shown.out and "compute_capabilities" in shown.out
+
+
+def test_a_plain_load_knows_no_tensorrt() -> None:
+    """Without build_missing, Vault.load asks no plugin to build and imports no TensorRT code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from modelvault.vault import Vault\n"
+        "with Vault() as v:\n"
+        "    ep = torch.export.export(torch.nn.Linear(4, 2), (torch.randn(2, 4),))\n"
+        "    v.push(ep, 'm', '1.0.0', format='exported_program')\n"
+        "    v.load('m:1.0.0', device='cpu')\n"
+        "print(sorted(m for m in sys.modules if 'tensorrt' in m))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"

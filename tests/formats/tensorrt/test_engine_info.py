@@ -23,23 +23,12 @@ from .conftest import PLAN, info_list, metadata_b64
 ALL_LAYOUTS = [(abi, len(lay.fields)) for abi, lays in ABI_LAYOUTS.items() for lay in lays]
 
 
-def test_layout_table_covers_abi_4_to_9_and_only_appends() -> None:
-    assert sorted(ABI_LAYOUTS, key=int) == ["4", "5", "6", "7", "8", "9"]
-    counts = {abi: sorted(len(lay.fields) for lay in lays) for abi, lays in ABI_LAYOUTS.items()}
-    assert counts == {"4": [6], "5": [7, 8], "6": [9], "7": [10], "8": [11], "9": [12]}
-    longest = ABI_LAYOUTS["9"][0].fields
+def test_fields_are_only_ever_appended() -> None:
+    # each release's own layout is checked against its runtime.h in test_releases.py
+    longest = ABI_LAYOUTS["10"][0].fields
     for lays in ABI_LAYOUTS.values():
         for lay in lays:
-            assert longest[: len(lay.fields)] == lay.fields, "fields are only ever appended"
-    assert longest[:4] == ("abi", "name", "device", "engine")
-    assert longest[6:] == (
-        "hw_compatible",
-        "serialized_metadata",
-        "target_platform",
-        "requires_output_allocator",
-        "resource_allocation_strategy",
-        "requires_native_multidevice",
-    )
+            assert longest[: len(lay.fields)] == lay.fields
 
 
 @pytest.mark.parametrize(("abi", "count"), ALL_LAYOUTS)
@@ -138,7 +127,7 @@ def test_hardware_flag_contradicting_settings(trt_names: None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("abi", "hint"), [("3", "Torch-TensorRT 2.2 or newer"), ("10", "upgrade modelvault")]
+    ("abi", "hint"), [("3", "Torch-TensorRT 2.2 or newer"), ("11", "upgrade modelvault")]
 )
 def test_unknown_abi(abi: str, hint: str) -> None:
     fields = info_list("9")

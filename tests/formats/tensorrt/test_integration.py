@@ -1,12 +1,19 @@
 """End to end with a real Torch-TensorRT: compile, push both IRs, load, compare; build on miss; refit.
 
 These run wherever ``import torch_tensorrt`` works and a CUDA GPU is present,
-and are reported as skipped elsewhere with the import error as the reason.
-The API used is torch_tensorrt's documented one: ``torch_tensorrt.compile``
-(``ir="dynamo"``, ``inputs=[torch_tensorrt.Input(min_shape=, opt_shape=,
-max_shape=)]``), ``torch_tensorrt.save(module, path, output_format=...,
-arg_inputs=...)``, ``torch_tensorrt.load``, ``torch_tensorrt.dynamo.compile``
-and ``torch_tensorrt.dynamo.refit_module_weights``.
+and are reported as skipped elsewhere with the import error as the reason
+(``scripts/tensorrt-integration.sh`` runs them and keeps a log). None of them
+has run yet: no machine with TensorRT has been available.
+
+The API is Torch-TensorRT 2.13's, read in its sources (``py/torch_tensorrt/_compile.py``
+and ``dynamo/_compiler.py`` at v2.13.0): ``torch_tensorrt.compile(module,
+ir="dynamo", inputs=[torch_tensorrt.Input(min_shape=, opt_shape=, max_shape=)],
+**dynamo settings)``, ``torch_tensorrt.save(module, path, output_format=...,
+arg_inputs=..., dynamic_shapes=...)`` (2.13 writes ``.pt2`` engines as
+``EngineSerializer`` opaque constants), ``torch_tensorrt.dynamo.compile``
+(no ``enabled_precisions``/``use_explicit_typing`` in 2.13: reduced precision
+is ``enable_autocast=True, autocast_low_precision_type=torch.float16``) and
+``torch_tensorrt.dynamo.refit_module_weights``.
 """
 
 from __future__ import annotations
@@ -91,7 +98,12 @@ def test_push_load_compare_both_irs(vault: Any, ir: str, tmp_path: Path) -> None
     req = shown["variants"][0]["requirements"]
     cap = torch.cuda.get_device_capability(0)
     assert req["compute_capabilities"] == [f"{cap[0]}.{cap[1]}"]
-    assert req["tensorrt"] == ".".join(__import__("tensorrt").__version__.split(".")[:2])
+    assert req["tensorrt"] == __import__("tensorrt").__version__  # the exact version
+    if ir == "exported_program" and torch_tensorrt.__version__.startswith("2.13"):
+        engines = vault._source(vault.resolve("small:1.0.0").variants[0]).manifest.payload[
+            "engines"
+        ]
+        assert {e["stored_as"] for e in engines} == {"engine_serializer"}
     loaded = vault.load("small:1.0.0", device="cuda:0")
     torch.testing.assert_close(loaded(x), expected, atol=ATOL, rtol=ATOL)
     x5 = torch.randn(5, 3, 16, 16, device="cuda")  # another batch size inside the dynamic range
@@ -136,23 +148,91 @@ def _push_portable(vault: Any, model: Any, x: Any, name: str) -> None:
     vault.push(ep, name, "1.0.0", format="exported_program")
 
 
-def test_build_variant_for_compiles_from_the_recorded_signature(vault: Any) -> None:
+def test_build_compiles_from_the_recorded_signature(vault: Any) -> None:
     import torch
 
-    from modelvault.formats.torch_tensorrt import build_variant_for
+    from modelvault.formats.registry import get_plugin
 
     model = _model()
     x = torch.randn(2, 3, 16, 16, device="cuda")
     _push_portable(vault, model, x, "sig")
+    view = vault.pipeline.view(vault.resolve("sig:1.0.0"))
     # no inputs given: they come from the portable variant's signature (batch 1..8)
-    built = build_variant_for(
-        vault, "sig:1.0.0", device="cuda:0", settings={"min_block_size": 1}, options={}
+    built = get_plugin("torch_tensorrt").build(
+        view, device="cuda:0", settings={"min_block_size": 1}, options={}
     )
     for batch in (1, 3, 8):
         xb = torch.randn(batch, 3, 16, 16, device="cuda")
-        torch.testing.assert_close(built(xb), model(xb), atol=ATOL, rtol=ATOL)
-    formats = sorted(v["format"] for v in vault.show("sig:1.0.0")["variants"])
-    assert formats == ["exported_program", "torch_tensorrt"]
+        torch.testing.assert_close(built.obj(xb), model(xb), atol=ATOL, rtol=ATOL)
+    assert "arg_inputs" in built.push_options
+
+
+def test_a_setting_the_release_ignores_is_refused_before_compiling(vault: Any) -> None:
+    import torch
+    import torch_tensorrt
+
+    from modelvault.errors import InvalidArgumentError
+
+    if (
+        "enabled_precisions"
+        in __import__("inspect").signature(torch_tensorrt.dynamo.compile).parameters
+    ):
+        pytest.skip(f"Torch-TensorRT {torch_tensorrt.__version__} still takes enabled_precisions")
+    model = _model()
+    x = torch.randn(2, 3, 16, 16, device="cuda")
+    _push_portable(vault, model, x, "fp16")
+    with pytest.raises(InvalidArgumentError, match="enabled_precisions"):
+        vault.load(
+            "fp16:1.0.0",
+            device="cuda:0",
+            build_missing=True,
+            compile_settings={"enabled_precisions": {torch.float16}, "min_block_size": 1},
+        )
+    assert [v["format"] for v in vault.show("fp16:1.0.0")["variants"]] == ["exported_program"]
+    # the 2.13 way: autocast to FP16
+    built = vault.load(
+        "fp16:1.0.0",
+        device="cuda:0",
+        build_missing=True,
+        compile_settings={
+            "enable_autocast": True,
+            "autocast_low_precision_type": torch.float16,
+            "min_block_size": 1,
+        },
+    )
+    torch.testing.assert_close(built(x).float(), model(x), atol=5e-2, rtol=5e-2)
+
+
+def test_version_compatible_engines_record_it(vault: Any, tmp_path: Path) -> None:
+    import torch_tensorrt
+
+    model = _model()
+    trt, x = _compile(model, version_compatible=True)
+    path = tmp_path / "vc.pt2"
+    torch_tensorrt.save(trt, str(path), output_format="exported_program", arg_inputs=[x])
+    vault.push(path, "vc", "1.0.0", format="torch_tensorrt")
+    req = vault.show("vc:1.0.0")["variants"][0]["requirements"]
+    assert req["tensorrt_version_compatible"] is True
+
+
+def test_load_honours_the_device(vault: Any, tmp_path: Path) -> None:
+    import torch
+    import torch_tensorrt
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    model = _model()
+    trt, x = _compile(model, hardware_compatible=True)
+    path = tmp_path / "dev.pt2"
+    torch_tensorrt.save(trt, str(path), output_format="exported_program", arg_inputs=[x])
+    vault.push(path, "dev", "1.0.0", format="torch_tensorrt")
+    loaded = vault.load("dev:1.0.0", device="cuda:1")
+    out = loaded(x.to("cuda:1"))
+    assert out.device == torch.device("cuda:1")
+    from modelvault.errors import NoCompatibleVariantError
+
+    with pytest.raises(NoCompatibleVariantError, match="does not exist here"):
+        vault.load("dev:1.0.0", device=f"cuda:{torch.cuda.device_count()}")
 
 
 def test_build_on_miss_compiles_pushes_and_is_reused(vault: Any) -> None:
@@ -206,3 +286,6 @@ def test_weight_stripped_variant_is_refit_from_the_portable_one(vault: Any, tmp_
         trt_source, device="cuda:0", refit_from=portable_source, arg_inputs=(x,)
     )
     torch.testing.assert_close(loaded(x), model(x), atol=ATOL, rtol=ATOL)
+    # the same through the vault: the plugin's sibling need brings the portable variant
+    again = vault.load("refit:1.0.0", device="cuda:0", variant="torch_tensorrt", arg_inputs=(x,))
+    torch.testing.assert_close(again(x), model(x), atol=ATOL, rtol=ATOL)

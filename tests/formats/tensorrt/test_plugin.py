@@ -97,7 +97,7 @@ def test_pack_records_requirements_and_engines(program: Path, tmp_path: Path) ->
         "kind": "tensorrt",
         "device": "cuda",
         "compute_capabilities": ["9.0"],
-        "tensorrt": "10.3",
+        "tensorrt": "10.3.0",
         "torch_tensorrt_abi": "9",
         "torch_tensorrt": "2.13",
         "platform": "linux_x86_64",
@@ -357,7 +357,7 @@ def test_only_trt_variants_and_no_fit_explains(vault: Any, program: Path) -> Non
         choose_variant(vault.resolve("m:1.0.0").variants, "cuda:0", machine=a100)
     text = str(exc.value)
     assert "built for compute capability 9.0; cuda:0 (A100) is 8.0" in text
-    assert "built with TensorRT 10.3; this machine has TensorRT 10.7.0" in text
+    assert "built with TensorRT 10.3.0; this machine has TensorRT 10.7.0" in text
 
 
 def test_bad_push_registers_nothing(vault: Any, tmp_path: Path, torchbind: Any) -> None:
@@ -390,23 +390,56 @@ def test_same_variant_twice(vault: Any, program: Path, tmp_path: Path) -> None:
 
 @pytest.fixture
 def stand_in_runtime(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """A ``torch_tensorrt`` module whose ``load`` records the bytes it was handed and then
-    fails the way TensorRT does on a plan it cannot use."""
+    """A ``torch_tensorrt`` module that claims the C++ runtime (so nothing of it is imported),
+    and torch's own ``torch.export.load`` and ``torch.jit.load`` wrapped to record the bytes
+    they were handed. The real torch then fails on the engine class no runtime registered, as
+    it fails on a plan TensorRT refuses: with its own error."""
     import sys
     import types
 
+    import torch
+
     seen: list[bytes] = []
     mod = types.ModuleType("torch_tensorrt")
-
-    def load(path: str) -> Any:
-        seen.append(Path(path).read_bytes())
-        raise RuntimeError(
-            "IRuntime::deserializeCudaEngine: Error Code 1: Serialization (Version tag does not match)"
-        )
-
-    mod.load = load  # type: ignore[attr-defined]
+    mod.ENABLED_FEATURES = types.SimpleNamespace(torch_tensorrt_runtime=True)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torch_tensorrt", mod)
+    for owner in (torch.export, torch.jit):
+        real = owner.load
+
+        def load(f: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            seen.append(f.read())
+            f.seek(0)
+            return _real(f, *args, **kwargs)
+
+        monkeypatch.setattr(owner, "load", load)
     return seen
+
+
+def test_the_runtime_reads_the_bytes_that_were_hashed(
+    program: Path, tmp_path: Path, stand_in_runtime: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob file rewritten after it was verified (a cache entry changed underneath) cannot
+    reach the runtime: the runtime reads a private copy written while hashing."""
+    import torch
+
+    plugin = get_plugin("torch_tensorrt")
+    src = write_directory(plugin.pack(program, frameworks=FW), tmp_path / "c")
+    blob = src.locate(int(src.manifest.payload["program"]["blob"])).path
+    original = blob.read_bytes()
+    owner = torch.jit if program.suffix == ".ts" else torch.export
+    recording = owner.load
+
+    def tamper_then_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        blob.chmod(0o644)
+        blob.write_bytes(b"PK\x03\x04 replaced after verification" + bytes(len(original)))
+        return recording(f, *args, **kwargs)
+
+    monkeypatch.setattr(owner, "load", tamper_then_load)
+    from modelvault.errors import DeviceError
+
+    with pytest.raises(DeviceError):  # torch then refuses the engine class no runtime registered
+        plugin.load(src, device="cuda:0", machine=H100)
+    assert stand_in_runtime == [original]
 
 
 def test_requirements_are_checked_before_any_engine_is_deserialized(
@@ -435,12 +468,15 @@ def test_tensorrt_refusal_becomes_a_device_error(
 ) -> None:
     from modelvault.errors import DeviceError
 
-    if program.suffix == ".ts":
-        pytest.skip("TorchScript programs are read by torch.jit.load, not torch_tensorrt.load")
     plugin = get_plugin("torch_tensorrt")
     src = write_directory(plugin.pack(program, frameworks=FW), tmp_path / "c")
     with pytest.raises(
         DeviceError, match="TensorRT could not deserialize this variant's engines on cuda:0"
-    ):
+    ) as exc:
         plugin.load(src, device="cuda:0", machine=H100)
     assert stand_in_runtime == [program.read_bytes()]  # the verified program, byte for byte
+    # torch's own reason, not a generic wrap (torch_tensorrt.load would print it and raise
+    # "doesn't correspond to a valid Torchscript module or ExportedProgram")
+    cause = exc.value.__cause__
+    assert cause is not None and str(cause) and str(cause) in str(exc.value)
+    assert "doesn't correspond to a valid" not in str(exc.value)

@@ -169,8 +169,8 @@ def test_message_hardware_compatible_on_turing() -> None:
 
 def test_message_tensorrt_minor() -> None:
     assert check(TRT_REQ, machine(trt="10.7.0"), "cuda:0") == [
-        "built with TensorRT 10.3; this machine has TensorRT 10.7.0 "
-        "(an engine loads only on the TensorRT major.minor that built it)"
+        "built with TensorRT 10.3; this machine has TensorRT 10.7.0 (an engine runs only on the "
+        "exact TensorRT version that built it, unless compiled with version_compatible=True)"
     ]
 
 
@@ -257,6 +257,8 @@ def test_device_strings() -> None:
 
 def test_describe_requirements() -> None:
     assert describe_requirements(TRT_REQ) == "TensorRT 10.3, ABI 9, SM 8.6, linux_x86_64, CUDA 12"
+    vc = {**TRT_REQ, "tensorrt": "10.14.1", "tensorrt_version_compatible": True}
+    assert describe_requirements(vc).startswith("TensorRT 10.14.1 or later (version-compatible), ")
     assert (
         describe_requirements(VARIANTS[4][1])
         == "TensorRT 10.3, ABI 9, SM >= 8.0 (hardware-compatible), linux_x86_64, CUDA 12"

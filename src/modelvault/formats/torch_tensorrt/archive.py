@@ -11,13 +11,29 @@ Both IRs Torch-TensorRT saves are zip archives of pickles:
   ``<root>/data/constants/custom_obj_<n>``, itself a zip written by
   ``torch._C._pickle_save`` with one ``archive/data.pkl`` in the same
   TorchScript pickle dialect.
+- ExportedProgram written by Torch-TensorRT 2.13 (``torch_tensorrt.save`` runs
+  ``_normalize_engine_constants_to_python``, ``py/torch_tensorrt/_compile.py``):
+  each engine constant is an ``EngineSerializer``, an opaque object that torch
+  2.13 writes as ``<root>/data/constants/opaque_obj_<n>``, a plain pickle whose
+  reduce is ``_reconstruct_trt_engine(info_list)``
+  (``py/torch_tensorrt/dynamo/runtime/_TRTEngine.py``). Such a pickle may
+  name that function and the Python runtime's ``TRTEngine`` class and no other
+  global: anything else is refused by name.
+- The Python-only runtime's ``TRTEngine`` pickled as itself (``torch.export.save``
+  called directly on a program compiled without the C++ runtime): its state is
+  ``(info_list, "TRTEngine")`` (``TRTEngine.__getstate__``).
+- A program cross-compiled for Windows (``enable_cross_compile_for_windows``)
+  keeps each info list as the string arguments of a
+  ``tensorrt.no_op_placeholder_for_execute_engine`` node
+  (``py/torch_tensorrt/dynamo/_exporter.py``), in ``<root>/models/<name>.json``.
 
-Everything is read with the inert unpickler; nothing is executed.
+Everything is read with the inert unpickler (or as JSON); nothing is executed.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -30,6 +46,27 @@ from .inert_pickle import Inert, inert_loads
 
 __all__ = ["EngineState", "detect_ir", "find_engine_states"]
 
+_TRT_ENGINE_MODULE = "torch_tensorrt.dynamo.runtime._TRTEngine"
+#: ``EngineSerializer.__reduce__`` names this function; its one argument is the info list.
+RECONSTRUCT = f"{_TRT_ENGINE_MODULE}._reconstruct_trt_engine"
+#: The Python-only runtime's engine class; its pickled state is ``(info_list, "TRTEngine")``.
+PY_ENGINE = f"{_TRT_ENGINE_MODULE}.TRTEngine"
+#: Every global an ``opaque_obj_<n>`` constant of a Torch-TensorRT program may name: the two
+#: above, and what pickle protocols 0 and 1 write for an object with state (inert here too).
+OPAQUE_GLOBALS = frozenset(
+    {
+        RECONSTRUCT,
+        PY_ENGINE,
+        "copy_reg._reconstructor",
+        "copyreg._reconstructor",
+        "builtins.object",
+        "__builtin__.object",
+    }
+)
+#: The op holding a cross-compiled (Windows) engine's info list as its arguments.
+WINDOWS_PLACEHOLDER = "torch.ops.tensorrt.no_op_placeholder_for_execute_engine.default"
+_MAX_JSON = 1 << 32  # a graph JSON holding base64 engines can be large, but not this large
+
 IR = Literal["exported_program", "torchscript"]
 _MAX_MEMBER = 1 << 36  # 64 GiB: engines are large, but a zip header claiming more is hostile
 _MAX_DEPTH = 2
@@ -41,6 +78,9 @@ class EngineState:
 
     member: str
     fields: list[str]
+    #: How the release stored it: ``"torchbind"`` (``torch.classes.tensorrt.Engine``),
+    #: ``"engine_serializer"``, ``"python_trtengine"`` or ``"windows_placeholder"``.
+    form: str = "torchbind"
 
 
 def detect_ir(path: Path) -> IR:
@@ -89,24 +129,105 @@ def _unwrap(state: Any) -> Any:
     return state
 
 
-def _engines_in_pickle(data: bytes, member: str, class_names: Collection[str]) -> list[EngineState]:
-    obj = inert_loads(data, what=member, allow_persistent=True)
+def _string_list(state: Any, member: str, what: str) -> list[str]:
+    if not isinstance(state, (list, tuple)) or not all(isinstance(x, (str, bytes)) for x in state):
+        raise FormatError(
+            f"{member}: {what} whose state is not a list of strings "
+            f"({type(state).__name__}); the program is corrupted"
+        )
+    return [x if isinstance(x, str) else x.decode("latin1") for x in state]
+
+
+def _engine_of(inert: Inert, member: str, class_names: Collection[str]) -> EngineState | None:
+    if inert.qualname in class_names:
+        fields = _string_list(_unwrap(inert.state), member, "a TensorRT engine object")
+        return EngineState(member, fields, "torchbind")
+    if inert.qualname == RECONSTRUCT:
+        args = inert.args
+        if len(args) != 1:
+            raise FormatError(
+                f"{member}: _reconstruct_trt_engine is called with {len(args)} arguments, not the "
+                "one info list EngineSerializer writes; the program is corrupted"
+            )
+        return EngineState(
+            member, _string_list(args[0], member, "an EngineSerializer"), "engine_serializer"
+        )
+    made_by_reconstructor = (
+        inert.qualname.endswith("._reconstructor")
+        and bool(inert.args)
+        and getattr(inert.args[0], "qualname", None) == PY_ENGINE
+    )
+    if inert.qualname == PY_ENGINE or made_by_reconstructor:
+        state = inert.state
+        if not (isinstance(state, tuple) and len(state) == 2 and state[1] == "TRTEngine"):
+            raise FormatError(
+                f"{member}: a Python-runtime TRTEngine whose state is not (info list, 'TRTEngine'); "
+                "the program is corrupted"
+            )
+        return EngineState(
+            member, _string_list(state[0], member, "a TRTEngine"), "python_trtengine"
+        )
+    return None
+
+
+def _engines_in_pickle(
+    data: bytes, member: str, class_names: Collection[str], *, opaque: bool = False
+) -> list[EngineState]:
+    if opaque:
+        obj = inert_loads(data, what=member, only_globals=OPAQUE_GLOBALS)
+    else:
+        obj = inert_loads(data, what=member, allow_persistent=True)
     out = []
     for inert in _walk(obj, set()):
-        if inert.qualname in class_names:
-            state = _unwrap(inert.state)
-            if not isinstance(state, (list, tuple)) or not all(
-                isinstance(x, (str, bytes)) for x in state
-            ):
-                raise FormatError(
-                    f"{member}: a TensorRT engine object whose state is not a list of strings "
-                    f"({type(state).__name__}); the program is corrupted"
-                )
-            out.append(
-                EngineState(
-                    member, [x if isinstance(x, str) else x.decode("latin1") for x in state]
-                )
+        found = _engine_of(inert, member, class_names)
+        if found is not None:
+            out.append(found)
+    if opaque and not out:
+        raise FormatError(
+            f"{member}: an opaque constant that is not a TensorRT engine (no EngineSerializer in it)"
+        )
+    return out
+
+
+def _placeholder_args(node: Any, where: str) -> list[str]:
+    fields: list[str] = []
+    for i, entry in enumerate(node.get("inputs") or []):
+        if i == 0:
+            continue  # the input tensors
+        arg = entry.get("arg") if isinstance(entry, dict) else None
+        if not isinstance(arg, dict) or "as_string" not in arg:
+            kind = next(iter(arg), "?") if isinstance(arg, dict) else type(arg).__name__
+            raise FormatError(
+                f"{where}: argument {i} of a no_op_placeholder_for_execute_engine node is {kind}, "
+                "not a string; only engines cross-compiled for Windows (info list as strings) are read"
             )
+        value = arg["as_string"]
+        if not isinstance(value, str):
+            raise FormatError(f"{where}: a placeholder argument is not a string")
+        fields.append(value)
+    return fields
+
+
+def _engines_in_graph_json(data: bytes, where: str) -> list[EngineState]:
+    if WINDOWS_PLACEHOLDER.encode() not in data:
+        return []  # the common case: no cross-compiled engine, no JSON parse of a large graph
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{where} is not valid JSON: {exc}") from None
+    out = []
+    stack: list[Any] = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("target") == WINDOWS_PLACEHOLDER and "inputs" in item:
+                out.append(
+                    EngineState(where, _placeholder_args(item, where), "windows_placeholder")
+                )
+                continue
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
     return out
 
 
@@ -121,13 +242,19 @@ def _scan_zip(
         base = name.rsplit("/", 1)[-1]
         is_pkl = name.endswith(".pkl")
         is_obj = base.startswith("custom_obj_")
-        if not (is_pkl or is_obj):
+        is_opaque = base.startswith("opaque_obj_")
+        is_graph = "/models/" in f"/{name}" and name.endswith(".json")
+        if not (is_pkl or is_obj or is_opaque or is_graph):
             continue
-        if info.file_size > _MAX_MEMBER:
+        if info.file_size > (_MAX_JSON if is_graph else _MAX_MEMBER):
             raise FormatError(f"{prefix}{name} claims {info.file_size} bytes; refusing it")
         data = zf.read(info)
         where = f"{prefix}{name}"
-        if data[:4] == b"PK\x03\x04":
+        if is_graph:
+            found.extend(_engines_in_graph_json(data, where))
+        elif is_opaque:  # any pickle protocol: torch.export.save takes pickle_protocol
+            found.extend(_engines_in_pickle(data, where, class_names, opaque=True))
+        elif data[:4] == b"PK\x03\x04":
             if depth >= _MAX_DEPTH:
                 raise FormatError(f"{where}: archives nest deeper than {_MAX_DEPTH} levels")
             with zipfile.ZipFile(io.BytesIO(data)) as inner:

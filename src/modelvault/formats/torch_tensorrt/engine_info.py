@@ -7,18 +7,25 @@ Fields are only ever appended, at the indices of ``SerializedInfoIndex`` in
 ``core/runtime/runtime.h`` (mirrored in Python by
 ``py/torch_tensorrt/dynamo/runtime/_serialized_engine_layout.py``).
 
-| ABI | fields | added field(s) | releases | read in |
-| --- | --- | --- | --- | --- |
-| "4" | 6 | (base) abi, name, device, engine, input names, output names | 1.4 .. 2.2 | ``core/runtime/runtime.h`` at ABI "4" (RTDevice era) |
-| "5" | 7 or 8 | ``HW_COMPATIBLE_IDX`` (then ``SERIALIZED_METADATA_IDX``) | 2.3 .. 2.4 | pytorch/TensorRT PR #2445 (hardware compatibility, "Update ABI version ... update engine serialization schema"); the ABI "5" header itself was not found, and "6" adds two fields over it, so 7 and 8 are both accepted |
-| "6" | 9 | ``SERIALIZED_METADATA_IDX``, ``TARGET_PLATFORM_IDX`` | 2.5 .. 2.7 | ``core/runtime/runtime.h`` at ABI "6" |
-| "7" | 10 | ``REQUIRES_OUTPUT_ALLOCATOR_IDX`` | 2.8 .. 2.9 | ``core/runtime/runtime.h`` at ABI "7" |
-| "8" | 11 | ``RESOURCE_ALLOCATION_STRATEGY_IDX`` | 2.10 .. 2.11 | ``_serialized_engine_layout.py`` (``ABI_VERSION = "8"``, ``SERIALIZATION_LEN = 11``) |
-| "9" | 12 | ``REQUIRES_NATIVE_MULTIDEVICE_IDX`` | 2.12 .. 2.13 | ``core/runtime/runtime.h`` (``ABI_VERSION = "9"``) |
+Read in ``core/runtime/runtime.h`` of pytorch/TensorRT, at each release tag
+and at the commits that changed ``ABI_VERSION`` (``git log -- core/runtime/runtime.h``):
 
-The release ranges are approximate (read from the headers' surroundings and
-release notes); the parser never relies on them, only on the ABI string and
-the field count. ``docs/TENSORRT.md`` repeats this table.
+| ABI | fields | added field(s) | releases | read at |
+| --- | --- | --- | --- | --- |
+| "4" | 6 | (base) abi, name, device, engine, input names, output names | up to 2.2 | tag v2.2.0 |
+| "5" | 7 | ``HW_COMPATIBLE_IDX`` | 2.3, 2.4 | 3f8576c903 (#2445); tags v2.3.0, v2.4.0 |
+| "5" | 8 | ``SERIALIZED_METADATA_IDX`` | none (nightlies between 2.4 and 2.5) | 9f46d3940d (#2886) |
+| "6" | 9 | ``TARGET_PLATFORM_IDX`` | 2.5, 2.6 | 47ae0fa9f0 (#3106); tags v2.5.0, v2.6.0 |
+| "7" | 10 | ``REQUIRES_OUTPUT_ALLOCATOR_IDX`` | 2.7 .. 2.10 | 10d7c61e5f (#3388); tags v2.7.0 .. v2.10.0 |
+| "8" | 11 | ``RESOURCE_ALLOCATION_STRATEGY_IDX`` | 2.11 | a21d645857 (#3727); tag v2.11.0 |
+| "9" | 12 | ``REQUIRES_NATIVE_MULTIDEVICE_IDX`` | 2.12, 2.13 | 0b274f09cc (#4183); tags v2.12.0, v2.13.0 (2.13 also in ``_serialized_engine_layout.py``, new in that release) |
+| "10" | 13 | ``ALIASED_IO_IDX`` | none yet (main) | b32ebfff5e (#4251) |
+
+The parser relies only on the ABI string and the field count. ABI "5" is
+the one string with two layouts, told apart by the count. The aliased-I/O
+field of "10" is ``output@input@kind`` records joined by ``%``
+(``serialize_aliased_io`` in ``core/runtime/runtime_utils.cpp``; kinds
+``kv_cache_update`` and ``user``). ``docs/TENSORRT.md`` repeats this table.
 
 The device field is ``RTDevice::serialize``: ``"id%major%minor%device_type%name"``
 (``SERIALIZED_RT_DEVICE_DELIM = "%"``; ``parse_device_info`` in the layout
@@ -43,6 +50,7 @@ from .inert_pickle import inert_loads, to_plain
 
 __all__ = [
     "ABI_LAYOUTS",
+    "ALIAS_KINDS",
     "BASE_FIELDS",
     "DEVICE_TYPES",
     "ENGINE_CLASS_NAMES",
@@ -79,36 +87,31 @@ _TP = (*_MD, "target_platform")
 _OA = (*_TP, "requires_output_allocator")
 _RA = (*_OA, "resource_allocation_strategy")
 _MDV = (*_RA, "requires_native_multidevice")
+_AIO = (*_MDV, "aliased_io")
 
 #: ABI string -> every layout known under it (ABI "5" has two candidate counts).
 ABI_LAYOUTS: dict[str, tuple[AbiLayout, ...]] = {
-    "4": (_layout("4", (), "1.4-2.2", 'core/runtime/runtime.h (ABI_VERSION "4")'),),
+    "4": (_layout("4", (), "up to 2.2", "core/runtime/runtime.h at v2.2.0"),),
     "5": (
+        _layout("5", _HW, "2.3-2.4", "core/runtime/runtime.h at 3f8576c903, v2.3.0, v2.4.0"),
+        _layout("5", _MD, "nightlies only", "core/runtime/runtime.h at 9f46d3940d"),
+    ),
+    "6": (_layout("6", _TP, "2.5-2.6", "core/runtime/runtime.h at 47ae0fa9f0, v2.5.0, v2.6.0"),),
+    "7": (_layout("7", _OA, "2.7-2.10", "core/runtime/runtime.h at 10d7c61e5f, v2.7.0..v2.10.0"),),
+    "8": (_layout("8", _RA, "2.11", "core/runtime/runtime.h at a21d645857, v2.11.0"),),
+    "9": (
         _layout(
-            "5",
-            _HW,
-            "2.3-2.4",
-            "PR #2445 (HW_COMPATIBLE, ABI bump); count inferred from the ABI 4 and 6 headers",
-        ),
-        _layout(
-            "5",
-            _MD,
-            "2.3-2.4",
-            "PR #2445 (HW_COMPATIBLE, ABI bump); count inferred from the ABI 4 and 6 headers",
+            "9",
+            _MDV,
+            "2.12-2.13",
+            "core/runtime/runtime.h at 0b274f09cc, v2.12.0, v2.13.0; "
+            "py/torch_tensorrt/dynamo/runtime/_serialized_engine_layout.py at v2.13.0",
         ),
     ),
-    "6": (_layout("6", _TP, "2.5-2.7", 'core/runtime/runtime.h (ABI_VERSION "6")'),),
-    "7": (_layout("7", _OA, "2.8-2.9", 'core/runtime/runtime.h (ABI_VERSION "7")'),),
-    "8": (
-        _layout(
-            "8",
-            _RA,
-            "2.10-2.11",
-            'py/torch_tensorrt/dynamo/runtime/_serialized_engine_layout.py (ABI_VERSION "8")',
-        ),
-    ),
-    "9": (_layout("9", _MDV, "2.12-2.13", 'core/runtime/runtime.h (ABI_VERSION "9")'),),
+    "10": (_layout("10", _AIO, "main", "core/runtime/runtime.h at b32ebfff5e"),),
 }
+#: Kinds of an aliased input/output pair (``alias_kind_to_string``, ``core/runtime/TRTEngine.h``).
+ALIAS_KINDS = ("kv_cache_update", "user")
 
 #: Class names an engine object carries in TorchScript and torch.export pickles.
 ENGINE_CLASS_NAMES = frozenset(
@@ -229,10 +232,15 @@ class EngineInfo:
     requires_output_allocator: bool | None = None
     resource_allocation: str | None = None
     requires_native_multidevice: bool | None = None
+    #: ABI "10": output binding name -> (input binding name it aliases, kind).
+    aliased_io: Mapping[str, tuple[str, str]] | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
     has_weight_name_map: bool = False
     engine_offset: int | None = None
     source: str = ""
+    #: How the program stored it (see :mod:`.archive`): ``"torchbind"``, ``"engine_serializer"``,
+    #: ``"python_trtengine"``, ``"windows_placeholder"``, or ``""`` for a list parsed alone.
+    form: str = ""
 
     @property
     def sm(self) -> str:
@@ -273,8 +281,12 @@ class EngineInfo:
             out["resource_allocation"] = self.resource_allocation
         if self.requires_native_multidevice is not None:
             out["requires_native_multidevice"] = self.requires_native_multidevice
+        if self.aliased_io is not None:
+            out["aliased_io"] = {k: list(v) for k, v in self.aliased_io.items()}
         if self.source:
             out["source"] = self.source
+        if self.form:
+            out["stored_as"] = self.form
         return out
 
 
@@ -303,6 +315,24 @@ def _engine_bytes(value: str | bytes, encoding: str, where: str) -> bytes:
         raise EngineInfoError(
             f"{where}: the engine field is not valid base64; the engine blob is corrupted or truncated"
         ) from None
+
+
+def _aliased_io(text: str, where: str) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    if not text:
+        return out
+    for record in text.split("%"):
+        parts = record.split("@")
+        if len(parts) != 3 or not parts[0] or not parts[1]:
+            raise EngineInfoError(
+                f"{where}: aliased I/O record {record[:80]!r} is not 'output@input@kind'"
+            )
+        if parts[2] not in ALIAS_KINDS:
+            raise EngineInfoError(
+                f"{where}: aliased I/O kind {parts[2][:40]!r} is not one of {', '.join(ALIAS_KINDS)}"
+            )
+        out[parts[0]] = (parts[1], parts[2])
+    return out
 
 
 def _layout_for(abi: str, count: int, where: str) -> AbiLayout:
@@ -428,6 +458,7 @@ def parse_engine_info(
             if "requires_native_multidevice" in text
             else None
         ),
+        aliased_io=_aliased_io(text["aliased_io"], where) if "aliased_io" in text else None,
         settings=settings,
         has_weight_name_map=bool(metadata.get("weight_name_map")),
         source=where,

@@ -92,13 +92,25 @@ class PersistentRef:
 class InertUnpickler(pickle.Unpickler):
     """An unpickler whose globals are all inert stand-ins (see module docstring)."""
 
-    def __init__(self, data: bytes, *, allow_persistent: bool = False) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        *,
+        allow_persistent: bool = False,
+        only_globals: frozenset[str] | None = None,
+    ) -> None:
         super().__init__(io.BytesIO(data))
         self._classes: dict[tuple[str, str], type[Inert]] = {}
         self._allow_persistent = allow_persistent
+        self._only = only_globals
 
     def find_class(self, module: str, name: str) -> Any:
         key = (module, name)
+        if self._only is not None and f"{module}.{name}" not in self._only:
+            # Refused by name alone: nothing is looked up, not even a stand-in is made.
+            raise pickle.UnpicklingError(
+                f"it names the global {module[:80]}.{name[:80]}, which may not appear here"
+            )
         if key in _REAL:
             return _REAL[key]
         if key == ("_codecs", "encode"):
@@ -121,10 +133,22 @@ class InertUnpickler(pickle.Unpickler):
         return PersistentRef(pid)
 
 
-def inert_loads(data: bytes, *, what: str, allow_persistent: bool = False) -> Any:
-    """Unpickle ``data`` inertly. Raises :class:`FormatError` naming ``what`` on bad input."""
+def inert_loads(
+    data: bytes,
+    *,
+    what: str,
+    allow_persistent: bool = False,
+    only_globals: frozenset[str] | None = None,
+) -> Any:
+    """Unpickle ``data`` inertly. Raises :class:`FormatError` naming ``what`` on bad input.
+
+    ``only_globals`` (``"module.name"`` strings), when given, is the complete
+    list of globals the pickle may name; any other is refused by its name.
+    """
     try:
-        return InertUnpickler(data, allow_persistent=allow_persistent).load()
+        return InertUnpickler(
+            data, allow_persistent=allow_persistent, only_globals=only_globals
+        ).load()
     except (
         pickle.UnpicklingError,
         EOFError,

@@ -11,7 +11,10 @@ an engine reaches TensorRT.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
+import io
 import os
 import shutil
 import tempfile
@@ -29,9 +32,10 @@ from ...errors import (
     NoCompatibleVariantError,
     PayloadMismatchError,
 )
-from ...targets import Machine, check
-from ..base import FormatPlugin
+from ...targets import Machine, check, parse_device_index
+from ..base import Built, FormatPlugin, SiblingNeed, VersionView
 from ..container import ContainerSource, Draft, FileSource
+from ..manifest import Manifest
 from .archive import IR, detect_ir, find_engine_states
 from .engine_info import EngineInfo, parse_engine_info
 from .requirements import requirements_from_engines
@@ -39,12 +43,9 @@ from .requirements import requirements_from_engines
 __all__ = [
     "MEDIA_TYPES",
     "TorchTensorRTPlugin",
-    "build_variant",
-    "compile_portable",
+    "device_problems",
     "import_runtime",
-    "inputs_from_signature",
     "inspect_program",
-    "refit",
 ]
 
 MEDIA_TYPES: dict[str, str] = {
@@ -53,6 +54,10 @@ MEDIA_TYPES: dict[str, str] = {
 }
 _SUFFIX = {"exported_program": ".pt2", "torchscript": ".ts"}
 _TRT_MODULE_CLASSES = {"TorchTensorRTModule", "PythonTorchTensorRTModule"}
+_PY_ENGINE_CLASSES = {
+    "torch_tensorrt.dynamo.runtime._TRTEngine.TRTEngine",
+    "torch_tensorrt.dynamo.runtime._TRTEngine.EngineSerializer",
+}
 
 
 def import_runtime(purpose: str = "loading a TensorRT variant") -> Any:
@@ -76,11 +81,48 @@ def inspect_program(path: Path) -> tuple[IR, list[EngineInfo]]:
         other = "exported_program" if ir == "exported_program" else "torchscript"
         raise PayloadMismatchError(
             f"{path.name} is a {'.pt2 ExportedProgram' if ir == 'exported_program' else 'TorchScript program'} "
-            "with no TensorRT engine in it (no torch.classes.tensorrt.Engine object)",
+            "with no TensorRT engine in it (no torch.classes.tensorrt.Engine, EngineSerializer, TRTEngine or cross-compiled engine placeholder)",
             hint=f"push it with format='{other}', or compile it with torch_tensorrt first",
         )
-    infos = [parse_engine_info(s.fields, engine_encoding="base64", where=s.member) for s in states]
+    infos = [
+        dataclasses.replace(
+            parse_engine_info(s.fields, engine_encoding="base64", where=s.member), form=s.form
+        )
+        for s in states
+    ]
     return ir, infos
+
+
+def device_problems(engines: list[Mapping[str, Any]], machine: Machine, device: str) -> list[str]:
+    """Why the runtime would not run these engines on ``device`` although its SM fits.
+
+    The Torch-TensorRT runtime (``get_most_compatible_device``,
+    ``core/runtime/runtime.cpp``) takes the one GPU of the engine's SM when
+    there is one; with several, it takes only a GPU whose name equals the
+    recorded device name, unless the engine is hardware-compatible, and
+    prefers the current device. The load sets the current device to
+    ``device``, so the name is what must be checked here.
+    """
+    kind, index = parse_device_index(device)
+    if kind != "cuda":
+        return []
+    gpu = machine.gpu(index or 0)
+    if gpu is None:
+        return []  # check() already says the device does not exist
+    out = []
+    for e in engines:
+        if e.get("hardware_compatible"):
+            continue
+        sm = str(e.get("compute_capability"))
+        same_sm = [g for g in machine.devices if g.sm == sm]
+        name = str(e.get("device_name", ""))
+        if len(same_sm) > 1 and gpu.name != name:
+            out.append(
+                f"engine {e.get('name')!r} was built on a {name}; {device} is a {gpu.name} and this "
+                f"machine has {len(same_sm)} GPUs of compute capability {sm}, so the runtime would "
+                "pick one named like the engine's device, not the one asked for"
+            )
+    return out
 
 
 def _contains_trt(obj: Any) -> bool:
@@ -94,6 +136,9 @@ def _contains_trt(obj: Any) -> bool:
         consts = getattr(obj, "constants", None)
         if isinstance(consts, Mapping):
             for v in consts.values():
+                # the Python runtime's TRTEngine, or 2.13's EngineSerializer (opaque objects)
+                if f"{type(v).__module__}.{type(v).__qualname__}" in _PY_ENGINE_CLASSES:
+                    return True
                 qual = getattr(getattr(v, "_type", lambda: None)(), "qualified_name", lambda: "")()
                 if "tensorrt.Engine" in str(qual):
                     return True
@@ -258,6 +303,8 @@ class TorchTensorRTPlugin(FormatPlugin):
         tt = import_runtime()
         machine = options.get("machine") or Machine.probe(refresh=True)
         reasons = check(manifest.target, machine, device)
+        if not reasons:
+            reasons = device_problems(list(manifest.payload.get("engines", [])), machine, device)
         if reasons:
             label = f"{self.name} variant {manifest.digest[:19]}"
             raise NoCompatibleVariantError(
@@ -270,29 +317,41 @@ class TorchTensorRTPlugin(FormatPlugin):
             raise PayloadMismatchError(
                 f"variant payload names IR {ir!r}; this plugin reads {', '.join(MEDIA_TYPES)}"
             )
-        path, cleanup = _verified_file(source, int(manifest.payload["program"]["blob"]))
-        try:
-            if ir == "torchscript":
-                import torch
+        import torch
 
-                return torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
-            program = tt.load(str(path))
-        except (RuntimeError, ValueError) as exc:
+        program_bytes = _verified_copy(source, int(manifest.payload["program"]["blob"]))
+        index = parse_device_index(device)[1] or 0
+        try:
+            # The runtime places engines on the current device when it fits (it may pick
+            # another GPU otherwise), so the current device is the one asked for.
+            on_gpu = torch.cuda.is_available()
+            with torch.cuda.device(index) if on_gpu else contextlib.nullcontext():
+                if ir == "torchscript":
+                    return torch.jit.load(program_bytes, map_location=device)  # type: ignore[no-untyped-call]
+                if not _has_cpp_runtime(tt):
+                    # As torch_tensorrt.load does: the Python runtime registers execute_engine here.
+                    importlib.import_module("torch_tensorrt.dynamo.runtime._TRTEngine")
+                # torch.export.load directly, not torch_tensorrt.load, which catches this error,
+                # prints it, retries torch.jit.load and raises a ValueError without the reason.
+                program = torch.export.load(program_bytes)
+        except Exception as exc:
             # Every recorded requirement was checked above, so this is TensorRT refusing the plan
             # (a driver or library mismatch the engine info cannot record).
             raise DeviceError(
-                f"TensorRT could not deserialize this variant's engines on {device}: {exc}",
+                f"TensorRT could not deserialize this variant's engines on {device}: "
+                f"{type(exc).__name__}: {exc}",
                 hint="load the portable variant (variant='exported_program'), or rebuild with build_missing=True",
             ) from exc
         finally:
-            if cleanup:
-                shutil.rmtree(cleanup, ignore_errors=True)
+            program_bytes.close()
         if manifest.payload.get("weights") == "refit_from_portable":
             portable = options.get("refit_from")
             if portable is None:
                 raise InvalidArgumentError(
                     "this variant's engines were stored without weights; pass refit_from=<portable variant source>"
                 )
+            from .build import refit
+
             return refit(
                 program,
                 portable,
@@ -302,201 +361,93 @@ class TorchTensorRTPlugin(FormatPlugin):
             )
         return program if options.get("return_program") else program.module()
 
+    # -- the version hooks of FormatPlugin ------------------------------------------
+    def siblings_needed(self, manifest: Manifest) -> list[SiblingNeed]:
+        """A weight-stripped variant needs the portable ExportedProgram it is refit from."""
+        from .build import REFIT_NEED
+
+        return [REFIT_NEED] if manifest.payload.get("weights") == "refit_from_portable" else []
+
+    def can_build(self, device: str, best: Any | None, view: VersionView) -> bool:
+        from .build import wants_build
+
+        return wants_build(best, device)
+
+    def build(
+        self,
+        view: VersionView,
+        *,
+        device: str,
+        settings: Mapping[str, Any],
+        options: Mapping[str, Any],
+    ) -> Built:
+        from .build import build_on_miss
+
+        return build_on_miss(view, device=device, settings=settings, options=options)
+
     def export_native(self, source: ContainerSource, dest: Path, **options: Any) -> Path:
         """Copy the program, verified, to ``dest`` (``torch_tensorrt.load`` reads it)."""
         index = int(source.manifest.payload["program"]["blob"])
-        path, cleanup = _verified_file(source, index)
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         try:
-            dest = Path(dest)
-            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-            shutil.copyfile(path, tmp)
+            with open(tmp, "wb") as out:
+                _hash_copy(source, index, out)
             os.replace(tmp, dest)
-        finally:
-            if cleanup:
-                shutil.rmtree(cleanup, ignore_errors=True)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return dest
 
     def native_suffix(self, source: ContainerSource) -> str:
         return _SUFFIX.get(str(source.manifest.payload.get("ir")), ".pt2")
 
 
-def _verified_file(source: ContainerSource, index: int) -> tuple[Path, str | None]:
-    """A local file holding exactly blob ``index``, hashed against its digest before use.
+def _has_cpp_runtime(tt: Any) -> bool:
+    features = getattr(tt, "ENABLED_FEATURES", None)
+    return bool(getattr(features, "torch_tensorrt_runtime", True))
 
-    Returns ``(path, tmpdir_to_remove)``. A blob that is a byte range of a
-    larger file (a bundle) is copied out while it is hashed.
-    """
+
+def _hash_copy(source: ContainerSource, index: int, out: Any) -> None:
+    """Write blob ``index`` to ``out`` while hashing it; :class:`IntegrityError` when it does not
+    match. What is written is exactly what was hashed, so a file changed underneath (a cache
+    entry rewritten) can never reach the runtime unverified."""
     from ...errors import IntegrityError
 
     ref = source.manifest.blobs[index]
     loc = source.locate(index)
-    whole = loc.offset == 0 and loc.path.stat().st_size == ref.size
-    tmpdir = None if whole else tempfile.mkdtemp(prefix="mvault-trt-")
-    out = None if whole else open(Path(tmpdir or ".") / "program", "wb")  # noqa: SIM115
-    algorithm = ref.digest.split(":", 1)[0]
-    h = new_hasher(algorithm)
+    h = new_hasher(ref.digest.split(":", 1)[0])
+    with loc.path.open("rb") as f:
+        f.seek(loc.offset)
+        left = ref.size
+        while left > 0:
+            chunk = f.read(min(left, 8 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+    actual = h.digest_str()
+    if actual != ref.digest:
+        raise IntegrityError(
+            f"blob {index} ({ref.role}) does not match its digest; refusing to deserialize it",
+            expected=ref.digest,
+            actual=actual,
+            where=str(loc.path),
+        )
+
+
+def _verified_copy(source: ContainerSource, index: int) -> io.BufferedRandom:
+    """Blob ``index`` in a private anonymous temporary file, hashed while copied, rewound.
+
+    The runtime reads this file object, never the cache or store path (see :func:`_hash_copy`);
+    the file has no name, so nothing else can open it, and it is gone when closed.
+    """
+    out = tempfile.TemporaryFile(prefix="mvault-trt-")  # noqa: SIM115  (closed by the caller)
     try:
-        with loc.path.open("rb") as f:
-            f.seek(loc.offset)
-            left = ref.size
-            while left > 0:
-                chunk = f.read(min(left, 8 << 20))
-                if not chunk:
-                    break
-                h.update(chunk)
-                if out is not None:
-                    out.write(chunk)
-                left -= len(chunk)
-        actual = h.digest_str()
-        if actual != ref.digest:
-            raise IntegrityError(
-                f"blob {index} ({ref.role}) does not match its digest; refusing to deserialize it",
-                expected=ref.digest,
-                actual=actual,
-                where=str(loc.path),
-            )
+        _hash_copy(source, index, out)
+        out.seek(0)
     except BaseException:
-        if out is not None:
-            out.close()
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
-    if out is not None:
         out.close()
-        return Path(tmpdir or ".") / "program", tmpdir
-    return loc.path, None
-
-
-# ---------------------------------------------------------------------------
-# build on miss and refit: called by the vault
-
-
-def _portable_program(portable: ContainerSource, device: str) -> Any:
-    """The version's portable ExportedProgram, weights on ``device``."""
-    import torch
-
-    from ..registry import get_plugin
-
-    plugin = get_plugin(portable.manifest.plugin)
-    obj = plugin.load(portable, device=device)
-    if isinstance(obj, torch.export.ExportedProgram):
-        return obj
-    tmp = tempfile.mkdtemp(prefix="mvault-trt-")
-    try:
-        path = plugin.export_native(portable, Path(tmp) / "portable.pt2")
-        return torch.export.load(str(path))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def inputs_from_signature(signature: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Compile inputs (``min_shape``/``opt_shape``/``max_shape``/``dtype``) from a portable
-    program's recorded signature; a dynamic dimension spans its recorded range, with
-    ``opt`` at the range's low end.
-
-    Raises :class:`InvalidArgumentError` when the signature cannot say (a non-tensor
-    input, an unbounded or derived dimension): pass ``arg_inputs`` then.
-    """
-    dims = signature.get("dims") or {}
-    out: list[dict[str, Any]] = []
-    for entry in signature.get("inputs") or []:
-        name = entry.get("name", "?")
-        if "shape" not in entry or "dtype" not in entry:
-            raise InvalidArgumentError(
-                f"input {name!r} is not a tensor; pass compile_settings={{'arg_inputs': (...)}}"
-            )
-        lo: list[int] = []
-        hi: list[int] = []
-        for d in entry["shape"]:
-            if isinstance(d, int):
-                lo.append(d)
-                hi.append(d)
-                continue
-            rng = dims.get(str(d))
-            if not isinstance(rng, Mapping) or rng.get("max") is None:
-                raise InvalidArgumentError(
-                    f"input {name!r} has dimension {d!r} without a finite recorded range; "
-                    "pass compile_settings={'arg_inputs': (torch_tensorrt.Input(...), ...)}"
-                )
-            lo.append(max(int(rng.get("min") or 1), 1))
-            hi.append(int(rng["max"]))
-        out.append(
-            {
-                "name": name,
-                "min_shape": lo,
-                "opt_shape": list(lo),
-                "max_shape": hi,
-                "dtype": entry["dtype"],
-            }
-        )
-    if not out:
-        raise InvalidArgumentError(
-            "the portable program records no inputs; pass compile_settings={'arg_inputs': (...)}"
-        )
+        raise
     return out
-
-
-def build_variant(
-    portable_source: ContainerSource, *, device: str, settings: Mapping[str, Any]
-) -> Any:
-    """Compile a TensorRT module from the version's portable ExportedProgram, on ``device``.
-
-    ``settings`` are ``torch_tensorrt.dynamo.compile`` keyword arguments
-    (``enabled_precisions``, ``hardware_compatible``, ``immutable_weights``,
-    ``strip_engine_weights``, ...) plus ``arg_inputs``/``kwarg_inputs``; when
-    no inputs are given the program's own ``example_inputs`` are used.
-    Returns the compiled ``torch.fx.GraphModule``; the vault pushes it back
-    with :meth:`TorchTensorRTPlugin.pack` as a new variant.
-    """
-    return compile_portable(portable_source, device=device, settings=settings)[0]
-
-
-def compile_portable(
-    portable_source: ContainerSource, *, device: str, settings: Mapping[str, Any]
-) -> tuple[Any, tuple[Any, ...], dict[str, Any] | None]:
-    """:func:`build_variant`, also returning the inputs it compiled for (a push needs them)."""
-    if portable_source.manifest.plugin != "exported_program":
-        raise InvalidArgumentError(
-            "build on miss compiles from an ExportedProgram variant; "
-            f"this one is {portable_source.manifest.plugin!r}"
-        )
-    tt = import_runtime("building a TensorRT variant")
-    import torch
-
-    ep = _portable_program(portable_source, device)
-    opts = dict(settings)
-    arg_inputs = opts.pop("arg_inputs", None)
-    kwarg_inputs = opts.pop("kwarg_inputs", None)
-    if arg_inputs is None:
-        specs = inputs_from_signature(portable_source.manifest.signature)
-        arg_inputs = tuple(
-            tt.Input(
-                min_shape=s["min_shape"],
-                opt_shape=s["opt_shape"],
-                max_shape=s["max_shape"],
-                dtype=getattr(torch, s["dtype"]),
-            )
-            for s in specs
-        )
-    else:
-        arg_inputs = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in arg_inputs)
-    module = tt.dynamo.compile(
-        ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, device=torch.device(device), **opts
-    )
-    return module, arg_inputs, kwarg_inputs
-
-
-def refit(
-    program: Any,
-    portable_source: ContainerSource,
-    *,
-    device: str = "cuda:0",
-    arg_inputs: Any = None,
-    kwarg_inputs: Any = None,
-) -> Any:
-    """Put the portable variant's weights into weight-stripped engines (``refit_module_weights``)."""
-    tt = import_runtime("refitting TensorRT engines")
-    ep = _portable_program(portable_source, device)
-    return tt.dynamo.refit_module_weights(
-        program, ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, in_place=False
-    )

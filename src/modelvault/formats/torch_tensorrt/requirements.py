@@ -89,13 +89,18 @@ def requirements_from_engines(
             hint="push from the environment that built the engines (with tensorrt importable), or pass "
             "frameworks={'tensorrt': '10.3.0', 'torch_tensorrt': '2.5.0', 'cuda': '12.4'}",
         )
+    _major_minor(tensorrt, "TensorRT")  # validates the form
     req: dict[str, Any] = {
         "kind": "tensorrt",
         "device": "cuda",
         "compute_capabilities": ccs,
-        "tensorrt": _major_minor(tensorrt, "TensorRT"),
+        # The full version: a plan runs only on the exact TensorRT that built it ...
+        "tensorrt": tensorrt.strip(),
         "torch_tensorrt_abi": abis[0],
     }
+    # ... unless built version-compatible, which the compile settings in the metadata record.
+    if all(e.settings.get("version_compatible") is True for e in engines):
+        req["tensorrt_version_compatible"] = True
     if torch_tensorrt:
         req["torch_tensorrt"] = _major_minor(torch_tensorrt, "Torch-TensorRT")
     if plat:
