@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "modelvault.cli.cache",
     "modelvault.cli.doctor",
     "modelvault.cli.quickstart",
+    "modelvault.cli.history",
     "modelvault.cli.completion",
 )
 
