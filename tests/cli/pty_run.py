@@ -38,10 +38,12 @@ def run_on_pty(
     cwd: Path,
     env: Mapping[str, str],
     interrupt_when: Callable[[str], bool] | None = None,
+    answer: tuple[str, str] | None = None,
     timeout: float = 120,
 ) -> Screen:
     """Run ``mvault ARGS`` with stdin/stdout/stderr on a pty; optionally send SIGINT
-    once ``interrupt_when(screen_text_so_far)`` is true."""
+    once ``interrupt_when(screen_text_so_far)`` is true, or type ``answer[1]`` once the
+    screen shows ``answer[0]`` (a question)."""
     master, slave = pty.openpty()
     full_env = {**os.environ, **env, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
     proc = subprocess.Popen(
@@ -76,6 +78,9 @@ def run_on_pty(
                     break
             elif proc.poll() is not None:
                 break
+            if answer is not None and answer[0] in _ANSI.sub("", out.decode(errors="replace")):
+                os.write(master, answer[1].encode())
+                answer = None
             if (
                 interrupt_when is not None
                 and interrupted_at is None

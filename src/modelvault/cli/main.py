@@ -68,8 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_frameworks() -> None:
+    """Keep torch's own warnings and C++ log lines off the terminal (MVAULT_DEBUG=1 shows them).
+
+    modelvault reports what went wrong in its own line; torch's messages about
+    the same event (``W1201 ... Expect archive file``, deprecation notes) only
+    bury it. Set before torch is imported, which the plugins do lazily.
+    """
+    if os.environ.get("MVAULT_DEBUG", "") not in ("", "0"):
+        return
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    import warnings
+
+    for module in ("torch", "torch_tensorrt", "torchvision", "transformers"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\..*)?$")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mvault``; returns the exit code."""
+    _quiet_frameworks()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.registry:
@@ -109,12 +126,30 @@ def report(exc: BaseException) -> int:
     if not isinstance(exc, (ModelVaultError, OSError)):
         message = f"unexpected {type(exc).__name__}: {message}"
     sys.stderr.write(f"mvault: error: {message.splitlines()[0] if message else ''}\n")
-    hint = getattr(exc, "hint", None)
+    hint = getattr(exc, "hint", None) or _hint_for(exc, debug)
     if hint:
         sys.stderr.write(f"hint: {hint}\n")
-    elif not debug and not isinstance(exc, ModelVaultError):
-        sys.stderr.write("hint: set MVAULT_DEBUG=1 for the traceback\n")
     return exit_code_for(exc)
+
+
+def _hint_for(exc: BaseException, debug: bool) -> str | None:
+    """What to do about an error that brought no hint of its own."""
+    from ..errors import ModelVaultError
+
+    if isinstance(exc, ModelVaultError):
+        return None
+    if isinstance(exc, FileNotFoundError):
+        return "check the path (it is relative to the current directory)"
+    if isinstance(exc, PermissionError):
+        return "check the file's permissions, or point MVAULT_HOME / the path somewhere writable"
+    if isinstance(exc, OSError):
+        return "check the disk, the path and the network, then try again"
+    if debug:
+        return None
+    return (
+        "this is a bug in modelvault or a plugin: please report it with the output of the same "
+        "command run with MVAULT_DEBUG=1"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,14 @@ from ..errors import PayloadMismatchError
 from .container import ContainerSource, Draft
 from .manifest import Manifest
 
-__all__ = ["Built", "FormatPlugin", "SiblingNeed", "VersionView", "check_blob_references"]
+__all__ = [
+    "Built",
+    "FormatPlugin",
+    "SiblingNeed",
+    "VersionView",
+    "check_blob_references",
+    "not_a_file",
+]
 
 
 # -- what a plugin may ask of the version it belongs to (sibling variants, build on miss) --
@@ -165,3 +172,15 @@ class FormatPlugin(ABC):
         """Build a variant of ``view``'s version on ``device``; the caller pushes it back with
         ``format=self.name, variant=True, **push_options`` and returns ``obj``."""
         raise NotImplementedError(f"the {self.name} format builds no variants")
+
+
+def not_a_file(path: Path, kind: str) -> Exception:
+    """The error for a path a plugin needs as a ``kind`` file: missing, or a directory."""
+    from ..errors import UnknownFormatError
+
+    if path.exists():
+        return UnknownFormatError(
+            f"{path} is a directory, not a {kind} file",
+            hint="name the file inside it, or push the directory with --format files",
+        )
+    return FileNotFoundError(f"{path} does not exist")

@@ -47,7 +47,7 @@ from ._torch.pt2_native import open_pt2
 from ._torch.section import add_tensors
 from ._torch.signature import describe_value, fill_common
 from ._torch.stream import BackgroundLoad, release, stream_options
-from .base import FormatPlugin
+from .base import FormatPlugin, not_a_file
 from .container import BytesSource, ContainerSource, Draft, TensorSectionBuilder, read_blob
 
 __all__ = ["GRAPH_MEDIA_TYPE", "ExportedProgramPlugin"]
@@ -211,7 +211,7 @@ class ExportedProgramPlugin(FormatPlugin):
         if isinstance(obj, (str, Path)):
             path = Path(obj)
             if not path.is_file():
-                raise FileNotFoundError(f"{path} does not exist")
+                raise not_a_file(path, ".pt2")
             if not zipfile.is_zipfile(path):
                 raise UnknownFormatError(f"{path} is not a .pt2 archive (not a zip file)")
             # Never torch.export.load: it unpickles sample inputs, retrying with

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import MissingDependencyError, PayloadMismatchError, UnknownFormatError
 from . import _splice
-from .base import FormatPlugin
+from .base import FormatPlugin, not_a_file
 from .container import ContainerSource, Draft, TensorSectionBuilder
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ class TensorsPlugin(FormatPlugin):
 
     def _read_safetensors(self, path: Path) -> dict[str, torch.Tensor]:
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
+            raise not_a_file(path, ".safetensors")
         if not looks_like_safetensors(path):
             raise UnknownFormatError(
                 f"{path} is not a .safetensors file (its header is not a safetensors header)"

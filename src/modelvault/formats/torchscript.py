@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..digest import digest_bytes
 from ..errors import InvalidArgumentError, PayloadMismatchError, UnknownFormatError
 from . import _splice
-from .base import FormatPlugin
+from .base import FormatPlugin, not_a_file
 from .container import (
     BytesSource,
     ContainerSource,
@@ -278,7 +278,7 @@ class TorchScriptPlugin(FormatPlugin):
         if isinstance(obj, (str, Path)):
             path = Path(obj)
             if not path.is_file():
-                raise FileNotFoundError(f"{path} does not exist")
+                raise not_a_file(path, "TorchScript")
             if not is_torchscript_archive(path):
                 raise UnknownFormatError(
                     f"{path} is not a TorchScript archive (no data.pkl and code/ inside)"
