@@ -351,7 +351,88 @@ def registry(r: dict[str, Any]) -> list[str]:
     )
 
 
+def dedup(r: dict[str, Any]) -> list[str]:
+    """Bytes stored per experiment (benchmarks/dedup_bench.py); sizes, not times."""
+
+    def mb(n: float) -> str:
+        return f"{n / 1e6:.1f} MB"
+
+    g1, gp, gf, sd, rf, rb = (
+        r[k] for k in ("gpt2_one", "gpt2_partial", "gpt2_full", "sd16", "resnet50_formats", "resnet50_bn")
+    )
+    pub = r["published"]
+    xet, zip_ = pub["xet"], pub["zipllm"]
+
+    def saved(e: dict[str, Any], layout: str) -> str:
+        return f"{mb(e[layout]['both']['total'])} ({100 * e[layout]['saved_vs_two_copies']:.1f}% saved)"
+
+    rows = [
+        (
+            f"GPT-2, one {mb(g1['changed_bytes'])} tensor changed: store growth",
+            f"+{mb(g1['1.0']['growth_total'])} ({g1['1.0']['ratio_total']:.1f}x the tensor)",
+            f"+{mb(g1['1.1']['growth_total'])} ({g1['1.1']['ratio_total']:.3f}x)",
+            "< 1.5x the tensor",
+            g1["1.1"]["ratio_total"] < 1.5,
+        ),
+        (
+            f"GPT-2 base + a fine-tune changing {mb(gp['changed_bytes'])}: both stored",
+            saved(gp, "1.0"),
+            saved(gp, "1.1"),
+            f"Xet: {xet['two_versions_bytes'] / 1e9:.1f} GB -> {xet['stored_bytes'] / 1e6:.0f} MB "
+            f"({100 * xet['reduction']:.0f}%)",
+            None,
+        ),
+        (
+            "GPT-2 full fine-tune (every tensor changed): both stored",
+            saved(gf, "1.0"),
+            saved(gf, "1.1"),
+            f"ZipLLM ({zip_['corpus']}): tensor dedup {100 * zip_['tensor_dedup_reduction']:.1f}%, "
+            f"with BitX deltas {100 * zip_['with_bitx_deltas_reduction']:.1f}%",
+            None,
+        ),
+        (
+            f"resnet50 as ExportedProgram + TorchScript + state dict ({mb(rf['model_bytes'])} of weights)",
+            f"{mb(rf['1.0']['stored']['total'])} ({rf['1.0']['ratio_total']:.2f}x)",
+            f"{mb(rf['1.1']['stored']['total'])} ({rf['1.1']['ratio_total']:.3f}x)",
+            "< 1.05x the model",
+            rf["1.1"]["ratio_total"] < 1.05,
+        ),
+        (
+            f"resnet50, one {rb['changed_bytes']} B BatchNorm tensor changed: growth",
+            f"+{mb(rb['1.0']['growth_total'])}",
+            f"+{rb['1.1']['growth_total'] / 1e3:.0f} KB",
+            "",
+            None,
+        ),
+    ]
+    for part in ("weight", "bias"):
+        e = sd[part]
+        rows.append(
+            (
+                f"16-tensor state dict, one {e['changed_bytes'] / 1024:.0f} KiB tensor ({e['changed_tensor']}) changed: growth",
+                f"+{mb(e['1.0']['growth_total'])} ({e['1.0']['ratio_total']:.1f}x)",
+                f"+{e['1.1']['growth_data']} B data, +{e['1.1']['growth_total']} B with the manifest "
+                f"({e['1.1']['ratio_data']:.3f}x / {e['1.1']['ratio_total']:.2f}x)",
+                "< 1.5x the tensor",
+                e["1.1"]["ratio_total"] < 1.5,
+            )
+        )
+    out = [
+        describe(r.get("machine")),
+        "",
+        "Bytes the store holds (blobs plus manifests) per experiment; every weight random, "
+        "biases and norms included. Command: `python benchmarks/dedup_bench.py`.",
+        "",
+        "| experiment | format 1.0 (one section) | format 1.1 (a blob per large tensor) | goal or published figure | |",
+        "| --- | ---: | ---: | --- | --- |",
+    ]
+    for what, old, new, goal, ok in rows:
+        out.append(f"| {what} | {old} | {new} | {goal} | {'' if ok is None else _mark(ok)} |")
+    return out
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "dedup": dedup,
     "bundle": bundle,
     "torch_cpu": torch_formats,
     "torch_cuda": torch_formats,
@@ -363,6 +444,8 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 
 def render(report: dict[str, Any]) -> str:
     """The Markdown of one results file, or a note saying why it cannot be shown."""
+    if "gpt2_one" in report and "published" in report:  # byte counts: no timing to distrust
+        return "\n".join(dedup(report))
     if report.get("schema", 1) < SCHEMA:
         return (
             "_No figures: this results file was written by an earlier version of the "

@@ -72,7 +72,7 @@ PUBLISHED = {
         "with_bitx_deltas_reduction": 0.541,
     },
     "xet": {
-        "source": "as quoted in the tracker: Hugging Face Xet team, two GPT-2 versions",
+        "source": "Hugging Face Xet team, two GPT-2 versions (as reported; the original post was not found)",
         "two_versions_bytes": 1.2e9,
         "stored_bytes": 645e6,
         "reduction": round(1 - 645 / 1200, 3),
