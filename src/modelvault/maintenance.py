@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import settings
-from .errors import IntegrityError
 from .digest import damaged, digest_file
+from .errors import IntegrityError
 
 if TYPE_CHECKING:
     from .vault import Vault

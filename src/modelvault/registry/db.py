@@ -37,7 +37,9 @@ from ..errors import (
     RegistryUnavailableError,
     SchemaAheadError,
     SchemaBehindError,
+    SchemaDriftError,
 )
+from .drift import schema_drift
 
 __all__ = [
     "connect",
@@ -320,6 +322,7 @@ def check_schema(engine: Engine, *, auto_upgrade: bool) -> None:
             with engine.connect() as conn, _status_lock(conn):
                 rev = _revision_of(conn)
                 status = _status(rev, conn)
+                drift = schema_drift(conn) if status == "up to date" else []
             break
         except DBAPIError as exc:
             # Several processes opening a new SQLite file at once meet its locks here.
@@ -328,6 +331,8 @@ def check_schema(engine: Engine, *, auto_upgrade: bool) -> None:
                 continue
             raise translate(engine.url, exc) from exc
     if status == "up to date":
+        if drift:
+            raise _drift_error(engine.url, rev, drift)
         return
     if status == "ahead":
         raise SchemaAheadError(
@@ -345,6 +350,15 @@ def check_schema(engine: Engine, *, auto_upgrade: bool) -> None:
     raise SchemaBehindError(
         f"registry {describe_url(engine.url)} {what}; run: mvault db upgrade",
         hint="run: mvault db upgrade",
+    )
+
+
+def _drift_error(url: URL, rev: str | None, drift: list[str]) -> SchemaDriftError:
+    return SchemaDriftError(
+        f"registry {describe_url(url)} does not match its schema revision {rev}: "
+        f"{'; '.join(drift)}",
+        hint="the database was changed outside modelvault: restore what is missing "
+        "(from a backup); mvault db current lists the differences",
     )
 
 
@@ -423,16 +437,22 @@ def upgrade(url: str) -> str:
         engine.dispose()
 
 
-def current(url: str) -> dict[str, str | None]:
-    """The schema state: ``{"url", "current", "head", "status"}``.
+def current(url: str) -> dict[str, Any]:
+    """The schema state: ``{"url", "current", "head", "status", "drift"}``.
 
-    ``status`` is ``"up to date"``, ``"behind"``, ``"ahead"`` or ``"empty"``.
+    ``status`` is ``"up to date"``, ``"behind"``, ``"ahead"``, ``"empty"`` or
+    ``"drifted"`` (at the head revision, but tables or columns differ: ``drift``
+    lists how).
     """
     engine = connect(url)
+    drift: list[str] = []
     try:
         with engine.connect() as conn:
             rev = _revision_of(conn)
             status = _status(rev, conn)
+            if status == "up to date":
+                drift = schema_drift(conn)
+                status = "drifted" if drift else status
     except DBAPIError as exc:
         raise translate(engine.url, exc) from exc
     finally:
@@ -442,6 +462,7 @@ def current(url: str) -> dict[str, str | None]:
         "current": rev,
         "head": head_revision(),
         "status": status,
+        "drift": drift,
     }
 
 
