@@ -7,7 +7,9 @@
 
 Pushing writes blobs first (each content-addressed, skipped when present),
 then registers the version in one transaction: a crash in between leaves at
-worst orphan blobs, which ``gc`` removes after a grace period.
+worst orphan blobs, which ``gc`` removes after a grace period. A push holds a
+lease on its blobs from before it looks in the store until the registration
+(``maintenance.PushLease``), so ``gc`` never deletes a blob a push reuses.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .errors import ConflictError, InvalidArgumentError, UnknownFormatError
 from .formats.container import Draft, finalize
 from .formats.registry import detect, get_plugin
 from .loader import Choice, StoreSource, choose_variant, read_manifest
+from .maintenance import PushLease
 
 if TYPE_CHECKING:
     from .formats.manifest import Manifest
@@ -57,6 +60,7 @@ class PushResult:
     blobs_uploaded: int = 0
     blobs_skipped: int = 0
     aliases: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # applied, even to an unchanged version
 
 
 def _split_ref(name: str, version: str | None) -> tuple[str, str]:
@@ -181,32 +185,37 @@ class Vault:
             draft.metadata.update(dict(metadata))
         for key, value in dict(options.get("frameworks") or {}).items():
             draft.frameworks.setdefault(str(key), str(value))
-        manifest, uploaded, n_up, n_skip = self._upload_draft(draft, progress)
-        return self._register(
-            manifest,
-            name,
-            version,
-            alias_list,
-            labels,
-            description,
-            variant,
-            uploaded,
-            n_up,
-            n_skip,
-        )
+        with PushLease(self.registry, self.store) as lease:  # gc leaves these blobs alone
+            manifest, uploaded, n_up, n_skip = self._upload_draft(draft, progress, lease)
+            return self._register(
+                manifest,
+                name,
+                version,
+                alias_list,
+                labels,
+                description,
+                variant,
+                uploaded,
+                n_up,
+                n_skip,
+                lease,
+            )
 
-    def _upload_draft(self, draft: Draft, progress: Any) -> tuple[Manifest, int, int, int]:
+    def _upload_draft(
+        self, draft: Draft, progress: Any, lease: PushLease
+    ) -> tuple[Manifest, int, int, int]:
         store = self.store
         uploaded = n_up = n_skip = 0
         draft.compute_digests()
         manifest = finalize(draft)  # validates everything before the first byte is stored
+        lease.protect([b.digest for b in draft.blobs if b.digest] + [manifest.digest])
         seen: set[str] = set()
         for b in draft.blobs:
             assert b.digest is not None
             if b.digest in seen:
                 continue
             seen.add(b.digest)
-            if store.exists(b.digest):
+            if lease.present(b.digest):
                 n_skip += 1
                 continue
             local = b.source.local_file()
@@ -223,8 +232,8 @@ class Vault:
                 n_up += 1
             else:
                 n_skip += 1
-        data = manifest.encode()
-        store.put_bytes(manifest.digest, data)
+        if not lease.present(manifest.digest):
+            store.put_bytes(manifest.digest, manifest.encode())
         return manifest, uploaded, n_up, n_skip
 
     def _variant_input(self, manifest: Manifest) -> Any:
@@ -260,12 +269,16 @@ class Vault:
         uploaded: int,
         n_up: int,
         n_skip: int,
+        lease: PushLease,
     ) -> PushResult:
         vin = self._variant_input(manifest)
         reg = self.registry
+        lease.keep_alive()
         if variant:
-            reg.add_variant(name, version, vin)
+            reg.add_variant(name, version, vin, lease=lease.id)
             created = False
+            if labels:
+                reg.set_labels(name, version, dict(labels))
         else:
             info, created = reg.register_version(
                 name,
@@ -274,6 +287,7 @@ class Vault:
                 aliases=aliases,
                 labels=dict(labels or {}),
                 description=description,
+                lease=lease.id,
             )
             version = info.version
         if not created:  # a new version got its aliases in the same transaction
@@ -290,6 +304,7 @@ class Vault:
             blobs_uploaded=n_up,
             blobs_skipped=n_skip,
             aliases=aliases,
+            labels=dict(labels or {}),
         )
 
     def _push_bundle(
@@ -310,20 +325,33 @@ class Vault:
         manifest = bundle.manifest
         store = self.store
         uploaded = n_up = n_skip = 0
-        for i, ref in enumerate(manifest.blobs):
-            if store.exists(ref.digest):
-                n_skip += 1
-                continue
-            loc = bundle.locate(i)
-            if store.put_file(
-                ref.digest, loc.path, offset=loc.offset, length=loc.size, progress=progress
-            ):
-                uploaded += ref.size
-                n_up += 1
-        store.put_bytes(manifest.digest, bundle.manifest_bytes)
-        return self._register(
-            manifest, name, version, aliases, labels, description, variant, uploaded, n_up, n_skip
-        )
+        with PushLease(self.registry, store) as lease:  # gc leaves these blobs alone
+            lease.protect([ref.digest for ref in manifest.blobs] + [manifest.digest])
+            for i, ref in enumerate(manifest.blobs):
+                if lease.present(ref.digest):
+                    n_skip += 1
+                    continue
+                loc = bundle.locate(i)
+                if store.put_file(
+                    ref.digest, loc.path, offset=loc.offset, length=loc.size, progress=progress
+                ):
+                    uploaded += ref.size
+                    n_up += 1
+            if not lease.present(manifest.digest):
+                store.put_bytes(manifest.digest, bundle.manifest_bytes)
+            return self._register(
+                manifest,
+                name,
+                version,
+                aliases,
+                labels,
+                description,
+                variant,
+                uploaded,
+                n_up,
+                n_skip,
+                lease,
+            )
 
     # -- lookups -----------------------------------------------------------------
     def resolve(self, spec: str) -> Any:
