@@ -51,7 +51,7 @@ lock orders G2 against the push's P1 and P4 transactions.
   G2 too: G2 does not decide d.
 * G2 before P1: P1 sees the decision, so P2 waits until this ``gc`` has done
   every delete of d (G4 comes after G3), or until the deadline, after which G3
-  issues none. P3 then looks: d is absent and uploaded, or present and not
+  issues none; or P1 sees no decision because G4 has already run. P3 then looks: d is absent and uploaded, or present and not
   deleted by this ``gc`` after that. Every later decision comes after P1 and
   meets the lease (second case) until P4, and the reference after P4 (first
   case).

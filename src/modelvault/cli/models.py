@@ -124,7 +124,9 @@ def _push_human(r: Any) -> None:
     if r.aliases:
         sys.stdout.write(f"  aliases: {', '.join(r.aliases)}\n")
     if r.labels:
-        sys.stdout.write(f"  labels: {', '.join(f'{k}={v}' for k, v in sorted(r.labels.items()))}\n")
+        sys.stdout.write(
+            f"  labels: {', '.join(f'{k}={v}' for k, v in sorted(r.labels.items()))}\n"
+        )
 
 
 def run_push(args: argparse.Namespace) -> int:
