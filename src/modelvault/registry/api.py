@@ -34,7 +34,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from .. import config
-from ..errors import ConflictError, InvalidArgumentError, RegistryError, VariantExistsError
+from ..errors import (
+    ConflictError,
+    InvalidArgumentError,
+    ModelExistsError,
+    RegistryError,
+    VariantExistsError,
+)
 from . import aliases as al
 from . import blobs, checks, db, reads, writes
 from .results import (
@@ -146,8 +152,6 @@ class Registry:
         A name that differs only in case from an existing model's is refused
         (ModelExistsError naming the existing one), whatever ``exist_ok`` says.
         """
-        from ..errors import ModelExistsError
-
         validate_name("model", name)
         description = checks.check_description(description)
         who = self._user(user)
