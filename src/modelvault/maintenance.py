@@ -157,6 +157,10 @@ class PushLease:
             )
         self._renewed = time.monotonic()
 
+    def handed_over(self) -> None:
+        """The registration took the lease over (and deleted it): nothing left to release."""
+        self.id = None
+
     def release(self) -> None:
         """Drop the lease (a registration already handed it over: then this deletes nothing)."""
         if self.id is not None:

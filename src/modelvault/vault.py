@@ -290,6 +290,8 @@ class Vault:
                 lease=lease.id,
             )
             version = info.version
+        if created or variant:
+            lease.handed_over()  # the registration deleted it in its transaction
         if not created:  # a new version got its aliases in the same transaction
             for a in aliases:
                 reg.set_alias(name, a, version)
