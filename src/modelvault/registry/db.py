@@ -363,9 +363,30 @@ def _drift_error(url: URL, rev: str | None, drift: list[str]) -> SchemaDriftErro
 
 
 @contextmanager
-def _migration_lock(conn: Connection) -> Iterator[None]:
-    """Serialize concurrent upgraders (several processes opening a fresh database)."""
+def _session_migration_lock(conn: Connection) -> Iterator[None]:
+    """MySQL/MariaDB: the migration lock, held outside any transaction of ``conn``."""
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        yield
+        return
+    with _migration_lock(conn):
+        conn.commit()  # end the transaction the lock statement began
+        try:
+            yield
+        finally:
+            conn.rollback()  # whatever the block left open, so RELEASE_LOCK runs on its own
+    conn.commit()
+
+
+@contextmanager
+def _migration_lock(conn: Connection, *, session_held: bool = False) -> Iterator[None]:
+    """Serialize concurrent upgraders (several processes opening a fresh database).
+
+    ``session_held``: the caller already holds the MySQL/MariaDB session lock.
+    """
     backend = conn.dialect.name
+    if session_held and backend in ("mysql", "mariadb"):
+        yield
+        return
     if backend == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
         yield
@@ -410,10 +431,14 @@ def _upgrade_once(engine: Engine) -> str:
     from alembic import command
 
     try:
+        # On MySQL/MariaDB the lock is a session lock and DDL commits as it goes:
+        # take it before the transaction and release it only after the commit, or
+        # the next upgrader reads the revision before the last stamp is visible.
         with (
             engine.connect().execution_options(mv_write=True) as conn,
+            _session_migration_lock(conn),
             conn.begin(),
-            _migration_lock(conn),
+            _migration_lock(conn, session_held=True),
         ):
             rev = _revision_of(conn)
             if _status(rev, conn) == "ahead":
