@@ -358,7 +358,15 @@ def dedup(r: dict[str, Any]) -> list[str]:
         return f"{n / 1e6:.1f} MB"
 
     g1, gp, gf, sd, rf, rb = (
-        r[k] for k in ("gpt2_one", "gpt2_partial", "gpt2_full", "sd16", "resnet50_formats", "resnet50_bn")
+        r[k]
+        for k in (
+            "gpt2_one",
+            "gpt2_partial",
+            "gpt2_full",
+            "sd16",
+            "resnet50_formats",
+            "resnet50_bn",
+        )
     )
     pub = r["published"]
     xet, zip_ = pub["xet"], pub["zipllm"]

@@ -44,7 +44,8 @@ keep working for callers that do not know modelvault.
     ├── RegistryError
     │   ├── RegistryUnavailableError (ConnectionError)
     │   ├── SchemaBehindError
-    │   └── SchemaAheadError
+    │   ├── SchemaAheadError
+    │   └── SchemaDriftError
     ├── StorageError (OSError)
     │   ├── StoreUnavailableError (ConnectionError)
     │   │   └── OCIUnavailableError
@@ -100,6 +101,7 @@ __all__ = [
     "RegistryUnavailableError",
     "SchemaAheadError",
     "SchemaBehindError",
+    "SchemaDriftError",
     "StorageError",
     "StorageFullError",
     "StoreAccessError",
@@ -311,6 +313,10 @@ class SchemaBehindError(RegistryError):
 
 class SchemaAheadError(RegistryError):
     """The database schema is newer than this modelvault; upgrade modelvault instead."""
+
+
+class SchemaDriftError(RegistryError):
+    """The database's tables differ from what its schema revision says (changed by hand)."""
 
 
 class StorageError(ModelVaultError, OSError):

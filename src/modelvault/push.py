@@ -8,6 +8,10 @@
 3. **register**: one registry transaction records the version (or a new
    variant of it), its blob references and its aliases.
 
+Steps 2 and 3 run under a :class:`~modelvault.maintenance.PushLease`: every
+blob the push will reference is leased in the registry before the store is
+asked whether it has it, so a concurrent ``gc`` never deletes a blob the push
+decided to reuse; the registration hands the lease over in its transaction.
 A crash between 2 and 3 leaves at worst orphan blobs, which ``mvault gc``
 removes after a grace period.
 """
@@ -24,6 +28,7 @@ from .formats.registry import get_plugin
 if TYPE_CHECKING:
     from .formats.bundle import Bundle
     from .formats.manifest import Manifest
+    from .maintenance import PushLease
     from .registry import Registry
     from .storage.base import BlobStore
 
@@ -78,6 +83,7 @@ class PushResult:
     blobs_uploaded: int = 0
     blobs_skipped: int = 0
     aliases: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # applied, even to an unchanged version
 
 
 def phase(progress: Any, name: str, total: int | None = None) -> None:
@@ -91,14 +97,15 @@ def _name_roles(progress: Any, manifest: Manifest) -> None:
         progress.roles({b.digest: b.role for b in manifest.blobs})
 
 
-def upload_draft(store: BlobStore, draft: Draft, progress: Any = None) -> Upload:
-    """Hash the draft's blobs, store the ones the store lacks, then the manifest."""
+def upload_draft(store: BlobStore, draft: Draft, lease: PushLease, progress: Any = None) -> Upload:
+    """Hash the draft's blobs, lease them, store the ones the store lacks, then the manifest."""
     phase(progress, "hashing", draft.total_size)
     draft.compute_digests(
         getattr(progress, "advance", None) if hasattr(progress, "phase") else None
     )
     manifest = finalize(draft)  # validates everything before the first byte is stored
     _name_roles(progress, manifest)
+    lease.protect([b.digest for b in draft.blobs if b.digest] + [manifest.digest])
     uploaded = n_up = n_skip = 0
     seen: set[str] = set()
     for b in draft.blobs:
@@ -106,7 +113,7 @@ def upload_draft(store: BlobStore, draft: Draft, progress: Any = None) -> Upload
         if b.digest in seen:
             continue
         seen.add(b.digest)
-        if store.exists(b.digest):
+        if lease.present(b.digest):
             n_skip += 1
             continue
         local = b.source.local_file()
@@ -121,17 +128,21 @@ def upload_draft(store: BlobStore, draft: Draft, progress: Any = None) -> Upload
             n_up += 1
         else:
             n_skip += 1
-    store.put_bytes(manifest.digest, manifest.encode())
+    if not lease.present(manifest.digest):
+        store.put_bytes(manifest.digest, manifest.encode())
     return Upload(manifest, uploaded, n_up, n_skip)
 
 
-def upload_bundle(store: BlobStore, bundle: Bundle, progress: Any = None) -> Upload:
-    """Store a verified bundle's blobs (those the store lacks) and its manifest."""
+def upload_bundle(
+    store: BlobStore, bundle: Bundle, lease: PushLease, progress: Any = None
+) -> Upload:
+    """Lease a verified bundle's blobs, store those the store lacks, then its manifest."""
     manifest = bundle.manifest
     _name_roles(progress, manifest)
+    lease.protect([ref.digest for ref in manifest.blobs] + [manifest.digest])
     uploaded = n_up = n_skip = 0
     for i, ref in enumerate(manifest.blobs):
-        if store.exists(ref.digest):
+        if lease.present(ref.digest):
             n_skip += 1
             continue
         loc = bundle.locate(i)
@@ -140,7 +151,8 @@ def upload_bundle(store: BlobStore, bundle: Bundle, progress: Any = None) -> Upl
         ):
             uploaded += ref.size
             n_up += 1
-    store.put_bytes(manifest.digest, bundle.manifest_bytes)
+    if not lease.present(manifest.digest):
+        store.put_bytes(manifest.digest, bundle.manifest_bytes)
     return Upload(manifest, uploaded, n_up, n_skip)
 
 
@@ -166,27 +178,38 @@ def variant_input(manifest: Manifest) -> Any:
 
 
 def register(
-    registry: Registry, upload: Upload, request: PushRequest, progress: Any = None
+    registry: Registry,
+    upload: Upload,
+    request: PushRequest,
+    lease: PushLease,
+    progress: Any = None,
 ) -> PushResult:
-    """Record the uploaded container as ``request`` says, in one transaction."""
+    """Record the uploaded container as ``request`` says, in one transaction with the lease."""
     phase(progress, "registering")
     manifest = upload.manifest
     vin = variant_input(manifest)
     version = request.version
     aliases = list(request.aliases)
+    labels = dict(request.labels)
+    lease.keep_alive()
     if request.variant:
-        registry.add_variant(request.name, version, vin)
+        registry.add_variant(request.name, version, vin, lease=lease.id)
         created = False
+        if labels:
+            registry.set_labels(request.name, version, labels)
     else:
         info, created = registry.register_version(
             request.name,
             version,
             [vin],
             aliases=aliases,
-            labels=dict(request.labels),
+            labels=labels,
             description=request.description,
+            lease=lease.id,
         )
         version = info.version
+    if created or request.variant:
+        lease.handed_over()  # the registration deleted the lease in its transaction
     if not created:  # a new version got its aliases in the same transaction
         for a in aliases:
             registry.set_alias(request.name, a, version)
@@ -201,4 +224,5 @@ def register(
         blobs_uploaded=upload.blobs_uploaded,
         blobs_skipped=upload.blobs_skipped,
         aliases=aliases,
+        labels=labels,
     )

@@ -7,7 +7,9 @@
 
 The vault is a thin facade: pushing is :mod:`modelvault.push` (pack, upload,
 register), loading and pulling are :mod:`modelvault.loader` (resolve, choose,
-fetch, verify, deserialize), maintenance is :mod:`modelvault.maintenance`.
+fetch, verify, deserialize), maintenance is :mod:`modelvault.maintenance`. A push
+holds a lease on its blobs from before it looks in the store until the
+registration (``maintenance.PushLease``), so ``gc`` never deletes a blob a push reuses.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .errors import ConflictError, InvalidArgumentError, UnknownFormatError
 from .formats.container import Draft
 from .formats.registry import detect, get_plugin
 from .loader import Choice, LoadPipeline, LoadRequest, StoreSource, choose_variant, read_manifest
+from .maintenance import PushLease
 from .push import PushRequest, PushResult, phase, register, upload_bundle, upload_draft
 
 if TYPE_CHECKING:
@@ -173,8 +176,9 @@ class Vault:
                 getattr(progress, "advance", None) if hasattr(progress, "phase") else None
             )
             validate_container(bundle)  # and its meaning: nothing is registered that cannot load
-            upload = upload_bundle(self.store, bundle, progress)
-            return register(self.registry, upload, request, progress)
+            with PushLease(self.registry, self.store) as lease:  # gc leaves these blobs alone
+                upload = upload_bundle(self.store, bundle, lease, progress)
+                return register(self.registry, upload, request, lease, progress)
         if isinstance(obj, (str, Path)):
             phase(progress, f"reading {Path(obj).name}")
         draft = self.pack(obj, format=format, **options)
@@ -182,7 +186,9 @@ class Vault:
             draft.metadata.update(dict(metadata))
         for key, value in dict(options.get("frameworks") or {}).items():
             draft.frameworks.setdefault(str(key), str(value))
-        return register(self.registry, upload_draft(self.store, draft, progress), request, progress)
+        with PushLease(self.registry, self.store) as lease:  # gc leaves these blobs alone
+            upload = upload_draft(self.store, draft, lease, progress)
+            return register(self.registry, upload, request, lease, progress)
 
     # -- lookups -----------------------------------------------------------------
     def resolve(self, spec: str) -> Any:

@@ -108,15 +108,25 @@ def test_verify_detects_damage_and_rm_gc(mvault, model_dir, mvault_home):
 
 
 def test_gc_keeps_young_unreferenced_blobs(mvault, model_dir):
+    from modelvault.maintenance import PushLease
     from modelvault.push import upload_draft
     from modelvault.vault import Vault
 
     v = Vault()
     # A push that has uploaded its blobs but not registered yet: an unreferenced, young blob.
-    upload_draft(v.store, v.pack(model_dir))
-    r = mvault("gc", "--json")  # default grace: a day
-    assert json.loads(r.out)["removed"] == []
-    assert json.loads(r.out)["kept_within_grace"] >= 4
+    draft = v.pack(model_dir)
+    with PushLease(v.registry, v.store) as lease:
+        upload_draft(v.store, draft, lease)
+        r = mvault("gc", "--json")  # default grace: a day
+        assert json.loads(r.out)["removed"] == []
+        assert json.loads(r.out)["kept_within_grace"] >= 4
+        # No grace at all: the push's lease alone keeps them.
+        r = mvault("gc", "--grace", "0", "--json")
+        assert json.loads(r.out)["removed"] == []
+        assert json.loads(r.out)["kept_in_use"] >= 4
+    # The push gave up (its lease is released): now they are orphans.
+    r = mvault("gc", "--grace", "0", "--json")
+    assert len(json.loads(r.out)["removed"]) >= 4
 
 
 # ---------------------------------------------------------------------------

@@ -85,8 +85,9 @@ def test_create_model(reg: Registry) -> None:
     assert reg.create_model("org/name").description == "hello"
     with pytest.raises(ModelExistsError):
         reg.create_model("org/name", exist_ok=False)
-    # names are case-sensitive on every database
-    assert reg.create_model("Org/Name", exist_ok=False).name == "Org/Name"
+    # names are unique ignoring case on every database: the existing spelling wins
+    with pytest.raises(ModelExistsError, match="use 'org/name', not 'Org/Name'"):
+        reg.create_model("Org/Name")
 
 
 def test_resolve_specs(reg: Registry) -> None:

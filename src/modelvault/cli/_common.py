@@ -31,6 +31,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (E.StoreAccessError, 6),
     (E.SchemaBehindError, 6),
     (E.SchemaAheadError, 6),
+    (E.SchemaDriftError, 6),
     (E.IncompatibleError, 7),
     (E.DeviceError, 7),
     (E.InvalidArgumentError, 2),

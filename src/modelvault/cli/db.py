@@ -38,11 +38,11 @@ def run_current(args: argparse.Namespace) -> int:
     from ..registry import current
 
     info = current(settings().registry_url)
-    emit(
-        info,
-        as_json=args.json,
-        human=lambda d: sys.stdout.write(
-            f"revision {d.get('current')} (head {d.get('head')}): {d.get('status')}\n"
-        ),
-    )
-    return 0 if info.get("status") in ("up to date",) else 6
+
+    def human(d: dict[str, Any]) -> None:
+        sys.stdout.write(f"revision {d.get('current')} (head {d.get('head')}): {d.get('status')}\n")
+        for line in d.get("drift") or []:
+            sys.stdout.write(f"  {line}\n")
+
+    emit(info, as_json=args.json, human=human)
+    return 0 if info.get("status") == "up to date" else 6

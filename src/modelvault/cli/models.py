@@ -166,6 +166,10 @@ def _push_human(r: Any, seconds: float | None = None) -> None:
     )
     if r.aliases:
         sys.stdout.write(f"  aliases: {', '.join(r.aliases)}\n")
+    if r.labels:
+        sys.stdout.write(
+            f"  labels: {', '.join(f'{k}={v}' for k, v in sorted(r.labels.items()))}\n"
+        )
 
 
 def run_push(args: argparse.Namespace) -> int:
@@ -411,7 +415,8 @@ def run_gc(args: argparse.Namespace) -> int:
         report,
         as_json=args.json,
         human=lambda r: sys.stdout.write(
-            f"{verb} {len(r['removed'])} blobs, {human_size(r['bytes'])}; kept {r['kept_within_grace']} within the grace period\n"
+            f"{verb} {len(r['removed'])} blobs, {human_size(r['bytes'])}; kept {r['kept_within_grace']} within the grace period"
+            f" and {r['kept_in_use']} held by pushes in flight\n"
         ),
     )
     return 0

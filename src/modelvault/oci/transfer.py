@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..digest import damaged, digest_bytes, new_hasher
 from ..errors import ArtifactError, ArtifactNotFoundError, InvalidArgumentError, UnsafePathError
 from ..formats.manifest import Manifest
+from ..maintenance import PushLease
 from .client import CHUNK, MAX_MANIFEST_BYTES, RegistryClient, read_all, with_query
 from .layout import (
     A_DIGEST,
@@ -407,12 +408,22 @@ def pull_version(
                 validate_name("model", name)
                 version = str(SemVer.parse(version))
                 manifests = [_native_manifest(client, repo, im) for im in images]
-                _pull_native(vault, client, repo, images, manifests, tmp, pool, progress, result)
                 from ..push import variant_input
 
-                info, created = vault.registry.register_version(
-                    name, version, [variant_input(m) for m in manifests], aliases=list(aliases)
-                )
+                with PushLease(vault.registry, vault.store) as lease:
+                    _pull_native(
+                        vault, client, repo, images, manifests, tmp, pool, progress, result, lease
+                    )
+                    lease.keep_alive()
+                    info, created = vault.registry.register_version(
+                        name,
+                        version,
+                        [variant_input(m) for m in manifests],
+                        aliases=list(aliases),
+                        lease=lease.id,
+                    )
+                    if created:
+                        lease.handed_over()
                 if not created:
                     for a in aliases:
                         vault.registry.set_alias(name, a, info.version)
@@ -480,15 +491,18 @@ def _pull_native(
     pool: ThreadPoolExecutor,
     progress: Any,
     result: OCIPullResult,
+    lease: PushLease,
 ) -> None:
     store = vault.store
+    # Leased before the store is asked: a concurrent gc never deletes a blob reused here.
+    lease.protect([b.digest for m in manifests for b in m.blobs] + [m.digest for m in manifests])
     want: dict[str, Descriptor] = {}  # blake3 -> layer
     for im, m in zip(images, manifests):
         for ref, d in zip(
             m.blobs,
             [d for d in im.layers if d.annotations.get(A_ROLE) not in ("manifest", "tensor-table")],
         ):
-            if ref.digest in want or store.exists(ref.digest):
+            if ref.digest in want or lease.present(ref.digest):
                 result.blobs_skipped += ref.digest not in want
                 continue
             want[ref.digest] = d
@@ -517,7 +531,8 @@ def _pull_native(
     result.blobs_downloaded = len(items)
     result.bytes_downloaded = sum(d.size for d, _ in items)
     for m in manifests:
-        store.put_bytes(m.digest, m.encode())
+        if not lease.present(m.digest):
+            store.put_bytes(m.digest, m.encode())
 
 
 def _pull_foreign(

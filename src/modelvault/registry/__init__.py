@@ -5,11 +5,18 @@
     >>> reg.resolve("resnet50@prod")          # doctest: +SKIP
 
 ``upgrade(url)`` and ``current(url)`` back ``mvault db upgrade`` / ``mvault db current``.
+
+Where things are: :mod:`.api` holds the one class, :class:`Registry`, which
+validates (:mod:`.checks`) and runs each call in one transaction over plain
+functions taking a session: :mod:`.reads`, :mod:`.writes`, :mod:`.aliases`,
+:mod:`.blobs` (leases and gc decisions). :mod:`.db` owns engines, retries,
+the schema check and migrations; :mod:`.schema` the tables.
 """
 
 from __future__ import annotations
 
 from .api import Registry
+from .blobs import LeaseLapsedError
 from .db import current, upgrade
 from .results import (
     AliasChange,
@@ -32,6 +39,7 @@ __all__ = [
     "BlobRef",
     "DeleteResult",
     "EventInfo",
+    "LeaseLapsedError",
     "ModelInfo",
     "Page",
     "Registry",

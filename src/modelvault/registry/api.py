@@ -1,41 +1,62 @@
-"""The :class:`Registry`: models, versions, variants, aliases, labels, events.
+"""The :class:`Registry`: models, versions, variants, aliases, labels, events, blob leases.
 
-Every public method runs in one database transaction (see
-:func:`modelvault.registry.db.run_transaction`) and writes its event row in
-that same transaction. Versions are immutable; identity is the semantic
-version without build metadata. Concurrent writers are kept apart by unique
-constraints, not by reading first: the loser of a race sees the constraint
-fail, rolls back and re-reads to decide between "identical, nothing to do"
-and :class:`VersionExistsError`.
+One class, and plain-function modules it delegates to, each taking a session:
+
+* :mod:`.checks`: input validation, before anything is written;
+* :mod:`.reads`: lookups, resolution (the hot path), listings, cursors;
+* :mod:`.writes`: models, versions, variants, labels, deletion, events;
+* :mod:`.aliases`: aliases and their history;
+* :mod:`.blobs`: blob references, push leases and gc's deletion decisions;
+* :mod:`.db`: engines, transactions and retries, schema checks, migrations.
+
+A public method validates its arguments, then runs one database transaction
+(:func:`.db.run_transaction`) that writes its event row in that same
+transaction. Versions are immutable; identity is the semantic version without
+build metadata. Concurrent writers are kept apart by unique constraints, not
+by reading first: the loser of a race sees the constraint fail, rolls back and
+re-reads to decide between "identical, nothing to do" and
+:class:`VersionExistsError`.
+
+Model names are unique ignoring case and looked up exactly: with ``base``
+registered, pushing ``Base`` is refused with a line naming ``base`` (two
+models a reader cannot tell apart are worse than a retyped name), and
+``resolve("Base")`` says "did you mean 'base'?".
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from .. import config
 from ..errors import (
+    ConflictError,
     InvalidArgumentError,
     ModelExistsError,
+    RegistryError,
     VariantExistsError,
-    VersionExistsError,
 )
-from . import _queries as q
-from ._maintenance import MaintenanceOps
+from . import aliases as al
+from . import blobs, checks, db, reads, writes
 from .results import (
+    AliasChange,
+    AliasInfo,
+    DeleteResult,
+    EventInfo,
     ModelInfo,
     Page,
     VariantInfo,
     VariantInput,
     VersionInfo,
 )
-from .schema import Label, Model, Variant, Version
+from .schema import Model
 from .semver import SemVer
-from .specs import LatestSpec, Spec, parse_ref, parse_spec, validate_name
+from .specs import LatestSpec, Spec, parse_ref, parse_spec, validate_label, validate_name
 
 __all__ = ["Registry"]
 
@@ -44,7 +65,7 @@ T = TypeVar("T")
 _CONFLICT_RETRIES = 5
 
 
-class Registry(MaintenanceOps):
+class Registry:
     """The SQL catalogue of models.
 
     >>> reg = Registry("sqlite:///registry.db")                       # doctest: +SKIP
@@ -55,23 +76,68 @@ class Registry(MaintenanceOps):
     ``url`` None means ``MVAULT_REGISTRY`` (default: the embedded SQLite file).
     ``auto_upgrade`` None means: upgrade the embedded default and any SQLite
     file that does not exist yet; refuse any other database that is behind
-    with :class:`SchemaBehindError` ("run: mvault db upgrade").
+    with :class:`SchemaBehindError` ("run: mvault db upgrade"). A database
+    whose tables differ from what its revision says raises
+    :class:`SchemaDriftError` naming the difference.
     """
 
+    def __init__(self, url: str | None = None, *, auto_upgrade: bool | None = None) -> None:
+        settings = config.settings()
+        raw = settings.registry_url if url is None else url
+        self.url = db.normalize_url(raw)
+        if auto_upgrade is None:
+            auto_upgrade = (
+                url is None and settings.is_embedded_registry
+            ) or db.sqlite_path_missing(self.url)
+        self.engine = db.connect(self.url)
+        db.check_schema(self.engine, auto_upgrade=auto_upgrade)
+
+    def __repr__(self) -> str:
+        return f"Registry({db.describe_url(self.url)!r})"
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transactions -------------------------------------------------------------
+
+    def _tx(self, fn: Callable[[Session], T], *, write: bool = True) -> T:
+        try:
+            return db.run_transaction(self.engine, fn, write=write)
+        except sa_exc.IntegrityError as exc:
+            # Only reached when a caller did not expect a constraint to fail.
+            raise ConflictError(
+                f"the registry refused the change: {str(exc.orig).splitlines()[0][:300]}"
+            ) from exc
+
+    def _write_with_conflicts(
+        self, fn: Callable[[Session], T], on_conflict: Callable[[], T | None]
+    ) -> T:
+        """Run a write; when a unique constraint fails, ask ``on_conflict`` (in a new
+        transaction) whether the outcome is already decided, else try again."""
+        for _ in range(_CONFLICT_RETRIES):
+            try:
+                return db.run_transaction(self.engine, fn)
+            except sa_exc.IntegrityError:
+                decided = on_conflict()
+                if decided is not None:
+                    return decided
+        raise RegistryError(
+            "the change kept colliding with concurrent writers; try again",
+            hint="this is rare: many clients are changing the same model at once",
+        )
+
+    @staticmethod
+    def _user(user: str | None) -> str:
+        return checks.check_user(config.settings().user if user is None else user)
+
     # --- models -------------------------------------------------------------
-
-    def _ensure_model(self, name: str, description: str | None, user: str) -> bool:
-        """Create the model unless it exists; True when this call created it."""
-
-        def work(s: Session) -> bool:
-            now = q.utcnow()
-            row = {"name": name, "description": description, "created_at": now, "created_by": user}
-            created = q.insert_ignore(s, Model.__table__, [row], ["name"]) > 0  # type: ignore[arg-type]
-            if created:
-                q.add_event(s, "model.create", user, model=name, description=description)
-            return created
-
-        return self._tx(work)
 
     def create_model(
         self,
@@ -81,38 +147,22 @@ class Registry(MaintenanceOps):
         exist_ok: bool = True,
         user: str | None = None,
     ) -> ModelInfo:
-        """Create a model; with ``exist_ok=False`` an existing one raises ModelExistsError."""
+        """Create a model; with ``exist_ok=False`` an existing one raises ModelExistsError.
+
+        A name that differs only in case from an existing model's is refused
+        (ModelExistsError naming the existing one), whatever ``exist_ok`` says.
+        """
         validate_name("model", name)
-        description = q.check_description(description)
+        description = checks.check_description(description)
         who = self._user(user)
-        if not self._ensure_model(name, description, who) and not exist_ok:
+        if not self._tx(lambda s: writes.ensure_model(s, name, description, who)) and not exist_ok:
             raise ModelExistsError(f"model {name!r} already exists")
         return self.get_model(name)
 
     def get_model(self, name: str) -> ModelInfo:
         """One model with its version count, highest release and aliases."""
         validate_name("model", name)
-
-        def work(s: Session) -> ModelInfo:
-            return self._model_infos(s, [q.find_model(s, name)])[0]
-
-        return self._tx(work, write=False)
-
-    @staticmethod
-    def _model_infos(s: Session, models: Sequence[Model]) -> list[ModelInfo]:
-        counts, latest, aliases = q.model_summaries(s, models)
-        return [
-            ModelInfo(
-                name=m.name,
-                description=m.description,
-                created_at=m.created_at,
-                created_by=m.created_by,
-                version_count=counts.get(m.id, 0),
-                latest=latest.get(m.id),
-                aliases=aliases.get(m.id, {}),
-            )
-            for m in models
-        ]
+        return self._tx(lambda s: reads.model_infos(s, [reads.find_model(s, name)])[0], write=False)
 
     # --- versions -----------------------------------------------------------
 
@@ -126,13 +176,20 @@ class Registry(MaintenanceOps):
         labels: Mapping[str, str] | None = None,
         description: str | None = None,
         user: str | None = None,
+        lease: str | None = None,
     ) -> tuple[VersionInfo, bool]:
         """Register a version with its variants, blobs, labels and aliases in one transaction.
 
         Returns ``(info, created)``. Registering content that is already there
-        (every variant you pass is already a variant of this version) is a
-        no-op returning ``created=False``; different content under an existing
-        version raises :class:`VersionExistsError`. The model is created if needed.
+        (every variant you pass is already a variant of this version) registers
+        nothing and returns ``created=False``, but ``labels`` are still applied
+        (added or overwritten, recorded as a ``label.set`` event): a re-push
+        with new labels means them. Different content under an existing version
+        raises :class:`VersionExistsError`. The model is created if needed.
+
+        ``lease`` (from :meth:`take_lease`) hands a push's hold on its blobs
+        over to the new references in the same transaction; a lease that has
+        lapsed raises :class:`~.blobs.LeaseLapsedError` and registers nothing.
         """
         validate_name("model", name)
         sv = SemVer.parse(version)
@@ -140,7 +197,7 @@ class Registry(MaintenanceOps):
             raise InvalidArgumentError(
                 "register_version needs at least one variant (a sequence of VariantInput)"
             )
-        checked = [q.check_variant(v) for v in variants]
+        checked = [checks.check_variant(v) for v in variants]
         digests = [v.manifest_digest for v in checked]
         if len(set(digests)) != len(digests):
             raise InvalidArgumentError(
@@ -149,71 +206,33 @@ class Registry(MaintenanceOps):
         if isinstance(aliases, str):
             raise InvalidArgumentError("aliases must be a sequence of alias names, not one string")
         alias_names = [validate_name("alias", a) for a in aliases]
-        label_map = q.check_labels(labels or {})
-        description = q.check_description(description)
+        label_map = checks.check_labels(labels or {})
+        description = checks.check_description(description)
         who = self._user(user)
         wanted = set(digests)
-        self._ensure_model(name, None, who)
+        blob_digests = {b[0] for v in checked for b in v.blobs}
+        self._tx(lambda s: writes.ensure_model(s, name, None, who))
 
         def existing() -> tuple[VersionInfo, bool] | None:
-            def read(s: Session) -> tuple[VersionInfo, bool] | None:
-                model = q.find_model(s, name)
-                row = q.version_by_semver(s, model, sv)
-                if row is None:
-                    return None
-                info = q.version_infos(s, model, [row])[0]
-                have = {v.manifest_digest for v in info.variants}
-                if wanted <= have:
-                    return info, False
-                raise VersionExistsError(
-                    f"{name}:{info.version} already exists with variant(s) {', '.join(sorted(have))}; "
-                    f"you registered {', '.join(sorted(wanted))}. Versions are immutable",
-                    hint="register the new content under a new version",
-                )
-
-            return self._tx(read, write=False)
+            info = self._tx(lambda s: writes.existing_version(s, name, sv, wanted), write=False)
+            if info is None:
+                return None
+            if any(info.labels.get(k) != v for k, v in label_map.items()):
+                self._tx(lambda s: writes.set_labels(s, name, sv, label_map, who))
+                info = self.get_version(name, info.version)
+            return info, False
 
         def write(s: Session) -> tuple[VersionInfo, bool]:
-            model = q.find_model(s, name)
-            now = q.utcnow()
-            row = Version(
-                model_id=model.id,
-                version=str(sv),
-                major=sv.major,
-                minor=sv.minor,
-                patch=sv.patch,
-                prerelease=sv.prerelease_text,
-                prerelease_sort=sv.prerelease_key,
-                build=sv.build_text,
-                is_prerelease=sv.is_prerelease,
-                description=description,
-                created_at=now,
-                created_by=who,
+            blobs.guard(s, exclusive=False)  # gc is not deciding while references appear
+            model = reads.find_model(s, name)
+            row = writes.insert_version(
+                s, model, sv, checked, labels=label_map, description=description, user=who
             )
-            s.add(row)
-            s.flush()  # the unique constraint decides the race here
-            for v in checked:
-                q.add_variant_rows(s, row.id, v, who, now)
-            if label_map:
-                s.execute(
-                    insert(Label),
-                    [
-                        {"version_id": row.id, "key": k, "value": val}
-                        for k, val in sorted(label_map.items())
-                    ],
-                )
-            q.add_event(
-                s,
-                "version.register",
-                who,
-                model=name,
-                version=str(sv),
-                variants=sorted(wanted),
-                labels=label_map,
-            )
+            if lease is not None:
+                blobs.hand_over(s, lease, blob_digests)
             for alias in alias_names:
-                self._point_alias(s, model, alias, row, who)
-            return q.version_infos(s, model, [row])[0], True
+                al.point_alias(s, model, alias, row, who)
+            return reads.version_infos(s, model, [row])[0], True
 
         found = existing()
         if found is not None:
@@ -221,37 +240,27 @@ class Registry(MaintenanceOps):
         return self._write_with_conflicts(write, existing)
 
     def add_variant(
-        self, name: str, version: str, variant: VariantInput, *, user: str | None = None
+        self,
+        name: str,
+        version: str,
+        variant: VariantInput,
+        *,
+        user: str | None = None,
+        lease: str | None = None,
     ) -> VariantInfo:
-        """Add one variant (a manifest) to an existing version."""
+        """Add one variant (a manifest) to an existing version; ``lease`` as in
+        :meth:`register_version`."""
         validate_name("model", name)
         sv = SemVer.parse(version)
-        v = q.check_variant(variant)
+        v = checks.check_variant(variant)
         who = self._user(user)
 
         def write(s: Session) -> VariantInfo:
-            model = q.find_model(s, name)
-            row = self._exact(s, model, sv)
-            if s.scalars(
-                select(Variant.id).where(
-                    Variant.version_id == row.id, Variant.manifest_digest == v.manifest_digest
-                )
-            ).first():
-                raise VariantExistsError(
-                    f"{name}:{row.version} already has variant {v.manifest_digest}"
-                )
-            q.add_variant_rows(s, row.id, v, who, q.utcnow())
-            q.add_event(
-                s,
-                "variant.add",
-                who,
-                model=name,
-                version=row.version,
-                manifest=v.manifest_digest,
-                variant_kind=v.kind,
-            )
-            info = q.version_infos(s, model, [row])[0]
-            return next(x for x in info.variants if x.manifest_digest == v.manifest_digest)
+            blobs.guard(s, exclusive=False)
+            info = writes.add_variant(s, name, sv, v, who)
+            if lease is not None:
+                blobs.hand_over(s, lease, {b[0] for b in v.blobs})
+            return info
 
         def conflict() -> VariantInfo | None:
             raise VariantExistsError(f"{name}:{sv} already has variant {v.manifest_digest}")
@@ -264,8 +273,8 @@ class Registry(MaintenanceOps):
         sv = SemVer.parse(version)
 
         def read(s: Session) -> VersionInfo:
-            model = q.find_model(s, name)
-            return q.version_infos(s, model, [self._exact(s, model, sv)])[0]
+            model = reads.find_model(s, name)
+            return reads.version_infos(s, model, [reads.exact(s, model, sv)])[0]
 
         return self._tx(read, write=False)
 
@@ -283,10 +292,27 @@ class Registry(MaintenanceOps):
         want: Spec = parsed if parsed is not None else LatestSpec()
 
         def read(s: Session) -> VersionInfo:
-            model = q.find_model(s, name)
-            return q.version_infos(s, model, [q.resolve_row(s, model, want)])[0]
+            model = reads.find_model(s, name)
+            return reads.version_infos(s, model, [reads.resolve_row(s, model, want)])[0]
 
         return self._tx(read, write=False)
+
+    def delete_version(
+        self, name: str, version: str, *, force: bool = False, user: str | None = None
+    ) -> DeleteResult:
+        """Delete a version, its variants, labels and blob references (blobs stay for ``gc``).
+
+        A version that aliases point at is refused unless ``force=True``; then
+        those aliases are removed too, each recorded in the alias history and
+        the events log, and listed in the result.
+        """
+        validate_name("model", name)
+        sv = SemVer.parse(version)
+        who = self._user(user)
+        # An alias set concurrently on this version fails the foreign key: look again.
+        return self._write_with_conflicts(
+            lambda s: writes.delete_version(s, name, sv, force=force, user=who), lambda: None
+        )
 
     # --- listing --------------------------------------------------------------
 
@@ -304,29 +330,19 @@ class Registry(MaintenanceOps):
         filters = [
             f
             for f in (
-                q.model_name_filter(prefix),
-                q.models_label_filter(label),
-                q.alias_filter(alias),
+                reads.model_name_filter(prefix),
+                reads.models_label_filter(label),
+                reads.alias_filter(alias),
             )
             if f is not None
         ]
-        when = q.check_since(since)
+        when = checks.check_since(since)
         if when is not None:
             filters.append(Model.created_at >= when)
-        limit = q.check_limit(limit)
+        limit = checks.check_limit(limit)
         if cursor is not None:
-            filters.append(Model.name > q.decode_cursor("models", cursor, [str])[0])
-
-        def read(s: Session) -> Page[ModelInfo]:
-            rows = list(
-                s.scalars(select(Model).where(*filters).order_by(Model.name).limit(limit + 1))
-            )
-            more = len(rows) > limit
-            rows = rows[:limit]
-            nxt = q.encode_cursor("models", [rows[-1].name]) if more else None
-            return Page(self._model_infos(s, rows) if rows else [], nxt)
-
-        return self._tx(read, write=False)
+            filters.append(Model.name > reads.decode_cursor("models", cursor, [str])[0])
+        return self._tx(lambda s: reads.list_models(s, filters, limit), write=False)
 
     def list_versions(
         self,
@@ -342,40 +358,171 @@ class Registry(MaintenanceOps):
         """A model's versions in semver order (highest first by default), keyset-paged:
         the cost of a page does not grow with the number of versions."""
         validate_name("model", name)
-        limit = q.check_limit(limit)
-        when = q.check_since(since)
-        key = q.check_label_filter(label) if label is not None else None
-        sort = tuple_(Version.major, Version.minor, Version.patch, Version.prerelease_sort)
+        limit = checks.check_limit(limit)
+        when = checks.check_since(since)
+        key = checks.check_label_filter(label) if label is not None else None
         after = (
-            q.decode_cursor("versions", cursor, [int, int, int, str])
+            reads.decode_cursor("versions", cursor, [int, int, int, str])
             if cursor is not None
             else None
         )
-        cols = [Version.major, Version.minor, Version.patch, Version.prerelease_sort]
+        return self._tx(
+            lambda s: reads.list_versions(
+                s,
+                name,
+                label=key,
+                since=when,
+                include_prerelease=include_prerelease,
+                limit=limit,
+                after=after,
+                descending=descending,
+            ),
+            write=False,
+        )
 
-        def read(s: Session) -> Page[VersionInfo]:
-            model = q.find_model(s, name)
-            query = select(*Version.__table__.c).where(Version.model_id == model.id)
-            if not include_prerelease:
-                query = query.where(Version.is_prerelease.is_(False))
-            if when is not None:
-                query = query.where(Version.created_at >= when)
-            if key is not None:
-                query = query.where(q.label_exists(Version.id, *key))
-            if after is not None:
-                query = query.where(sort < tuple_(*after) if descending else sort > tuple_(*after))
-            order = [c.desc() for c in cols] if descending else cols
-            rows = list(s.connection().execute(query.order_by(*order).limit(limit + 1)).all())
-            more = len(rows) > limit
-            rows = rows[:limit]
-            last = rows[-1] if rows else None
-            nxt = (
-                q.encode_cursor(
-                    "versions", [last.major, last.minor, last.patch, last.prerelease_sort]
-                )
-                if more and last is not None
-                else None
-            )
-            return Page(q.version_infos(s, model, rows), nxt)
+    # --- aliases --------------------------------------------------------------
 
-        return self._tx(read, write=False)
+    def set_alias(
+        self, name: str, alias: str, version: str, *, user: str | None = None
+    ) -> AliasInfo:
+        """Point ``alias`` at ``version``; moving an alias is setting it again (history kept)."""
+        validate_name("model", name)
+        validate_name("alias", alias)
+        sv = SemVer.parse(version)
+        who = self._user(user)
+        # A concurrent first "set" of the same alias fails the unique constraint: retry as a move.
+        return self._write_with_conflicts(
+            lambda s: al.set_alias(s, name, alias, sv, who), lambda: None
+        )
+
+    def remove_alias(self, name: str, alias: str, *, user: str | None = None) -> AliasInfo:
+        """Remove an alias; returns where it pointed."""
+        validate_name("model", name)
+        validate_name("alias", alias)
+        who = self._user(user)
+        return self._tx(lambda s: al.remove_alias(s, name, alias, who))
+
+    def alias_history(self, name: str, alias: str) -> list[AliasChange]:
+        """Every set, move and removal of an alias, oldest first."""
+        validate_name("model", name)
+        validate_name("alias", alias)
+        return self._tx(lambda s: al.alias_history(s, name, alias), write=False)
+
+    # --- labels ---------------------------------------------------------------
+
+    def set_labels(
+        self, name: str, version: str, labels: Mapping[str, str], *, user: str | None = None
+    ) -> dict[str, str]:
+        """Add or overwrite labels on a version; returns all its labels."""
+        validate_name("model", name)
+        sv = SemVer.parse(version)
+        label_map = checks.check_labels(labels)
+        who = self._user(user)
+        return self._write_with_conflicts(
+            lambda s: writes.set_labels(s, name, sv, label_map, who), lambda: None
+        )
+
+    def remove_label(self, name: str, version: str, key: str, *, user: str | None = None) -> bool:
+        """Remove one label; False when the version did not have it."""
+        validate_name("model", name)
+        sv = SemVer.parse(version)
+        validate_label(key, "")
+        who = self._user(user)
+        return self._tx(lambda s: writes.remove_label(s, name, sv, key, who))
+
+    # --- events ------------------------------------------------------------------
+
+    def events(self, name: str | None = None, limit: int = 100) -> list[EventInfo]:
+        """The newest events first, for one model or for the whole registry."""
+        if name is not None:
+            validate_name("model", name)
+        limit = checks.check_limit(limit)
+        return self._tx(lambda s: reads.events(s, name, limit), write=False)
+
+    # --- blobs, leases and gc (the protocol: modelvault.maintenance) ------------------
+
+    def referenced_digests(self) -> set[str]:
+        """Every blob digest some variant refers to (manifests included): ``gc`` keeps these."""
+        return self._tx(blobs.referenced_digests, write=False)
+
+    def blob_digests(self, *, seen_before: dt.datetime | None = None) -> set[str]:
+        """Every blob the registry has recorded (optionally only those first seen before a time)."""
+        when = checks.check_since(seen_before)
+        return self._tx(lambda s: blobs.blob_digests(s, when), write=False)
+
+    def forget_blobs(
+        self, digests: Sequence[str] | set[str], *, user: str | None = None
+    ) -> set[str]:
+        """Drop blob rows that no variant refers to; returns the digests forgotten.
+
+        A digest still referenced (a push may have raced ``gc``) is kept.
+        """
+        wanted = sorted({checks.check_digest(d, "blob digest") for d in digests})
+        who = self._user(user)
+        # A push that referenced a blob meanwhile fails the foreign key: look again.
+        return self._write_with_conflicts(
+            lambda s: blobs.forget_blobs(s, wanted, who), lambda: None
+        )
+
+    def take_lease(
+        self, digests: Sequence[str] | set[str], *, ttl_seconds: float
+    ) -> tuple[str, dict[str, dt.datetime]]:
+        """Hold blobs for a push: ``(lease_id, {digest: deadline})``, the second part
+        naming the digests a ``gc`` had already decided to delete (wait for those)."""
+        wanted = sorted({checks.check_digest(d, "blob digest") for d in digests})
+        lease_id = secrets.token_hex(16)
+        ttl = _seconds(ttl_seconds)
+        doomed = self._tx(lambda s: blobs.take(s, lease_id, wanted, ttl))
+        return lease_id, doomed
+
+    def renew_lease(self, lease_id: str, *, ttl_seconds: float) -> bool:
+        """Extend a lease to now + ``ttl_seconds``; False when it had lapsed already."""
+        ttl = _seconds(ttl_seconds)
+        return self._tx(lambda s: blobs.renew(s, lease_id, ttl))
+
+    def release_lease(self, lease_id: str) -> None:
+        """Drop a lease (the push failed, or registered nothing)."""
+        self._tx(lambda s: blobs.release(s, lease_id))
+
+    def pending_deletions(self, digests: Sequence[str] | set[str]) -> dict[str, dt.datetime]:
+        """Which of ``digests`` a ``gc`` has decided to delete and not finished, with deadlines."""
+        return self._tx(lambda s: blobs.pending_deletions(s, digests), write=False)
+
+    def clear_stale_deletion(self, digest: str) -> bool:
+        """Drop a deletion decision whose deadline passed; True when the digest is free."""
+        return self._tx(lambda s: blobs.clear_stale(s, digest))
+
+    def leased_digests(self) -> set[str]:
+        """Every digest an unexpired push lease holds."""
+        return self._tx(blobs.leased_digests, write=False)
+
+    def decide_deletions(
+        self, candidates: Sequence[str] | set[str], *, window_seconds: float
+    ) -> tuple[str, list[str], dt.datetime]:
+        """Decide, in one transaction, which candidates a new ``gc`` run deletes:
+        ``(gc_id, digests, deadline)``; see :func:`.blobs.decide_deletions`."""
+        wanted = sorted({checks.check_digest(d, "blob digest") for d in candidates})
+        gc_id = secrets.token_hex(16)
+        window = _seconds(window_seconds)
+        decided, deadline = self._tx(lambda s: blobs.decide_deletions(s, gc_id, wanted, window))
+        return gc_id, decided, deadline
+
+    def finish_deletions(
+        self, gc_id: str, deleted: Sequence[str] | set[str], *, user: str | None = None
+    ) -> set[str]:
+        """Close a ``gc`` run: drop its decisions and the rows of the blobs it deleted."""
+        who = self._user(user)
+        gone = sorted(deleted)
+        return self._write_with_conflicts(
+            lambda s: blobs.finish_deletions(s, gc_id, gone, who), lambda: None
+        )
+
+    def sweep_deletions(self) -> int:
+        """Drop the decisions of ``gc`` runs past their deadline; returns how many."""
+        return self._tx(blobs.sweep)
+
+
+def _seconds(value: float) -> dt.timedelta:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
+        raise InvalidArgumentError(f"a duration of {value!r:.40} seconds must be > 0")
+    return dt.timedelta(seconds=value)

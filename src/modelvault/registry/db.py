@@ -37,7 +37,9 @@ from ..errors import (
     RegistryUnavailableError,
     SchemaAheadError,
     SchemaBehindError,
+    SchemaDriftError,
 )
+from .drift import schema_drift
 
 __all__ = [
     "connect",
@@ -320,6 +322,7 @@ def check_schema(engine: Engine, *, auto_upgrade: bool) -> None:
             with engine.connect() as conn, _status_lock(conn):
                 rev = _revision_of(conn)
                 status = _status(rev, conn)
+                drift = schema_drift(conn) if status == "up to date" else []
             break
         except DBAPIError as exc:
             # Several processes opening a new SQLite file at once meet its locks here.
@@ -328,6 +331,8 @@ def check_schema(engine: Engine, *, auto_upgrade: bool) -> None:
                 continue
             raise translate(engine.url, exc) from exc
     if status == "up to date":
+        if drift:
+            raise _drift_error(engine.url, rev, drift)
         return
     if status == "ahead":
         raise SchemaAheadError(
@@ -348,10 +353,40 @@ def check_schema(engine: Engine, *, auto_upgrade: bool) -> None:
     )
 
 
+def _drift_error(url: URL, rev: str | None, drift: list[str]) -> SchemaDriftError:
+    return SchemaDriftError(
+        f"registry {describe_url(url)} does not match its schema revision {rev}: "
+        f"{'; '.join(drift)}",
+        hint="the database was changed outside modelvault: restore what is missing "
+        "(from a backup); mvault db current lists the differences",
+    )
+
+
 @contextmanager
-def _migration_lock(conn: Connection) -> Iterator[None]:
-    """Serialize concurrent upgraders (several processes opening a fresh database)."""
+def _session_migration_lock(conn: Connection) -> Iterator[None]:
+    """MySQL/MariaDB: the migration lock, held outside any transaction of ``conn``."""
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        yield
+        return
+    with _migration_lock(conn):
+        conn.commit()  # end the transaction the lock statement began
+        try:
+            yield
+        finally:
+            conn.rollback()  # whatever the block left open, so RELEASE_LOCK runs on its own
+    conn.commit()
+
+
+@contextmanager
+def _migration_lock(conn: Connection, *, session_held: bool = False) -> Iterator[None]:
+    """Serialize concurrent upgraders (several processes opening a fresh database).
+
+    ``session_held``: the caller already holds the MySQL/MariaDB session lock.
+    """
     backend = conn.dialect.name
+    if session_held and backend in ("mysql", "mariadb"):
+        yield
+        return
     if backend == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
         yield
@@ -396,10 +431,14 @@ def _upgrade_once(engine: Engine) -> str:
     from alembic import command
 
     try:
+        # On MySQL/MariaDB the lock is a session lock and DDL commits as it goes:
+        # take it before the transaction and release it only after the commit, or
+        # the next upgrader reads the revision before the last stamp is visible.
         with (
             engine.connect().execution_options(mv_write=True) as conn,
+            _session_migration_lock(conn),
             conn.begin(),
-            _migration_lock(conn),
+            _migration_lock(conn, session_held=True),
         ):
             rev = _revision_of(conn)
             if _status(rev, conn) == "ahead":
@@ -423,16 +462,22 @@ def upgrade(url: str) -> str:
         engine.dispose()
 
 
-def current(url: str) -> dict[str, str | None]:
-    """The schema state: ``{"url", "current", "head", "status"}``.
+def current(url: str) -> dict[str, Any]:
+    """The schema state: ``{"url", "current", "head", "status", "drift"}``.
 
-    ``status`` is ``"up to date"``, ``"behind"``, ``"ahead"`` or ``"empty"``.
+    ``status`` is ``"up to date"``, ``"behind"``, ``"ahead"``, ``"empty"`` or
+    ``"drifted"`` (at the head revision, but tables or columns differ: ``drift``
+    lists how).
     """
     engine = connect(url)
+    drift: list[str] = []
     try:
         with engine.connect() as conn:
             rev = _revision_of(conn)
             status = _status(rev, conn)
+            if status == "up to date":
+                drift = schema_drift(conn)
+                status = "drifted" if drift else status
     except DBAPIError as exc:
         raise translate(engine.url, exc) from exc
     finally:
@@ -442,6 +487,7 @@ def current(url: str) -> dict[str, str | None]:
         "current": rev,
         "head": head_revision(),
         "status": status,
+        "drift": drift,
     }
 
 

@@ -6,9 +6,10 @@ a test compares the two on every supported database.
 Portability notes, each the reason for a choice below:
 
 * Every table is created with ``utf8mb4_bin`` on MySQL/MariaDB: the default
-  collation there is case-insensitive, which would make ``ResNet`` and
-  ``resnet`` one model. On PostgreSQL and SQLite string equality is already
-  exact.
+  collation there is case-insensitive. String equality is then exact on every
+  database, and the one case-insensitive rule (model names are unique ignoring
+  case) is a column of its own, ``models.name_key``, the name lower-cased in
+  Python: no collation decides it, so the three databases agree.
 * JSON goes into TEXT through :class:`JSONText` (MariaDB's JSON is LONGTEXT
   with a CHECK, which reflects differently on each server).
 * Timestamps are stored as UTC; MySQL gets microsecond precision.
@@ -45,10 +46,13 @@ __all__ = [
     "AliasHistory",
     "Base",
     "Blob",
+    "BlobDeletion",
+    "BlobLease",
     "Event",
     "JSONText",
     "Label",
     "Model",
+    "RegistryLock",
     "UTCDateTime",
     "Variant",
     "VariantBlob",
@@ -118,6 +122,11 @@ class JSONText(TypeDecorator[Any]):
         return None if value is None else json.loads(value)
 
 
+def _name_key(context: Any) -> str:
+    """The default of ``models.name_key``: the name lower-cased."""
+    return str(context.get_current_parameters()["name"]).lower()
+
+
 class Base(DeclarativeBase):
     """Declarative base with the constraint naming convention."""
 
@@ -128,10 +137,12 @@ class Model(Base):
     """A named model; versions hang off it."""
 
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("name"), MYSQL_TABLE_ARGS)
+    __table_args__ = (UniqueConstraint("name"), UniqueConstraint("name_key"), MYSQL_TABLE_ARGS)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(NAME_LEN))
+    #: ``name.lower()`` (names are ASCII): ``base``, ``Base`` and ``BASE`` are one model.
+    name_key: Mapped[str] = mapped_column(String(NAME_LEN), default=_name_key)
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
     created_by: Mapped[str] = mapped_column(String(NAME_LEN))
@@ -263,3 +274,48 @@ class Event(Base):
     version: Mapped[str | None] = mapped_column(String(200))
     alias: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[Any] = mapped_column(JSONText())
+
+
+class BlobLease(Base):
+    """A push in flight holds each blob it will reference; ``gc`` does not delete a held blob.
+
+    Written before the push looks in the store, removed in the transaction that
+    registers the version (or when the push fails); a crashed push's lease
+    expires. No foreign key: the blob may have no ``blobs`` row yet.
+    """
+
+    __tablename__ = "blob_leases"
+    __table_args__ = (Index(None, "blob_digest", "expires_at"), MYSQL_TABLE_ARGS)
+
+    lease_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    blob_digest: Mapped[str] = mapped_column(String(DIGEST_LEN), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class BlobDeletion(Base):
+    """``gc`` has decided to delete this blob from the store and may be doing so now.
+
+    A push that meets one waits until it is gone (or past ``deadline``, when
+    the ``gc`` that wrote it has stopped deleting) before it trusts the store.
+    """
+
+    __tablename__ = "blob_deletions"
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+    blob_digest: Mapped[str] = mapped_column(String(DIGEST_LEN), primary_key=True)
+    gc_id: Mapped[str] = mapped_column(String(64), index=True)
+    decided_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    deadline: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class RegistryLock(Base):
+    """Rows locked to order writers that must not interleave.
+
+    ``gc`` locks the ``blobs`` row exclusively while it decides deletions;
+    pushes lock it shared while they take or hand over leases.
+    """
+
+    __tablename__ = "registry_locks"
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -230,7 +230,9 @@ def test_refit_source_is_the_portable_sibling(vault: Any, torchbind: Any, tmp_pa
     plugin = get_plugin("torch_tensorrt")
 
     def load_options(vault: Any, variants: Any, source: Any) -> dict[str, Any]:
-        return sibling_options(plugin, source.manifest, vault.pipeline.view(vault.resolve("s:1.0.0")))
+        return sibling_options(
+            plugin, source.manifest, vault.pipeline.view(vault.resolve("s:1.0.0"))
+        )
 
     prog = _trt_program(torchbind, tmp_path, immutable_weights=False, strip_engine_weights=True)
     vault.push(prog, "s", "1.0.0", format="torch_tensorrt", frameworks=FW)

@@ -1,4 +1,6 @@
-"""The registry's hot read path: prebuilt Core statements, rows instead of ORM objects.
+"""Reads of the registry: lookups, resolution, listings, filters and cursors.
+
+The hot path is prebuilt Core statements returning rows instead of ORM objects.
 
 ``resolve`` runs on every model load, so its statements are built once at
 import (only bind values change per call, and SQLAlchemy's compiled cache
@@ -12,24 +14,39 @@ they only read attributes (``id``, ``name``, ``version``...).
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import difflib
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, literal, select, tuple_, union_all
+from sqlalchemy import and_, bindparam, func, literal, select, tuple_, union_all
 from sqlalchemy.orm import Session
 
-from ..errors import AliasNotFoundError, InvalidSpecError, ModelNotFoundError, VersionNotFoundError
-from .results import BlobRef, VariantInfo, VersionInfo
-from .schema import Alias, Blob, Label, Model, Variant, VariantBlob, Version
+from ..errors import (
+    AliasNotFoundError,
+    InvalidArgumentError,
+    InvalidSpecError,
+    ModelNotFoundError,
+    VersionNotFoundError,
+)
+from .checks import check_label_filter
+from .results import BlobRef, EventInfo, ModelInfo, Page, VariantInfo, VersionInfo
+from .schema import Alias, Blob, Event, Label, Model, Variant, VariantBlob, Version
 from .semver import RELEASE_KEY, SemVer
-from .specs import AliasSpec, DigestSpec, ExactSpec, LatestSpec, RangeSpec, Spec
+from .specs import AliasSpec, DigestSpec, ExactSpec, LatestSpec, RangeSpec, Spec, validate_name
 
 __all__ = [
     "DESC_ORDER",
+    "events",
+    "exact",
     "find_model",
     "highest_versions",
+    "list_models",
+    "list_versions",
+    "model_infos",
     "not_found",
     "resolve_row",
     "version_by_semver",
@@ -129,6 +146,13 @@ def find_model(session: Session, name: str) -> Record:
     model = conn.execute(_FIND_MODEL, {"name": name}).first()
     if model is not None:
         return model
+    other = session.scalars(select(Model.name).where(Model.name_key == name.lower())).first()
+    if other is not None:
+        raise ModelNotFoundError(
+            f"no model named {name!r}; did you mean {other!r}? (names are unique ignoring case, "
+            "but a lookup needs the exact name)",
+            hint="list models with: mvault ls",
+        )
     like = session.scalars(
         select(Model.name).where(Model.name.startswith(name[:1], autoescape=True)).limit(500)
     )
@@ -150,6 +174,14 @@ def version_by_semver(session: Session, model: Record, v: SemVer) -> Record | No
         "pre": v.prerelease_key,
     }
     return session.connection().execute(_BY_SEMVER, params).first()
+
+
+def exact(session: Session, model: Record, sv: SemVer) -> Record:
+    """The version row with exactly this semver (build metadata ignored), or VersionNotFoundError."""
+    row = version_by_semver(session, model, sv)
+    if row is None:
+        raise not_found(session, model, str(sv))
+    return row
 
 
 def not_found(session: Session, model: Record, spec: str) -> VersionNotFoundError:
@@ -261,4 +293,185 @@ def version_infos(session: Session, model: Record, rows: Sequence[Record]) -> li
             ],
         )
         for r in rows
+    ]
+
+
+# --- listings ------------------------------------------------------------------
+
+
+def label_exists(owner_id: Any, key: str, value: str | None) -> Any:
+    """EXISTS(label on the version ``owner_id``) for a label filter."""
+    cond = and_(Label.version_id == owner_id, Label.key == key)
+    if value is not None:
+        cond = and_(cond, Label.value == value)
+    return select(Label.version_id).where(cond).exists()
+
+
+# --- cursors -------------------------------------------------------------------
+
+
+def encode_cursor(kind: str, values: list[Any]) -> str:
+    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: object, types: Sequence[type]) -> list[Any]:
+    """Decode an opaque cursor from :func:`encode_cursor`; anything else is refused."""
+    bad = InvalidArgumentError(f"cursor {cursor!r:.60} is not a cursor this listing returned")
+    if not isinstance(cursor, str) or len(cursor) > 1024:
+        raise bad
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        raise bad from None
+    if not isinstance(data, list) or len(data) != len(types) + 1 or data[0] != kind:
+        raise bad
+    values = data[1:]
+    for val, typ in zip(values, types):
+        if not isinstance(val, typ) or isinstance(val, bool):
+            raise bad
+        if isinstance(val, int) and not 0 <= val < 2**63:
+            raise bad
+        if isinstance(val, str) and len(val) > 256:
+            raise bad
+    return values
+
+
+def model_name_filter(prefix: str | None) -> Any:
+    if prefix is None:
+        return None
+    if not isinstance(prefix, str) or len(prefix) > 128 or not prefix.isprintable():
+        raise InvalidArgumentError(
+            f"name prefix {prefix!r:.60} must be at most 128 printable characters"
+        )
+    return Model.name.startswith(prefix, autoescape=True)
+
+
+def alias_filter(alias: str | None) -> Any:
+    if alias is None:
+        return None
+    validate_name("alias", alias)
+    return select(Alias.id).where(Alias.model_id == Model.id, Alias.name == alias).exists()
+
+
+def models_label_filter(label: str | None) -> Any:
+    if label is None:
+        return None
+    key, value = check_label_filter(label)
+    cond = and_(Label.version_id == Version.id, Version.model_id == Model.id, Label.key == key)
+    if value is not None:
+        cond = and_(cond, Label.value == value)
+    return (
+        select(Label.version_id).join(Version, Version.id == Label.version_id).where(cond).exists()
+    )
+
+
+def model_summaries(
+    session: Session, models: Sequence[Model]
+) -> tuple[dict[int, int], dict[int, str], dict[int, dict[str, str]]]:
+    """Version counts, highest releases and aliases for a page of models."""
+    ids = [m.id for m in models]
+    counts: dict[int, int] = {  # noqa: C416  (dict() would read the Result as a mapping)
+        mid: n
+        for mid, n in session.execute(
+            select(Version.model_id, func.count())
+            .where(Version.model_id.in_(ids))
+            .group_by(Version.model_id)
+        )
+    }
+    latest: dict[int, str] = {}
+    for mid in ids:
+        top = session.scalars(
+            select(Version.version)
+            .where(Version.model_id == mid, Version.prerelease_sort == RELEASE_KEY)
+            .order_by(*DESC_ORDER)
+            .limit(1)
+        ).first()
+        if top is not None:
+            latest[mid] = top
+    aliases: dict[int, dict[str, str]] = defaultdict(dict)
+    for mid, alias, version in session.execute(
+        select(Alias.model_id, Alias.name, Version.version)
+        .join(Version, Version.id == Alias.version_id)
+        .where(Alias.model_id.in_(ids))
+        .order_by(Alias.name)
+    ):
+        aliases[mid][alias] = version
+    return counts, latest, aliases
+
+
+def model_infos(session: Session, models: Sequence[Model]) -> list[ModelInfo]:
+    """Models with their version counts, highest releases and aliases."""
+    counts, latest, aliases = model_summaries(session, models)
+    return [
+        ModelInfo(
+            name=m.name,
+            description=m.description,
+            created_at=m.created_at,
+            created_by=m.created_by,
+            version_count=counts.get(m.id, 0),
+            latest=latest.get(m.id),
+            aliases=aliases.get(m.id, {}),
+        )
+        for m in models
+    ]
+
+
+def list_models(session: Session, filters: list[Any], limit: int) -> Page[ModelInfo]:
+    """One keyset page of models by name; ``filters`` are WHERE clauses on ``models``."""
+    rows = list(
+        session.scalars(select(Model).where(*filters).order_by(Model.name).limit(limit + 1))
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = encode_cursor("models", [rows[-1].name]) if more else None
+    return Page(model_infos(session, rows) if rows else [], nxt)
+
+
+_SORT_COLS = (Version.major, Version.minor, Version.patch, Version.prerelease_sort)
+
+
+def list_versions(
+    session: Session,
+    name: str,
+    *,
+    label: tuple[str, str | None] | None,
+    since: dt.datetime | None,
+    include_prerelease: bool,
+    limit: int,
+    after: list[Any] | None,
+    descending: bool,
+) -> Page[VersionInfo]:
+    """One keyset page of a model's versions in semver order (``after``: a decoded cursor)."""
+    model = find_model(session, name)
+    query = select(*Version.__table__.c).where(Version.model_id == model.id)
+    if not include_prerelease:
+        query = query.where(Version.is_prerelease.is_(False))
+    if since is not None:
+        query = query.where(Version.created_at >= since)
+    if label is not None:
+        query = query.where(label_exists(Version.id, *label))
+    if after is not None:
+        query = query.where(tuple_(*after) > _SORT if descending else tuple_(*after) < _SORT)
+    order = [c.desc() for c in _SORT_COLS] if descending else list(_SORT_COLS)
+    rows = list(session.connection().execute(query.order_by(*order).limit(limit + 1)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows else None
+    nxt = (
+        encode_cursor("versions", [last.major, last.minor, last.patch, last.prerelease_sort])
+        if more and last is not None
+        else None
+    )
+    return Page(version_infos(session, model, rows), nxt)
+
+
+def events(session: Session, name: str | None, limit: int) -> list[EventInfo]:
+    """The newest events first, for one model or for the whole registry."""
+    query = select(Event).order_by(Event.id.desc()).limit(limit)
+    if name is not None:
+        query = query.where(Event.model == name)
+    return [
+        EventInfo(e.id, e.at, e.user, e.kind, e.model, e.version, e.alias, dict(e.details or {}))
+        for e in session.scalars(query)
     ]
