@@ -233,9 +233,11 @@ CASES: dict[str, tuple[Any, str]] = {
     ),
     "in_spec type": (
         lambda d: d["graph_module"]["module_call_graph"][0]["signature"].update(
-            in_spec=json.dumps([1, {"type": "os.Popen", "context": None, "children_spec": []}])
+            in_spec=json.dumps(
+                [1, {"type": "os.system('id')", "context": None, "children_spec": []}]
+            )
         ),
-        "is not a container torch registers",
+        "is not a dotted module path",
     ),
     "kwargs name": (
         lambda d: d["graph_module"]["module_call_graph"][0]["signature"].update(
@@ -284,3 +286,21 @@ def test_deep_and_large_documents_are_refused_cleanly() -> None:
         check_graph(deep)
     with pytest.raises(UnsafeGraphError, match="not UTF-8"):
         check_graph(b"\xff\xfe")
+
+
+def test_an_unregistered_container_type_is_looked_up_never_imported() -> None:
+    """A tree spec may name any container type; torch only looks it up in its registry."""
+    torch = pytest.importorskip("torch")
+    from modelvault.formats._torch import _export_private as private
+
+    ep = torch.export.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),))
+    doc = json.loads(private.serialize_graph(ep))
+    sig = doc["graph_module"]["module_call_graph"][0]["signature"]
+    spec = json.loads(sig["out_spec"])
+    spec[1] = {"type": "evil_module_nobody_registered.Boom", "context": "[]", "children_spec": []}
+    sig["out_spec"] = json.dumps(spec)
+    check_graph(json.dumps(doc).encode())  # the name is well formed
+    sd = dict(ep.state_dict)
+    with pytest.raises(Exception, match="not registered"):
+        private.deserialize_graph(json.dumps(doc).encode(), sd, {})
+    assert "evil_module_nobody_registered" not in __import__("sys").modules

@@ -192,7 +192,12 @@ def _check_treespec(text: object, where: object, kwargs_identifiers: bool) -> No
             raise _refuse(where, "a tree spec node has exactly type, context, children_spec")
         typ, ctx, children = spec["type"], spec["context"], spec["children_spec"]
         if typ is not None and typ not in _TREESPEC_TYPES:
-            raise _refuse(where, f"tree spec type {typ!r:.80} is not a container torch registers")
+            # Other containers (transformers' ModelOutput, a user's dataclass) are looked
+            # up by name in torch's pytree registry, filled by code this process imported:
+            # an unregistered name fails the lookup, nothing is imported (torch 2.13
+            # _json_to_treespec). Only the name's shape is checked here; importing by
+            # name is what the ``__enum__`` refusal below prevents.
+            _fqn(typ, where)
         if not isinstance(children, list):
             raise _refuse(where, "tree spec children must be a list")
         if ctx is not None:
