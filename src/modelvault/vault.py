@@ -379,6 +379,14 @@ class Vault:
         """Delete a version from the registry; its blobs go at the next ``gc``."""
         return self.registry.delete_version(name, version, force=force)
 
+    def delete_model(self, name: str, *, force: bool = False) -> Any:
+        """Delete a model and all its versions; blobs go at the next ``gc``, events stay."""
+        return self.registry.delete_model(name, force=force)
+
+    def rename(self, old: str, new: str) -> Any:
+        """Rename a model; its versions, aliases and history follow."""
+        return self.registry.rename_model(old, new)
+
     def verify(self, spec: str | None = None, *, progress: Any = None) -> dict[str, Any]:
         """Re-hash the blobs of one version (or of every variant) in the store.
 

@@ -67,7 +67,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("ls", help="list models, or one model's versions")
     p.add_argument("name", nargs="?")
     p.add_argument("--prefix", help="only models whose name starts with this")
-    p.add_argument("--label", action="append", help="key=value filter")
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY[=VALUE]",
+        help="only versions with this label (repeatable: all must hold on one version)",
+    )
     p.add_argument("--limit", type=int, default=50)
     add_json(p)
     p.set_defaults(func=run_ls)
@@ -91,14 +96,20 @@ def register(sub: Any) -> None:
     add_json(a)
     a.set_defaults(func=run_alias_rm)
 
-    p = sub.add_parser("rm", help="delete a version: NAME:VERSION")
-    p.add_argument("ref", metavar="NAME:VERSION")
+    p = sub.add_parser("rm", help="delete a version (NAME:VERSION) or a whole model (NAME)")
+    p.add_argument("ref", metavar="NAME[:VERSION]")
     p.add_argument("--force", action="store_true", help="also remove aliases that point at it")
     p.add_argument(
         "-y", "--yes", action="store_true", help="do not ask for confirmation on a terminal"
     )
     add_json(p)
     p.set_defaults(func=run_rm)
+
+    p = sub.add_parser("mv", help="rename a model: OLD NEW (versions, aliases and history follow)")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+    add_json(p)
+    p.set_defaults(func=run_mv)
 
     p = sub.add_parser("verify", help="re-hash blobs in the store (one version, or everything)")
     p.add_argument("spec", nargs="?", metavar="NAME[@SPEC]")
@@ -248,9 +259,7 @@ def _tree_size(path: Path) -> int:
 def run_ls(args: argparse.Namespace) -> int:
     v = _vault()
     if args.name:
-        page = v.registry.list_versions(
-            args.name, limit=args.limit, label=_labels(args.label) or None
-        )
+        page = v.registry.list_versions(args.name, limit=args.limit, label=args.label or None)
         rows = [_version_row(x) for x in page.items]
 
         def human(rs: list[dict[str, Any]]) -> None:
@@ -263,7 +272,7 @@ def run_ls(args: argparse.Namespace) -> int:
             )
     else:
         page = v.registry.list_models(
-            prefix=args.prefix, label=_labels(args.label) or None, limit=args.limit
+            prefix=args.prefix, label=args.label or None, limit=args.limit
         )
         rows = [_model_row(x) for x in page.items]
 
@@ -370,8 +379,25 @@ def _confirm(question: str, yes: bool) -> bool:
 def run_rm(args: argparse.Namespace) -> int:
     from ..vault import _split_ref
 
-    name, version = _split_ref(args.ref, None)
     vault = _vault()
+    if ":" not in args.ref:  # a whole model
+        model = vault.registry.get_model(args.ref)
+        question = f"delete model {model.name} and all its {model.version_count} version(s)"
+        if model.aliases:
+            question += f" (aliases: {_aliases(model.aliases)})"
+        if not _confirm(question + "?", args.yes):
+            sys.stderr.write("mvault: nothing deleted\n")
+            return 1
+        results = vault.delete_model(args.ref, force=args.force)
+        emit(
+            {"model": args.ref, "versions": [r.version for r in results], "deleted": True},
+            as_json=args.json,
+            human=lambda d: sys.stdout.write(
+                f"deleted model {d['model']} ({len(d['versions'])} versions; blobs go at the next gc)\n"
+            ),
+        )
+        return 0
+    name, version = _split_ref(args.ref, None)
     info = vault.resolve(f"{name}:{version}")  # not found is an error before the question
     question = f"delete {info.model}:{info.version}"
     if info.aliases:
@@ -384,6 +410,16 @@ def run_rm(args: argparse.Namespace) -> int:
         r,
         as_json=args.json,
         human=lambda _: sys.stdout.write(f"deleted {name}:{version} (blobs go at the next gc)\n"),
+    )
+    return 0
+
+
+def run_mv(args: argparse.Namespace) -> int:
+    info = _vault().rename(args.old, args.new)
+    emit(
+        {"model": info.name, "renamed_from": args.old},
+        as_json=args.json,
+        human=lambda d: sys.stdout.write(f"renamed {args.old} to {d['model']} (history kept)\n"),
     )
     return 0
 

@@ -314,19 +314,41 @@ class Registry:
             lambda s: writes.delete_version(s, name, sv, force=force, user=who), lambda: None
         )
 
+    def delete_model(
+        self, name: str, *, force: bool = False, user: str | None = None
+    ) -> list[DeleteResult]:
+        """Delete a model with all its versions (refused while aliases exist, unless ``force``).
+
+        Blobs stay for ``gc``; the model's events stay in the log.
+        """
+        validate_name("model", name)
+        who = self._user(user)
+        return self._write_with_conflicts(
+            lambda s: writes.delete_model(s, name, force=force, user=who), lambda: None
+        )
+
+    def rename_model(self, old: str, new: str, *, user: str | None = None) -> ModelInfo:
+        """Rename a model; versions, aliases, their history and the events log follow it."""
+        validate_name("model", old)
+        validate_name("model", new)
+        who = self._user(user)
+        self._tx(lambda s: writes.rename_model(s, old, new, user=who))
+        return self.get_model(new)
+
     # --- listing --------------------------------------------------------------
 
     def list_models(
         self,
         prefix: str | None = None,
-        label: str | None = None,
+        label: str | Sequence[str] | None = None,
         alias: str | None = None,
         since: dt.datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page[ModelInfo]:
-        """Models by name; filter by name prefix, a version label (``key`` or
-        ``key=value``), an alias name, or creation time; keyset-paged."""
+        """Models by name; filter by name prefix, version labels (``key`` or
+        ``key=value``, several ANDed on one version), an alias name, or creation
+        time; keyset-paged."""
         filters = [
             f
             for f in (
@@ -348,7 +370,7 @@ class Registry:
         self,
         name: str,
         *,
-        label: str | None = None,
+        label: str | Sequence[str] | None = None,
         since: dt.datetime | None = None,
         include_prerelease: bool = True,
         limit: int = 50,
@@ -360,7 +382,7 @@ class Registry:
         validate_name("model", name)
         limit = checks.check_limit(limit)
         when = checks.check_since(since)
-        key = checks.check_label_filter(label) if label is not None else None
+        key = reads.label_filters(label)
         after = (
             reads.decode_cursor("versions", cursor, [int, int, int, str])
             if cursor is not None

@@ -187,6 +187,12 @@ def exact(session: Session, model: Record, sv: SemVer) -> Record:
 def not_found(session: Session, model: Record, spec: str) -> VersionNotFoundError:
     have = highest_versions(session, model)
     what = f"highest versions: {', '.join(have)}" if have else "it has no versions yet"
+    if spec == "latest" and have:
+        what = f"'latest' is the highest release and skips pre-releases; {what}"
+        return VersionNotFoundError(
+            f"model {model.name!r} has no version matching {spec!r}; {what}",
+            hint=f"name the version (e.g. {model.name}@{have[0]}), or point an alias at it",
+        )
     return VersionNotFoundError(f"model {model.name!r} has no version matching {spec!r}; {what}")
 
 
@@ -354,16 +360,27 @@ def alias_filter(alias: str | None) -> Any:
     return select(Alias.id).where(Alias.model_id == Model.id, Alias.name == alias).exists()
 
 
-def models_label_filter(label: str | None) -> Any:
-    if label is None:
+def models_label_filter(label: str | Sequence[str] | None) -> Any:
+    """Models with a version carrying every label filter given (``key`` or ``key=value``)."""
+    wanted = label_filters(label)
+    if not wanted:
         return None
-    key, value = check_label_filter(label)
-    cond = and_(Label.version_id == Version.id, Version.model_id == Model.id, Label.key == key)
-    if value is not None:
-        cond = and_(cond, Label.value == value)
     return (
-        select(Label.version_id).join(Version, Version.id == Label.version_id).where(cond).exists()
+        select(Version.id)
+        .where(Version.model_id == Model.id, *[label_exists(Version.id, k, v) for k, v in wanted])
+        .exists()
     )
+
+
+def label_filters(label: str | Sequence[str] | None) -> list[tuple[str, str | None]]:
+    """One filter or several (ANDed), each checked."""
+    if label is None:
+        return []
+    if isinstance(label, str):
+        return [check_label_filter(label)]
+    if not isinstance(label, Sequence) or len(label) > 64:
+        return [check_label_filter(label)]  # refused there with the usual message
+    return [check_label_filter(x) for x in label]
 
 
 def model_summaries(
@@ -435,7 +452,7 @@ def list_versions(
     session: Session,
     name: str,
     *,
-    label: tuple[str, str | None] | None,
+    label: Sequence[tuple[str, str | None]],
     since: dt.datetime | None,
     include_prerelease: bool,
     limit: int,
@@ -449,8 +466,8 @@ def list_versions(
         query = query.where(Version.is_prerelease.is_(False))
     if since is not None:
         query = query.where(Version.created_at >= since)
-    if label is not None:
-        query = query.where(label_exists(Version.id, *label))
+    for key, value in label:
+        query = query.where(label_exists(Version.id, key, value))
     if after is not None:
         query = query.where(tuple_(*after) > _SORT if descending else tuple_(*after) < _SORT)
     order = [c.desc() for c in _SORT_COLS] if descending else list(_SORT_COLS)

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -308,6 +308,57 @@ def delete_version(
         forced=force,
     )
     return DeleteResult(name, row.version, variants, pointing)
+
+
+def delete_model(session: Session, name: str, *, force: bool, user: str) -> list[DeleteResult]:
+    """Delete a model with every version (blobs stay for ``gc``); its events stay as history.
+
+    Refused while aliases point into it unless ``force``; then they are removed too,
+    each recorded like a version delete's.
+    """
+    model = reads.find_model(session, name)
+    aliases = sorted(session.scalars(select(Alias.name).where(Alias.model_id == model.id)))
+    if aliases and not force:
+        raise ConflictError(
+            f"model {name!r} has alias(es) {', '.join(aliases)}; remove them first or delete with force",
+            hint="remove the aliases (mvault alias rm) or pass force=True / --force",
+        )
+    rows = session.execute(
+        select(Version.major, Version.minor, Version.patch, Version.version).where(
+            Version.model_id == model.id
+        )
+    ).all()
+    results = [
+        delete_version(session, name, SemVer.parse(r.version), force=True, user=user) for r in rows
+    ]
+    session.execute(delete(AliasHistory).where(AliasHistory.model_id == model.id))
+    session.execute(delete(Model).where(Model.id == model.id))
+    add_event(
+        session,
+        "model.delete",
+        user,
+        model=name,
+        versions=[r.version for r in results],
+        aliases_removed=aliases,
+        forced=force,
+    )
+    return results
+
+
+def rename_model(session: Session, old: str, new: str, *, user: str) -> None:
+    """Rename a model; its versions, aliases, alias history and events go with it."""
+    model = reads.find_model(session, old)
+    taken = session.scalars(select(Model.name).where(Model.name_key == new.lower())).first()
+    if taken is not None and taken != old:
+        raise ModelExistsError(
+            f"cannot rename {old!r} to {new!r}: model {taken!r} exists (names are unique ignoring case)",
+            hint="choose another name, or delete the other model first",
+        )
+    session.execute(
+        update(Model).where(Model.id == model.id).values(name=new, name_key=new.lower())
+    )
+    session.execute(update(Event).where(Event.model == old).values(model=new))
+    add_event(session, "model.rename", user, model=new, renamed_from=old)
 
 
 def existing_version(
