@@ -35,9 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelvault.config import parse_size
+from modelvault.digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into
 from modelvault.formats.bundle import Bundle, write_bundle
 from modelvault.formats.container import Draft, TensorSectionBuilder
-from modelvault.digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "bundle.json"

@@ -37,6 +37,8 @@ keep working for callers that do not know modelvault.
     │   ├── UnknownFormatError
     │   └── EngineInfoError
     ├── IntegrityError (ValueError)
+    ├── SignatureError (ValueError)
+    │   └── UntrustedError
     ├── RegistryError
     │   ├── RegistryUnavailableError (ConnectionError)
     │   ├── SchemaBehindError
@@ -88,6 +90,7 @@ __all__ = [
     "RegistryUnavailableError",
     "SchemaAheadError",
     "SchemaBehindError",
+    "SignatureError",
     "StorageError",
     "StorageFullError",
     "StoreAccessError",
@@ -98,6 +101,7 @@ __all__ = [
     "UnsafePathError",
     "UnsupportedDigestError",
     "UnsupportedVersionError",
+    "UntrustedError",
     "VariantExistsError",
     "VariantNotFoundError",
     "VersionExistsError",
@@ -260,6 +264,14 @@ class IntegrityError(ModelVaultError, ValueError):
         self.actual = actual
         self.where = where
         super().__init__(message, hint=hint)
+
+
+class SignatureError(ModelVaultError, ValueError):
+    """A signature, key, certificate or trust file is malformed, invalid or covers other content."""
+
+
+class UntrustedError(SignatureError):
+    """A load policy is in force and no valid signature from an allowed signer covers the version."""
 
 
 class RegistryError(ModelVaultError):

@@ -25,6 +25,7 @@ __all__ = [
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (E.MissingDependencyError, 8),
     (E.IntegrityError, 5),
+    (E.SignatureError, 5),
     (E.FormatError, 5),
     (E.NotFoundError, 3),
     (E.ConflictError, 4),
