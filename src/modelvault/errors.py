@@ -41,6 +41,7 @@ keep working for callers that do not know modelvault.
     │   └── UntrustedError
     ├── RegistryError
     │   ├── RegistryUnavailableError (ConnectionError)
+    │   ├── RegistryAccessError (PermissionError)
     │   ├── SchemaBehindError
     │   └── SchemaAheadError
     ├── StorageError (OSError)
@@ -86,6 +87,7 @@ __all__ = [
     "NotFoundError",
     "PayloadMismatchError",
     "PluginNotFoundError",
+    "RegistryAccessError",
     "RegistryError",
     "RegistryUnavailableError",
     "SchemaAheadError",
@@ -280,6 +282,10 @@ class RegistryError(ModelVaultError):
 
 class RegistryUnavailableError(RegistryError, ConnectionError):
     """The registry database cannot be reached."""
+
+
+class RegistryAccessError(RegistryError, PermissionError):
+    """The database user may not do this (a reader role pushing, a publisher deleting)."""
 
 
 class SchemaBehindError(RegistryError):

@@ -30,6 +30,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (E.NotFoundError, 3),
     (E.ConflictError, 4),
     (E.RegistryUnavailableError, 6),
+    (E.RegistryAccessError, 6),
     (E.StoreUnavailableError, 6),
     (E.StoreAccessError, 6),
     (E.SchemaBehindError, 6),
