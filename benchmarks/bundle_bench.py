@@ -36,6 +36,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from modelvault.config import parse_size
+from modelvault.digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into
+from modelvault.formats.bundle import Bundle, write_bundle
+from modelvault.formats.container import Draft, TensorSectionBuilder
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 RESULTS = HERE / "results" / "bundle.json"
@@ -43,11 +48,6 @@ RESULTS = HERE / "results" / "bundle.json"
 from _machine import Monitor  # noqa: E402
 from _runs import Case, interleaved, median, paired_ratio, write_report  # noqa: E402
 from _tables import render  # noqa: E402
-
-from modelvault.config import parse_size  # noqa: E402
-from modelvault.digest import CHUNK, DEFAULT_ALGORITHM, new_hasher, read_verified_into  # noqa: E402
-from modelvault.formats.bundle import Bundle, write_bundle  # noqa: E402
-from modelvault.formats.container import Draft, TensorSectionBuilder  # noqa: E402
 
 
 def drop_caches() -> bool:

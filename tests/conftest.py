@@ -19,6 +19,7 @@ _VARS = (
     "MVAULT_GC_GRACE",
     "MVAULT_DEBUG",
     "MVAULT_NO_PROGRESS",
+    "MVAULT_TRUST",
 )
 
 

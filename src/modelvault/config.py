@@ -16,6 +16,7 @@ The environment is read once, on first use, into a frozen :class:`Settings`;
 | ``MVAULT_S3_CHECKSUM`` | per-part S3 checksum: ``CRC32``, ``SHA256``, ``CRC32C`` (needs botocore[crt]) | ``CRC32`` |
 | ``MVAULT_USER`` | name recorded in the events log | the login name |
 | ``MVAULT_GC_GRACE`` | seconds an unreferenced blob is kept by ``gc`` | ``86400`` |
+| ``MVAULT_TRUST`` | a trust file (TOML): which signers may publish which models; loads refuse what they did not sign | none |
 | ``MVAULT_DEBUG`` | ``1`` shows tracebacks in the CLI | off |
 | ``MVAULT_NO_PROGRESS`` | ``1`` hides progress bars | off |
 """
@@ -91,6 +92,7 @@ class Settings:
     gc_grace_seconds: int
     debug: bool
     no_progress: bool
+    trust_file: Path | None = None
 
     @property
     def is_embedded_registry(self) -> bool:
@@ -140,6 +142,7 @@ class Settings:
             gc_grace_seconds=grace,
             debug=_flag("MVAULT_DEBUG"),
             no_progress=_flag("MVAULT_NO_PROGRESS"),
+            trust_file=Path(env["MVAULT_TRUST"]).expanduser() if env.get("MVAULT_TRUST") else None,
         )
 
 

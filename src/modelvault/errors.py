@@ -41,8 +41,11 @@ keep working for callers that do not know modelvault.
     │   ├── EngineInfoError
     │   └── ArtifactError
     ├── IntegrityError (ValueError)
+    ├── SignatureError (ValueError)
+    │   └── UntrustedError
     ├── RegistryError
     │   ├── RegistryUnavailableError (ConnectionError)
+    │   ├── RegistryAccessError (PermissionError)
     │   ├── SchemaBehindError
     │   ├── SchemaAheadError
     │   └── SchemaDriftError
@@ -97,11 +100,13 @@ __all__ = [
     "OutputExistsError",
     "PayloadMismatchError",
     "PluginNotFoundError",
+    "RegistryAccessError",
     "RegistryError",
     "RegistryUnavailableError",
     "SchemaAheadError",
     "SchemaBehindError",
     "SchemaDriftError",
+    "SignatureError",
     "StorageError",
     "StorageFullError",
     "StoreAccessError",
@@ -112,6 +117,7 @@ __all__ = [
     "UnsafePathError",
     "UnsupportedDigestError",
     "UnsupportedVersionError",
+    "UntrustedError",
     "VariantExistsError",
     "VariantNotFoundError",
     "VersionExistsError",
@@ -299,12 +305,24 @@ class IntegrityError(ModelVaultError, ValueError):
         super().__init__(message, hint=hint)
 
 
+class SignatureError(ModelVaultError, ValueError):
+    """A signature, key, certificate or trust file is malformed, invalid or covers other content."""
+
+
+class UntrustedError(SignatureError):
+    """A load policy is in force and no valid signature from an allowed signer covers the version."""
+
+
 class RegistryError(ModelVaultError):
     """The registry database failed or refused an operation."""
 
 
 class RegistryUnavailableError(RegistryError, ConnectionError):
     """The registry database cannot be reached."""
+
+
+class RegistryAccessError(RegistryError, PermissionError):
+    """The database user may not do this (a reader role pushing, a publisher deleting)."""
 
 
 class SchemaBehindError(RegistryError):

@@ -266,24 +266,65 @@ class LoadPipeline:
         self.store = store
         self._cache = cache
         self.push = push
+        # Which version each variant resolved through here belongs to: the trust
+        # check needs the name and version a signature must name. Keyed by id()
+        # with the variant kept alive, so an id is never reused while stored.
+        self._owners: dict[int, tuple[Any, Any]] = {}
 
     # -- the stages -----------------------------------------------------------
     def resolve(self, spec: str) -> Any:
-        return self.registry.resolve(spec)
+        info = self.registry.resolve(spec)
+        if len(self._owners) > 256:
+            self._owners.clear()
+        for v in info.variants:
+            self._owners[id(v)] = (v, info)
+        return info
 
     def choose(self, info: Any, device: str, want: str | None = None) -> Choice:
         return choose_variant(info.variants, device, want=want)
 
-    def open(self, variant: Any, progress: Any = None) -> StoreSource:
-        """The variant's container: manifest verified and decoded, every blob made local."""
+    def open(
+        self, variant: Any, progress: Any = None, *, info: Any = None, enforce: bool = True
+    ) -> StoreSource:
+        """The variant's container: manifest verified and decoded, every blob made local.
+
+        With a trust policy in force (``MVAULT_TRUST``), the variant's signatures are
+        checked right after its manifest, before any blob is fetched or handed on.
+        """
         manifest, _ = read_manifest(self.store, variant.manifest_digest)
+        if enforce:
+            self.check_trust(variant, manifest, info)
         cache = self._cache() if self.store.local_path(variant.manifest_digest) is None else None
         source = StoreSource(manifest, self.store, cache=cache, progress=progress)
         source.prefetch()
         return source
 
+    def check_trust(self, variant: Any, manifest: Manifest, info: Any = None) -> None:
+        """Refuse ``variant`` unless the trust policy (if any) accepts one of its signatures."""
+        from .signing import check_trust, current_policy, variant_signatures
+
+        policy = current_policy()
+        if policy is None:
+            return
+        if info is None:
+            owner = self._owners.get(id(variant))
+            if owner is None or owner[0] is not variant:
+                from .errors import UntrustedError
+
+                raise UntrustedError(
+                    f"variant {variant.manifest_digest[:19]} was not resolved through this "
+                    "pipeline; the trust policy cannot tell which version it must be signed as"
+                )
+            info = owner[1]
+        check_trust(policy, info, variant, manifest, variant_signatures(self.store, variant))
+
     def deserialize(
-        self, variant: Any, use: Callable[[StoreSource], T], *, progress: Any = None
+        self,
+        variant: Any,
+        use: Callable[[StoreSource], T],
+        *,
+        progress: Any = None,
+        info: Any = None,
     ) -> T:
         """``use(source)`` on the variant's container; a damaged cache entry is fetched again once.
 
@@ -291,7 +332,7 @@ class LoadPipeline:
         fails on a blob that came from the cache, that entry is removed and the
         container is opened afresh, so the blob comes from the store again.
         """
-        source = self.open(variant, progress)
+        source = self.open(variant, progress, info=info)
         try:
             return use(source)
         except IntegrityError as exc:
@@ -308,7 +349,7 @@ class LoadPipeline:
             source.cache.discard(bad)
             with contextlib.suppress(AttributeError):
                 exc.__traceback__ = None  # drop frames that hold half-loaded buffers
-        source = self.open(variant, progress)
+        source = self.open(variant, progress, info=info)
         return use(source)
 
     # -- what callers ask for -------------------------------------------------
@@ -374,7 +415,7 @@ class LoadPipeline:
             extra = sibling_options(plugin, source.manifest, view)  # e.g. refit weights
             return plugin.load(source, device=request.device, **{**extra, **request.options})
 
-        return self.deserialize(best, use)
+        return self.deserialize(best, use, info=info)
 
     def pull(
         self,
@@ -396,7 +437,8 @@ class LoadPipeline:
         from .formats.container import make_parents, remove_dirs
         from .formats.registry import get_plugin
 
-        choice = self.choose(self.resolve(spec), device, variant)
+        info = self.resolve(spec)
+        choice = self.choose(info, device, variant)
         manifest, _ = read_manifest(self.store, choice.variant.manifest_digest)
         plugin = get_plugin(manifest.plugin)
         suffix = plugin.native_suffix(StoreSource(manifest, self.store))
@@ -415,7 +457,7 @@ class LoadPipeline:
             return staging
 
         try:
-            self.deserialize(choice.variant, use, progress=progress)
+            self.deserialize(choice.variant, use, progress=progress, info=info)
             _move_into_place(staging, target)
         except BaseException:
             _remove(staging)

@@ -238,7 +238,7 @@ class Vault:
         self, spec: str, device: str = "cpu", *, variant: str | None = None
     ) -> tuple[Any, Choice]:
         """The version a spec names and the variant the loader would pick for ``device``."""
-        info = self.resolve(spec)
+        info = self.pipeline.resolve(spec)  # the pipeline remembers it for the trust check
         return info, choose_variant(info.variants, device, want=variant)
 
     def load(
@@ -324,10 +324,10 @@ class Vault:
             Bundle.open(path)
             return written
 
-        return self.pipeline.deserialize(choice.variant, write)
+        return self.pipeline.deserialize(choice.variant, write, info=info)
 
     def _any_variant(self, spec: str) -> tuple[Any, Choice]:
-        info = self.resolve(spec)
+        info = self.pipeline.resolve(spec)
         try:
             return info, choose_variant(info.variants, "cpu")
         except Exception:

@@ -23,10 +23,12 @@ __all__ = [
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (E.MissingDependencyError, 8),
     (E.IntegrityError, 5),
+    (E.SignatureError, 5),
     (E.FormatError, 5),
     (E.NotFoundError, 3),
     (E.ConflictError, 4),
     (E.RegistryUnavailableError, 6),
+    (E.RegistryAccessError, 6),
     (E.StoreUnavailableError, 6),
     (E.StoreAccessError, 6),
     (E.SchemaBehindError, 6),

@@ -20,6 +20,7 @@ from ._common import exit_code_for
 # Command modules, imported when the parser is built (they import nothing heavy).
 _COMMAND_MODULES = (
     "modelvault.cli.models",
+    "modelvault.cli.signing",  # after models: it adds options to push, pull and verify
     "modelvault.cli.bundles",
     "modelvault.cli.db",
     "modelvault.cli.cache",

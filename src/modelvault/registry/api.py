@@ -42,7 +42,7 @@ from ..errors import (
     VariantExistsError,
 )
 from . import aliases as al
-from . import blobs, checks, db, reads, writes
+from . import blobs, checks, db, reads, signatures, writes
 from .results import (
     AliasChange,
     AliasInfo,
@@ -334,6 +334,27 @@ class Registry:
         who = self._user(user)
         self._tx(lambda s: writes.rename_model(s, old, new, user=who))
         return self.get_model(new)
+
+    def attach_signature(
+        self,
+        name: str,
+        version: str,
+        manifest_digest: str,
+        bundle_digest: str,
+        size: int,
+        signer: str,
+        *,
+        user: str | None = None,
+    ) -> bool:
+        """Record a stored signature bundle (a blob of role ``signature``) against one variant."""
+        validate_name("model", name)
+        sv = SemVer.parse(version)
+        who = self._user(user)
+        return self._tx(
+            lambda s: signatures.attach_signature(
+                s, name, sv, manifest_digest, bundle_digest, size, signer, who
+            )
+        )
 
     # --- listing --------------------------------------------------------------
 

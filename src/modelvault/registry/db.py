@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from ..errors import (
     ConfigError,
     MissingDependencyError,
+    RegistryAccessError,
     RegistryError,
     RegistryUnavailableError,
     SchemaAheadError,
@@ -233,6 +234,16 @@ def unavailable(url: URL, exc: BaseException) -> RegistryUnavailableError:
 
 def translate(url: URL, exc: DBAPIError) -> RegistryError:
     """Turn a SQLAlchemy error that escaped the operation into our tree."""
+    # PostgreSQL 42501 insufficient_privilege; MySQL/MariaDB 1142/1143 command/column denied.
+    # PyMySQL reports these with SQLSTATE 42000 (any syntax or access error): use the errno.
+    args = getattr(exc.orig, "args", ())
+    errno = str(args[0]) if args and isinstance(args[0], int) else ""
+    if _sqlstate(exc) == "42501" or errno in ("1142", "1143"):
+        why = str(exc.orig).strip().splitlines()[0][:200]
+        return RegistryAccessError(
+            f"registry {describe_url(url)} refused: {why}",
+            hint="this database user may not make that change; nothing was written to the registry",
+        )
     if exc.connection_invalidated or isinstance(exc, OperationalError):
         return unavailable(url, exc)
     return RegistryError(f"registry {describe_url(url)}: {str(exc.orig).splitlines()[0][:300]}")
