@@ -22,6 +22,7 @@ from .errors import InvalidArgumentError
 
 __all__ = ["apply_grants", "grant_sql"]
 
+
 def _tables() -> tuple[str, ...]:
     """Every registry table (from the schema itself, so a new table is never missed),
     and Alembic's, which opening a registry reads."""
