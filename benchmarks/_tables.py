@@ -351,6 +351,30 @@ def registry(r: dict[str, Any]) -> list[str]:
     )
 
 
+def verify_cost(r: dict[str, Any]) -> list[str]:
+    """The same load with hashing on and off (benchmarks/verify_cost.py)."""
+    m = r.get("machine", {})
+    load = m.get("loadavg_start", ["?"])[0]
+    out = [
+        f"Machine: {m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')}, load average {load:.2f} "
+        "at start. Median of the runs in the file, hashing on and off alternating.",
+        "",
+        "| path | device | GB | hashing on s | off s | cost | goal | |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for row in r["rows"]:
+        cuda = str(row["device"]).startswith("cuda")
+        limit = 5 if cuda else 15
+        applies = cuda or row["path"].startswith("local store")
+        goal = f"< {limit}%" if applies else ""
+        mark = _mark(row["cost_pct"] < limit) if applies else ""
+        out.append(
+            f"| {row['path']} | {row['device']} | {row['bytes'] / 1e9:.2f} | "
+            f"{row['hashing_on_s']:.3f} | {row['hashing_off_s']:.3f} | {row['cost_pct']:+.0f}% | {goal} | {mark} |"
+        )
+    return out
+
+
 def dedup(r: dict[str, Any]) -> list[str]:
     """Bytes stored per experiment (benchmarks/dedup_bench.py); sizes, not times."""
 
@@ -454,6 +478,8 @@ def render(report: dict[str, Any]) -> str:
     """The Markdown of one results file, or a note saying why it cannot be shown."""
     if "gpt2_one" in report and "published" in report:  # byte counts: no timing to distrust
         return "\n".join(dedup(report))
+    if report.get("rows") and "hashing_on_s" in report["rows"][0]:
+        return "\n".join(verify_cost(report))
     if report.get("schema", 1) < SCHEMA:
         return (
             "_No figures: this results file was written by an earlier version of the "

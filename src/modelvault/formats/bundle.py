@@ -503,7 +503,9 @@ class Bundle:
     def locate(self, index: int) -> BlobLocation:
         ref = self.manifest.blobs[index]
         offset, size = self._h.extents[index]
-        return BlobLocation(self.path, offset, size, ref.digest)
+        # A bundle is written whole under a temporary name and renamed into place, like a
+        # store blob: a mapping of it keeps the bytes that were hashed.
+        return BlobLocation(self.path, offset, size, ref.digest, mappable=True)
 
     def read_blob(self, index: int) -> bytes:
         return read_blob(self, index)

@@ -411,8 +411,9 @@ class BlobLocation:
 
     ``mappable`` is True when the file is one that is only ever replaced whole,
     by an atomic rename (a local store's blob), so a memory mapping of it keeps
-    the bytes that were hashed; other files (the cache, which other processes
-    fill and evict; a user's bundle) are read into private memory instead.
+    the bytes that were hashed (a bundle, written the same way, is mappable too);
+    cache files, which other processes fill and evict and could cut under a
+    mapping, are read into private memory instead.
     """
 
     path: Path

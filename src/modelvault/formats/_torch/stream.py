@@ -1,11 +1,11 @@
 """Load tensor blobs onto a device at disk speed, verifying on the way.
 
-CPU: each blob of a local store is mapped copy-on-write (``MAP_PRIVATE``),
+CPU: each blob of a local store or a bundle is mapped copy-on-write (``MAP_PRIVATE``),
 hashed through the mapping and then viewed as tensors: no copy, and writes to a
 tensor never reach the file. Store blobs are replaced only by atomic renames,
 so the verified bytes stay the mapped bytes. Any other file (a cache entry,
 which other processes fill and evict and which could be truncated under a
-mapping; a bundle), or any load with ``mmap=False``, is read with parallel
+mapping), or any load with ``mmap=False``, is read with parallel
 ``preadv`` calls into one private buffer, each blob hashed in order as its
 chunks arrive.
 
