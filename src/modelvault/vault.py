@@ -293,20 +293,7 @@ class Vault:
 
         def write(source: StoreSource) -> Manifest:
             m = source.manifest
-            draft = Draft(
-                m.plugin,
-                m.plugin_version,
-                dict(m.frameworks),
-                dict(m.target),
-                dict(m.signature),
-                dict(m.metadata),
-                dict(m.payload),
-                [],
-                list(m.tensors),
-                dict(m.tensor_aliases),
-                m.digest_algorithm,
-                m.format_version,
-            )
+            draft = Draft.from_manifest(m)
             for i, ref in enumerate(m.blobs):
                 loc = source.locate(i)
                 draft.blobs.append(

@@ -123,20 +123,7 @@ def test_a_1_0_container_written_again_is_the_same_file(tmp_path: Path) -> None:
     preamble included, so it keeps its digest (and here its very bytes)."""
     b = Bundle.open(GOLDEN)
     m = b.manifest
-    d = Draft(
-        m.plugin,
-        m.plugin_version,
-        dict(m.frameworks),
-        dict(m.target),
-        dict(m.signature),
-        dict(m.metadata),
-        dict(m.payload),
-        [],
-        list(m.tensors),
-        dict(m.tensor_aliases),
-        m.digest_algorithm,
-        m.format_version,
-    )
+    d = Draft.from_manifest(m)
     for i, ref in enumerate(m.blobs):
         d.add_blob(ref.role, ref.media_type, BytesSource(b.read_blob(i)))
     out = tmp_path / "again.mvpk"

@@ -295,6 +295,25 @@ class Draft:
     #: again (export) keeps its own version, and so its manifest digest.
     format_version: tuple[int, int] = FORMAT_VERSION
 
+    @classmethod
+    def from_manifest(cls, m: Manifest) -> Draft:
+        """A draft with every field of a stored manifest and no blobs yet (re-export:
+        add the blobs in manifest order and the result has the manifest's digest)."""
+        return cls(
+            m.plugin,
+            m.plugin_version,
+            dict(m.frameworks),
+            dict(m.target),
+            dict(m.signature),
+            dict(m.metadata),
+            dict(m.payload),
+            [],
+            list(m.tensors),
+            dict(m.tensor_aliases),
+            m.digest_algorithm,
+            m.format_version,
+        )
+
     def add_blob(self, role: str, media_type: str, source: BlobSource) -> int:
         """Append a blob; returns its index in the manifest's blob list."""
         self.blobs.append(DraftBlob(role, media_type, source))
