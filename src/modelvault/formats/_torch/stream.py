@@ -64,9 +64,13 @@ CHUNK = 16 * 1024 * 1024
 #: mapping each blob: every mapping is a kernel map entry, and a process may
 #: hold only so many (``vm.max_map_count``, 65 530 by default).
 MAX_MAPS = 16_384
-#: Pinned ring slots, and reads in flight: 8 x 16 MiB = 128 MiB of host memory.
+#: Ring slots, and reads in flight: 8 x 16 MiB = 128 MiB of host memory.
 #: Several reads at once are what it takes to pull the page cache at full speed.
 RING = 8
+#: The pinned ring of a CUDA load when the device does the hashing: the host's
+#: cores only copy from the page cache then, and it takes about 16 reads in
+#: flight to reach the copy engine's speed (16 x 16 MiB = 256 MiB pinned).
+RING_CUDA = 16
 
 
 def stream_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,7 +111,7 @@ def load_tensors(
     device: torch.device,
     *,
     chunk: int = CHUNK,
-    ring: int = RING,
+    ring: int | None = None,
     mmap: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Every tensor of the container (aliases included) on ``device``, verified.
@@ -120,6 +124,8 @@ def load_tensors(
     Raises :class:`DeviceOutOfMemoryError` before allocating when the weights
     do not fit, :class:`IntegrityError` when bytes do not match their digest.
     """
+    if ring is None:
+        ring = RING_CUDA if device.type == "cuda" else RING
     manifest = source.manifest
     blobs = _tensor_blobs(source)
     repeats = _repeats(manifest)
