@@ -112,7 +112,10 @@ def every_way_refused(
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real ``mvault`` in a new process (the tree under test first on the path)."""
     src = str(Path(modelvault.__file__).resolve().parents[1])
-    full = {**os.environ, **(env or {}), "PYTHONPATH": src, "MVAULT_NO_PROGRESS": "1"}
+    # The tree under test first; whatever else the caller's path holds (a --target
+    # site of dependencies, as on the GPU machine) after it.
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    full = {**os.environ, **(env or {}), "PYTHONPATH": path, "MVAULT_NO_PROGRESS": "1"}
     code = "import sys; from modelvault.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, "-c", code, *args],

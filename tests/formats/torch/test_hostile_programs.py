@@ -54,9 +54,12 @@ def program() -> torch.export.ExportedProgram:
 
 
 def graph_doc(ep: torch.export.ExportedProgram) -> dict[str, Any]:
-    art = serde.serialize(
-        ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False
-    )
+    import inspect
+
+    # Newer torch can leave the weights out of the artifact; older torch has no such switches.
+    known = inspect.signature(serde.serialize).parameters
+    skip = ("serialize_state_dict", "serialize_constants", "serialize_example_inputs")
+    art = serde.serialize(ep, **{k: False for k in skip if k in known})
     doc: dict[str, Any] = json.loads(art.exported_program)
     return doc
 

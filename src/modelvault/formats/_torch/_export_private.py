@@ -23,8 +23,10 @@ Everything else the plugins do goes through public API
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -93,9 +95,68 @@ def deserialize_graph(
     check_graph(graph)
     # The dataclass is annotated with bytes, but the deserializer takes ready dicts as well.
     artifact = _serde.SerializedArtifact(graph, dict(state_dict), dict(constants), b"")  # type: ignore[arg-type]
-    ep = _serde.deserialize(artifact)
+    with _cached_type_hints():
+        ep = _serde.deserialize(artifact)
     assert isinstance(ep, torch.export.ExportedProgram)
     return ep
+
+
+class _CachingTyping:
+    """``typing`` as the serializer sees it, with ``get_type_hints`` memoized.
+
+    torch's JSON-to-dataclass step resolves the type hints of a schema class
+    for every object it builds (thousands for a large graph); they never change,
+    so computing them once per class cuts most of a large program's parse time.
+    Everything else is the real ``typing`` module.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self._hints: dict[Any, Any] = {}
+
+    def get_type_hints(self, obj: Any, globalns: Any = None, localns: Any = None, **kw: Any) -> Any:
+        if localns is not None or kw:
+            return self._real.get_type_hints(obj, globalns, localns, **kw)
+        key = (obj, id(globalns))
+        try:
+            return self._hints[key]
+        except (KeyError, TypeError):
+            pass
+        hints = self._real.get_type_hints(obj, globalns)
+        with contextlib.suppress(TypeError):  # an unhashable annotation: not cached
+            self._hints[key] = hints
+        return hints
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+_typing_lock = threading.Lock()
+_typing_users = 0
+_caching: _CachingTyping | None = None
+
+
+@contextlib.contextmanager
+def _cached_type_hints() -> Iterator[None]:
+    """Give the serializer :class:`_CachingTyping` for the duration (it returns what typing would)."""
+    global _typing_users, _caching
+    real = getattr(_serde, "typing", None)
+    if real is None or not hasattr(real, "get_type_hints"):
+        yield  # a torch whose serializer does not work this way: nothing to speed up
+        return
+    with _typing_lock:
+        if _typing_users == 0:
+            if _caching is None or _caching._real is not real:
+                _caching = _CachingTyping(real)
+            setattr(_serde, "typing", _caching)  # noqa: B010 - a module global, on purpose
+        _typing_users += 1
+    try:
+        yield
+    finally:
+        with _typing_lock:
+            _typing_users -= 1
+            if _typing_users == 0 and _caching is not None:
+                setattr(_serde, "typing", _caching._real)  # noqa: B010
 
 
 def set_script_attribute(module: Any, name: str, value: torch.Tensor) -> None:
