@@ -229,6 +229,20 @@ def test_bundles_without_signatures_still_import(
     assert len(loads) == 2
 
 
+@pytest.mark.parametrize("name", ["files.mvpk", "files-1.1.mvpk"])
+def test_committed_bundles_from_before_signatures_import(mvault, tmp_path, name):
+    """Files written before bundles carried signatures (the golden files, format 1.0 and 1.1)."""
+    golden = Path(__file__).resolve().parents[1] / "formats" / "golden" / name
+    assert _flags(golden) == 0
+    r = mvault("import", str(golden), "old:1.0.0", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["signatures"] == 0
+    assert mvault("pull", "old:1.0.0", "-o", str(tmp_path / "out")).code == 0
+    again = tmp_path / "again.mvpk"
+    assert mvault("export", "old:1.0.0", str(again)).code == 0
+    assert _flags(again) == 0 and Bundle.open(again).digest == Bundle.open(golden).digest
+
+
 def test_an_imported_signature_names_the_version_it_was_signed_as(
     mvault, model_dir, keys, trust, tmp_path, elsewhere
 ):
