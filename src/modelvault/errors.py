@@ -346,7 +346,17 @@ class StoreUnavailableError(StorageError, ConnectionError):
 
 
 class StoreAccessError(StorageError, PermissionError):
-    """The store refused the credentials or the operation."""
+    """The store refused the credentials or the operation; ``permission`` names what was missing."""
+
+    #: The permission the refused operation needs (``s3:PutObject``), when the store said so.
+    permission: str | None = None
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, permission: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        if permission is not None:
+            self.permission = permission
 
 
 class OCIUnavailableError(StoreUnavailableError):

@@ -6,7 +6,11 @@
 2. **upload**: every blob is hashed, then stored under its digest unless the
    store already has it; the manifest goes last;
 3. **register**: one registry transaction records the version (or a new
-   variant of it), its blob references and its aliases.
+   variant of it), its blob references and its aliases;
+4. **signatures** a ``.mvpk`` carries (stored with its blobs in step 2) are
+   attached to the registered variant, under a lease of their own, as
+   ``mvault sign`` attaches them. Nothing here judges them: loads under a
+   trust policy do (and an import under one checks them before step 2).
 
 Steps 2 and 3 run under a :class:`~modelvault.maintenance.PushLease`: every
 blob the push will reference is leased in the registry before the store is
@@ -37,6 +41,7 @@ __all__ = [
     "PushRequest",
     "PushResult",
     "Upload",
+    "attach_signatures",
     "phase",
     "register",
     "upload_bundle",
@@ -67,6 +72,8 @@ class Upload:
     bytes_uploaded: int = 0
     blobs_uploaded: int = 0
     blobs_skipped: int = 0
+    #: Signature bundles stored with a ``.mvpk``'s blobs, as ``(digest, bytes)``.
+    signatures: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -84,6 +91,7 @@ class PushResult:
     blobs_skipped: int = 0
     aliases: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)  # applied, even to an unchanged version
+    signatures: int = 0  # attached from a bundle (new ones only)
 
 
 def phase(progress: Any, name: str, total: int | None = None) -> None:
@@ -136,10 +144,14 @@ def upload_draft(store: BlobStore, draft: Draft, lease: PushLease, progress: Any
 def upload_bundle(
     store: BlobStore, bundle: Bundle, lease: PushLease, progress: Any = None
 ) -> Upload:
-    """Lease a verified bundle's blobs, store those the store lacks, then its manifest."""
+    """Lease a verified bundle's blobs and signatures, store those the store lacks, then
+    its manifest (a store that refuses writes refuses here, before anything is registered)."""
     manifest = bundle.manifest
+    signatures = tuple(bundle.signatures)
     _name_roles(progress, manifest)
-    lease.protect([ref.digest for ref in manifest.blobs] + [manifest.digest])
+    lease.protect(
+        [ref.digest for ref in manifest.blobs] + [d for d, _ in signatures] + [manifest.digest]
+    )
     uploaded = n_up = n_skip = 0
     for i, ref in enumerate(manifest.blobs):
         if lease.present(ref.digest):
@@ -151,9 +163,39 @@ def upload_bundle(
         ):
             uploaded += ref.size
             n_up += 1
+    for digest, data in signatures:
+        if not lease.present(digest):
+            store.put_bytes(digest, data)
     if not lease.present(manifest.digest):
         store.put_bytes(manifest.digest, bundle.manifest_bytes)
-    return Upload(manifest, uploaded, n_up, n_skip)
+    return Upload(manifest, uploaded, n_up, n_skip, signatures)
+
+
+def attach_signatures(
+    registry: Registry, store: BlobStore, result: PushResult, upload: Upload
+) -> PushResult:
+    """Step 4: record the signatures a bundle carried against the variant just registered.
+
+    A lease of its own, as ``mvault sign`` takes: the first one was handed over by
+    the registration, and a ``gc`` must not take a signature before its reference.
+    """
+    from .maintenance import PushLease
+    from .signing import claimed_signer
+
+    if not upload.signatures:
+        return result
+    added = 0
+    with PushLease(registry, store) as lease:
+        lease.protect([d for d, _ in upload.signatures])
+        for digest, data in upload.signatures:
+            if not lease.present(digest):  # a gc took it since step 2: store it again
+                store.put_bytes(digest, data)
+            lease.keep_alive()
+            added += registry.attach_signature(
+                result.name, result.version, result.digest, digest, len(data), claimed_signer(data)
+            )
+    result.signatures = added
+    return result
 
 
 def variant_input(manifest: Manifest) -> Any:

@@ -24,7 +24,15 @@ from .formats.container import Draft
 from .formats.registry import detect, get_plugin
 from .loader import Choice, LoadPipeline, LoadRequest, StoreSource, choose_variant, read_manifest
 from .maintenance import PushLease
-from .push import PushRequest, PushResult, phase, register, upload_bundle, upload_draft
+from .push import (
+    PushRequest,
+    PushResult,
+    attach_signatures,
+    phase,
+    register,
+    upload_bundle,
+    upload_draft,
+)
 
 if TYPE_CHECKING:
     from .formats.manifest import Manifest
@@ -176,9 +184,15 @@ class Vault:
                 getattr(progress, "advance", None) if hasattr(progress, "phase") else None
             )
             validate_container(bundle)  # and its meaning: nothing is registered that cannot load
+            from .signing import check_bundle, current_policy
+
+            policy = current_policy()
+            if policy is not None:  # signatures it carries must pass before anything is stored
+                check_bundle(policy, request.name, request.version, bundle)
             with PushLease(self.registry, self.store) as lease:  # gc leaves these blobs alone
                 upload = upload_bundle(self.store, bundle, lease, progress)
-                return register(self.registry, upload, request, lease, progress)
+                result = register(self.registry, upload, request, lease, progress)
+            return attach_signatures(self.registry, self.store, result, upload)
         if isinstance(obj, (str, Path)):
             phase(progress, f"reading {Path(obj).name}")
         draft = self.pack(obj, format=format, **options)
@@ -281,11 +295,22 @@ class Vault:
 
     # -- bundles --------------------------------------------------------------------
     def export_bundle(
-        self, spec: str, path: str | Path, *, variant: str | None = None, device: str = "cpu"
+        self,
+        spec: str,
+        path: str | Path,
+        *,
+        variant: str | None = None,
+        device: str = "cpu",
+        signatures: bool = True,
     ) -> Manifest:
-        """Write one variant of a version as a self-contained ``.mvpk``."""
+        """Write one variant of a version as a self-contained ``.mvpk``.
+
+        The variant's signatures go with it (``signatures=False`` leaves them out,
+        for readers older than signed bundles: ``docs/FORMAT.md``).
+        """
         from .formats.bundle import Bundle, write_bundle
         from .formats.container import DraftBlob, FileSource
+        from .signing import variant_signatures
 
         info, choice = (
             self.choose(spec, device, variant=variant) if variant else self._any_variant(spec)
@@ -301,7 +326,14 @@ class Vault:
                 )
             # The writer hashes every blob as it copies it; a damaged source shows
             # up as a manifest digest other than the stored one.
-            written = write_bundle(draft, path, ref={"name": info.model, "version": info.version})
+            # Every stored signature, each hashed against its digest; what they say is
+            # for the importer's policy to judge.
+            sigs = (
+                [d for _, d in variant_signatures(self.store, choice.variant)] if signatures else []
+            )
+            written = write_bundle(
+                draft, path, ref={"name": info.model, "version": info.version}, signatures=sigs
+            )
             if written.digest != m.digest:
                 Path(path).unlink(missing_ok=True)
                 raise ConflictError(

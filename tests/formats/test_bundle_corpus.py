@@ -180,9 +180,9 @@ def test_unknown_major_flags_and_reserved(tmp_path: Path) -> None:
     err = refuse(write(tmp_path / "v.mvpk", assemble(m, [blob], major=2)))
     assert isinstance(err, UnsupportedVersionError)
     assert "upgrade" in (err.hint or "")
-    err = refuse(write(tmp_path / "f.mvpk", assemble(m, [blob], flags=1)))
+    err = refuse(write(tmp_path / "f.mvpk", assemble(m, [blob], flags=2)))
     assert isinstance(err, UnsupportedVersionError)
-    assert "flags" in str(err)
+    assert "flags 0x2" in str(err) and "upgrade" in (err.hint or "")
     bad = bytearray(assemble(m, [blob]))
     bad[52] = 1
     err = refuse(write(tmp_path / "r.mvpk", fix_preamble_crc(bad)))
@@ -194,6 +194,31 @@ def test_unknown_major_flags_and_reserved(tmp_path: Path) -> None:
     err = refuse(write(tmp_path / "minor.mvpk", assemble(m, [blob], minor=1)))
     assert isinstance(err, CorruptError)
     assert "preamble says format 1.1" in str(err)
+
+
+def test_signatures_in_the_index(tmp_path: Path) -> None:
+    """Flag 0x1 and the index's ``signatures`` come together, distinct, in digest order."""
+    blob = b"x" * 10
+    m = manifest_wire([blob_wire("r", blob)])
+    md = digest_bytes(packb(m))
+    ext = [[4096, 10]]
+    a, b = sorted([b'{"a": 1}', b'{"b": 2}'], key=digest_bytes)
+
+    def index(sigs: Any) -> dict[str, Any]:
+        return {"blobs": ext, "manifest": md, "signatures": sigs}
+
+    good = write(tmp_path / "ok.mvpk", assemble(m, [blob], flags=1, index=index([a, b])))
+    assert [s for _, s in Bundle.open(good).signatures] == [a, b]
+    for name, flags, idx, text in [
+        ("noflag", 0, index([a]), "preamble flag is not set"),
+        ("nosigs", 1, None, "lists none"),
+        ("empty", 1, index([]), "lists none"),
+        ("order", 1, index([b, a]), "in the order of their digests"),
+        ("dup", 1, index([a, a]), "distinct"),
+        ("text", 1, index(["not bytes"]), "byte strings"),
+    ]:
+        err = refuse(write(tmp_path / f"{name}.mvpk", assemble(m, [blob], flags=flags, index=idx)))
+        expect(err, CorruptError, text)
 
 
 def _tensor(name: str, offset: int = 0, nbytes: int = 16, **kw: object) -> dict[str, Any]:

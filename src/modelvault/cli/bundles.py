@@ -59,6 +59,14 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     bundle = Bundle.open(args.file)
     info = manifest_summary(bundle.manifest, bundle.digest)
+    if bundle.signatures:
+        from ..signing import claimed_signer
+
+        # Claimed, not checked: a trust policy judges them when the imported version loads.
+        info["signatures"] = [
+            {"digest": d, "size": len(data), "claimed_signer": claimed_signer(data)}
+            for d, data in bundle.signatures
+        ]
     if not args.no_verify:
         enabled = not args.json and progress_enabled(getattr(args, "quiet", False))
         with Transfer(args.file.name, verb="verifying", enabled=enabled) as progress:
@@ -97,6 +105,11 @@ def run_inspect(args: argparse.Namespace) -> int:
             ],
             ["ROLE", "MEDIA TYPE", "SIZE", "DIGEST"],
         )
+        for sig in d.get("signatures", []):
+            out.write(
+                f"signature {c(sig['digest'])} by {c(sig['claimed_signer'])} "
+                "(claimed; checked on load under MVAULT_TRUST)\n"
+            )
         if not d["verified"]:
             out.write("\nheader valid (blobs not verified)\n")
         elif d["valid"]:

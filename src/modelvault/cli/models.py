@@ -126,6 +126,11 @@ def register(sub: Any) -> None:
     p.add_argument("spec", metavar="NAME[@SPEC]")
     p.add_argument("file", type=Path, metavar="FILE.mvpk")
     p.add_argument("--variant")
+    p.add_argument(
+        "--no-signatures",
+        action="store_true",
+        help="leave the variant's signatures out (for readers older than signed bundles)",
+    )
     add_json(p)
     p.set_defaults(func=run_export)
 
@@ -164,6 +169,7 @@ def _push_json(r: Any) -> dict[str, Any]:
         "blobs_uploaded": r.blobs_uploaded,
         "blobs_skipped": r.blobs_skipped,
         "aliases": list(r.aliases),
+        "signatures": getattr(r, "signatures", 0),
     }
 
 
@@ -175,6 +181,8 @@ def _push_human(r: Any, seconds: float | None = None) -> None:
         f"  uploaded {r.blobs_uploaded} blobs, {human_size(r.bytes_uploaded)}{took}; "
         f"{r.blobs_skipped} already stored\n"
     )
+    if getattr(r, "signatures", 0):
+        sys.stdout.write(f"  signatures: {r.signatures} attached from the bundle\n")
     if r.aliases:
         sys.stdout.write(f"  aliases: {', '.join(r.aliases)}\n")
     if r.labels:
@@ -461,7 +469,14 @@ def run_gc(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     vault = _vault()
     info = vault.resolve(args.spec)
-    m = vault.export_bundle(f"{info.model}:{info.version}", args.file, variant=args.variant)
+    m = vault.export_bundle(
+        f"{info.model}:{info.version}",
+        args.file,
+        variant=args.variant,
+        signatures=not args.no_signatures,
+    )
+    from ..formats.bundle import Bundle
+
     emit(
         {
             "model": info.model,
@@ -470,11 +485,14 @@ def run_export(args: argparse.Namespace) -> int:
             "digest": m.digest,
             "path": str(args.file),
             "bytes": args.file.stat().st_size,
+            "signatures": len(Bundle.open(args.file).signatures),
         },
         as_json=args.json,
         human=lambda d: sys.stdout.write(
             f"exported {d['model']}:{d['version']} ({d['format']}) {d['digest']}\n"
-            f"  wrote {d['path']} ({human_size(d['bytes'])})\n"
+            f"  wrote {d['path']} ({human_size(d['bytes'])}"
+            + (f", {d['signatures']} signature(s)" if d["signatures"] else "")
+            + ")\n"
         ),
     )
     return 0

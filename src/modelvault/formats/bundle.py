@@ -4,13 +4,17 @@ Layout (``docs/FORMAT.md`` is the specification)::
 
     [0, 64)                 preamble: magic, version, lengths, CRC-32s
     [64, 64+M)              manifest (canonical msgpack)
-    [64+M, 64+M+I)          index (msgpack): manifest digest, [offset, size] per blob, ref
+    [64+M, 64+M+I)          index (msgpack): manifest digest, [offset, size] per blob, ref,
+                            signatures (preamble flag 0x1)
     zero padding            up to data_offset, a multiple of 4096
     blob 0, pad, blob 1 ... each blob at the next multiple of 4096
 
 Everything a reader needs comes before the data, so a bundle can be streamed
 front to back, and any blob can be fetched by one ranged read. Blob digests are
 the same as in a store.
+
+Signatures ride in the index, not the manifest, which they sign
+(:mod:`._bundle_index`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,15 @@ from ..errors import (
     UnknownFormatError,
     UnsupportedVersionError,
 )
+from ._bundle_index import (
+    FLAG_SIGNATURES,
+    KNOWN_FLAGS,
+    MAX_SIGNATURES,
+    check_ref,
+    check_signatures,
+    encode_index,
+    sorted_signatures,
+)
 from .container import (
     BlobLocation,
     Draft,
@@ -53,7 +66,15 @@ from .container import (
 )
 from .manifest import FORMAT_VERSION, LIMITS, Manifest, align, decode_msgpack, encode_msgpack
 
-__all__ = ["MAGIC", "PREAMBLE_SIZE", "Bundle", "stream_blobs", "write_bundle"]
+__all__ = [
+    "FLAG_SIGNATURES",
+    "MAGIC",
+    "MAX_SIGNATURES",
+    "PREAMBLE_SIZE",
+    "Bundle",
+    "stream_blobs",
+    "write_bundle",
+]
 
 MAGIC = b"\x89MVPK\r\n\x1a"  # 8 bytes, PNG-style: high bit, CRLF, DOS EOF
 PREAMBLE_SIZE = 64
@@ -67,13 +88,19 @@ Progress = Callable[[int], None]
 
 
 def _preamble(
-    manifest_len: int, index_len: int, data_offset: int, file_len: int, index_crc: int, minor: int
+    manifest_len: int,
+    index_len: int,
+    data_offset: int,
+    file_len: int,
+    index_crc: int,
+    minor: int,
+    flags: int = 0,
 ) -> bytes:
     body = _PRE.pack(
         MAGIC,
         FORMAT_VERSION[0],
         minor,  # the manifest's own: a 1.0 container exported again stays 1.0
-        0,
+        flags,
         manifest_len,
         index_len,
         data_offset,
@@ -82,32 +109,6 @@ def _preamble(
         bytes(8),
     )
     return body + struct.pack("<I", zlib.crc32(body))
-
-
-def _encode_index(
-    manifest_digest: str, extents: list[tuple[int, int]], ref: Mapping[str, str] | None = None
-) -> bytes:
-    index: dict[str, object] = {"blobs": [[o, s] for o, s in extents], "manifest": manifest_digest}
-    if ref:
-        index["ref"] = dict(ref)
-    return encode_msgpack(index)
-
-
-def _check_ref(ref: object) -> dict[str, str] | None:
-    """The optional ``ref`` of an index: the model name and version it was exported as."""
-    if ref is None:
-        return None
-    if (
-        not isinstance(ref, dict)
-        or set(ref) != {"name", "version"}
-        or not all(
-            isinstance(v, str) and 0 < len(v) <= 256 and v.isprintable() for v in ref.values()
-        )
-    ):
-        raise CorruptError(
-            "bundle index 'ref' must map exactly 'name' and 'version' to strings of 1-256 printable characters"
-        )
-    return dict(ref)
 
 
 def _layout(data_offset: int, sizes: list[int]) -> list[tuple[int, int]]:
@@ -124,12 +125,13 @@ def _plan(
     digest_placeholder: str,
     sizes: list[int],
     ref: Mapping[str, str] | None = None,
+    signatures: Sequence[bytes] = (),
 ) -> tuple[int, list[tuple[int, int]], int]:
     """Fixed point of: data offset -> blob offsets -> index length -> data offset."""
     data_offset = align(PREAMBLE_SIZE + manifest_len)
     for _ in range(8):
         extents = _layout(data_offset, sizes)
-        index_len = len(_encode_index(digest_placeholder, extents, ref))
+        index_len = len(encode_index(digest_placeholder, extents, ref, signatures))
         need = align(PREAMBLE_SIZE + manifest_len + index_len)
         if need == data_offset:
             return data_offset, extents, index_len
@@ -178,12 +180,15 @@ def write_bundle(
     *,
     progress: Progress | None = None,
     ref: Mapping[str, str] | None = None,
+    signatures: Sequence[bytes] = (),
 ) -> Manifest:
     """Write ``draft`` as one ``.mvpk`` file, atomically, and return its manifest.
 
     ``ref`` (``{"name": ..., "version": ...}``) records which model version the
     bundle was exported as, in the index: outside the manifest, so the variant's
-    identity does not depend on it.
+    identity does not depend on it. ``signatures`` (OMS bundles, as stored) go
+    in the index too, in digest order; the writer does not check what they say:
+    whoever loads the bundle under a trust policy does.
 
     One pass over every blob: bytes are hashed while they are written. The file
     appears under ``path`` only when complete and synced; on any error nothing
@@ -198,12 +203,13 @@ def write_bundle(
     sizes = [b.source.size for b in draft.blobs]
     if ref:
         try:
-            ref = _check_ref(dict(ref))
+            ref = check_ref(dict(ref))
         except CorruptError as exc:
             raise InvalidArgumentError(exc.message.replace("bundle index 'ref'", "ref")) from None
     else:
         ref = None
-    data_offset, extents, index_len = _plan(manifest_len, placeholder, sizes, ref)
+    sigs = sorted_signatures(signatures)
+    data_offset, extents, index_len = _plan(manifest_len, placeholder, sizes, ref, sigs)
     file_len = extents[-1][0] + extents[-1][1] if extents else data_offset
 
     created = make_parents(dest.parent)
@@ -231,12 +237,12 @@ def write_bundle(
                 # Two blobs had identical bytes: lay the file out again with each stored once.
                 f.close()
                 tmp.unlink()
-                return _write_deduplicated(draft, dest, progress, ref)
+                return _write_deduplicated(draft, dest, progress, ref, sigs)
             manifest_bytes = manifest.encode()
             if len(manifest_bytes) != manifest_len:
                 raise AssertionError("manifest length changed after hashing")  # pragma: no cover
-            index = _encode_index(
-                digest_bytes(manifest_bytes, manifest.digest_algorithm), extents, ref
+            index = encode_index(
+                digest_bytes(manifest_bytes, manifest.digest_algorithm), extents, ref, sigs
             )
             assert len(index) == index_len
             f.seek(0)
@@ -248,6 +254,7 @@ def write_bundle(
                     file_len,
                     zlib.crc32(index),
                     manifest.format_version[1],
+                    FLAG_SIGNATURES if sigs else 0,
                 )
             )
             f.write(manifest_bytes)
@@ -264,7 +271,11 @@ def write_bundle(
 
 
 def _write_deduplicated(
-    draft: Draft, dest: Path, progress: Progress | None, ref: Mapping[str, str] | None
+    draft: Draft,
+    dest: Path,
+    progress: Progress | None,
+    ref: Mapping[str, str] | None,
+    signatures: Sequence[bytes],
 ) -> Manifest:
     seen: set[str | None] = set()
     unique = []
@@ -277,7 +288,7 @@ def _write_deduplicated(
     slim = Draft(**{**draft.__dict__, "blobs": unique})
     slim.tensors = list(manifest.tensors)
     slim.payload = dict(manifest.payload)
-    return write_bundle(slim, dest, progress=progress, ref=ref)
+    return write_bundle(slim, dest, progress=progress, ref=ref, signatures=signatures)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -307,6 +318,7 @@ class _Header:
     extents: list[tuple[int, int]]
     header_len: int
     ref: dict[str, str] | None = None
+    signatures: tuple[bytes, ...] = ()
 
 
 def _read_upto(f: BinaryIO, n: int) -> bytes:
@@ -329,7 +341,7 @@ def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def _parse_preamble(pre: bytes) -> tuple[int, int, int, int, int, int]:
+def _parse_preamble(pre: bytes) -> tuple[int, int, int, int, int, int, int]:
     if len(pre) < PREAMBLE_SIZE:
         if MAGIC.startswith(pre[:8]) or pre[:8] == MAGIC:
             raise TruncatedError(
@@ -355,9 +367,9 @@ def _parse_preamble(pre: bytes) -> tuple[int, int, int, int, int, int]:
         )
     if not crc_ok:
         raise CorruptError("bundle preamble is damaged (checksum mismatch)")
-    if flags != 0:
+    if flags & ~KNOWN_FLAGS:
         raise UnsupportedVersionError(
-            f"bundle preamble sets flags {flags:#x}, which this modelvault does not know",
+            f"bundle preamble sets flags {flags & ~KNOWN_FLAGS:#x}, which this modelvault does not know",
             hint="upgrade modelvault to read it",
         )
     if reserved != bytes(8):
@@ -373,12 +385,12 @@ def _parse_preamble(pre: bytes) -> tuple[int, int, int, int, int, int]:
             f"bundle preamble's lengths and offsets disagree (data offset {data_offset}, "
             f"file length {file_len}, header {PREAMBLE_SIZE + m_len + i_len} bytes)"
         )
-    return minor, m_len, i_len, data_offset, file_len, index_crc
+    return minor, flags, m_len, i_len, data_offset, file_len, index_crc
 
 
 def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
     pre = _read_upto(f, PREAMBLE_SIZE)
-    minor, m_len, i_len, data_offset, file_len, index_crc = _parse_preamble(pre)
+    minor, flags, m_len, i_len, data_offset, file_len, index_crc = _parse_preamble(pre)
     if actual_size is not None and actual_size < PREAMBLE_SIZE + m_len + i_len:
         raise TruncatedError(
             f"bundle is {actual_size} bytes but its header alone needs {PREAMBLE_SIZE + m_len + i_len}"
@@ -392,11 +404,13 @@ def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
         "blobs",
         "manifest",
         "ref",
+        "signatures",
     }:
         raise CorruptError(
-            "bundle index must be a map with 'blobs', 'manifest' and optionally 'ref'"
+            "bundle index must be a map with 'blobs', 'manifest' and optionally 'ref', 'signatures'"
         )
-    ref = _check_ref(index.get("ref"))
+    ref = check_ref(index.get("ref"))
+    signatures = check_signatures(index.get("signatures"), flags)
     if encode_msgpack(index) != index_bytes:
         raise CorruptError("bundle index is not canonically encoded msgpack")
     expected_digest = index["manifest"]
@@ -454,6 +468,7 @@ def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
         extents,
         PREAMBLE_SIZE + m_len + i_len,
         ref,
+        signatures,
     )
 
 
@@ -490,6 +505,12 @@ class Bundle:
     def ref(self) -> dict[str, str] | None:
         """The model name and version the bundle was exported as, if it says."""
         return dict(self._h.ref) if self._h.ref else None
+
+    @property
+    def signatures(self) -> list[tuple[str, bytes]]:
+        """The signatures it carries, as ``(digest, bytes)``: what they say is checked by
+        whoever trusts them (:func:`modelvault.signing.check_trust`), never here."""
+        return [(digest_bytes(s), s) for s in self._h.signatures]
 
     @property
     def digest(self) -> str:

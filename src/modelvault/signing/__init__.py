@@ -33,7 +33,9 @@ __all__ = [
     "Signed",
     "SigningKey",
     "TrustPolicy",
+    "check_bundle",
     "check_trust",
+    "claimed_signer",
     "current_policy",
     "load_policy",
     "load_signing_key",
@@ -208,6 +210,46 @@ def check_trust(
     raise UntrustedError(
         f"{label} has no valid signature by {expected} (trust policy {policy.path}): {'; '.join(reasons)}"
     )
+
+
+def check_bundle(policy: TrustPolicy, name: str, version: str, bundle: Any) -> None:
+    """Before a ``.mvpk`` that carries signatures is imported as ``name:version``: one of
+    them must pass ``policy``, as a load of the imported version would check it.
+
+    A bundle that carries none imports like any push (and, like it, loads under the
+    policy only once signed).
+    """
+    from types import SimpleNamespace
+
+    if not bundle.signatures:
+        return
+    info = SimpleNamespace(model=name, version=version, ref=f"{name}:{version}")
+    variant = SimpleNamespace(manifest_digest=bundle.digest)
+    check_trust(policy, info, variant, bundle.manifest, bundle.signatures)
+
+
+def claimed_signer(data: bytes) -> str:
+    """Who a signature bundle says signed it (``key:sha256:HEX`` or ``cert:IDENTITY``),
+    read without verifying anything: for records and displays, never for trust."""
+    import base64
+    import json
+
+    try:
+        vm = json.loads(data)["verificationMaterial"]
+        hint = (vm.get("publicKey") or {}).get("hint")
+        if hint:
+            return f"key:sha256:{hint}"
+        certs = (vm.get("x509CertificateChain") or {}).get("certificates") or []
+        if certs:
+            from cryptography import x509
+
+            from .oms import _identity
+
+            leaf = x509.load_der_x509_certificate(base64.b64decode(certs[0]["rawBytes"]))
+            return f"cert:{_identity(leaf)}"
+    except Exception:  # a damaged bundle claims nothing; verifying it says why
+        pass
+    return "unknown"
 
 
 _cached: tuple[pathlib.Path, tuple[int, int], TrustPolicy] | None = None

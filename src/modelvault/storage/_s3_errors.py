@@ -13,7 +13,7 @@ from ..errors import (
     StoreUnavailableError,
 )
 
-__all__ = ["ACCESS_CODES", "MISSING_KEY_CODES", "translate"]
+__all__ = ["ACCESS_CODES", "MISSING_KEY_CODES", "PERMISSIONS", "translate"]
 
 ACCESS_CODES = {
     "AccessDenied",
@@ -25,6 +25,32 @@ ACCESS_CODES = {
     "403",
 }
 MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
+#: What each store operation needs, as (the kind of right, the S3 policy action). A
+#: read-only key (SeaweedFS ``Read``/``List``, an AWS policy with GetObject and
+#: ListBucket) gets AccessDenied for the writing ones; the error names the action
+#: so the fix is one line of a bucket policy (docs/SECURITY.md).
+PERMISSIONS = {
+    "uploading a blob": ("write", "s3:PutObject"),
+    "starting a multipart upload": ("write", "s3:PutObject"),
+    "deleting a blob": ("delete", "s3:DeleteObject"),
+    "cleaning up incomplete uploads": ("write", "s3:AbortMultipartUpload"),
+    "reading a blob": ("read", "s3:GetObject"),
+    "downloading a blob": ("read", "s3:GetObject"),
+    "looking up a blob": ("read", "s3:GetObject"),
+    "listing blobs": ("list", "s3:ListBucket"),
+    "checking the bucket": ("list", "s3:ListBucket"),
+}
+#: Codes that mean "these credentials are not valid", as opposed to "not allowed to".
+_CREDENTIAL_CODES = ACCESS_CODES - {"AccessDenied", "Forbidden", "403"}
+
+
+_ACCESS_HINT = {
+    "write": "a read-only key can pull, load and verify; push, sign and import need a key "
+    "that may write to the bucket (a publisher's)",
+    "delete": "gc deletes blobs: run it with a key that may delete from the bucket (the owner's)",
+    "read": "check the bucket policy: this key may not read the store's objects",
+    "list": "check the bucket policy: this key may not list the bucket",
+}
 
 
 def translate(
@@ -47,7 +73,20 @@ def translate(
         code = str(err.get("Code", ""))
         msg = str(err.get("Message", "")) or code
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        right = PERMISSIONS.get(doing)
+        if right is not None and code == "AccessDenied":
+            # Signed correctly, refused by policy: the key lacks this right (a HEAD has no
+            # body, so a bare 403 there may also be bad credentials, and says so below).
+            kind, action = right
+            return StoreAccessError(
+                f"S3 refused access to {at} while {doing}: AccessDenied: these credentials lack "
+                f"{kind} permission ({action})",
+                hint=_ACCESS_HINT[kind],
+                permission=action,
+            )
         if code in ACCESS_CODES or status == 403:
+            if right is not None and code not in _CREDENTIAL_CODES:
+                msg += f" (wrong credentials, or they lack {right[0]} permission: {right[1]})"
             return StoreAccessError(
                 f"S3 refused access to {at} while {doing}: {code}: {msg}",
                 hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket policy",
