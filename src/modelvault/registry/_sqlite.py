@@ -76,15 +76,16 @@ def _embedded(path: Path) -> bool:
     return s.is_embedded_registry and path == (s.home / "registry.db").expanduser().absolute()
 
 
-def read_only(path: Path | None, why: str) -> RegistryReadOnlyError:
-    """The error for a change to a registry this process cannot write."""
+def read_only(path: Path | None, why: str, where: str = "") -> RegistryReadOnlyError:
+    """The error for a change to a registry this process cannot write (``where``: its URL,
+    for a registry that is not a SQLite file)."""
     if path is not None and _embedded(path):
         home = config.settings().home
         message = f"the home {home} is read-only ({why}); nothing was written"
     elif path is not None:
         message = f"registry {path} is read-only ({why}); nothing was written"
     else:
-        message = f"the registry is read-only ({why}); nothing was written"
+        message = f"registry {where or 'database'} is read-only ({why}); nothing was written"
     return RegistryReadOnlyError(message, hint=_READ_HINT)
 
 

@@ -112,7 +112,9 @@ class Registry:
             if not read_only:
                 self.read_only_reason = _sqlite.why_not_writable(self._path)
                 if self.read_only_reason is not None and not exists:
-                    raise _sqlite.read_only(self._path, self.read_only_reason)
+                    raise _sqlite.read_only(
+                        self._path, self.read_only_reason, db.describe_url(self.url)
+                    )
             if self.read_only_reason is not None:
                 engine_url = _sqlite.read_only_url(self.url, self._path)
         if self.read_only_reason is not None:
@@ -136,7 +138,7 @@ class Registry:
         to a read-only home fails before it reads its source.
         """
         if self.read_only_reason is not None:
-            raise _sqlite.read_only(self._path, self.read_only_reason)
+            raise _sqlite.read_only(self._path, self.read_only_reason, db.describe_url(self.url))
 
     def __repr__(self) -> str:
         return f"Registry({db.describe_url(self.url)!r})"
