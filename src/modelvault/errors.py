@@ -23,7 +23,8 @@ keep working for callers that do not know modelvault.
     │   ├── BlobNotFoundError
     │   ├── PluginNotFoundError
     │   ├── StoreNotFoundError
-    │   └── ArtifactNotFoundError
+    │   ├── ArtifactNotFoundError
+    │   └── RegistryNotFoundError
     ├── ConflictError
     │   ├── ModelExistsError
     │   ├── VersionExistsError
@@ -46,6 +47,7 @@ keep working for callers that do not know modelvault.
     ├── RegistryError
     │   ├── RegistryUnavailableError (ConnectionError)
     │   ├── RegistryAccessError (PermissionError)
+    │   │   └── RegistryReadOnlyError
     │   ├── SchemaBehindError
     │   ├── SchemaAheadError
     │   └── SchemaDriftError
@@ -102,6 +104,8 @@ __all__ = [
     "PluginNotFoundError",
     "RegistryAccessError",
     "RegistryError",
+    "RegistryNotFoundError",
+    "RegistryReadOnlyError",
     "RegistryUnavailableError",
     "SchemaAheadError",
     "SchemaBehindError",
@@ -222,6 +226,10 @@ class ArtifactNotFoundError(NotFoundError):
     """An OCI registry has no manifest or blob under this reference or digest."""
 
 
+class RegistryNotFoundError(NotFoundError):
+    """A command that only reads names a SQLite registry file that does not exist."""
+
+
 class ConflictError(ModelVaultError):
     """The operation contradicts what the registry already holds."""
 
@@ -323,6 +331,10 @@ class RegistryUnavailableError(RegistryError, ConnectionError):
 
 class RegistryAccessError(RegistryError, PermissionError):
     """The database user may not do this (a reader role pushing, a publisher deleting)."""
+
+
+class RegistryReadOnlyError(RegistryAccessError):
+    """A change to a registry this process can only read (a read-only home, or opened read-only)."""
 
 
 class SchemaBehindError(RegistryError):

@@ -68,6 +68,10 @@ class Vault:
     ``registry`` and ``store`` take objects or URLs; None means the configured
     default (``MVAULT_REGISTRY`` / ``MVAULT_STORE``, else SQLite and a local
     directory under ``MVAULT_HOME``).
+
+    ``read_only=True`` opens the registry for lookups only (``Registry(read_only=True)``):
+    nothing is created or migrated, and a missing SQLite file is an error
+    rather than a new empty registry.
     """
 
     def __init__(
@@ -76,7 +80,9 @@ class Vault:
         store: BlobStore | str | None = None,
         *,
         cache: Any = None,
+        read_only: bool = False,
     ) -> None:
+        self.read_only = read_only
         self._registry_arg = registry
         self._store_arg = store
         self._registry: Registry | None = None
@@ -91,7 +97,9 @@ class Vault:
             from .registry import Registry
 
             arg = self._registry_arg
-            self._registry = arg if isinstance(arg, Registry) else Registry(arg)
+            self._registry = (
+                arg if isinstance(arg, Registry) else Registry(arg, read_only=self.read_only)
+            )
         return self._registry
 
     @property

@@ -14,6 +14,7 @@ from modelvault import config
 from modelvault.errors import (
     ConfigError,
     MissingDependencyError,
+    RegistryNotFoundError,
     RegistryUnavailableError,
     SchemaAheadError,
     SchemaBehindError,
@@ -36,7 +37,13 @@ def test_orm_and_migrations_agree(db_url: str) -> None:
     engine.dispose()
 
 
-def test_current_and_upgrade(fresh_db: str) -> None:
+def test_current_and_upgrade(fresh_db: str, db_kind: str) -> None:
+    if db_kind == "sqlite":
+        path = Path(fresh_db.removeprefix("sqlite:///"))
+        with pytest.raises(RegistryNotFoundError, match="no registry at"):
+            current(fresh_db)
+        assert not path.exists()  # current() only reads: a missing file stays missing
+        path.touch()
     before = current(fresh_db)
     assert before["status"] == "empty"
     assert before["current"] is None

@@ -16,6 +16,7 @@ __all__ = [
     "emit",
     "exit_code_for",
     "iso",
+    "open_vault",
     "print_table",
 ]
 
@@ -51,6 +52,23 @@ def exit_code_for(exc: BaseException) -> int:
         if isinstance(exc, cls):
             return code
     return 1
+
+
+def open_vault(*, write: bool) -> Any:
+    """The configured vault, opened for what the command does.
+
+    A command that only reads (``ls``, ``show``, ``pull``, ``log``...) opens the
+    registry read-only: it works on a read-only home, and never creates a
+    SQLite registry (a mistyped path is an error, not a new empty registry). A
+    command that writes checks first that the registry takes changes, so on a
+    read-only home it stops with one line before doing any work.
+    """
+    from ..vault import Vault
+
+    vault = Vault(read_only=not write)
+    if write:
+        vault.registry.check_writable()
+    return vault
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

@@ -184,12 +184,37 @@ def check_store(url: str) -> dict[str, Any]:
 
 
 def _check_registry(url: str) -> dict[str, Any]:
+    """The registry's schema state; it only reads, so a missing SQLite file stays missing."""
+    from ..errors import RegistryNotFoundError
+
     try:
         from ..registry import current
 
         return {"ok": True, **current(url)}
+    except RegistryNotFoundError as exc:
+        return _missing_registry(url, exc)
     except Exception as exc:
         return {"ok": False, "error": str(exc), "hint": getattr(exc, "hint", None)}
+
+
+def _missing_registry(url: str, exc: Exception) -> dict[str, Any]:
+    """A SQLite file not there yet: fine before the first push, if a push could create it."""
+    from ..registry._sqlite import sqlite_file, why_not_writable
+    from ..registry.db import normalize_url
+
+    path = sqlite_file(normalize_url(url))
+    why = None if path is None else why_not_writable(path)
+    if why is None:
+        hint = "the first push creates it; if you expected models there, check the path"
+    else:
+        hint = f"a push cannot create it here: {why}"
+    return {
+        "ok": why is None,
+        "status": "missing",
+        "path": str(path),
+        "error": str(exc),
+        "hint": hint,
+    }
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -225,7 +250,12 @@ def run_doctor(args: argparse.Namespace) -> int:
         if "registry" in r:
             reg = r["registry"]
             w("\nregistry\n")
-            w(f"  {reg.get('status', 'ok')}\n" if reg["ok"] else f"  error: {reg['error']}\n")
+            if reg.get("status") == "missing":
+                w(f"  missing: {reg['error']}\n  hint: {reg['hint']}\n")
+            elif reg["ok"]:
+                w(f"  {reg.get('status', 'ok')}\n")
+            else:
+                w(f"  error: {reg['error']}\n")
         if "store" in r:
             st = r["store"]
             w("\nstore\n")

@@ -7,13 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from ._common import add_json, emit, iso, print_table
-
-
-def _vault() -> Any:
-    from ..vault import Vault
-
-    return Vault()
+from ._common import add_json, emit, iso, open_vault, print_table
 
 
 def register(sub: Any) -> None:
@@ -74,7 +68,7 @@ def _what(r: dict[str, Any]) -> str:
 
 
 def run_log(args: argparse.Namespace) -> int:
-    v = _vault()
+    v = open_vault(write=False)
     v.registry.get_model(args.name)  # not found is an error, not an empty log
     rows = [_event_row(e) for e in v.registry.events(args.name, limit=args.limit)]
     if args.alias:
@@ -90,7 +84,7 @@ def run_log(args: argparse.Namespace) -> int:
 def run_diff(args: argparse.Namespace) -> int:
     from ..compare import diff_versions
 
-    d = diff_versions(_vault().pipeline, args.a, args.b, variant=args.variant)
+    d = diff_versions(open_vault(write=False).pipeline, args.a, args.b, variant=args.variant)
 
     def human(x: dict[str, Any]) -> None:
         w = sys.stdout.write
@@ -144,7 +138,7 @@ def run_label_set(args: argparse.Namespace) -> int:
     from ..vault import _split_ref
 
     name, version = _split_ref(args.ref, None)
-    labels = _vault().registry.set_labels(name, version, _pairs(args.pairs))
+    labels = open_vault(write=True).registry.set_labels(name, version, _pairs(args.pairs))
     emit(
         {"model": name, "version": version, "labels": labels},
         as_json=args.json,
@@ -159,7 +153,7 @@ def run_label_rm(args: argparse.Namespace) -> int:
     from ..vault import _split_ref
 
     name, version = _split_ref(args.ref, None)
-    v = _vault()
+    v = open_vault(write=True)
     removed = [k for k in args.keys if v.registry.remove_label(name, version, k)]
     missing = [k for k in args.keys if k not in removed]
     info = v.registry.get_version(name, version)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from ._common import add_json, emit, human_size, iso, print_table
+from ._common import add_json, emit, human_size, iso, open_vault, print_table
 from .oci import add_pull_options, pull_special, run_oci_import, run_oci_push
 from .progress import Transfer, progress_enabled
 
@@ -21,12 +21,6 @@ def _labels(pairs: list[str] | None) -> dict[str, str]:
             raise InvalidArgumentError(f"label {p!r} must look like key=value")
         out[key] = value
     return out
-
-
-def _vault() -> Any:
-    from ..vault import Vault
-
-    return Vault()
 
 
 def register(sub: Any) -> None:
@@ -195,15 +189,16 @@ def run_push(args: argparse.Namespace) -> int:
     from ..oci import is_oci_reference
 
     if is_oci_reference(args.ref):  # push oci://registry/repo:tag NAME@SPEC
-        return run_oci_push(_vault(), args, args.ref, args.source)
+        return run_oci_push(open_vault(write=False), args, args.ref, args.source)
     args.source = Path(args.source)
     if not args.source.exists():
         raise FileNotFoundError(f"{args.source} does not exist")
     from ..vault import _split_ref
 
     name, version = _split_ref(args.ref, None)
+    vault = open_vault(write=True)  # a read-only home stops here, before the source is read
     with _transfer(args, f"{name}:{version}", "uploading") as progress:
-        result = _vault().push(
+        result = vault.push(
             args.source,
             name,
             version,
@@ -222,7 +217,9 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    vault = _vault()
+    from ..oci import is_oci_reference
+
+    vault = open_vault(write=is_oci_reference(args.spec))  # pull oci://... registers it
     special = pull_special(vault, args)
     if special is not None:
         return special
@@ -265,7 +262,7 @@ def _tree_size(path: Path) -> int:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    v = _vault()
+    v = open_vault(write=False)
     if args.name:
         page = v.registry.list_versions(args.name, limit=args.limit, label=args.label or None)
         rows = [_version_row(x) for x in page.items]
@@ -328,7 +325,7 @@ def _model_row(x: Any) -> dict[str, Any]:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    info = _vault().show(args.spec)
+    info = open_vault(write=False).show(args.spec)
 
     def human(d: dict[str, Any]) -> None:
         w = sys.stdout.write
@@ -356,7 +353,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_alias_set(args: argparse.Namespace) -> int:
-    r = _vault().set_alias(args.name, args.alias, args.version)
+    r = open_vault(write=True).set_alias(args.name, args.alias, args.version)
     emit(
         r,
         as_json=args.json,
@@ -366,7 +363,7 @@ def run_alias_set(args: argparse.Namespace) -> int:
 
 
 def run_alias_rm(args: argparse.Namespace) -> int:
-    _vault().remove_alias(args.name, args.alias)
+    open_vault(write=True).remove_alias(args.name, args.alias)
     emit(
         {"model": args.name, "alias": args.alias, "removed": True},
         as_json=args.json,
@@ -387,7 +384,7 @@ def _confirm(question: str, yes: bool) -> bool:
 def run_rm(args: argparse.Namespace) -> int:
     from ..vault import _split_ref
 
-    vault = _vault()
+    vault = open_vault(write=True)
     if ":" not in args.ref:  # a whole model
         model = vault.registry.get_model(args.ref)
         question = f"delete model {model.name} and all its {model.version_count} version(s)"
@@ -423,7 +420,7 @@ def run_rm(args: argparse.Namespace) -> int:
 
 
 def run_mv(args: argparse.Namespace) -> int:
-    info = _vault().rename(args.old, args.new)
+    info = open_vault(write=True).rename(args.old, args.new)
     emit(
         {"model": info.name, "renamed_from": args.old},
         as_json=args.json,
@@ -433,7 +430,7 @@ def run_mv(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    report = _vault().verify(args.spec)
+    report = open_vault(write=False).verify(args.spec)
 
     def human(r: dict[str, Any]) -> None:
         sys.stdout.write(f"checked {r['checked']} blobs, {human_size(r['bytes'])}\n")
@@ -453,7 +450,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_gc(args: argparse.Namespace) -> int:
-    report = _vault().gc(grace_seconds=args.grace, dry_run=args.dry_run)
+    report = open_vault(write=not args.dry_run).gc(grace_seconds=args.grace, dry_run=args.dry_run)
     verb = "would remove" if report["dry_run"] else "removed"
     emit(
         report,
@@ -467,7 +464,7 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    vault = _vault()
+    vault = open_vault(write=False)
     info = vault.resolve(args.spec)
     m = vault.export_bundle(
         f"{info.model}:{info.version}",
@@ -502,15 +499,16 @@ def run_import(args: argparse.Namespace) -> int:
     from ..oci import is_oci_reference
 
     if is_oci_reference(args.file):
-        return run_oci_import(_vault(), args, args.file, args.ref)
+        return run_oci_import(open_vault(write=True), args, args.file, args.ref)
     args.file = Path(args.file)
     name = version = None
     if args.ref:
         from ..vault import _split_ref
 
         name, version = _split_ref(args.ref, None)
+    vault = open_vault(write=True)
     with _transfer(args, args.file.name, "uploading") as progress:
-        r = _vault().import_bundle(
+        r = vault.import_bundle(
             args.file, name, version, aliases=args.alias, variant=args.variant, progress=progress
         )
     if args.json:

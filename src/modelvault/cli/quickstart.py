@@ -33,7 +33,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def run_quickstart(args: argparse.Namespace) -> int:
     from ..config import settings
-    from ..vault import Vault
+    from ._common import open_vault
 
     s = settings()
     steps: list[dict[str, Any]] = []
@@ -42,7 +42,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
         f"modelvault quickstart\n  home     {s.home}\n  registry {s.registry_url}\n"
         f"  store    {s.store_url}\n",
     )
-    vault = Vault()
+    vault = open_vault(write=True)  # a read-only home stops here with one line
     # One fixed version of a model built from a fixed seed: running quickstart
     # again pushes the same content, which is a no-op.
     version = QUICKSTART_VERSION

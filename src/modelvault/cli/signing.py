@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgumentError, SignatureError
-from ._common import add_json, emit
+from ._common import add_json, emit, open_vault
 
 
-def _vault() -> Any:
-    from ..vault import Vault
-
-    return Vault()
+def _vault(*, write: bool) -> Any:
+    return open_vault(write=write)
 
 
 def _key_args(p: argparse.ArgumentParser, flag: str) -> None:
@@ -104,7 +102,7 @@ def _sign(spec: str, key: Any) -> list[dict[str, Any]]:
 
     from ..signing import sign_version
 
-    vault = _vault()
+    vault = _vault(write=True)
     try:
         return [asdict(r) for r in sign_version(vault.pipeline, spec, key)]
     finally:
@@ -154,7 +152,7 @@ def _pull_signed(
             return pull(args)
         from ..signing import pull_signed
 
-        vault = _vault()
+        vault = _vault(write=False)
         try:
             path = pull_signed(
                 vault.pipeline, args.spec, args.output, variant=args.variant, device=args.device
@@ -220,7 +218,7 @@ def check_version(spec: str, trust: Path | None, public_keys: list[Path]) -> dic
                 "or MVAULT_TRUST"
             )
         policy = found
-    vault = _vault()
+    vault = _vault(write=False)
     try:
         info = vault.pipeline.resolve(spec)
         out = []

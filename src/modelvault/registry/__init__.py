@@ -10,7 +10,9 @@ Where things are: :mod:`.api` holds the one class, :class:`Registry`, which
 validates (:mod:`.checks`) and runs each call in one transaction over plain
 functions taking a session: :mod:`.reads`, :mod:`.writes`, :mod:`.aliases`,
 :mod:`.blobs` (leases and gc decisions). :mod:`.db` owns engines, retries,
-the schema check and migrations; :mod:`.schema` the tables.
+the schema check and migrations; :mod:`._sqlite` the SQLite file (opened
+read-only by ``Registry(read_only=True)``, never created by a read);
+:mod:`.schema` the tables.
 """
 
 from __future__ import annotations

@@ -35,14 +35,15 @@ from sqlalchemy.orm import Session
 
 from .. import config
 from ..errors import (
+    ConfigError,
     ConflictError,
     InvalidArgumentError,
     ModelExistsError,
     RegistryError,
     VariantExistsError,
 )
+from . import _sqlite, blobs, checks, db, reads, signatures, writes
 from . import aliases as al
-from . import blobs, checks, db, reads, signatures, writes
 from .results import (
     AliasChange,
     AliasInfo,
@@ -79,18 +80,65 @@ class Registry:
     with :class:`SchemaBehindError` ("run: mvault db upgrade"). A database
     whose tables differ from what its revision says raises
     :class:`SchemaDriftError` naming the difference.
+
+    ``read_only=True`` is for lookups (``mvault ls``, ``show``, ``pull``...):
+    the registry is never created or migrated, a SQLite file is opened
+    read-only, a missing one raises :class:`RegistryNotFoundError` (a mistyped
+    path is not silently made an empty registry), and any change raises
+    :class:`RegistryReadOnlyError`. Without it, a SQLite file this process
+    cannot write (a read-only home) is still opened for reading, and the first
+    change raises :class:`RegistryReadOnlyError` saying why.
     """
 
-    def __init__(self, url: str | None = None, *, auto_upgrade: bool | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, *, auto_upgrade: bool | None = None, read_only: bool = False
+    ) -> None:
         settings = config.settings()
         raw = settings.registry_url if url is None else url
         self.url = db.normalize_url(raw)
-        if auto_upgrade is None:
+        self._path = _sqlite.sqlite_file(self.url)
+        #: Why changes are refused (None: this registry takes them).
+        self.read_only_reason: str | None = "opened read-only" if read_only else None
+        engine_url = self.url
+        if self._path is not None:
+            if self._path.is_dir():
+                raise ConfigError(
+                    f"registry path {self._path} is a directory; name the SQLite file in it, "
+                    f"e.g. sqlite:///{self._path / 'registry.db'}"
+                )
+            exists = self._path.exists()
+            if read_only and not exists:
+                raise _sqlite.missing(self._path)
+            if not read_only:
+                self.read_only_reason = _sqlite.why_not_writable(self._path)
+                if self.read_only_reason is not None and not exists:
+                    raise _sqlite.read_only(
+                        self._path, self.read_only_reason, db.describe_url(self.url)
+                    )
+            if self.read_only_reason is not None:
+                engine_url = _sqlite.read_only_url(self.url, self._path)
+        if self.read_only_reason is not None:
+            auto_upgrade = False
+        elif auto_upgrade is None:
             auto_upgrade = (
                 url is None and settings.is_embedded_registry
             ) or db.sqlite_path_missing(self.url)
-        self.engine = db.connect(self.url)
+        self.engine = db.connect(engine_url)
         db.check_schema(self.engine, auto_upgrade=auto_upgrade)
+
+    @property
+    def read_only(self) -> bool:
+        """True when changes are refused (see ``read_only_reason``)."""
+        return self.read_only_reason is not None
+
+    def check_writable(self) -> None:
+        """Raise :class:`RegistryReadOnlyError` unless this registry takes changes.
+
+        Commands that write call it before their first byte of work, so a push
+        to a read-only home fails before it reads its source.
+        """
+        if self.read_only_reason is not None:
+            raise _sqlite.read_only(self._path, self.read_only_reason, db.describe_url(self.url))
 
     def __repr__(self) -> str:
         return f"Registry({db.describe_url(self.url)!r})"
@@ -108,6 +156,8 @@ class Registry:
     # --- transactions -------------------------------------------------------------
 
     def _tx(self, fn: Callable[[Session], T], *, write: bool = True) -> T:
+        if write:
+            self.check_writable()
         try:
             return db.run_transaction(self.engine, fn, write=write)
         except sa_exc.IntegrityError as exc:
@@ -121,6 +171,7 @@ class Registry:
     ) -> T:
         """Run a write; when a unique constraint fails, ask ``on_conflict`` (in a new
         transaction) whether the outcome is already decided, else try again."""
+        self.check_writable()
         for _ in range(_CONFLICT_RETRIES):
             try:
                 return db.run_transaction(self.engine, fn)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
@@ -40,6 +41,7 @@ from ..errors import (
     SchemaBehindError,
     SchemaDriftError,
 )
+from . import _sqlite
 from .drift import schema_drift
 
 __all__ = [
@@ -102,7 +104,10 @@ def describe_url(url: URL | str) -> str:
     """A URL fit for messages: the password is never shown."""
     parsed = url if isinstance(url, URL) else make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return f"sqlite:///{parsed.database or ''}"
+        db = parsed.database or ""
+        if db.startswith("file:") and parsed.query.get("uri") == "true":
+            db = unquote(db[len("file:") :])  # the read-only form of a plain path
+        return f"sqlite:///{db}"
     host = parsed.host or "localhost"
     port = f":{parsed.port}" if parsed.port else ""
     return f"{parsed.get_backend_name()}://{host}{port}/{parsed.database or ''}"
@@ -150,6 +155,14 @@ def _sqlite_wal(dbapi_conn: sqlite3.Connection) -> None:
             time.sleep(random.uniform(0.005, 0.05))
 
 
+def _sqlite_on_connect_read_only(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+    # No journal switch and no synchronous setting: a read-only file keeps its own.
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+    cur.execute("PRAGMA query_only = ON")
+    cur.close()
+
+
 def _sqlite_on_begin(conn: Connection) -> None:
     write = conn.get_execution_options().get("mv_write", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -175,7 +188,10 @@ def connect(url: str | URL) -> Engine:
         kwargs["isolation_level"] = "READ COMMITTED"
     engine = create_engine(parsed, **kwargs)
     if backend == "sqlite":
-        event.listen(engine, "connect", _sqlite_on_connect)
+        read_only = _sqlite.is_read_only_uri(parsed)
+        event.listen(
+            engine, "connect", _sqlite_on_connect_read_only if read_only else _sqlite_on_connect
+        )
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
@@ -226,9 +242,15 @@ def unavailable(url: URL, exc: BaseException) -> RegistryUnavailableError:
     pw = url.password
     if pw:
         why = why.replace(str(pw), "***")
+    if url.get_backend_name() == "sqlite":
+        hint = (
+            "check that the path names a SQLite file and that you may read it "
+            "(and write it, to push); nothing was written"
+        )
+    else:
+        hint = "check that the database server is running and reachable; nothing was written"
     return RegistryUnavailableError(
-        f"registry {describe_url(url)} is unavailable: {why}",
-        hint="check that the database server is running and reachable; nothing was written",
+        f"registry {describe_url(url)} is unavailable: {why}", hint=hint
     )
 
 
@@ -246,7 +268,13 @@ def translate(url: URL, exc: DBAPIError) -> RegistryError:
         )
     if exc.connection_invalidated or isinstance(exc, OperationalError):
         return unavailable(url, exc)
-    return RegistryError(f"registry {describe_url(url)}: {str(exc.orig).splitlines()[0][:300]}")
+    why = str(exc.orig).splitlines()[0][:300]
+    if url.get_backend_name() == "sqlite" and "not a database" in why:
+        return RegistryError(
+            f"registry {describe_url(url)} is not a SQLite database ({why})",
+            hint="check MVAULT_REGISTRY (or --registry): it names a file that is not a registry",
+        )
+    return RegistryError(f"registry {describe_url(url)}: {why}")
 
 
 def run_transaction(
@@ -465,7 +493,15 @@ def _upgrade_once(engine: Engine) -> str:
 
 
 def upgrade(url: str) -> str:
-    """Bring the registry at ``url`` to the newest schema; return the new revision."""
+    """Bring the registry at ``url`` to the newest schema; return the new revision.
+
+    A SQLite file this process cannot write raises
+    :class:`~modelvault.errors.RegistryReadOnlyError` before anything is opened.
+    """
+    path = _sqlite.sqlite_file(normalize_url(url))
+    why = None if path is None else _sqlite.why_not_writable(path)
+    if why is not None:
+        raise _sqlite.read_only(path, why)
     engine = connect(url)
     try:
         return _upgrade_engine(engine)
@@ -478,9 +514,16 @@ def current(url: str) -> dict[str, Any]:
 
     ``status`` is ``"up to date"``, ``"behind"``, ``"ahead"``, ``"empty"`` or
     ``"drifted"`` (at the head revision, but tables or columns differ: ``drift``
-    lists how).
+    lists how). It only reads: a SQLite file is opened read-only, and a missing
+    one raises :class:`~modelvault.errors.RegistryNotFoundError` (it is not created).
     """
-    engine = connect(url)
+    parsed = normalize_url(url)
+    path = _sqlite.sqlite_file(parsed)
+    if path is not None:
+        if not path.exists():
+            raise _sqlite.missing(path)
+        parsed = _sqlite.read_only_url(parsed, path)
+    engine = connect(parsed)
     drift: list[str] = []
     try:
         with engine.connect() as conn:

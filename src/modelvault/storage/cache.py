@@ -14,6 +14,13 @@ evicted until the cache is within ``max_bytes``; a blob whose lock is held
 (being filled or returned by a fetch) is never evicted. A single blob larger
 than the bound is still returned; it is the first to go on the next fill.
 
+A cache this process cannot write (a read-only home, a cache directory
+shared from another account) still serves its verified blobs, but is never
+filled: a blob it lacks is fetched from the store into a private temporary
+directory, verified as it is written, and removed when the cache object goes
+(at exit at the latest). No lock file is written for such reads. Clearing a
+read-only cache raises :class:`~modelvault.errors.StoreAccessError`.
+
 ``mvault cache ls`` and ``mvault cache clear`` are :meth:`BlobCache.ls` and
 :meth:`BlobCache.clear`.
 """
@@ -21,15 +28,26 @@ than the bound is still returned; it is the first to go on the next fill.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import shutil
+import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..digest import ALGORITHMS, parse_digest
-from ..errors import BlobNotFoundError, IntegrityError, InvalidArgumentError, StorageError
+from ..errors import (
+    BlobNotFoundError,
+    IntegrityError,
+    InvalidArgumentError,
+    StorageError,
+    StoreAccessError,
+)
 from ._io import copy_file_verified, remove_quietly, reserve_space
 from .base import BlobInfo, BlobStore, Progress, blob_relpath, fsync_dir, os_error, temp_path_for
 
@@ -37,6 +55,14 @@ __all__ = ["BlobCache", "CachedStore", "default_cache"]
 
 # A temporary download older than this belongs to a process that died.
 _STALE_TEMP_SECONDS = 3600
+
+
+class _ReadOnlyCache(StoreAccessError):
+    """The cache directory cannot be written here (permissions, a read-only mount)."""
+
+
+def _read_only(exc: OSError) -> bool:
+    return isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES)
 
 
 class BlobCache:
@@ -49,6 +75,11 @@ class BlobCache:
             )
         self.root = Path(root).expanduser().absolute()
         self.max_bytes = max_bytes
+        # Blobs fetched while the cache cannot be written, and entries found bad
+        # that could not be removed: never served from the cache again.
+        self._private: Path | None = None
+        self._private_lock = threading.Lock()
+        self._bypass: set[str] = set()
 
     def path_for(self, digest: str) -> Path:
         """Where a blob lives in the cache (whether or not it is there)."""
@@ -68,10 +99,15 @@ class BlobCache:
         path = self._lock_path(digest)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if _read_only(exc):
+                raise _ReadOnlyCache(
+                    f"the cache {self.root} is read-only here ({exc.strerror})",
+                    hint="point MVAULT_CACHE_DIR at a directory you can write",
+                ) from exc
             raise os_error(exc, str(path.parent), "creating") from exc
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -85,6 +121,7 @@ class BlobCache:
             if same:
                 break
             os.close(fd)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             yield True
         finally:
@@ -117,29 +154,43 @@ class BlobCache:
         Raises IntegrityError (the cache unchanged) when the store's bytes do
         not match the digest, BlobNotFoundError when the store lacks it.
         """
+        if digest in self._bypass:
+            return self._fetch_private(store, digest, size, progress)
         path = self.path_for(digest)
         if self._hit(path, size):
             return path
-        with self._locked(digest):
-            if self._hit(path, size):
-                return path  # another process filled it while we waited
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise os_error(exc, str(path.parent), "creating") from exc
-            store.get_file(digest, path, progress=progress, verify=True)
-            got = path.stat().st_size
-            if size is not None and got != size:
-                remove_quietly(path)
-                raise IntegrityError(
-                    f"blob {digest} in {store.where(digest)} has {got} bytes, the manifest says {size}",
-                    expected=f"{size} bytes",
-                    actual=f"{got} bytes",
-                    where=store.where(digest),
-                )
-            with contextlib.suppress(OSError):
-                os.chmod(path, 0o444)
-            self._evict(self.max_bytes, keep={digest})
+        try:
+            with self._locked(digest):
+                if self._hit(path, size):
+                    return path  # another process filled it while we waited
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    if _read_only(exc):
+                        raise _ReadOnlyCache(str(exc)) from exc
+                    raise os_error(exc, str(path.parent), "creating") from exc
+                if not os.access(path.parent, os.W_OK | os.X_OK):
+                    raise _ReadOnlyCache(f"{path.parent} is not writable")
+                _download(store, digest, path, size, progress)
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o444)
+                self._evict(self.max_bytes, keep={digest})
+        except _ReadOnlyCache:
+            # Read what the cache lacks straight from the store, without filling it.
+            return self._fetch_private(store, digest, size, progress)
+        return path
+
+    def _fetch_private(
+        self, store: BlobStore, digest: str, size: int | None, progress: Progress | None
+    ) -> Path:
+        """The blob, verified, in a temporary directory of this cache object's own."""
+        with self._private_lock:
+            if self._private is None:
+                self._private = Path(tempfile.mkdtemp(prefix="mvault-blobs-"))
+                weakref.finalize(self, shutil.rmtree, self._private, True)
+        path = self._private / digest.replace(":", "-")
+        if not path.is_file():
+            _download(store, digest, path, size, progress)
         return path
 
     def filler(self, digest: str, size: int) -> CacheFill | None:
@@ -235,13 +286,40 @@ class BlobCache:
         return self._evict(0, keep=set())
 
     def contains(self, digest: str) -> bool:
-        """True when the blob is in the cache."""
-        return self.path_for(digest).is_file()
+        """True when the blob is in the cache (and not an entry found bad that stays)."""
+        return digest not in self._bypass and self.path_for(digest).is_file()
 
     def discard(self, digest: str) -> None:
-        """Drop one blob from the cache (after it was deleted from the store)."""
-        with self._locked(digest):
-            remove_quietly(self.path_for(digest))
+        """Drop one blob from the cache (after it was deleted from the store, or found bad).
+
+        In a cache that cannot be written the entry stays, but this object
+        never serves it again: the next fetch reads the store.
+        """
+        self._bypass.add(digest)
+        if self._private is not None:
+            remove_quietly(self._private / digest.replace(":", "-"))
+        try:
+            with self._locked(digest):
+                remove_quietly(self.path_for(digest))
+        except _ReadOnlyCache:
+            return
+        self._bypass.discard(digest)
+
+
+def _download(
+    store: BlobStore, digest: str, path: Path, size: int | None, progress: Progress | None
+) -> None:
+    """``store``'s blob at ``path``, every byte checked against ``digest`` and ``size``."""
+    store.get_file(digest, path, progress=progress, verify=True)
+    got = path.stat().st_size
+    if size is not None and got != size:
+        remove_quietly(path)
+        raise IntegrityError(
+            f"blob {digest} in {store.where(digest)} has {got} bytes, the manifest says {size}",
+            expected=f"{size} bytes",
+            actual=f"{got} bytes",
+            where=store.where(digest),
+        )
 
 
 class CacheFill:
