@@ -38,6 +38,8 @@ class Rule:
     after: int = 0  # bytes let through before a cut
     body: bytes = b""
     hits: int = 0
+    # only requests whose Range starts at or after this byte (-1: any request)
+    from_byte: int = -1
 
 
 @dataclass
@@ -60,15 +62,23 @@ class MisbehavingProxy:
         self.tokens: set[str] = set()
         self.token_requests: list[str] = []
         self.host = ""
+        # a registry that ignores Range: the header is not passed on, the whole blob comes back
+        self.ignore_range = False
 
     def add(self, match: Match, action: str, **kw: Any) -> Rule:
         rule = Rule(match, action, **kw)
         self.rules.append(rule)
         return rule
 
-    def pick(self, method: str, path: str) -> Rule | None:
+    def pick(self, method: str, path: str, range_header: str = "") -> Rule | None:
+        start = -1
+        m = re.match(r"bytes=(\d+)-", range_header)
+        if m:
+            start = int(m.group(1))
         with self.lock:
             for r in self.rules:
+                if r.from_byte >= 0 and start < r.from_byte:
+                    continue
                 if r.hits < r.times and r.match(method, path):
                     r.hits += 1
                     return r
@@ -120,7 +130,7 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
                 self._token()
                 return
             n = int(self.headers.get("Content-Length") or 0)
-            rule = proxy.pick(method, path)
+            rule = proxy.pick(method, path, self.headers.get("Range", ""))
             if rule is not None and rule.action in ("cut_request", "drop_request"):
                 arrived = self.rfile.read(min(rule.after, n))
                 if rule.action == "cut_request":
@@ -166,6 +176,7 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
                 k: v
                 for k, v in headers.items()
                 if k.lower() not in ("host", "authorization", "connection")
+                and not (proxy.ignore_range and k.lower() == "range")
             }
             if partial is not None:
                 # Send the head and part of the body, then drop the connection.
