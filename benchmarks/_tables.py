@@ -287,6 +287,37 @@ def storage(r: dict[str, Any]) -> list[str]:
     return lines + _goals(goals)
 
 
+# -- oci -------------------------------------------------------------------------------
+def oci(r: dict[str, Any]) -> list[str]:
+    med, mbps = r["median_seconds"], r["median_MBps"]
+    lines = _header(
+        r,
+        f"CNCF distribution registry (`docker-registry`) on loopback, a fresh one per side "
+        f"every round; one version of {r['size_bytes'] / 2**20:g} MiB (one weights file and a "
+        f"config); oras {r['oras']}; median of {r['runs']} rounds after {r['warmup']} "
+        f"unmeasured, peers alternating.",
+    )
+
+    def cell(key: str) -> str:
+        return f"{med[key]:.2f} s ({mbps[key]:.0f} MB/s)"
+
+    lines += [
+        "| operation | modelvault | oras | modelvault vs oras |",
+        "| --- | --- | --- | ---: |",
+        f"| push (`push_oci`: BLAKE3 checked, sha256 computed while sending; vs `oras push`: "
+        f"sha256, then one `PUT`) | {cell('mv_push')} | {cell('oras_push')} "
+        f"| {r['push_vs_oras']:.2f}x |",
+        f"| pull (`pull_oci`: parallel ranged GETs, sha256 and BLAKE3 checked, fsync, "
+        f"registered; vs `oras pull` + fsync, unchecked) | {cell('mv_pull')} "
+        f"| {cell('oras_pull')} | {r['pull_vs_oras']:.2f}x |",
+    ]
+    goals = [
+        ("push ≥ 1x oras", f"{r['push_vs_oras']:.2f}x", r["push_vs_oras"] >= 1.0),
+        ("pull ≥ 2x oras", f"{r['pull_vs_oras']:.2f}x", r["pull_vs_oras"] >= 2.0),
+    ]
+    return lines + _goals(goals)
+
+
 # -- registry --------------------------------------------------------------------------
 def registry(r: dict[str, Any]) -> list[str]:
     cases = ("caret", "alias", "latest", "exact")
@@ -471,6 +502,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "vault": vault,
     "storage": storage,
     "registry": registry,
+    "oci": oci,
 }
 
 

@@ -64,6 +64,10 @@ if TYPE_CHECKING:
 __all__ = ["OCIPullResult", "OCIPushResult", "pull_version", "push_version"]
 
 _HASH_BLOCK = 8 * 1024 * 1024
+# Pull parts: small enough that the first byte not yet written (where the
+# hashes wait) advances at the speed of all parts together, large enough
+# that a request's round trip is noise.
+_PULL_PART = 16 * 1024 * 1024
 _MAX_CONFIG = 4 * 1024 * 1024
 _MOUNT_HINTS = 20_000
 
@@ -607,7 +611,9 @@ def _pull_native(
     try:
         if progress is not None:
             progress.start(sum(d.size for d in want.values()), f"pull {repo}")
-        download(client, repo, layers, workers=workers, part=CHUNK, progress=progress)
+        download(
+            client, repo, layers, workers=workers, part=min(CHUNK, _PULL_PART), progress=progress
+        )
         if progress is not None:
             progress.finish()
         for b3_want, layer in zip(want, layers):
@@ -676,7 +682,7 @@ def _pull_foreign(
         items.append(Layer(d, path, want_blake3=False))
     if len({la.path for la in items}) != len(items):
         raise ArtifactError(f"two layers of {repo} name the same file path")
-    download(client, repo, items, workers=workers, part=CHUNK, progress=progress)
+    download(client, repo, items, workers=workers, part=min(CHUNK, _PULL_PART), progress=progress)
     for la in items:
         if la.sha256 != la.desc.digest:
             raise damaged(
