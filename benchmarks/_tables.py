@@ -311,6 +311,14 @@ def oci(r: dict[str, Any]) -> list[str]:
         f"registered; vs `oras pull` + fsync, unchecked) | {cell('mv_pull')} "
         f"| {cell('oras_pull')} | {r['pull_vs_oras']:.2f}x |",
     ]
+    disk = r.get("disk_write_MBps")
+    if disk and r["size_bytes"] / disk / 1e6 > 0.5 * med["oras_pull"]:
+        lines += [
+            "",
+            f"The work directory's disk writes {disk:.0f} MB/s with fsync: more than half of "
+            "oras's pull is that disk's time, which both sides pay, so the pull ratio here "
+            "says more about the disk than about the clients.",
+        ]
     goals = [
         ("push ≥ 1x oras", f"{r['push_vs_oras']:.2f}x", r["push_vs_oras"] >= 1.0),
         ("pull ≥ 2x oras", f"{r['pull_vs_oras']:.2f}x", r["pull_vs_oras"] >= 2.0),

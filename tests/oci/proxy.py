@@ -3,7 +3,7 @@
 Rules are checked in order for every request; the first that matches and has
 uses left acts. A rule can answer a status of its own (401, 403, 429, 500...),
 break the connection part-way through a request or a response body, flip a
-byte of a response, replace a response body, or stand in for a registry that
+byte of a response, replace a response body, answer late, or stand in for a registry that
 wants bearer tokens (with the token endpoint served here too).
 """
 
@@ -15,6 +15,7 @@ import http.server
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ def on(method: str, pattern: str) -> Match:
 @dataclass
 class Rule:
     match: Match
-    action: str  # status | cut_response | cut_request | drop_request | flip_byte | body
+    action: str  # status | cut_response | cut_request | drop_request | flip_byte | body | delay
     times: int = 1
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
@@ -140,6 +141,8 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
                 self.connection.shutdown(2)
                 return
             body = self.rfile.read(n) if n else b""
+            if rule is not None and rule.action == "delay":
+                time.sleep(rule.after / 1000)  # a slow link: ``after`` milliseconds
             if proxy.bearer is not None:
                 auth = self.headers.get("Authorization", "")
                 if not (auth.startswith("Bearer ") and auth[7:] in proxy.tokens):

@@ -12,6 +12,7 @@ import pytest
 from modelvault import Vault, errors
 from modelvault.config import settings
 from modelvault.oci.client import RegistryClient
+from modelvault.oci.layout import ACCEPT
 
 from .proxy import MisbehavingProxy, on, run_proxy
 from .registry import RunningRegistry
@@ -438,7 +439,7 @@ def test_push_of_a_damaged_store_copy_is_abandoned(
         vault.push_oci("big@1.0.0", registry.url("big"))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
     with pytest.raises(errors.ArtifactNotFoundError):
-        RegistryClient(registry.host).get_manifest("big", "1.0.0", ["*/*"])
+        RegistryClient(registry.host).get_manifest("big", "1.0.0", ACCEPT)
     import hashlib
 
     real = "sha256:" + hashlib.sha256(big_model).hexdigest()
@@ -456,3 +457,26 @@ def test_second_push_of_a_large_blob_asks_first(
     assert again.bytes_uploaded == 0 and again.blobs_uploaded == 0
     elsewhere = vault.push_oci("big@1.0.0", f"oci://{proxy.host}/copy", client=fast(proxy.host))
     assert elsewhere.blobs_mounted >= 1 and elsewhere.bytes_uploaded < len(big_model)
+
+
+def test_large_blob_the_registry_has_is_abandoned_once_hashed(
+    proxy: MisbehavingProxy,
+    vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+) -> None:
+    # Another machine pushed the same bytes: no sha256 is remembered here, so
+    # the upload starts while the blob is hashed; once the hash is known the
+    # registry is asked, and the upload is abandoned instead of finished.
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    (settings().cache_dir / "oci-sha256.json").unlink()
+    (settings().cache_dir / "oci-mounts.json").unlink()
+    proxy.add(on("PATCH", r"/blobs/uploads/"), "delay", after=100, times=1000)
+    again = vault.push_oci("big@1.0.0", f"oci://{proxy.host}/big:again", client=fast(proxy.host))
+    assert again.blobs_skipped >= 1 and again.bytes_uploaded == 0
+    patched = sum(s.sent for s in proxy.log if s.method == "PATCH")
+    assert 0 < patched < len(big_model)
+    assert any(s.method == "DELETE" and "/blobs/uploads/" in s.path for s in proxy.log)
+    data, _ = RegistryClient(registry.host).get_manifest("big", "again", ACCEPT)
+    assert json.loads(data)["layers"]

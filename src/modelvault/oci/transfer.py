@@ -1,23 +1,28 @@
 """Push a version to an OCI registry, and pull one from it into the vault.
 
 push: resolve the version; open each variant through the load pipeline (its
-manifest verified against the registry's digest); read every blob once,
-hashing it with BLAKE3 (checked against the manifest) and sha256 (the name
-OCI gives it); then, in parallel, skip the blobs the repository has (``HEAD``),
-mount the ones another repository of the registry holds, upload the rest;
-the manifests go last, the tag last of all.
+manifest verified against the registry's digest); then, in parallel, largest
+first, each blob once: a small one is hashed (BLAKE3, checked against the
+manifest, and sha256, the name OCI gives it, in one read), skipped when the
+repository has it (``HEAD``), mounted when another repository of the registry
+holds it, else sent in one ``PUT``; a large one whose sha256 is remembered
+from an earlier push or pull is asked for first and, if it must be sent,
+hashed while it is sent (:class:`HashingTap`); a large one never hashed here
+is hashed beside its upload, which is abandoned if the registry turns out to
+have it. The BLAKE3 is checked before an upload is completed.
+The manifests go last, the tag last of all.
 
 pull: fetch the manifest (or index) the tag names, check its sha256, refuse
 anything that is not a model artifact; download every layer the store lacks
-into a private directory, in parallel ranged parts; check each layer's sha256
-and BLAKE3; only then put the blobs and manifests in the store and register
-the version, in one registry transaction. A failure at any point registers
-nothing and leaves nothing in the cache directory.
+in parallel ranged parts straight into the store's staging directory, both
+digests computed as the bytes land (:mod:`.download`); check each layer's
+sha256 and BLAKE3; only then let the store adopt the files and register the
+version, in one registry transaction. A failure at any point registers
+nothing and leaves nothing in the store's staging directory or the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -63,7 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OCIPullResult", "OCIPushResult", "pull_version", "push_version"]
 
-_HASH_BLOCK = 8 * 1024 * 1024
+_READ_BLOCK = 4 * 1024 * 1024
 # Pull parts: small enough that the first byte not yet written (where the
 # hashes wait) advances at the speed of all parts together, large enough
 # that a request's round trip is noise.
@@ -102,20 +107,22 @@ class OCIPullResult:
 
 
 def hash_both(path: Path, offset: int, size: int) -> tuple[str, str]:
-    """(sha256, blake3) of ``size`` bytes of ``path`` from ``offset``, in one read."""
-    sha = hashlib.sha256()
-    b3 = new_hasher("blake3")
-    left = size
-    with open(path, "rb") as f:
-        f.seek(offset)
-        while left > 0:
-            block = f.read(min(_HASH_BLOCK, left))
-            if not block:
-                raise damaged("", f"{size - left} bytes", where=str(path))
-            sha.update(block)
-            b3.update(block)
-            left -= len(block)
-    return f"sha256:{sha.hexdigest()}", b3.digest_str()
+    """(sha256, blake3) of ``size`` bytes of ``path`` from ``offset``: one read, two hashing threads."""
+    tap = HashingTap(offset, size)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            pos = offset
+            while pos < offset + size:
+                block = os.pread(f.fileno(), min(_READ_BLOCK, offset + size - pos), pos)
+                if not block:
+                    raise damaged("", f"{pos - offset} bytes", where=str(path))
+                tap(pos, block)
+                pos += len(block)
+        tap.close()
+        sha, b3 = (h.digest_str() for h in tap.hashers)
+        return sha, b3
+    finally:
+        tap.close()
 
 
 # ---------------------------------------------------------------------------
@@ -199,11 +206,11 @@ class HashingTap:
         self.offset = offset
         self.size = size
         self.upto = 0  # bytes queued for hashing, from offset
-        self._hashers = [new_hasher("sha256"), new_hasher("blake3")]
-        self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(16) for _ in self._hashers]
+        self.hashers = [new_hasher("sha256"), new_hasher("blake3")]
+        self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(16) for _ in self.hashers]
         self._threads = [
             threading.Thread(target=self._run, args=(h, q), name="oci-push-hash", daemon=True)
-            for h, q in zip(self._hashers, self._queues)
+            for h, q in zip(self.hashers, self._queues)
         ]
         for t in self._threads:
             t.start()
@@ -235,7 +242,7 @@ class HashingTap:
     def seal(self, blake3: str, where: str) -> str:
         """The sha256, once the BLAKE3 is checked against ``blake3`` (the manifest's digest)."""
         self.close()
-        sha, b3 = (h.digest_str() for h in self._hashers)
+        sha, b3 = (h.digest_str() for h in self.hashers)
         if self.upto != self.size:
             raise damaged(blake3, f"{self.upto} bytes (expected {self.size})", where=where)
         if b3 != blake3:
@@ -306,25 +313,55 @@ def push_version(
             client.upload_blob(repo, sha, path, offset, size, progress=progress)
             shas[b3] = sha
             return "uploaded", size
-        if sha is not None and (outcome := present(sha)):
-            shas[b3] = sha
-            return outcome, 0
-        # Large: hashed with both algorithms as it is read for sending, one pass;
-        # a damaged copy (BLAKE3) abandons the upload before it is completed.
-        tap = HashingTap(offset, size)
-        try:
-            shas[b3] = client.upload_blob(
-                repo,
-                None,
-                path,
-                offset,
-                size,
-                progress=progress,
-                tap=tap,
-                seal=lambda: tap.seal(b3, str(path)),
-            )
-        finally:
-            tap.close()
+        if sha is not None:
+            # Remembered from an earlier push or pull: ask first; if it must be
+            # sent, hash it as it is read for sending (one pass), the BLAKE3
+            # checked before the upload is completed.
+            if outcome := present(sha):
+                shas[b3] = sha
+                return outcome, 0
+            tap = HashingTap(offset, size)
+            try:
+                shas[b3] = str(
+                    client.upload_blob(
+                        repo,
+                        None,
+                        path,
+                        offset,
+                        size,
+                        progress=progress,
+                        tap=tap,
+                        seal=lambda: tap.seal(b3, str(path)),
+                    )
+                )
+            finally:
+                tap.close()
+            return "uploaded", size
+        # Large and never hashed here: the hash runs beside the upload, and the
+        # moment it is known the registry is asked; a blob it has already is
+        # abandoned then (the session deleted) instead of sent to the end.
+        hashed = hash_pool.submit(hash_both, path, offset, size)
+        asked: list[str | None] = []
+
+        def digests() -> str:
+            sha, got = hashed.result()
+            if got != b3:  # the store's copy is damaged: the upload is abandoned
+                raise damaged(b3, got, where=str(path))
+            return sha
+
+        def give_up() -> bool:
+            if not hashed.done():
+                return False
+            if not asked:
+                asked.append(present(digests()))
+            return asked[0] is not None
+
+        sent = client.upload_blob(
+            repo, None, path, offset, size, progress=progress, seal=digests, give_up=give_up
+        )
+        shas[b3] = digests()
+        if sent is None:
+            return str(asked[0]), 0
         return "uploaded", size
 
     def send_data(sha: str, data: bytes) -> tuple[str, int]:
@@ -353,7 +390,10 @@ def push_version(
 
     if progress is not None:
         progress.start(sum(s for _, _, s in files.values()), f"push {repo}:{tag}")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="oci-push-hash") as hash_pool,
+    ):
         # the largest first, so that the longest upload is not the last to start
         order = sorted(files, key=lambda d: -files[d][2])
         count(list(pool.map(send_file, order)))
