@@ -22,7 +22,10 @@ loopback with empty storage, one per side, so neither finds a blob there.
   fsynced and renamed into the store, the version registered);
 - pull, oras: ``OrasClient.pull`` into an empty directory, then an fsync of
   every file and directory it wrote, inside the timing (the durability
-  modelvault gives). oras does not check the sha256 of what it pulls.
+  modelvault gives). oras does not check the sha256 of what it pulls;
+- for reference, the modelvault pull with its hashes computed after the
+  download (``modelvault.oci.download.FOLLOW = False``) instead of following
+  the bytes as they land.
 
 Peers alternate within a round, the order reversed every other round, after
 ``--warmup`` unmeasured rounds; the medians of the per-round ratios are
@@ -108,6 +111,7 @@ def one_round(
     from tests.oci.registry import run_registry
 
     from modelvault import Vault, config
+    from modelvault.oci import download
 
     # No sha256 or mount hints from an earlier round.
     os.environ["MVAULT_CACHE_DIR"] = str(r / "cache")
@@ -141,10 +145,20 @@ def one_round(
             def check_oras(_: Any) -> None:
                 got = (out / "weights.bin").stat().st_size
                 assert got == size, f"oras pulled {got} bytes, expected {size}"
+                shutil.rmtree(out)
 
             def check_mv(got: Any) -> None:
                 assert got.created and got.bytes_downloaded >= size
                 dst.pop("v").close()
+                shutil.rmtree(r / "dst-store")
+                (r / "dst.db").unlink()
+
+            def mv_pull_hash_after() -> Any:
+                download.FOLLOW = False
+                try:
+                    return dst["v"].pull_oci(mv_ref)
+                finally:
+                    download.FOLLOW = True
 
             pushes = [
                 Case("mv_push", lambda: src.push_oci("bench@1.0.0", mv_ref), before=os.sync),
@@ -158,6 +172,8 @@ def one_round(
                     after=check_mv,
                 ),
                 Case("oras_pull", oras_pull, before=os.sync, after=check_oras),
+                # For reference: the same pull hashing after the download, not as it lands.
+                Case("mv_pull_hash_after", mv_pull_hash_after, before=new_vault, after=check_mv),
             ]
             return {**run_round(pushes, rnd), **run_round(pulls, rnd)}
     finally:
@@ -187,7 +203,7 @@ def main() -> None:
     os.environ["MVAULT_NO_PROGRESS"] = "1"
     config.reload()
     results: dict[str, list[float]] = {
-        k: [] for k in ("mv_push", "oras_push", "mv_pull", "oras_pull")
+        k: [] for k in ("mv_push", "oras_push", "mv_pull", "oras_pull", "mv_pull_hash_after")
     }
     monitor = Monitor()  # the registries are children of this process: counted as this run
     try:
@@ -231,6 +247,9 @@ def main() -> None:
         "median_MBps": {k: size / v / 1e6 for k, v in med.items()},
         "push_vs_oras": paired_ratio(results["oras_push"], results["mv_push"]),
         "pull_vs_oras": paired_ratio(results["oras_pull"], results["mv_pull"]),
+        "hash_after_vs_as_it_lands": paired_ratio(
+            results["mv_pull_hash_after"], results["mv_pull"]
+        ),
     }
     out = Path(args.out)
     write_report(out, "oci", report, machine)

@@ -108,6 +108,12 @@ class OCIPullResult:
 
 def hash_both(path: Path, offset: int, size: int) -> tuple[str, str]:
     """(sha256, blake3) of ``size`` bytes of ``path`` from ``offset``: one read, two hashing threads."""
+    if size <= _READ_BLOCK:  # small: not worth two threads
+        with open(path, "rb", buffering=0) as f:
+            data = os.pread(f.fileno(), size, offset)
+        if len(data) != size:
+            raise damaged("", f"{len(data)} bytes", where=str(path))
+        return digest_bytes(data, "sha256"), digest_bytes(data, "blake3")
     tap = HashingTap(offset, size)
     try:
         with open(path, "rb", buffering=0) as f:
