@@ -480,3 +480,53 @@ def test_large_blob_the_registry_has_is_abandoned_once_hashed(
     assert any(s.method == "DELETE" and "/blobs/uploads/" in s.path for s in proxy.log)
     data, _ = RegistryClient(registry.host).get_manifest("big", "again", ACCEPT)
     assert json.loads(data)["layers"]
+
+
+def _drop_blob(registry: RunningRegistry, repo: str, digest: str) -> None:
+    RegistryClient(registry.host).request(
+        "DELETE", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:*", ok=(202,)
+    ).read()
+
+
+def test_remembered_large_blob_is_hashed_as_it_is_sent(
+    proxy: MisbehavingProxy,
+    vault: Vault,
+    other_vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+    tmp_path: Path,
+) -> None:
+    # Its sha256 is remembered from the first push, but the registry lost it:
+    # asked (HEAD: absent), then sent once more, hashed in the same read, and a
+    # chunk cut midway is resumed without hashing any byte twice.
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    weights = _weights_digest(registry, "big", len(big_model))
+    _drop_blob(registry, "big", weights)
+    proxy.add(on("PATCH", r"/blobs/uploads/"), "cut_request", after=100_000, times=1)
+    again = vault.push_oci("big@1.0.0", f"oci://{proxy.host}/big:2", client=fast(proxy.host))
+    assert again.blobs_uploaded >= 1 and again.bytes_uploaded >= len(big_model)
+    assert any(s.method == "HEAD" and weights in s.path for s in proxy.log)
+    other_vault.pull_oci(registry.url("big:2"))
+    _check_pulled(other_vault, registry.host, big_model, tmp_path)
+
+
+def test_remembered_large_blob_whose_store_copy_is_damaged(
+    vault: Vault, big_model: bytes, small_chunks: int, registry: RunningRegistry
+) -> None:
+    from modelvault.digest import digest_bytes
+
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    weights = _weights_digest(registry, "big", len(big_model))
+    _drop_blob(registry, "big", weights)
+    path = vault.store.local_path(digest_bytes(big_model))
+    assert path is not None
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.write(b"X")
+    with pytest.raises(errors.IntegrityError) as info:
+        vault.push_oci("big@1.0.0", registry.url("big:2"))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert RegistryClient(registry.host).blob_size("big", weights) is None
+    with pytest.raises(errors.ArtifactNotFoundError):
+        RegistryClient(registry.host).get_manifest("big", "2", ACCEPT)
