@@ -657,11 +657,18 @@ def _pull_native(
     try:
         if progress is not None:
             progress.start(sum(d.size for d in want.values()), f"pull {repo}")
-        download(
-            client, repo, layers, workers=workers, part=min(CHUNK, _PULL_PART), progress=progress
-        )
-        if progress is not None:
-            progress.finish()
+        try:
+            download(
+                client,
+                repo,
+                layers,
+                workers=workers,
+                part=min(CHUNK, _PULL_PART),
+                progress=progress,
+            )
+        finally:
+            if progress is not None:
+                progress.finish()
         for b3_want, layer in zip(want, layers):
             where = f"layer {repo}@{layer.desc.digest} from {client.registry}"
             if layer.sha256 != layer.desc.digest:
