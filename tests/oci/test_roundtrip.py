@@ -241,3 +241,31 @@ def test_pull_into_a_store_without_a_staging_directory(
         ] == []
     finally:
         remote.close()
+
+
+def test_pull_hashing_after_the_download_gives_the_same_result(
+    registry: RunningRegistry,
+    vault: Vault,
+    other_vault: Vault,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The benchmark's reference mode: the hashes read the file once it is complete."""
+    import modelvault.oci.client as client_mod
+    import modelvault.oci.download as download_mod
+    import modelvault.oci.transfer as transfer_mod
+
+    monkeypatch.setattr(client_mod, "CHUNK", 256 * 1024)
+    monkeypatch.setattr(transfer_mod, "CHUNK", 256 * 1024)
+    monkeypatch.setattr(download_mod, "FOLLOW", False)
+    d = tmp_path / "big"
+    d.mkdir()
+    (d / "weights.bin").write_bytes(os.urandom(2 * 1024 * 1024 + 11))
+    (d / "empty.bin").write_bytes(b"")
+    vault.push(d, "big", "1.0.0")
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    assert other_vault.pull_oci(registry.url("big:1.0.0")).created
+    out = other_vault.pull("big@1.0.0", tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
+        p.name: p.read_bytes() for p in d.iterdir()
+    }

@@ -7,10 +7,11 @@ first request of a layer says whether the registry honours ``Range``: a
 ``206`` and the other parts are queued at once; a ``200`` carries the whole
 blob, written in one stream.
 
-sha256 is sequential, BLAKE3 too (its tree is not exposed), so each hash
-follows the *frontier*, the first byte not yet written: one thread per
-algorithm and layer reads back from the page cache what the fetchers have
-written contiguously from byte 0, and waits for more. The hashes are done a
+sha256 is sequential, BLAKE3 too (its tree is not exposed), so the hashes
+follow the *frontier*, the first byte not yet written: one thread per layer
+reads back from the page cache what the fetchers have written contiguously
+from byte 0 (and waits for more), and hands each block to a thread per
+algorithm (:class:`._hashing.HashingTap`). The hashes are done a
 moment after the last byte lands, not one pass later (``follow=False``,
 or :data:`FOLLOW`, hashes after the download instead, for comparison).
 
@@ -27,16 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..digest import new_hasher
 from ..errors import StorageError
 from ..storage._io import reserve_space, start_writeback
 from ..storage.base import os_error
+from ._hashing import HashingTap
 from .client import RegistryClient
 from .layout import Descriptor
 
 __all__ = ["Layer", "download"]
 
-_HASH_BLOCK = 8 * 1024 * 1024
+_HASH_BLOCK = 4 * 1024 * 1024
 #: Hash as the bytes land (True), or read the file back once it is complete
 #: (False); ``benchmarks/oci_bench.py`` times both.
 FOLLOW = True
@@ -84,26 +85,30 @@ class _Sink:
         os.close(self.fd)
 
 
-def _hash(sink: _Sink, algorithm: str, abort: threading.Event) -> str:
-    hasher = new_hasher(algorithm)
-    view = memoryview(bytearray(min(_HASH_BLOCK, max(sink.size, 1))))
-    pos = 0
-    while pos < sink.size:
-        with sink.cond:
-            while (upto := sink.frontier()) <= pos:
-                if abort.is_set():
-                    return ""
-                sink.cond.wait(0.5)
-        while pos < upto:
-            try:
-                n = os.preadv(sink.fd, [view[: min(len(view), upto - pos)]], pos)
-            except OSError as exc:
-                raise os_error(exc, str(sink.layer.path), "reading back") from exc
-            if n <= 0:
-                raise StorageError(f"could not read back {sink.layer.path} at offset {pos}")
-            hasher.update(view[:n])
-            pos += n
-    return hasher.digest_str()
+def _follow(sink: _Sink, abort: threading.Event) -> dict[str, str]:
+    """Read back what has been written contiguously from byte 0 and hash it, until the end."""
+    algorithms = ("sha256", "blake3") if sink.layer.want_blake3 else ("sha256",)
+    tap = HashingTap(0, sink.size, algorithms)
+    try:
+        pos = 0
+        while pos < sink.size:
+            with sink.cond:
+                while (upto := sink.frontier()) <= pos:
+                    if abort.is_set():
+                        return {}
+                    sink.cond.wait(0.5)
+            while pos < upto:
+                try:
+                    block = os.pread(sink.fd, min(_HASH_BLOCK, upto - pos), pos)
+                except OSError as exc:
+                    raise os_error(exc, str(sink.layer.path), "reading back") from exc
+                if not block:
+                    raise StorageError(f"could not read back {sink.layer.path} at offset {pos}")
+                tap(pos, block)
+                pos += len(block)
+        return tap.digests()
+    finally:
+        tap.close()
 
 
 def download(
@@ -124,12 +129,11 @@ def download(
     abort = threading.Event()
     sinks: list[_Sink] = []
     fetch_pool = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="oci-get")
-    hashers = sum(2 if la.want_blake3 else 1 for la in layers)
     hash_pool = ThreadPoolExecutor(
-        max_workers=max(1, min(hashers, 2 * max(workers, 1))), thread_name_prefix="oci-hash"
+        max_workers=max(1, min(len(layers), max(workers, 1))), thread_name_prefix="oci-hash"
     )
     queued: list[Future[Any]] = []
-    hashes: list[tuple[Layer, str, Future[str]]] = []
+    hashes: list[tuple[Layer, Future[dict[str, str]]]] = []
 
     def fetch(sink: _Sink, index: int) -> None:
         with sink.cond:
@@ -173,9 +177,7 @@ def download(
 
     def start_hashing() -> None:
         for sink in sinks:
-            algos = ["sha256", "blake3"] if sink.layer.want_blake3 else ["sha256"]
-            for algo in algos:
-                hashes.append((sink.layer, algo, hash_pool.submit(_hash, sink, algo, abort)))
+            hashes.append((sink.layer, hash_pool.submit(_follow, sink, abort)))
 
     def stop_all() -> None:
         abort.set()
@@ -207,12 +209,14 @@ def download(
         if follow:
             start_hashing()
         queued.extend(fetch_pool.submit(guarded, s, 0) for s in sinks if s.size > 0)
-        settle([*queued, *(f for _, _, f in hashes)])
+        settle([*queued, *(f for _, f in hashes)])
         if not follow:
             start_hashing()
-            settle([f for _, _, f in hashes])
-        for layer, algo, f in hashes:
-            setattr(layer, algo, f.result())
+            settle([f for _, f in hashes])
+        for layer, f in hashes:
+            got = f.result()
+            layer.sha256 = got["sha256"]
+            layer.blake3 = got.get("blake3", "")
     except BaseException:
         stop_all()
         raise

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ..digest import damaged, digest_bytes, new_hasher
+from ..digest import damaged, digest_bytes
 from ..errors import ArtifactError, ArtifactNotFoundError, InvalidArgumentError, UnsafePathError
 from ..formats.manifest import Manifest
 from ..maintenance import PushLease
 from ..storage._io import remove_quietly
+from ._hashing import HashingTap
 from .client import CHUNK, MAX_MANIFEST_BYTES, RegistryClient, read_all, with_query
 from .download import Layer, download
 from .layout import (
@@ -124,9 +123,8 @@ def hash_both(path: Path, offset: int, size: int) -> tuple[str, str]:
                     raise damaged("", f"{pos - offset} bytes", where=str(path))
                 tap(pos, block)
                 pos += len(block)
-        tap.close()
-        sha, b3 = (h.digest_str() for h in tap.hashers)
-        return sha, b3
+        got = tap.digests()
+        return got["sha256"], got["blake3"]
     finally:
         tap.close()
 
@@ -198,62 +196,6 @@ def _save_shas(pairs: Iterable[tuple[str, str]]) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
-
-
-class HashingTap:
-    """sha256 and BLAKE3 of the blocks an upload reads, in order, each on a thread of its own.
-
-    The sending thread only queues each block (bounded: the hashes keep up
-    or the sender waits), so hashing overlaps sending; a block read again
-    after a resumed chunk is not hashed twice.
-    """
-
-    def __init__(self, offset: int, size: int) -> None:
-        self.offset = offset
-        self.size = size
-        self.upto = 0  # bytes queued for hashing, from offset
-        self.hashers = [new_hasher("sha256"), new_hasher("blake3")]
-        self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(16) for _ in self.hashers]
-        self._threads = [
-            threading.Thread(target=self._run, args=(h, q), name="oci-push-hash", daemon=True)
-            for h, q in zip(self.hashers, self._queues)
-        ]
-        for t in self._threads:
-            t.start()
-
-    @staticmethod
-    def _run(hasher: Any, q: queue.Queue[bytes | None]) -> None:
-        while (block := q.get()) is not None:
-            hasher.update(block)
-
-    def __call__(self, at: int, block: bytes) -> None:
-        rel = at - self.offset
-        end = rel + len(block)
-        if end <= self.upto:
-            return  # read again after a resume: hashed already
-        if rel > self.upto:
-            raise ArtifactError(f"upload read byte {rel} before byte {self.upto}")
-        if rel < self.upto:
-            block = block[self.upto - rel :]
-        for q in self._queues:
-            q.put(block)
-        self.upto = end
-
-    def close(self) -> None:
-        for q, t in zip(self._queues, self._threads):
-            if t.is_alive():
-                q.put(None)
-                t.join()
-
-    def seal(self, blake3: str, where: str) -> str:
-        """The sha256, once the BLAKE3 is checked against ``blake3`` (the manifest's digest)."""
-        self.close()
-        sha, b3 = (h.digest_str() for h in self.hashers)
-        if self.upto != self.size:
-            raise damaged(blake3, f"{self.upto} bytes (expected {self.size})", where=where)
-        if b3 != blake3:
-            raise damaged(blake3, b3, where=where)
-        return sha
 
 
 # ---------------------------------------------------------------------------
