@@ -202,12 +202,23 @@ class StoreSource:
     """
 
     def __init__(
-        self, manifest: Manifest, store: BlobStore, *, cache: Any = None, progress: Any = None
+        self,
+        manifest: Manifest,
+        store: BlobStore,
+        *,
+        cache: Any = None,
+        progress: Any = None,
+        stream: bool = False,
+        fill_cache: bool = True,
     ) -> None:
         self._manifest = manifest
         self.store = store
         self.cache = cache
         self.progress = progress
+        #: Tensor blobs the cache lacks are streamed by the reader (see :meth:`remote`).
+        remote_store = bool(manifest.blobs) and store.local_path(manifest.blobs[0].digest) is None
+        self.stream = stream and remote_store
+        self.fill_cache = fill_cache
         self._located: dict[int, BlobLocation] = {}
         #: Digests of blobs this source handed out from the cache.
         self.from_cache: set[str] = set()
@@ -237,14 +248,39 @@ class StoreSource:
         self._located[index] = loc
         return loc
 
+    def remote(self, index: int) -> tuple[Any, Any] | None:
+        """``(reader, cache fill)`` to stream blob ``index`` from the store, or None to read it locally.
+
+        Only for a streaming source (a GPU load from a remote store) and a blob
+        the cache lacks; the fill is None when the cache is skipped or cannot
+        take it. The caller hashes every byte, commits the fill only when the
+        blob verified and aborts it otherwise, so nothing unverified is cached.
+        """
+        if not self.stream or index in self._located:
+            return None
+        ref = self._manifest.blobs[index]
+        if self.cache is not None and self.cache.contains(ref.digest):
+            return None
+        reader = self.store.range_reader(ref.digest, ref.size)
+        if reader is None:
+            return None
+        fill = (
+            self.cache.filler(ref.digest, ref.size)
+            if self.cache is not None and self.fill_cache
+            else None
+        )
+        return reader, fill
+
     def prefetch(self, workers: int = 8) -> None:
-        n = len(self._manifest.blobs)
-        if n <= 1:
-            for i in range(n):
+        """Make every blob local in parallel (a streaming source leaves its tensor blobs to the reader)."""
+        skip = {t.blob for t in self._manifest.tensors} if self.stream else set()
+        todo = [i for i in range(len(self._manifest.blobs)) if i not in skip]
+        if len(todo) <= 1:
+            for i in todo:
                 self.locate(i)
             return
-        with ThreadPoolExecutor(max_workers=min(workers, n)) as pool:
-            list(pool.map(self.locate, range(n)))
+        with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            list(pool.map(self.locate, todo))
 
 
 class LoadPipeline:
@@ -284,18 +320,36 @@ class LoadPipeline:
         return choose_variant(info.variants, device, want=want)
 
     def open(
-        self, variant: Any, progress: Any = None, *, info: Any = None, enforce: bool = True
+        self,
+        variant: Any,
+        progress: Any = None,
+        *,
+        info: Any = None,
+        enforce: bool = True,
+        stream: bool = False,
+        fill_cache: bool = True,
     ) -> StoreSource:
         """The variant's container: manifest verified and decoded, every blob made local.
 
         With a trust policy in force (``MVAULT_TRUST``), the variant's signatures are
         checked right after its manifest, before any blob is fetched or handed on.
+        With ``stream`` (a GPU load), tensor blobs of a remote store that the cache
+        lacks are left remote: the reader streams them into its staging buffers,
+        verifies them and fills the cache in the same pass (unless ``fill_cache``
+        is off).
         """
         manifest, _ = read_manifest(self.store, variant.manifest_digest)
         if enforce:
             self.check_trust(variant, manifest, info)
         cache = self._cache() if self.store.local_path(variant.manifest_digest) is None else None
-        source = StoreSource(manifest, self.store, cache=cache, progress=progress)
+        source = StoreSource(
+            manifest,
+            self.store,
+            cache=cache,
+            progress=progress,
+            stream=stream,
+            fill_cache=fill_cache,
+        )
         source.prefetch()
         return source
 
@@ -325,6 +379,8 @@ class LoadPipeline:
         *,
         progress: Any = None,
         info: Any = None,
+        stream: bool = False,
+        fill_cache: bool = True,
     ) -> T:
         """``use(source)`` on the variant's container; a damaged cache entry is fetched again once.
 
@@ -332,7 +388,8 @@ class LoadPipeline:
         fails on a blob that came from the cache, that entry is removed and the
         container is opened afresh, so the blob comes from the store again.
         """
-        source = self.open(variant, progress, info=info)
+        how = {"info": info, "stream": stream, "fill_cache": fill_cache}
+        source = self.open(variant, progress, **how)
         try:
             return use(source)
         except IntegrityError as exc:
@@ -349,7 +406,7 @@ class LoadPipeline:
             source.cache.discard(bad)
             with contextlib.suppress(AttributeError):
                 exc.__traceback__ = None  # drop frames that hold half-loaded buffers
-        source = self.open(variant, progress, info=info)
+        source = self.open(variant, progress, **how)
         return use(source)
 
     # -- what callers ask for -------------------------------------------------
@@ -410,12 +467,18 @@ class LoadPipeline:
         if miss is not None:
             raise miss
 
+        options = dict(request.options)
+        # A GPU load from a remote store streams its weights (see open); options
+        # stream=False / fill_cache=False turn that, or the cache fill, off.
+        stream = bool(options.pop("stream", True)) and device_kind(request.device) == "cuda"
+        fill_cache = bool(options.pop("fill_cache", True))
+
         def use(source: StoreSource) -> Any:
             plugin = get_plugin(source.manifest.plugin)
             extra = sibling_options(plugin, source.manifest, view)  # e.g. refit weights
-            return plugin.load(source, device=request.device, **{**extra, **request.options})
+            return plugin.load(source, device=request.device, **{**extra, **options})
 
-        return self.deserialize(best, use, info=info)
+        return self.deserialize(best, use, info=info, stream=stream, fill_cache=fill_cache)
 
     def pull(
         self,

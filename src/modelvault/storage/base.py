@@ -310,6 +310,16 @@ class BlobStore(ABC):
         parse_digest(digest)
         return None
 
+    def range_reader(self, digest: str, size: int) -> RangeReader | None:
+        """Something that reads byte ranges of a remote blob into caller memory, or None.
+
+        A store that returns one lets a GPU load stream a blob from the store
+        straight into its pinned staging buffers, with no cache round trip. The
+        reader grants no trust: the loader hashes every byte it hands on.
+        """
+        parse_digest(digest)
+        return None
+
     def where(self, digest: str) -> str:
         """A human-readable location of a blob, for error messages."""
         return f"{self.url.rstrip('/')}/{blob_relpath(digest)}"
@@ -368,3 +378,11 @@ def _file_extent(path: Path, offset: int, length: int | None) -> int:
 
 
 __all__ += ["CHUNK", "check_adopted_size", "fsync_dir", "temp_path_for"]
+
+
+class RangeReader(Protocol):
+    """Reads ranges of one remote blob (see :meth:`BlobStore.range_reader`); thread-safe."""
+
+    def read_into(self, view: memoryview, offset: int) -> int:
+        """Fill ``view`` with the blob's bytes from ``offset``; the count read (short at its end)."""
+        ...

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from ..digest import ALGORITHMS, parse_digest
 from ..errors import BlobNotFoundError, IntegrityError, InvalidArgumentError, StorageError
-from ._io import copy_file_verified, remove_quietly
-from .base import BlobInfo, BlobStore, Progress, blob_relpath, os_error
+from ._io import copy_file_verified, remove_quietly, reserve_space
+from .base import BlobInfo, BlobStore, Progress, blob_relpath, fsync_dir, os_error, temp_path_for
 
 __all__ = ["BlobCache", "CachedStore", "default_cache"]
 
@@ -142,6 +142,30 @@ class BlobCache:
             self._evict(self.max_bytes, keep={digest})
         return path
 
+    def filler(self, digest: str, size: int) -> CacheFill | None:
+        """A cache entry filled by a streaming load as it reads, committed once verified.
+
+        None when the cache cannot take it now (its directory unusable, the disk
+        full, or the blob larger than the cache); the load then streams without
+        filling. Nothing of an unverified fill is ever visible under the blob's name.
+        """
+        if size > self.max_bytes:
+            return None
+        path = self.path_for(digest)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temp_path_for(path)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError:
+            return None
+        try:
+            reserve_space(fd, size)
+        except (OSError, StorageError):
+            os.close(fd)
+            remove_quietly(tmp)
+            return None
+        return CacheFill(self, digest, path, tmp, fd)
+
     def _entries(self) -> Iterator[tuple[str, Path, os.stat_result]]:
         blobs = self.root / "blobs"
         for algo in sorted(ALGORITHMS):
@@ -218,6 +242,62 @@ class BlobCache:
         """Drop one blob from the cache (after it was deleted from the store)."""
         with self._locked(digest):
             remove_quietly(self.path_for(digest))
+
+
+class CacheFill:
+    """One blob's cache file being written at offsets (see :meth:`BlobCache.filler`).
+
+    ``write_at`` may be called from several threads; :meth:`commit` (after the
+    caller verified the bytes) makes it durable and renames it into place;
+    :meth:`abort` removes it. A fill that hits an error writing stops filling
+    (the load goes on) and is aborted at commit.
+    """
+
+    def __init__(self, cache: BlobCache, digest: str, path: Path, tmp: Path, fd: int) -> None:
+        self._cache = cache
+        self.digest = digest
+        self._path = path
+        self._tmp = tmp
+        self._fd = fd
+        self._failed = False
+
+    def write_at(self, view: memoryview, offset: int) -> None:
+        if self._failed or self._fd < 0:
+            return
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError:
+            self._failed = True  # a full disk costs the cache entry, not the load
+
+    def commit(self) -> bool:
+        """Make the verified entry visible; False (and nothing left) when it could not be."""
+        if self._fd < 0:
+            return False
+        try:
+            if self._failed:
+                raise OSError("an earlier write failed")
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.chmod(self._tmp, 0o444)
+            os.replace(self._tmp, self._path)
+        except OSError:
+            self.abort()
+            return False
+        with contextlib.suppress(OSError, StorageError):
+            fsync_dir(self._path.parent)
+            self._cache._evict(self._cache.max_bytes, keep={self.digest})
+        return True
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        remove_quietly(self._tmp)
 
 
 def _unusable(exc: OSError, path: Path) -> StorageError:

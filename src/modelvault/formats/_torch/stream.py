@@ -64,9 +64,13 @@ CHUNK = 16 * 1024 * 1024
 #: mapping each blob: every mapping is a kernel map entry, and a process may
 #: hold only so many (``vm.max_map_count``, 65 530 by default).
 MAX_MAPS = 16_384
-#: Pinned ring slots, and reads in flight: 8 x 16 MiB = 128 MiB of host memory.
+#: Ring slots, and reads in flight: 8 x 16 MiB = 128 MiB of host memory.
 #: Several reads at once are what it takes to pull the page cache at full speed.
 RING = 8
+#: The pinned ring of a CUDA load when the device does the hashing: the host's
+#: cores only copy from the page cache then, and it takes about 16 reads in
+#: flight to reach the copy engine's speed (16 x 16 MiB = 256 MiB pinned).
+RING_CUDA = 16
 
 
 def stream_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,7 +111,7 @@ def load_tensors(
     device: torch.device,
     *,
     chunk: int = CHUNK,
-    ring: int = RING,
+    ring: int | None = None,
     mmap: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Every tensor of the container (aliases included) on ``device``, verified.
@@ -120,6 +124,8 @@ def load_tensors(
     Raises :class:`DeviceOutOfMemoryError` before allocating when the weights
     do not fit, :class:`IntegrityError` when bytes do not match their digest.
     """
+    if ring is None:
+        ring = RING_CUDA if device.type == "cuda" else RING
     manifest = source.manifest
     blobs = _tensor_blobs(source)
     repeats = _repeats(manifest)
@@ -271,6 +277,21 @@ def map_blob(source: ContainerSource, index: int) -> torch.Tensor:
     return torch.frombuffer(mm, dtype=torch.uint8, offset=delta, count=ref.size)
 
 
+def _read_piece(files: _Files, k: int, p: Piece, view: memoryview, start: int) -> int:
+    """Read ``len(view)`` bytes of piece ``k`` from ``start`` (a file, or a remote reader)."""
+    if p.reader is None:
+        return _read_exact(files.fd(k), view, p.offset + start)
+    n = 0
+    while n < len(view):
+        got = int(p.reader.read_into(view[n:], start + n))
+        if got <= 0:
+            break
+        n += got
+    if p.sink is not None and n:
+        p.sink.write_at(view[:n], start)
+    return n
+
+
 def _read_exact(fd: int, view: memoryview, offset: int) -> int:
     got = 0
     while got < len(view):
@@ -295,6 +316,14 @@ class Piece:
     hasher: Any = None
     got: int = 0
     short: bool = False
+    #: Set when the device hashed the piece (see :mod:`.cuda_blake3`): its BLAKE3 digest.
+    digest: str | None = None
+    on_device: bool = False
+    #: A remote blob: ``reader.read_into(view, offset)`` replaces reading ``path``,
+    #: and ``sink`` (a cache fill, or None) gets a copy of every byte read.
+    reader: Any = None
+    sink: Any = None
+    where: str = ""
 
 
 def read_blobs_into(
@@ -311,22 +340,55 @@ def read_blobs_into(
     """
     placed, _total = _place(source.manifest, indexes)
     pieces = []
-    for i in indexes:
-        ref = source.manifest.blobs[i]
-        loc = source.locate(i)
-        algo, _ = parse_digest(ref.digest)
-        pieces.append(Piece(Path(loc.path), loc.offset, ref.size, placed[i], new_hasher(algo)))
-    if dest.device.type == "cuda":
-        stream_through_ring(pieces, dest, chunk, ring)
-    else:
-        _stream_cpu(pieces, dest, chunk, ring)
-    for i, p in zip(indexes, pieces):
-        ref = source.manifest.blobs[i]
-        if p.got != ref.size:
-            raise _integrity(ref, str(p.path), str(p.got), truncated=True)
-        actual = p.hasher.digest_str()
-        if actual != ref.digest:
-            raise _integrity(ref, str(p.path), actual, truncated=False)
+    remote = getattr(source, "remote", None)  # a store source may stream remote blobs
+    try:
+        for i in indexes:
+            ref = source.manifest.blobs[i]
+            algo, _ = parse_digest(ref.digest)
+            streamed = remote(i) if remote is not None else None
+            if streamed is not None:
+                reader, sink = streamed
+                where = source.store.where(ref.digest)  # type: ignore[attr-defined]
+                piece = Piece(
+                    Path(),
+                    0,
+                    ref.size,
+                    placed[i],
+                    new_hasher(algo),
+                    reader=reader,
+                    sink=sink,
+                    where=where,
+                )
+            else:
+                loc = source.locate(i)
+                piece = Piece(
+                    Path(loc.path),
+                    loc.offset,
+                    ref.size,
+                    placed[i],
+                    new_hasher(algo),
+                    where=str(loc.path),
+                )
+            pieces.append(piece)
+        if dest.device.type == "cuda":
+            stream_through_ring(pieces, dest, chunk, ring)
+        else:
+            _stream_cpu(pieces, dest, chunk, ring)
+        for i, p in zip(indexes, pieces):
+            ref = source.manifest.blobs[i]
+            if p.got != ref.size:
+                raise _integrity(ref, p.where, str(p.got), truncated=True)
+            actual = p.digest if p.on_device else p.hasher.digest_str()
+            if actual != ref.digest:
+                raise _integrity(ref, p.where, str(actual), truncated=False)
+    except BaseException:
+        for p in pieces:
+            if p.sink is not None:
+                p.sink.abort()  # nothing unverified reaches the cache
+        raise
+    for p in pieces:
+        if p.sink is not None:
+            p.sink.commit()
 
 
 def _chunks(pieces: Sequence[Piece], chunk: int) -> list[tuple[int, int, int]]:
@@ -371,7 +433,7 @@ def _consume(p: Piece, view: memoryview, want: int, n: int) -> None:
     """Account for (and hash) one read of ``n`` of the ``want`` bytes asked."""
     if p.short:
         return  # the file ended early: the caller reports it as truncated
-    if p.hasher is not None:
+    if p.hasher is not None and not p.on_device:
         p.hasher.update(view[:n])
     p.got += n
     p.short = n < want
@@ -414,7 +476,7 @@ def _stream_cpu(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int, ring: i
         k, start, want = plan[j]
         p = pieces[k]
         at = p.dest + start
-        return _read_exact(files.fd(k), view[at : at + want], p.offset + start)
+        return _read_piece(files, k, p, view[at : at + want], start)
 
     def consume(j: int, n: int) -> None:
         k, start, want = plan[j]
@@ -440,6 +502,8 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
     """
     device = dest.device
     cuda = device.type == "cuda"
+    hashing = _device_hashing(pieces, device) if cuda else None
+    hash_stream = torch.cuda.Stream(device) if hashing is not None else None  # type: ignore[no-untyped-call]
     largest = max((p.size for p in pieces), default=0)
     chunk = min(chunk, max(largest, 1))
     plan = _chunks(pieces, chunk)
@@ -457,14 +521,15 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
             ev.synchronize()  # the slot's previous copy must be done before it is overwritten
         piece, start, want = plan[j]
         p = pieces[piece]
-        return _read_exact(files.fd(piece), slot_views[k][:want], p.offset + start)
+        return _read_piece(files, piece, p, slot_views[k][:want], start)
 
     def consume(j: int, n: int) -> None:
         k = j % ring
         piece, start, want = plan[j]
         p = pieces[piece]
         _consume(p, slot_views[k], want, n)
-        if start + want == p.size:
+        last = start + want == p.size
+        if last:
             files.done(piece)
         if not n:
             return
@@ -477,6 +542,16 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
             ev = torch.cuda.Event()  # type: ignore[no-untyped-call]
             ev.record(stream)
         events[k] = ev
+        if (
+            last
+            and p.on_device
+            and hashing is not None
+            and hash_stream is not None
+            and p.got == p.size
+        ):
+            # Every copy of the piece is queued before this event: hash it where it landed.
+            hash_stream.wait_event(ev)
+            hashing.hash(piece, dest[p.dest : p.dest + p.size], hash_stream)
 
     try:
         _pipeline(len(plan), ring, read, consume)
@@ -484,6 +559,31 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
         files.close_all()
         if stream is not None:
             stream.synchronize()
+        if hash_stream is not None:
+            hash_stream.synchronize()
+    if hashing is not None and hash_stream is not None:
+        for p, digest in zip(pieces, hashing.digests(hash_stream)):
+            p.digest = digest
     if stream is not None:
         # Later work on the default stream must see the copied bytes.
         torch.cuda.current_stream(device).wait_stream(stream)
+
+
+def _device_hashing(pieces: Sequence[Piece], device: torch.device) -> Any:
+    """A :class:`~.cuda_blake3.DeviceBlake3` for the BLAKE3 pieces (marked ``on_device``), or None.
+
+    None when the kernels cannot run here; every piece is then hashed on the host.
+    """
+    from . import cuda_blake3
+
+    k = cuda_blake3.kernels(device)
+    if k is None:
+        return None
+    for p in pieces:
+        # An empty piece has no copy to wait for; the host hashes it (nothing to read).
+        p.on_device = (
+            p.size > 0 and p.hasher is not None and getattr(p.hasher, "algorithm", None) == "blake3"
+        )
+    if not any(p.on_device for p in pieces):
+        return None
+    return cuda_blake3.DeviceBlake3(k, device, [p.size for p in pieces])

@@ -1,0 +1,140 @@
+"""BLAKE3 computed on the GPU: the same digests as the reference library, and a load that uses them.
+
+Run on a machine with a GPU: ``pytest -m gpu tests/gpu/test_cuda_blake3.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import blake3
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from modelvault.errors import IntegrityError  # noqa: E402
+from modelvault.formats._torch import cuda_blake3, stream  # noqa: E402
+from modelvault.formats._torch.stream import load_tensors  # noqa: E402
+from modelvault.formats.tensors import TensorsPlugin  # noqa: E402
+from tests.formats.torch.helpers import corrupt_blob, write  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs a CUDA device (torch.cuda.is_available() is False)",
+    ),
+]
+
+KIB = 1024
+MIB = 1024 * 1024
+# Around every edge of the tree: blocks (64 B), chunks (1 KiB), CUDA blocks (256 KiB), powers of two.
+SIZES = [
+    1, 63, 64, 65, 1023, 1024, 1025, 2048, 2049, 3077,
+    256 * KIB - 1, 256 * KIB, 256 * KIB + 1, 512 * KIB, 512 * KIB + 1, 3 * 256 * KIB + 5,
+    MIB, MIB + 17, 5 * MIB + 3, 16 * MIB, 16 * MIB + 7 * KIB + 3, 64 * MIB + 1, 300 * MIB + 4097,
+]  # fmt: skip
+
+
+def _device_digests(blobs: list[bytes]) -> list[str | None]:
+    dev = torch.device("cuda:0")
+    k = cuda_blake3.kernels(dev)
+    assert k is not None, cuda_blake3.unavailable_reason(dev)
+    hasher = cuda_blake3.DeviceBlake3(k, dev, [len(b) for b in blobs])
+    s = torch.cuda.Stream(dev)
+    on_gpu = [torch.frombuffer(bytearray(b), dtype=torch.uint8).to(dev) for b in blobs]
+    torch.cuda.synchronize()
+    for i, t in enumerate(on_gpu):
+        hasher.hash(i, t, s)
+    return hasher.digests(s)
+
+
+def test_kernels_load_on_this_machine() -> None:
+    dev = torch.device("cuda:0")
+    assert cuda_blake3.kernels(dev) is not None, cuda_blake3.unavailable_reason(dev)
+
+
+def test_digests_match_the_reference_at_every_edge() -> None:
+    rng = torch.Generator().manual_seed(7)
+    blobs = [
+        bytes(torch.randint(0, 256, (n,), dtype=torch.uint8, generator=rng).numpy()) for n in SIZES
+    ]
+    got = _device_digests(blobs)
+    want = [f"blake3:{blake3.blake3(b).hexdigest()}" for b in blobs]
+    bad = [n for n, g, w in zip(SIZES, got, want) if g != w]
+    assert not bad, f"sizes whose GPU digest differs: {bad}"
+
+
+def test_each_input_hashed_alone_and_one_byte_changes_the_digest() -> None:
+    data = bytearray(os.urandom(5 * MIB + 123))
+    first = _device_digests([bytes(data)])[0]
+    for at in (0, 1023, 1024, 256 * KIB, len(data) - 1):
+        data[at] ^= 1
+        changed = _device_digests([bytes(data)])[0]
+        data[at] ^= 1
+        assert changed != first, at
+        assert (
+            changed
+            == f"blake3:{blake3.blake3(bytes(data[:at]) + bytes([data[at] ^ 1]) + bytes(data[at + 1 :])).hexdigest()}"
+        )
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    original = cuda_blake3.DeviceBlake3.hash
+
+    def hash_(self, k, data, s):  # type: ignore[no-untyped-def]
+        calls.append(k)
+        return original(self, k, data, s)
+
+    monkeypatch.setattr(cuda_blake3.DeviceBlake3, "hash", hash_)
+    return calls
+
+
+def test_a_cuda_load_hashes_on_the_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = _counting(monkeypatch)
+    torch.manual_seed(3)
+    sd = {f"t{i}": torch.randn(20_000 * (i + 1)) for i in range(12)}
+    sd["empty"] = torch.empty(0)
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    out = load_tensors(source, torch.device("cuda:0"))
+    for k, v in sd.items():
+        assert torch.equal(out[k].cpu(), v), k
+    assert calls, "the load hashed nothing on the device"
+
+
+def test_host_hashing_when_turned_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(cuda_blake3, "_loaded", {})
+    monkeypatch.setenv("MVAULT_GPU_HASH", "0")
+    calls = _counting(monkeypatch)
+    sd = {"a": torch.randn(300_000), "b": torch.arange(1000)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    out = load_tensors(source, torch.device("cuda:0"))
+    assert torch.equal(out["a"].cpu(), sd["a"]) and torch.equal(out["b"].cpu(), sd["b"])
+    assert not calls
+    assert cuda_blake3.unavailable_reason(torch.device("cuda:0")) == "MVAULT_GPU_HASH=0"
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_a_damaged_byte_is_refused_by_the_device_hash(where: str, tmp_path: Path) -> None:
+    dev = torch.device("cuda:0")
+    sd = {"a": torch.randn(6 * MIB // 4 + 5), "b": torch.randn(1000)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    size = source.manifest.blobs[0].size
+    corrupt_blob(source, 0, at={"first": 0, "middle": size // 2, "last": size - 1}[where])
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated(dev)
+    with pytest.raises(IntegrityError, match="damaged"):
+        load_tensors(source, dev)
+    assert torch.cuda.memory_allocated(dev) == before
+
+
+def test_ring_settings_with_device_hashing(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    sd = {f"t{i}": torch.randn(100_000 + 333 * i) for i in range(20)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    for chunk, ring in [(4096, 1), (4096 * 7, 3), (stream.CHUNK, 32)]:
+        out = load_tensors(source, torch.device("cuda:0"), chunk=chunk, ring=ring)
+        for k, v in sd.items():
+            assert torch.equal(out[k].cpu(), v), (chunk, ring, k)
