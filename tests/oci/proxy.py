@@ -3,7 +3,7 @@
 Rules are checked in order for every request; the first that matches and has
 uses left acts. A rule can answer a status of its own (401, 403, 429, 500...),
 break the connection part-way through a request or a response body, flip a
-byte of a response, replace a response body, or stand in for a registry that
+byte of a response, replace a response body, answer late, or stand in for a registry that
 wants bearer tokens (with the token endpoint served here too).
 """
 
@@ -15,6 +15,7 @@ import http.server
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,13 +32,15 @@ def on(method: str, pattern: str) -> Match:
 @dataclass
 class Rule:
     match: Match
-    action: str  # status | cut_response | cut_request | drop_request | flip_byte | body
+    action: str  # status | cut_response | cut_request | drop_request | flip_byte | body | delay
     times: int = 1
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
     after: int = 0  # bytes let through before a cut
     body: bytes = b""
     hits: int = 0
+    # only requests whose Range starts at or after this byte (-1: any request)
+    from_byte: int = -1
 
 
 @dataclass
@@ -60,15 +63,23 @@ class MisbehavingProxy:
         self.tokens: set[str] = set()
         self.token_requests: list[str] = []
         self.host = ""
+        # a registry that ignores Range: the header is not passed on, the whole blob comes back
+        self.ignore_range = False
 
     def add(self, match: Match, action: str, **kw: Any) -> Rule:
         rule = Rule(match, action, **kw)
         self.rules.append(rule)
         return rule
 
-    def pick(self, method: str, path: str) -> Rule | None:
+    def pick(self, method: str, path: str, range_header: str = "") -> Rule | None:
+        start = -1
+        m = re.match(r"bytes=(\d+)-", range_header)
+        if m:
+            start = int(m.group(1))
         with self.lock:
             for r in self.rules:
+                if r.from_byte >= 0 and start < r.from_byte:
+                    continue
                 if r.hits < r.times and r.match(method, path):
                     r.hits += 1
                     return r
@@ -120,7 +131,7 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
                 self._token()
                 return
             n = int(self.headers.get("Content-Length") or 0)
-            rule = proxy.pick(method, path)
+            rule = proxy.pick(method, path, self.headers.get("Range", ""))
             if rule is not None and rule.action in ("cut_request", "drop_request"):
                 arrived = self.rfile.read(min(rule.after, n))
                 if rule.action == "cut_request":
@@ -130,6 +141,8 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
                 self.connection.shutdown(2)
                 return
             body = self.rfile.read(n) if n else b""
+            if rule is not None and rule.action == "delay":
+                time.sleep(rule.after / 1000)  # a slow link: ``after`` milliseconds
             if proxy.bearer is not None:
                 auth = self.headers.get("Authorization", "")
                 if not (auth.startswith("Bearer ") and auth[7:] in proxy.tokens):
@@ -166,6 +179,7 @@ def _handler(proxy: MisbehavingProxy) -> type[http.server.BaseHTTPRequestHandler
                 k: v
                 for k, v in headers.items()
                 if k.lower() not in ("host", "authorization", "connection")
+                and not (proxy.ignore_range and k.lower() == "range")
             }
             if partial is not None:
                 # Send the head and part of the body, then drop the connection.

@@ -12,6 +12,7 @@ import pytest
 from modelvault import Vault, errors
 from modelvault.config import settings
 from modelvault.oci.client import RegistryClient
+from modelvault.oci.layout import ACCEPT
 
 from .proxy import MisbehavingProxy, on, run_proxy
 from .registry import RunningRegistry
@@ -27,14 +28,17 @@ def fast(host: str) -> RegistryClient:
     return RegistryClient(host, backoff=0.001)
 
 
+HINTS = {"oci-mounts.json", "oci-sha256.json"}  # written by the push before, never by a pull
+
+
 def _nothing_left(v: Vault) -> None:
     assert v.list() == []
     assert list(v.store.list()) == []
     cache = settings().cache_dir
-    leftovers = (
-        [p for p in cache.rglob("*") if p.name != "oci-mounts.json"] if cache.exists() else []
-    )
+    leftovers = [p for p in cache.rglob("*") if p.name not in HINTS] if cache.exists() else []
     assert leftovers == []
+    staging = v.store.staging_dir()
+    assert staging is None or list(staging.iterdir()) == []  # no half-written layer
 
 
 @pytest.fixture
@@ -225,12 +229,12 @@ def test_upload_resumes_after_a_lost_chunk(
     counter = {"n": 0}
     orig = proxy.pick
 
-    def pick(method: str, path: str):  # type: ignore[no-untyped-def]
+    def pick(method: str, path: str, range_header: str = ""):  # type: ignore[no-untyped-def]
         if method == "PATCH":
             counter["n"] += 1
             if counter["n"] != 3:
                 return None
-        return orig(method, path)
+        return orig(method, path, range_header)
 
     proxy.pick = pick  # type: ignore[method-assign]
     vault.push_oci("big@1.0.0", f"oci://{proxy.host}/big", client=fast(proxy.host))
@@ -279,3 +283,250 @@ def test_download_resumes_with_ranged_gets(
     assert resumed and all(
         s % small_chunks == 50_000 for s in resumed
     )  # from the byte after the cut
+
+
+# -- the ranged pull path ---------------------------------------------------------------
+
+
+def _blob_gets(proxy: MisbehavingProxy) -> list[str]:
+    return [s.range for s in proxy.log if s.method == "GET" and "/blobs/sha256:" in s.path]
+
+
+def _weights_digest(registry: RunningRegistry, repo: str, size: int) -> str:
+    data, _ = RegistryClient(registry.host).get_manifest(
+        repo, "1.0.0", ["application/vnd.oci.image.manifest.v1+json"]
+    )
+    return str(next(x for x in json.loads(data)["layers"] if x["size"] == size)["digest"])
+
+
+def test_layer_whose_sha256_differs_in_a_later_part(
+    proxy: MisbehavingProxy,
+    vault: Vault,
+    other_vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+) -> None:
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    weights = _weights_digest(registry, "big", len(big_model))
+    # The first part is true; one byte of a later part is not.
+    proxy.add(on("GET", weights), "flip_byte", from_byte=2 * small_chunks, times=100)
+    with pytest.raises(errors.IntegrityError, match=weights) as info:
+        other_vault.pull_oci(f"oci://{proxy.host}/big:1.0.0", client=fast(proxy.host))
+    assert "\n" not in str(info.value)
+    assert any(r.startswith(f"bytes={2 * small_chunks}-") for r in _blob_gets(proxy))
+    _nothing_left(other_vault)
+
+
+def test_registry_that_ignores_range_sends_the_whole_blob(
+    proxy: MisbehavingProxy,
+    vault: Vault,
+    other_vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+    tmp_path: Path,
+) -> None:
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    weights = _weights_digest(registry, "big", len(big_model))
+    proxy.ignore_range = True
+    other_vault.pull_oci(f"oci://{proxy.host}/big:1.0.0", client=fast(proxy.host))
+    _check_pulled(other_vault, registry.host, big_model, tmp_path)
+    asked = [s for s in proxy.log if s.method == "GET" and weights in s.path]
+    assert len(asked) == 1 and asked[0].status == 200  # one 200, no further parts asked for
+    assert list((tmp_path / "store-b" / "tmp").iterdir()) == []
+
+
+def test_registry_that_ignores_range_and_breaks_the_stream(
+    proxy: MisbehavingProxy,
+    vault: Vault,
+    other_vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+    tmp_path: Path,
+) -> None:
+    # The resumed request asks from the byte after the cut; the whole blob comes
+    # again, and the bytes before that byte are read past, not written twice.
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    weights = _weights_digest(registry, "big", len(big_model))
+    proxy.ignore_range = True
+    proxy.add(on("GET", weights), "cut_response", after=700_000, times=1)
+    other_vault.pull_oci(f"oci://{proxy.host}/big:1.0.0", client=fast(proxy.host))
+    _check_pulled(other_vault, registry.host, big_model, tmp_path)
+    asked = [s.range for s in proxy.log if s.method == "GET" and weights in s.path]
+    assert asked == [f"bytes=0-{small_chunks - 1}", f"bytes=700000-{len(big_model) - 1}"]
+
+
+def test_connection_dropped_mid_range_is_resumed(
+    proxy: MisbehavingProxy,
+    vault: Vault,
+    other_vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+    tmp_path: Path,
+) -> None:
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    weights = _weights_digest(registry, "big", len(big_model))
+    proxy.add(on("GET", weights), "cut_response", after=10_000, from_byte=small_chunks, times=1)
+    other_vault.pull_oci(f"oci://{proxy.host}/big:1.0.0", client=fast(proxy.host))
+    _check_pulled(other_vault, registry.host, big_model, tmp_path)
+    starts = {int(r.removeprefix("bytes=").split("-")[0]) for r in _blob_gets(proxy) if r}
+    assert any(s % small_chunks == 10_000 for s in starts)  # resumed after the cut
+
+
+def test_connection_dropped_mid_range_every_time(
+    proxy: MisbehavingProxy,
+    vault: Vault,
+    other_vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+) -> None:
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    weights = _weights_digest(registry, "big", len(big_model))
+    proxy.add(on("GET", weights), "cut_response", after=1000, from_byte=small_chunks, times=1000)
+    with pytest.raises(errors.OCIUnavailableError, match=weights) as info:
+        other_vault.pull_oci(f"oci://{proxy.host}/big:1.0.0", client=fast(proxy.host))
+    assert "\n" not in str(info.value)
+    _nothing_left(other_vault)
+
+
+def test_pull_interrupted_leaves_nothing(
+    vault: Vault,
+    other_vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+) -> None:
+    vault.push_oci("big@1.0.0", registry.url("big"))
+
+    class Interrupt:
+        done = 0
+
+        def start(self, total: int, label: str) -> None:
+            pass
+
+        def advance(self, n: int) -> None:
+            self.done += n
+            if self.done > 1_000_000:
+                raise KeyboardInterrupt
+
+        def finish(self) -> None:
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        other_vault.pull_oci(registry.url("big:1.0.0"), progress=Interrupt())
+    _nothing_left(other_vault)
+
+
+# -- the push path ------------------------------------------------------------------------
+
+
+def test_push_of_a_damaged_store_copy_is_abandoned(
+    vault: Vault, big_model: bytes, small_chunks: int, registry: RunningRegistry
+) -> None:
+    from modelvault.digest import digest_bytes
+
+    path = vault.store.local_path(digest_bytes(big_model))
+    assert path is not None
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(len(big_model) - 10)
+        f.write(b"X")
+    with pytest.raises(errors.IntegrityError) as info:
+        vault.push_oci("big@1.0.0", registry.url("big"))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    with pytest.raises(errors.ArtifactNotFoundError):
+        RegistryClient(registry.host).get_manifest("big", "1.0.0", ACCEPT)
+    import hashlib
+
+    real = "sha256:" + hashlib.sha256(big_model).hexdigest()
+    assert RegistryClient(registry.host).blob_size("big", real) is None  # never completed
+
+
+def test_second_push_of_a_large_blob_asks_first(
+    proxy: MisbehavingProxy, vault: Vault, big_model: bytes, small_chunks: int
+) -> None:
+    first = vault.push_oci("big@1.0.0", f"oci://{proxy.host}/big", client=fast(proxy.host))
+    assert first.bytes_uploaded >= len(big_model)
+    # Hashed while sent the first time; the sha256 is remembered, so the
+    # second push asks (HEAD) before reading a byte of it.
+    again = vault.push_oci("big@1.0.0", f"oci://{proxy.host}/big:again", client=fast(proxy.host))
+    assert again.bytes_uploaded == 0 and again.blobs_uploaded == 0
+    elsewhere = vault.push_oci("big@1.0.0", f"oci://{proxy.host}/copy", client=fast(proxy.host))
+    assert elsewhere.blobs_mounted >= 1 and elsewhere.bytes_uploaded < len(big_model)
+
+
+def test_large_blob_the_registry_has_is_abandoned_once_hashed(
+    proxy: MisbehavingProxy,
+    vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+) -> None:
+    # Another machine pushed the same bytes: no sha256 is remembered here, so
+    # the upload starts while the blob is hashed; once the hash is known the
+    # registry is asked, and the upload is abandoned instead of finished.
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    (settings().cache_dir / "oci-sha256.json").unlink()
+    (settings().cache_dir / "oci-mounts.json").unlink()
+    proxy.add(on("PATCH", r"/blobs/uploads/"), "delay", after=100, times=1000)
+    again = vault.push_oci("big@1.0.0", f"oci://{proxy.host}/big:again", client=fast(proxy.host))
+    assert again.blobs_skipped >= 1 and again.bytes_uploaded == 0
+    patched = sum(s.sent for s in proxy.log if s.method == "PATCH")
+    assert 0 < patched < len(big_model)
+    assert any(s.method == "DELETE" and "/blobs/uploads/" in s.path for s in proxy.log)
+    data, _ = RegistryClient(registry.host).get_manifest("big", "again", ACCEPT)
+    assert json.loads(data)["layers"]
+
+
+def _drop_blob(registry: RunningRegistry, repo: str, digest: str) -> None:
+    RegistryClient(registry.host).request(
+        "DELETE", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:*", ok=(202,)
+    ).read()
+
+
+def test_remembered_large_blob_is_hashed_as_it_is_sent(
+    proxy: MisbehavingProxy,
+    vault: Vault,
+    other_vault: Vault,
+    big_model: bytes,
+    small_chunks: int,
+    registry: RunningRegistry,
+    tmp_path: Path,
+) -> None:
+    # Its sha256 is remembered from the first push, but the registry lost it:
+    # asked (HEAD: absent), then sent once more, hashed in the same read, and a
+    # chunk cut midway is resumed without hashing any byte twice.
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    weights = _weights_digest(registry, "big", len(big_model))
+    _drop_blob(registry, "big", weights)
+    proxy.add(on("PATCH", r"/blobs/uploads/"), "cut_request", after=100_000, times=1)
+    again = vault.push_oci("big@1.0.0", f"oci://{proxy.host}/big:2", client=fast(proxy.host))
+    assert again.blobs_uploaded >= 1 and again.bytes_uploaded >= len(big_model)
+    assert any(s.method == "HEAD" and weights in s.path for s in proxy.log)
+    other_vault.pull_oci(registry.url("big:2"))
+    _check_pulled(other_vault, registry.host, big_model, tmp_path)
+
+
+def test_remembered_large_blob_whose_store_copy_is_damaged(
+    vault: Vault, big_model: bytes, small_chunks: int, registry: RunningRegistry
+) -> None:
+    from modelvault.digest import digest_bytes
+
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    weights = _weights_digest(registry, "big", len(big_model))
+    _drop_blob(registry, "big", weights)
+    path = vault.store.local_path(digest_bytes(big_model))
+    assert path is not None
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.write(b"X")
+    with pytest.raises(errors.IntegrityError) as info:
+        vault.push_oci("big@1.0.0", registry.url("big:2"))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert RegistryClient(registry.host).blob_size("big", weights) is None
+    with pytest.raises(errors.ArtifactNotFoundError):
+        RegistryClient(registry.host).get_manifest("big", "2", ACCEPT)

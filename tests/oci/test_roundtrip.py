@@ -208,3 +208,64 @@ def test_large_blobs_go_in_resumable_chunks_and_parallel_parts(
     other_vault.pull_oci(registry.url("big:1.0.0"))
     out = other_vault.pull("big@1.0.0", tmp_path / "out")
     assert (out / "weights.bin").read_bytes() == (d / "weights.bin").read_bytes()
+
+
+def test_pull_into_a_store_without_a_staging_directory(
+    registry: RunningRegistry,
+    vault: Vault,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A remote store (here the memory store) has no staging directory: layers are
+    fetched into the cache directory and stored by put_file, hashed once more."""
+    import modelvault.oci.client as client_mod
+    import modelvault.oci.transfer as transfer_mod
+    from modelvault.config import settings
+
+    monkeypatch.setattr(client_mod, "CHUNK", 256 * 1024)
+    monkeypatch.setattr(transfer_mod, "CHUNK", 256 * 1024)
+    d = tmp_path / "big"
+    d.mkdir()
+    (d / "weights.bin").write_bytes(os.urandom(1024 * 1024 + 3))
+    vault.push(d, "big", "1.0.0")
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    remote = Vault(registry=f"sqlite:///{tmp_path / 'm.db'}", store="memory://oci-pull-test")
+    try:
+        assert remote.store.staging_dir() is None
+        got = remote.pull_oci(registry.url("big:1.0.0"))
+        assert got.created and got.bytes_downloaded > 1024 * 1024
+        out = remote.pull("big@1.0.0", tmp_path / "out")
+        assert (out / "weights.bin").read_bytes() == (d / "weights.bin").read_bytes()
+        assert [
+            p.name for p in settings().cache_dir.iterdir() if p.name.startswith(".oci-pull-")
+        ] == []
+    finally:
+        remote.close()
+
+
+def test_pull_hashing_after_the_download_gives_the_same_result(
+    registry: RunningRegistry,
+    vault: Vault,
+    other_vault: Vault,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The benchmark's reference mode: the hashes read the file once it is complete."""
+    import modelvault.oci.client as client_mod
+    import modelvault.oci.download as download_mod
+    import modelvault.oci.transfer as transfer_mod
+
+    monkeypatch.setattr(client_mod, "CHUNK", 256 * 1024)
+    monkeypatch.setattr(transfer_mod, "CHUNK", 256 * 1024)
+    monkeypatch.setattr(download_mod, "FOLLOW", False)
+    d = tmp_path / "big"
+    d.mkdir()
+    (d / "weights.bin").write_bytes(os.urandom(2 * 1024 * 1024 + 11))
+    (d / "empty.bin").write_bytes(b"")
+    vault.push(d, "big", "1.0.0")
+    vault.push_oci("big@1.0.0", registry.url("big"))
+    assert other_vault.pull_oci(registry.url("big:1.0.0")).created
+    out = other_vault.pull("big@1.0.0", tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
+        p.name: p.read_bytes() for p in d.iterdir()
+    }

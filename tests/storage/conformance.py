@@ -150,6 +150,31 @@ class BlobStoreConformance:
         assert not store.exists(big_d)
         assert [b.digest for b in store.list()] == []
 
+    def test_adopt_a_file_the_caller_hashed(self, store: BlobStore, tmp_path: Path) -> None:
+        d, data = blob(self.big)
+        where = store.staging_dir() or tmp_path
+        staged = where / "staged.part"
+        staged.write_bytes(data)
+        assert store.adopt(d, staged, len(data)) is True
+        assert not staged.exists()  # consumed
+        assert store.read_range(d, self.big - 100, 100) == data[-100:]
+        staged.write_bytes(data)
+        assert store.adopt(d, staged, len(data)) is False  # present already: consumed all the same
+        assert not staged.exists()
+        assert [b.digest for b in store.list()] == [d]
+
+    def test_adopt_refuses_a_file_of_another_size(self, store: BlobStore, tmp_path: Path) -> None:
+        d, data = blob(1000)
+        staged = (store.staging_dir() or tmp_path) / "short.part"
+        staged.write_bytes(data[:-1])
+        with pytest.raises(IntegrityError, match="999 bytes") as err:
+            store.adopt(d, staged, len(data))
+        assert "\n" not in str(err.value)
+        assert not staged.exists()
+        assert not store.exists(d)
+        with pytest.raises(InvalidArgumentError, match="no such file"):
+            store.adopt(d, tmp_path / "absent", 1000)
+
     def test_wrong_size_is_refused(self, store: BlobStore) -> None:
         d, data = blob(3000)
         with pytest.raises(IntegrityError, match="bytes"):

@@ -56,3 +56,36 @@ def test_stray_files_are_not_listed(tmp_path: Path) -> None:
     (sub / ("f" * 64)).write_text("wrong directory for this name")
     (tmp_path / "blobs" / "blake3" / "README").write_text("x")
     assert [b.digest for b in store.list()] == [d]
+
+
+def test_adopt_renames_a_staged_file_without_copying(tmp_path: Path) -> None:
+    from tests.storage.conformance import blob
+
+    store = LocalStore(tmp_path / "s")
+    d, data = blob(3 << 20)
+    staged = store.staging_dir() / "layer.part"
+    staged.write_bytes(data)
+    inode = staged.stat().st_ino
+    assert store.adopt(d, staged, len(data)) is True
+    path = store.local_path(d)
+    assert path is not None
+    assert path.stat().st_ino == inode  # the very file: no copy
+    assert oct(path.stat().st_mode & 0o777) == "0o444"
+    assert list(store.staging_dir().iterdir()) == []
+
+
+def test_adopt_of_a_file_elsewhere_copies_and_verifies(tmp_path: Path) -> None:
+    from modelvault.errors import IntegrityError
+    from tests.storage.conformance import blob
+
+    store = LocalStore(tmp_path / "s")
+    d, data = blob(5000)
+    outside = tmp_path / "outside.part"
+    outside.write_bytes(data[:-1] + b"\0")  # right size, wrong bytes: caught by the hash
+    with pytest.raises(IntegrityError, match=d):
+        store.adopt(d, outside, len(data))
+    assert not outside.exists() and not store.exists(d)
+    outside.write_bytes(data)
+    assert store.adopt(d, outside, len(data)) is True
+    assert store.read_range(d, 0, len(data)) == data
+    assert not outside.exists()

@@ -6,7 +6,7 @@ import http.client
 import json
 import os
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ArtifactError
@@ -19,18 +19,32 @@ class Broken(Exception):
 
 
 class FileRange:
-    """``length`` bytes of a file from ``offset``, as a body http.client can send."""
+    """``length`` bytes of a file from ``offset``, as a body http.client can send.
 
-    def __init__(self, path: str | os.PathLike[str], offset: int, length: int) -> None:
+    ``tap(offset, block)``, when given, sees every block as it is read.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        offset: int,
+        length: int,
+        tap: Callable[[int, bytes], None] | None = None,
+    ) -> None:
         self._f = open(path, "rb")  # noqa: SIM115 - closed by close(), after the request
         self._f.seek(offset)
+        self._pos = offset
         self._left = length
+        self._tap = tap
 
     def read(self, n: int = -1) -> bytes:
         if self._left <= 0:
             return b""
         n = self._left if n < 0 else min(n, self._left)
         data = self._f.read(n)
+        if self._tap is not None and data:
+            self._tap(self._pos, data)
+        self._pos += len(data)
         self._left -= len(data)
         return data
 
@@ -46,17 +60,6 @@ def oci_message(body: bytes) -> str:
         return f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
     except Exception:
         return body[:120].decode(errors="replace").strip()
-
-
-def blocks(resp: http.client.HTTPResponse) -> Iterator[bytes]:
-    try:
-        while True:
-            block = resp.read(IO_BLOCK)
-            if not block:
-                return
-            yield block
-    except (OSError, http.client.HTTPException) as exc:
-        raise Broken(str(exc)) from exc
 
 
 def range_end(resp: http.client.HTTPResponse, default: int) -> int:

@@ -30,6 +30,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+from ..digest import damaged
 from ..errors import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -41,7 +42,6 @@ from ._http import (
     Broken,
     FileRange,
     advance,
-    blocks,
     oci_message,
     range_end,
     read_all,
@@ -350,8 +350,6 @@ class RegistryClient:
 
             actual = "sha256:" + hashlib.sha256(data).hexdigest()
             if actual != named:
-                from ..digest import damaged
-
                 raise damaged(named, actual, where=f"manifest {repo}:{target} from {self.registry}")
         return data, media_type
 
@@ -417,40 +415,55 @@ class RegistryClient:
     def upload_blob(
         self,
         repo: str,
-        digest: str,
+        digest: str | None,
         path: str | os.PathLike[str],
         offset: int,
         size: int,
         *,
         progress: Any = None,
         chunk: int | None = None,
-    ) -> None:
-        """Upload ``size`` bytes of ``path`` from ``offset`` as blob ``digest``."""
+        tap: Callable[[int, bytes], None] | None = None,
+        seal: Callable[[], str] | None = None,
+        give_up: Callable[[], bool] | None = None,
+    ) -> str | None:
+        """Upload ``size`` bytes of ``path`` from ``offset`` as a blob; returns its digest.
+
+        A blob of at most ``chunk`` bytes whose ``digest`` is known goes in one
+        ``PUT``; others in ``PATCH`` chunks, each resumed where the session
+        stands when it breaks. ``tap(offset, block)`` sees every block read
+        from the file (a block again after a resume); ``seal()``, called
+        before the closing ``PUT``, returns the digest when ``digest`` is
+        None, and may raise to abandon the upload (the session is deleted).
+        ``give_up()``, asked after every chunk, returns True when the blob
+        need not be sent after all (the registry turned out to have it): the
+        session is deleted and None returned.
+        """
         chunk = chunk or CHUNK
         scope = f"repository:{repo}:pull,push"
-        what = f"upload of {digest}"
+        what = f"upload of {digest or path}"
         loc = self._start_upload(repo)
-        if size <= chunk:
+        if digest is not None and size <= chunk:
             self.request(
                 "PUT",
                 with_query(loc, digest=digest),
                 scope=scope,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                body=lambda: FileRange(path, offset, size),
+                body=lambda: FileRange(path, offset, size, tap),
                 ok=(201,),
                 what=what,
             ).read()
             advance(progress, size)
-            return
+            return digest
         done = 0
         broken = 0
         while done < size:
             n = min(chunk, size - done)
             try:
-                resp = self._patch(loc, scope, path, offset + done, done, n, what)
+                resp = self._patch(loc, scope, path, offset + done, done, n, what, tap)
             except Broken:
                 broken += 1
                 if broken > self.retries:
+                    self._cancel(loc, scope)
                     raise OCIUnavailableError(
                         f"registry {self.registry} kept breaking the {what}"
                     ) from None
@@ -458,27 +471,63 @@ class RegistryClient:
                 advance(progress, resumed - done)
                 done = resumed
                 continue
+            except BaseException:
+                self._cancel(loc, scope)
+                raise
             loc = self._location(resp)
             advance(progress, n)
             done = range_end(resp, done + n)
+            try:
+                stop = give_up is not None and done < size and give_up()
+            except BaseException:
+                self._cancel(loc, scope)
+                raise
+            if stop:
+                self._cancel(loc, scope)
+                return None
+        try:
+            if seal is not None:
+                sealed = seal()
+                digest = digest or sealed
+            if digest is None:
+                raise ArtifactError(f"{what}: no digest to close the upload with")
+        except BaseException:
+            self._cancel(loc, scope)
+            raise
         self.request(
             "PUT",
             with_query(loc, digest=digest),
             scope=scope,
             headers={"Content-Length": "0"},
             ok=(201,),
-            what=what,
+            what=f"upload of {digest}",
         ).read()
+        return digest
+
+    def _cancel(self, loc: str, scope: str) -> None:
+        """Delete an upload session that will not be completed (else it expires unused)."""
+        with contextlib.suppress(Exception):
+            self.request(
+                "DELETE", loc, scope=scope, ok=(204, 404), what="cancel of an upload"
+            ).read()
 
     def _patch(
-        self, loc: str, scope: str, path: Any, at: int, start: int, n: int, what: str
+        self,
+        loc: str,
+        scope: str,
+        path: Any,
+        at: int,
+        start: int,
+        n: int,
+        what: str,
+        tap: Callable[[int, bytes], None] | None = None,
     ) -> http.client.HTTPResponse:
         headers = {
             "Content-Type": "application/octet-stream",
             "Content-Length": str(n),
             "Content-Range": f"{start}-{start + n - 1}",
         }
-        body = FileRange(path, at, n)
+        body = FileRange(path, at, n, tap)
         h = {"User-Agent": "modelvault", **headers}
         auth = self._auth_header(scope)
         if auth:
@@ -527,27 +576,73 @@ class RegistryClient:
         )
 
     def fetch_range(
-        self, repo: str, digest: str, fd: int, start: int, end: int, *, progress: Any = None
+        self,
+        repo: str,
+        digest: str,
+        fd: int,
+        start: int,
+        end: int,
+        *,
+        size: int,
+        progress: Any = None,
+        opened: Callable[[bool], None] | None = None,
+        wrote: Callable[[int], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> bool:
-        """Write bytes ``start..end`` of a blob at the same offsets of ``fd``.
+        """Write bytes ``start..end`` (inclusive) of a blob of ``size`` bytes at the same offsets of ``fd``.
 
-        Returns False when the registry ignored the range and sent the whole
-        blob from byte 0 (written in full): the caller need not fetch the rest.
-        A broken stream is resumed from the last byte received.
+        Returns False when the registry ignored the range of a request from
+        byte 0 and sent the whole blob (written in full): the caller need not
+        fetch the rest. A whole blob sent for a request from a later byte is
+        read past the bytes before it. A broken stream is resumed from the
+        last byte received. ``opened(ranged)`` is called once, when the first
+        response's status is known; ``wrote(pos)`` after every block, ``pos``
+        one past the last byte written; ``stop()`` true ends the transfer early.
         """
         pos = start
         broken = 0
+        first = True
+        whole = False
+        view = memoryview(bytearray(IO_BLOCK))
         while pos <= end:
+            if stop is not None and stop():
+                return True
             resp = self.open_blob(repo, digest, pos, end)
-            whole = resp.status == 200
-            if whole:
-                pos = 0
-                end = int(resp.getheader("Content-Length") or end + 1) - 1
+            skip = 0
+            if resp.status == 200:
+                declared = resp.getheader("Content-Length")
+                if declared and declared.isdigit() and int(declared) != size:
+                    resp.close()
+                    self._drop(self.scheme, self.registry)
+                    raise damaged(
+                        digest,
+                        f"{declared} bytes (expected {size})",
+                        where=f"blob {repo}@{digest} from {self.registry}",
+                    )
+                if first and start == 0:
+                    whole, end = True, size - 1
+                skip = pos
+            if first:
+                first = False
+                if opened is not None:
+                    opened(not whole)
             try:
-                for block in blocks(resp):
-                    os.pwrite(fd, block, pos)
-                    pos += len(block)
-                    advance(progress, len(block))
+                while skip > 0:
+                    n = _read_into(resp, view[: min(len(view), skip)])
+                    if not n:
+                        break
+                    skip -= n
+                while skip == 0 and pos <= end:
+                    n = _read_into(resp, view[: min(len(view), end + 1 - pos)])
+                    if not n:
+                        break
+                    os.pwrite(fd, view[:n], pos)
+                    pos += n
+                    advance(progress, n)
+                    if wrote is not None:
+                        wrote(pos)
+                    if stop is not None and stop():
+                        break
             except Broken:
                 broken += 1
                 if broken > self.retries:
@@ -556,12 +651,21 @@ class RegistryClient:
                     ) from None
                 self._drop(self.scheme, self.registry)
                 continue
-            if pos <= end:  # the body ended early without an error: resume as well
+            if not resp.isclosed():  # more sent than asked for (a whole blob), or stopped
+                resp.close()
+                self._drop(self.scheme, self.registry)
+            if pos <= end and not (stop is not None and stop()):
+                # the body ended early without an error: resume as well
                 broken += 1
                 if broken > self.retries:
                     raise OCIUnavailableError(
                         f"registry {self.registry} kept ending the download of {digest} early"
                     )
-            if whole:
-                return False
-        return True
+        return not whole
+
+
+def _read_into(resp: http.client.HTTPResponse, view: memoryview) -> int:
+    try:
+        return resp.readinto(view)
+    except (OSError, http.client.HTTPException) as exc:
+        raise Broken(str(exc)) from exc

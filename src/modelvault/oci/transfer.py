@@ -1,38 +1,47 @@
 """Push a version to an OCI registry, and pull one from it into the vault.
 
 push: resolve the version; open each variant through the load pipeline (its
-manifest verified against the registry's digest); read every blob once,
-hashing it with BLAKE3 (checked against the manifest) and sha256 (the name
-OCI gives it); then, in parallel, skip the blobs the repository has (``HEAD``),
-mount the ones another repository of the registry holds, upload the rest;
-the manifests go last, the tag last of all.
+manifest verified against the registry's digest); then, in parallel, largest
+first, each blob once: a small one is hashed (BLAKE3, checked against the
+manifest, and sha256, the name OCI gives it, in one read), skipped when the
+repository has it (``HEAD``), mounted when another repository of the registry
+holds it, else sent in one ``PUT``; a large one whose sha256 is remembered
+from an earlier push or pull is asked for first and, if it must be sent,
+hashed while it is sent (:class:`HashingTap`); a large one never hashed here
+is hashed beside its upload, which is abandoned if the registry turns out to
+have it. The BLAKE3 is checked before an upload is completed.
+The manifests go last, the tag last of all.
 
 pull: fetch the manifest (or index) the tag names, check its sha256, refuse
 anything that is not a model artifact; download every layer the store lacks
-into a private directory, in parallel ranged parts; check each layer's sha256
-and BLAKE3; only then put the blobs and manifests in the store and register
-the version, in one registry transaction. A failure at any point registers
-nothing and leaves nothing in the cache directory.
+in parallel ranged parts straight into the store's staging directory, both
+digests computed as the bytes land (:mod:`.download`); check each layer's
+sha256 and BLAKE3; only then let the store adopt the files and register the
+version, in one registry transaction. A failure at any point registers
+nothing and leaves nothing in the store's staging directory or the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ..digest import damaged, digest_bytes, new_hasher
+from ..digest import damaged, digest_bytes
 from ..errors import ArtifactError, ArtifactNotFoundError, InvalidArgumentError, UnsafePathError
 from ..formats.manifest import Manifest
 from ..maintenance import PushLease
+from ..storage._io import remove_quietly
+from ._hashing import HashingTap
 from .client import CHUNK, MAX_MANIFEST_BYTES, RegistryClient, read_all, with_query
+from .download import Layer, download
 from .layout import (
     A_DIGEST,
     A_NAME,
@@ -58,7 +67,11 @@ if TYPE_CHECKING:
 
 __all__ = ["OCIPullResult", "OCIPushResult", "pull_version", "push_version"]
 
-_HASH_BLOCK = 8 * 1024 * 1024
+_READ_BLOCK = 4 * 1024 * 1024
+# Pull parts: small enough that the first byte not yet written (where the
+# hashes wait) advances at the speed of all parts together, large enough
+# that a request's round trip is noise.
+_PULL_PART = 16 * 1024 * 1024
 _MAX_CONFIG = 4 * 1024 * 1024
 _MOUNT_HINTS = 20_000
 
@@ -93,20 +106,27 @@ class OCIPullResult:
 
 
 def hash_both(path: Path, offset: int, size: int) -> tuple[str, str]:
-    """(sha256, blake3) of ``size`` bytes of ``path`` from ``offset``, in one read."""
-    sha = hashlib.sha256()
-    b3 = new_hasher("blake3")
-    left = size
-    with open(path, "rb") as f:
-        f.seek(offset)
-        while left > 0:
-            block = f.read(min(_HASH_BLOCK, left))
-            if not block:
-                raise damaged("", f"{size - left} bytes", where=str(path))
-            sha.update(block)
-            b3.update(block)
-            left -= len(block)
-    return f"sha256:{sha.hexdigest()}", b3.digest_str()
+    """(sha256, blake3) of ``size`` bytes of ``path`` from ``offset``: one read, two hashing threads."""
+    if size <= _READ_BLOCK:  # small: not worth two threads
+        with open(path, "rb", buffering=0) as f:
+            data = os.pread(f.fileno(), size, offset)
+        if len(data) != size:
+            raise damaged("", f"{len(data)} bytes", where=str(path))
+        return digest_bytes(data, "sha256"), digest_bytes(data, "blake3")
+    tap = HashingTap(offset, size)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            pos = offset
+            while pos < offset + size:
+                block = os.pread(f.fileno(), min(_READ_BLOCK, offset + size - pos), pos)
+                if not block:
+                    raise damaged("", f"{pos - offset} bytes", where=str(path))
+                tap(pos, block)
+                pos += len(block)
+        got = tap.digests()
+        return got["sha256"], got["blake3"]
+    finally:
+        tap.close()
 
 
 # ---------------------------------------------------------------------------
@@ -145,6 +165,39 @@ def _save_hints(registry: str, repo: str, digests: Sequence[str]) -> None:
         pass
 
 
+def _shas_path() -> Path:
+    from ..config import settings
+
+    return settings().cache_dir / "oci-sha256.json"
+
+
+def _load_shas() -> dict[str, str]:
+    """blake3 -> sha256 of blobs pushed or pulled before: lets a push ask before it reads."""
+    try:
+        data = json.loads(_shas_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_shas(pairs: Iterable[tuple[str, str]]) -> None:
+    # A hint as well: its entries are only sha256s computed here while pushing
+    # or verified while pulling; a lost one costs a push the question (HEAD)
+    # before sending a large blob, never a byte of it.
+    try:
+        known = _load_shas()
+        known.update(pairs)
+        while len(known) > _MOUNT_HINTS:
+            known.pop(next(iter(known)))
+        path = _shas_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------------------
 # push
 
@@ -171,66 +224,110 @@ def push_version(
     tag = ref.tag or tag_for_version(info.version)
     description = getattr(info, "description", None)
     client = client or RegistryClient(ref.registry, plain_http=plain_http)
-    plans: list[VariantPlan] = []
-    kinds: list[str] = []
-    files: dict[str, tuple[Path, int, int]] = {}
-    datas: dict[str, bytes] = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for variant in info.variants:
-            source = vault.pipeline.open(variant)
-            m = source.manifest
-            locs = [source.locate(i) for i in range(len(m.blobs))]
+    repo = ref.repository
+    opened: list[tuple[Any, Manifest]] = []
+    files: dict[str, tuple[Path, int, int]] = {}  # blake3 -> where the store holds it
+    for variant in info.variants:
+        source = vault.pipeline.open(variant)
+        m = source.manifest
+        opened.append((variant, m))
+        for i, blob in enumerate(m.blobs):
+            if blob.digest not in files:
+                loc = source.locate(i)
+                files[blob.digest] = (loc.path, loc.offset, loc.size)
+    result = OCIPushResult(str(ref.with_target(tag=tag)), "", "", len(opened))
+    mounts = _load_hints().get(ref.registry, {})
+    known = _load_shas()
+    shas: dict[str, str] = {}  # blake3 -> sha256 of what is now in the repository
 
-            def one(i: int, m: Manifest = m, locs: list[Any] = locs) -> str:
-                sha, b3 = hash_both(locs[i].path, locs[i].offset, locs[i].size)
-                if b3 != m.blobs[i].digest:  # the store's copy is damaged
-                    raise damaged(m.blobs[i].digest, b3, where=str(locs[i].path))
-                return sha
+    def present(sha: str) -> str | None:
+        if client.blob_size(repo, sha) is not None:
+            return "skipped"
+        other = mounts.get(sha)
+        if other and other != repo and client.mount_blob(repo, sha, other):
+            return "mounted"
+        return None
 
-            shas = list(pool.map(one, range(len(m.blobs))))
-            plan = build_manifest(m, shas, info.model, info.version, variant.kind, description)
-            plans.append(plan)
-            kinds.append(variant.kind)
-            for lp in plan.layers:
-                if lp.blob_index is not None:
-                    loc = locs[lp.blob_index]
-                    files[lp.descriptor.digest] = (loc.path, loc.offset, loc.size)
-                elif lp.data is not None:
-                    datas[lp.descriptor.digest] = lp.data
-            datas[plan.config_descriptor.digest] = plan.config
-        result = OCIPushResult(str(ref.with_target(tag=tag)), "", "", len(plans))
-        hints = _load_hints().get(ref.registry, {})
-        repo = ref.repository
-        if progress is not None:
-            progress.start(sum(s for _, _, s in files.values()), f"push {repo}:{tag}")
-
-        def send(sha: str) -> tuple[str, int]:
-            size = files[sha][2] if sha in files else len(datas[sha])
-            if client.blob_size(repo, sha) is not None:
-                return "skipped", 0
-            other = hints.get(sha)
-            if other and other != repo and client.mount_blob(repo, sha, other):
-                return "mounted", 0
-            if sha in files:
-                path, offset, _ = files[sha]
-                client.upload_blob(repo, sha, path, offset, size, progress=progress)
-            else:
-                client.request(
-                    "PUT",
-                    _monolithic(client, repo, sha),
-                    scope=f"repository:{repo}:pull,push",
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Length": str(size),
-                    },
-                    body=datas[sha],
-                    ok=(201,),
-                    what=f"upload of {sha}",
-                ).read()
+    def send_file(b3: str) -> tuple[str, int]:
+        path, offset, size = files[b3]
+        sha = known.get(b3)
+        if sha is None and size <= CHUNK:  # small: hash first, then ask, then one PUT
+            sha, got = hash_both(path, offset, size)
+            if got != b3:  # the store's copy is damaged
+                raise damaged(b3, got, where=str(path))
+            if outcome := present(sha):
+                shas[b3] = sha
+                return outcome, 0
+            client.upload_blob(repo, sha, path, offset, size, progress=progress)
+            shas[b3] = sha
             return "uploaded", size
+        if sha is not None:
+            # Remembered from an earlier push or pull: ask first; if it must be
+            # sent, hash it as it is read for sending (one pass), the BLAKE3
+            # checked before the upload is completed.
+            if outcome := present(sha):
+                shas[b3] = sha
+                return outcome, 0
+            tap = HashingTap(offset, size)
+            try:
+                shas[b3] = str(
+                    client.upload_blob(
+                        repo,
+                        None,
+                        path,
+                        offset,
+                        size,
+                        progress=progress,
+                        tap=tap,
+                        seal=lambda: tap.seal(b3, str(path)),
+                    )
+                )
+            finally:
+                tap.close()
+            return "uploaded", size
+        # Large and never hashed here: the hash runs beside the upload, and the
+        # moment it is known the registry is asked; a blob it has already is
+        # abandoned then (the session deleted) instead of sent to the end.
+        hashed = hash_pool.submit(hash_both, path, offset, size)
+        asked: list[str | None] = []
 
-        every = list(dict.fromkeys([*files, *datas]))
-        for outcome, sent in pool.map(send, every):
+        def digests() -> str:
+            sha, got = hashed.result()
+            if got != b3:  # the store's copy is damaged: the upload is abandoned
+                raise damaged(b3, got, where=str(path))
+            return sha
+
+        def give_up() -> bool:
+            if not hashed.done():
+                return False
+            if not asked:
+                asked.append(present(digests()))
+            return asked[0] is not None
+
+        sent = client.upload_blob(
+            repo, None, path, offset, size, progress=progress, seal=digests, give_up=give_up
+        )
+        shas[b3] = digests()
+        if sent is None:
+            return str(asked[0]), 0
+        return "uploaded", size
+
+    def send_data(sha: str, data: bytes) -> tuple[str, int]:
+        if outcome := present(sha):
+            return outcome, 0
+        client.request(
+            "PUT",
+            _monolithic(client, repo, sha),
+            scope=f"repository:{repo}:pull,push",
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
+            body=data,
+            ok=(201,),
+            what=f"upload of {sha}",
+        ).read()
+        return "uploaded", len(data)
+
+    def count(outcomes: Sequence[tuple[str, int]]) -> None:
+        for outcome, sent in outcomes:
             result.bytes_uploaded += sent
             if outcome == "skipped":
                 result.blobs_skipped += 1
@@ -238,8 +335,38 @@ def push_version(
                 result.blobs_mounted += 1
             else:
                 result.blobs_uploaded += 1
+
+    if progress is not None:
+        progress.start(sum(s for _, _, s in files.values()), f"push {repo}:{tag}")
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="oci-push-hash") as hash_pool,
+    ):
+        # the largest first, so that the longest upload is not the last to start
+        order = sorted(files, key=lambda d: -files[d][2])
+        count(list(pool.map(send_file, order)))
+        plans: list[VariantPlan] = []
+        kinds: list[str] = []
+        datas: dict[str, bytes] = {}
+        for variant, m in opened:
+            plan = build_manifest(
+                m,
+                [shas[b.digest] for b in m.blobs],
+                info.model,
+                info.version,
+                variant.kind,
+                description,
+            )
+            plans.append(plan)
+            kinds.append(variant.kind)
+            for lp in plan.layers:
+                if lp.blob_index is None and lp.data is not None:
+                    datas[lp.descriptor.digest] = lp.data
+            datas[plan.config_descriptor.digest] = plan.config
+        count(list(pool.map(lambda sha: send_data(sha, datas[sha]), list(datas))))
     if progress is not None:
         progress.finish()
+    every = [*shas.values(), *datas]
     if len(plans) == 1:
         body, media_type = plans[0].body, MANIFEST_MEDIA_TYPE
     else:
@@ -250,6 +377,7 @@ def push_version(
         body, media_type = build_index(plans, kinds, info.model, info.version), INDEX_MEDIA_TYPE
     client.put_manifest(repo, tag, body, media_type)
     _save_hints(ref.registry, repo, every)
+    _save_shas(shas.items())
     result.digest = digest_bytes(body, "sha256")
     result.media_type = media_type
     return result
@@ -298,48 +426,6 @@ def _small_blob(client: RegistryClient, repo: str, desc: Descriptor, limit: int)
             desc.digest, actual, where=f"blob {repo}@{desc.digest} from {client.registry}"
         )
     return data
-
-
-def _download(
-    client: RegistryClient,
-    repo: str,
-    items: Sequence[tuple[Descriptor, Path]],
-    pool: ThreadPoolExecutor,
-    progress: Any,
-) -> None:
-    """Fetch every layer to its path: first parts in parallel, then the rest of ranged ones."""
-    fds: dict[str, int] = {}
-    try:
-        for desc, path in items:
-            fds[desc.digest] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-
-        def first(desc: Descriptor) -> bool:
-            if desc.size == 0:
-                return False
-            end = min(CHUNK, desc.size) - 1
-            ranged = client.fetch_range(
-                repo, desc.digest, fds[desc.digest], 0, end, progress=progress
-            )
-            return ranged and desc.size > CHUNK
-
-        descs = [d for d, _ in items]
-        more = [d for d, go_on in zip(descs, pool.map(first, descs)) if go_on]
-        parts = [
-            (d, start, min(start + CHUNK, d.size) - 1)
-            for d in more
-            for start in range(CHUNK, d.size, CHUNK)
-        ]
-        list(
-            pool.map(
-                lambda p: client.fetch_range(
-                    repo, p[0].digest, fds[p[0].digest], p[1], p[2], progress=progress
-                ),
-                parts,
-            )
-        )
-    finally:
-        for fd in fds.values():
-            os.close(fd)
 
 
 def _safe_relpath(text: str) -> PurePosixPath:
@@ -399,60 +485,59 @@ def pull_version(
     tmp = Path(tempfile.mkdtemp(prefix=".oci-pull-", dir=cache_dir))
     result = OCIPullResult(str(ref), top_digest, name or "", version or "")
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            if native:
-                if not name or not version:
-                    raise ArtifactError(
-                        f"{ref} does not say which model version it is", hint="pass NAME:VERSION"
-                    )
-                validate_name("model", name)
-                version = str(SemVer.parse(version))
-                manifests = [_native_manifest(client, repo, im) for im in images]
-                from ..push import variant_input
+        if native:
+            if not name or not version:
+                raise ArtifactError(
+                    f"{ref} does not say which model version it is", hint="pass NAME:VERSION"
+                )
+            validate_name("model", name)
+            version = str(SemVer.parse(version))
+            manifests = [_native_manifest(client, repo, im) for im in images]
+            from ..push import variant_input
 
-                with PushLease(vault.registry, vault.store) as lease:
-                    _pull_native(
-                        vault, client, repo, images, manifests, tmp, pool, progress, result, lease
-                    )
-                    lease.keep_alive()
-                    info, created = vault.registry.register_version(
-                        name,
-                        version,
-                        [variant_input(m) for m in manifests],
-                        aliases=list(aliases),
-                        lease=lease.id,
-                    )
-                    if created:
-                        lease.handed_over()
-                if not created:
-                    for a in aliases:
-                        vault.registry.set_alias(name, a, info.version)
-                result.name, result.version, result.created = name, info.version, created
-                result.variants = [m.digest for m in manifests]
-            else:
-                if len(images) != 1:
-                    raise ArtifactError(
-                        f"{ref} is an index of {len(images)} manifests not written by modelvault; pull one of them by digest"
-                    )
-                pushed = _pull_foreign(
-                    vault,
-                    client,
-                    repo,
-                    images[0],
-                    tmp,
-                    pool,
-                    progress,
-                    result,
+            with PushLease(vault.registry, vault.store) as lease:
+                _pull_native(
+                    vault, client, repo, images, manifests, tmp, workers, progress, result, lease
+                )
+                lease.keep_alive()
+                info, created = vault.registry.register_version(
                     name,
                     version,
-                    aliases,
+                    [variant_input(m) for m in manifests],
+                    aliases=list(aliases),
+                    lease=lease.id,
                 )
-                result.name, result.version, result.created = (
-                    pushed.name,
-                    pushed.version,
-                    pushed.created,
+                if created:
+                    lease.handed_over()
+            if not created:
+                for a in aliases:
+                    vault.registry.set_alias(name, a, info.version)
+            result.name, result.version, result.created = name, info.version, created
+            result.variants = [m.digest for m in manifests]
+        else:
+            if len(images) != 1:
+                raise ArtifactError(
+                    f"{ref} is an index of {len(images)} manifests not written by modelvault; pull one of them by digest"
                 )
-                result.variants = [pushed.digest]
+            pushed = _pull_foreign(
+                vault,
+                client,
+                repo,
+                images[0],
+                tmp,
+                workers,
+                progress,
+                result,
+                name,
+                version,
+                aliases,
+            )
+            result.name, result.version, result.created = (
+                pushed.name,
+                pushed.version,
+                pushed.created,
+            )
+            result.variants = [pushed.digest]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
@@ -488,7 +573,7 @@ def _pull_native(
     images: Sequence[ImageManifest],
     manifests: Sequence[Manifest],
     tmp: Path,
-    pool: ThreadPoolExecutor,
+    workers: int,
     progress: Any,
     result: OCIPullResult,
     lease: PushLease,
@@ -506,30 +591,45 @@ def _pull_native(
                 result.blobs_skipped += ref.digest not in want
                 continue
             want[ref.digest] = d
-    items = [(d, tmp / f"{i:06d}.blob") for i, d in enumerate(want.values())]
-    if progress is not None:
-        progress.start(sum(d.size for d in want.values()), f"pull {repo}")
-    _download(client, repo, items, pool, progress)
-    if progress is not None:
-        progress.finish()
-
-    def check(item: tuple[str, tuple[Descriptor, Path]]) -> None:
-        b3_want, (d, path) = item
-        size = path.stat().st_size
-        if size != d.size:
-            raise damaged(d.digest, f"{size} bytes (expected {d.size})", where=f"{repo}@{d.digest}")
-        sha, b3 = hash_both(path, 0, d.size)
-        if sha != d.digest:
-            raise damaged(d.digest, sha, where=f"layer {repo}@{d.digest} from {client.registry}")
-        if b3 != b3_want:
-            raise damaged(b3_want, b3, where=f"layer {repo}@{d.digest} from {client.registry}")
-
-    list(pool.map(check, zip(want, items)))
-    # Everything verified: only now does anything reach the store (in parallel:
-    # a local store writes, fsyncs and re-hashes each blob).
-    list(pool.map(lambda it: store.put_file(it[0], it[1][1]), zip(want, items)))
-    result.blobs_downloaded = len(items)
-    result.bytes_downloaded = sum(d.size for d, _ in items)
+    # Written where the store adopts them from (its own directory for a local
+    # store: a rename, no copy), hashed as they arrive, checked, then adopted.
+    stage = store.staging_dir() or tmp
+    tag = uuid.uuid4().hex[:12]
+    layers = [Layer(d, stage / f".oci-{tag}-{i:06d}.part") for i, d in enumerate(want.values())]
+    try:
+        if progress is not None:
+            progress.start(sum(d.size for d in want.values()), f"pull {repo}")
+        try:
+            download(
+                client,
+                repo,
+                layers,
+                workers=workers,
+                part=min(CHUNK, _PULL_PART),
+                progress=progress,
+            )
+        finally:
+            if progress is not None:
+                progress.finish()
+        for b3_want, layer in zip(want, layers):
+            where = f"layer {repo}@{layer.desc.digest} from {client.registry}"
+            if layer.sha256 != layer.desc.digest:
+                raise damaged(layer.desc.digest, layer.sha256, where=where)
+            if layer.blake3 != b3_want:
+                raise damaged(b3_want, layer.blake3, where=where)
+        # Everything verified: only now does anything reach the store.
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # an fsync each: in parallel
+            list(
+                pool.map(
+                    lambda it: store.adopt(it[0], it[1].path, it[1].desc.size), zip(want, layers)
+                )
+            )
+    finally:
+        for layer in layers:
+            remove_quietly(layer.path)
+    result.blobs_downloaded = len(layers)
+    result.bytes_downloaded = sum(la.desc.size for la in layers)
+    _save_shas((b3, la.desc.digest) for b3, la in zip(want, layers))
     for m in manifests:
         if not lease.present(m.digest):
             store.put_bytes(m.digest, m.encode())
@@ -541,7 +641,7 @@ def _pull_foreign(
     repo: str,
     im: ImageManifest,
     tmp: Path,
-    pool: ThreadPoolExecutor,
+    workers: int,
     progress: Any,
     result: OCIPullResult,
     name: str | None,
@@ -561,7 +661,7 @@ def _pull_foreign(
             hint="pass NAME:VERSION",
         )
     root = tmp / "files"
-    items = []
+    items: list[Layer] = []
     for i, d in enumerate(im.layers):
         if not d.media_type.endswith(".raw"):
             raise ArtifactError(
@@ -574,19 +674,18 @@ def _pull_foreign(
         )
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        items.append((d, path))
-    if len({p for _, p in items}) != len(items):
+        items.append(Layer(d, path, want_blake3=False))
+    if len({la.path for la in items}) != len(items):
         raise ArtifactError(f"two layers of {repo} name the same file path")
-    _download(client, repo, items, pool, progress)
-
-    def check(item: tuple[Descriptor, Path]) -> None:
-        d, path = item
-        sha, _ = hash_both(path, 0, d.size)
-        if sha != d.digest or path.stat().st_size != d.size:
-            raise damaged(d.digest, sha, where=f"layer {repo}@{d.digest} from {client.registry}")
-
-    list(pool.map(check, items))
+    download(client, repo, items, workers=workers, part=min(CHUNK, _PULL_PART), progress=progress)
+    for la in items:
+        if la.sha256 != la.desc.digest:
+            raise damaged(
+                la.desc.digest,
+                la.sha256,
+                where=f"layer {repo}@{la.desc.digest} from {client.registry}",
+            )
     result.blobs_downloaded = len(items)
-    result.bytes_downloaded = sum(d.size for d, _ in items)
-    source = items[0][1] if len(items) == 1 else root
+    result.bytes_downloaded = sum(la.desc.size for la in items)
+    source = items[0].path if len(items) == 1 else root
     return vault.push(source, name, version, aliases=list(aliases))

@@ -20,6 +20,7 @@ Progress
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -33,7 +34,13 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from ..digest import CHUNK, iter_file_chunks, parse_digest
-from ..errors import InvalidArgumentError, StorageError, StorageFullError, StoreAccessError
+from ..errors import (
+    IntegrityError,
+    InvalidArgumentError,
+    StorageError,
+    StorageFullError,
+    StoreAccessError,
+)
 
 __all__ = [
     "BlobInfo",
@@ -269,6 +276,35 @@ class BlobStore(ABC):
 
         download_sequential(self, digest, Path(dest), progress=progress, verify=verify)
 
+    def staging_dir(self) -> Path | None:
+        """A directory where a caller may write a blob's file for :meth:`adopt` to publish.
+
+        A local store answers a directory of its own file system, so that
+        adopting is a rename, not a copy; a remote store answers None (write
+        the file anywhere: :meth:`adopt` then uploads it).
+        """
+        return None
+
+    def adopt(self, digest: str, path: str | os.PathLike[str], size: int) -> bool:
+        """Make the file at ``path``, which the caller has hashed to ``digest``, that blob.
+
+        The file is consumed: moved into place or, once stored, removed (also
+        when the blob was already present, then False is returned). A file of
+        another size raises IntegrityError and is removed. This generic
+        version stores it with :meth:`put_file` (verifying again, as a remote
+        store must); a local store renames a file of :meth:`staging_dir` into
+        place after one fsync, trusting the caller's hash (the loader hashes
+        every blob again as it reads it).
+        """
+        parse_digest(digest)
+        p = Path(path)
+        try:
+            check_adopted_size(p, digest, size)
+            return self.put_file(digest, p)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
     def local_path(self, digest: str) -> Path | None:
         """A path to read the blob in place, or None for a remote store."""
         parse_digest(digest)
@@ -306,6 +342,23 @@ class BlobStore(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
+def check_adopted_size(path: Path, digest: str, size: int) -> None:
+    """Refuse a file to adopt whose size is not the blob's (the caller's bookkeeping is wrong)."""
+    try:
+        got = path.stat().st_size
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"cannot adopt {path} as {digest}: no such file") from None
+    except OSError as exc:
+        raise os_error(exc, str(path), "reading") from exc
+    if got != size:
+        raise IntegrityError(
+            f"cannot adopt {path} as {digest}: it has {got} bytes, the blob {size}",
+            expected=digest,
+            actual=f"{got} bytes",
+            where=str(path),
+        )
+
+
 def _file_extent(path: Path, offset: int, length: int | None) -> int:
     """How many bytes ``put_file`` will read; refuse ranges past the end before any I/O."""
     try:
@@ -324,7 +377,7 @@ def _file_extent(path: Path, offset: int, length: int | None) -> int:
     return length
 
 
-__all__ += ["CHUNK", "fsync_dir", "temp_path_for"]
+__all__ += ["CHUNK", "check_adopted_size", "fsync_dir", "temp_path_for"]
 
 
 class RangeReader(Protocol):

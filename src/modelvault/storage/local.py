@@ -5,7 +5,10 @@ copied, fsynced, and then hard-linked into place: the link fails if another
 process published the same blob first, so exactly one writer wins, readers
 never see half a file, and a crash leaves at most a stray temporary file.
 Published blobs are read-only (0444); the loader reads them in place through
-:meth:`LocalStore.local_path`.
+:meth:`LocalStore.local_path`. A caller that wrote and hashed a blob's file
+itself (an OCI pull, in parallel ranged parts) writes it in
+:meth:`LocalStore.staging_dir` and hands it over with :meth:`LocalStore.adopt`:
+the same publication, without a second copy or hash.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..digest import ALGORITHMS, parse_digest
-from ..errors import BlobNotFoundError, InvalidArgumentError
+from ..errors import BlobNotFoundError, InvalidArgumentError, StorageError
 from ._io import copy_file_verified, remove_quietly, write_temp_verified
 from .base import (
     BlobInfo,
     BlobStore,
     Progress,
     blob_relpath,
+    check_adopted_size,
     check_range,
     fsync_dir,
     os_error,
@@ -108,6 +112,44 @@ class LocalStore(BlobStore):
         finally:
             if progress is not None:
                 progress.finish()
+        return self._publish(tmp, final)
+
+    def staging_dir(self) -> Path:
+        """``<root>/tmp/``: the store's own file system, so :meth:`adopt` is a rename."""
+        tmp_dir = self.root / "tmp"
+        try:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, str(self.root), "creating the store directory") from exc
+        return tmp_dir
+
+    def adopt(self, digest: str, path: str | os.PathLike[str], size: int) -> bool:
+        """Publish a file of :meth:`staging_dir` that the caller has hashed to ``digest``.
+
+        No copy and no second hash: one fsync of the file, then the same
+        hard link (or rename) into place as every write, and the directory
+        fsynced. A file elsewhere is stored the generic way (copied, hashed).
+        """
+        final = self._path(digest)
+        tmp = Path(path)
+        if tmp.parent.resolve() != (self.root / "tmp").resolve():
+            return super().adopt(digest, tmp, size)
+        try:
+            check_adopted_size(tmp, digest, size)
+            if final.exists():
+                remove_quietly(tmp)
+                return False
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            remove_quietly(tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+                raise os_error(exc, str(final), "publishing") from exc
+            raise
         return self._publish(tmp, final)
 
     def _publish(self, tmp: Path, final: Path) -> bool:
