@@ -458,8 +458,8 @@ def tune(size_gb: float, work: Path) -> None:
         from modelvault.formats._torch import cuda_blake3
 
         cuda_blake3._loaded.clear()
-        for chunk_mib in (4, 8, 16, 32):
-            for ring in (8, 16, 24, 32, 48):
+        for chunk_mib in (4, 8, 16) if hash_on_gpu == "1" else (8,):
+            for ring in (6, 8, 12, 16, 24) if hash_on_gpu == "1" else (8, 16):
                 ts = []
                 for _ in range(3):
                     t0 = time.perf_counter()
@@ -471,8 +471,6 @@ def tune(size_gb: float, work: Path) -> None:
                 s = statistics.median(ts)
                 print(f"gpu_hash={hash_on_gpu} chunk={chunk_mib:>2} MiB ring={ring:>2}: "
                       f"{s:.3f} s {total / s / 1e9:6.1f} GB/s", flush=True)  # fmt: skip
-            if hash_on_gpu == "0" and chunk_mib >= 8:
-                break
     os.environ.pop("MVAULT_GPU_HASH", None)
     shutil.rmtree(work / "tune", ignore_errors=True)
 

@@ -11,6 +11,7 @@
 #   tests  the gpu-marked tests plus the torch format and S3 streaming tests
 #   tune   the CUDA reader's ring/chunk sweep (printed only)
 #   load   benchmarks/gpu_load.py (GPU_SIZES, S3_SIZES)
+#   s3     benchmarks/gpu_load.py, the S3 rows alone (S3_SIZES)
 #   torch  benchmarks/torch_load_bench.py and vault_bench.py on cuda
 #   verify benchmarks/verify_cost.py --device cuda
 # Logs and JSON go to $OUT; copy the JSON into benchmarks/results/ and run
@@ -45,6 +46,9 @@ for stage in $STAGES; do
         s3=(); [ -n "${S3_SIZES:-2}" ] && s3=(--s3 --s3-sizes "${S3_SIZES:-2}")
         timeout "${LOAD_TIMEOUT:-420}" python3 benchmarks/gpu_load.py --sizes "${GPU_SIZES:-2,8,16}" "${s3[@]}" \
             --runs "${RUNS:-3}" --out "$OUT/gpu_load.json" 2>&1 | tee "$OUT/gpu_load.log" | tail -60 ;;
+    s3)
+        timeout "${S3_TIMEOUT:-200}" python3 benchmarks/gpu_load.py --no-local --s3 --s3-sizes "${S3_SIZES:-2}" \
+            --runs "${RUNS:-3}" --out "$OUT/gpu_load_s3.json" 2>&1 | tee "$OUT/gpu_load_s3.log" | tail -20 ;;
     torch)
         timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/torch_load_bench.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/torch_cuda.json" 2>&1 | tee "$OUT/bench-cuda.log" | tail -30
         timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/vault_bench.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/vault_cuda.json" 2>&1 | tee "$OUT/bench-vault-cuda.log" | tail -20 ;;

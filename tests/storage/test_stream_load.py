@@ -22,6 +22,7 @@ from modelvault import Vault  # noqa: E402
 from modelvault.errors import IntegrityError  # noqa: E402
 from modelvault.formats._torch.stream import load_tensors  # noqa: E402
 from modelvault.storage import BlobCache  # noqa: E402
+from modelvault.storage.cache import wait_for_fills  # noqa: E402
 
 pytestmark = pytest.mark.s3
 
@@ -84,6 +85,7 @@ def test_streamed_blobs_are_verified_and_cached_in_the_same_pass(vault: Vault) -
     assert len(digests) > 1
     assert not any(vault.cache.contains(d) for d in digests)  # not downloaded up front
     _same(load_tensors(source, torch.device("cpu"), mmap=False), sd)
+    assert wait_for_fills(60)  # the entries are committed off the load's path
     assert all(vault.cache.contains(d) for d in digests)
     from modelvault.digest import digest_file
 
@@ -100,6 +102,7 @@ def test_the_cache_can_be_skipped(vault: Vault) -> None:
     vault.push(sd, "m:1.0.0")
     source = _open(vault, "m:1.0.0", fill_cache=False)
     _same(load_tensors(source, torch.device("cpu"), mmap=False), sd)
+    assert wait_for_fills(60)
     assert not any(vault.cache.contains(d) for d in _tensor_blob_digests(source))
     assert not _stray_files(vault.cache)
 
@@ -153,6 +156,7 @@ def test_a_cuda_load_streams_from_s3_and_fills_the_cache(vault: Vault) -> None:
     out = vault.load("m:1.0.0", device="cuda")
     assert all(t.device.type == "cuda" for t in out.values())
     _same(out, sd)
+    assert wait_for_fills(60)
     assert all(vault.cache.contains(d) for d in _tensor_digests(vault, "m:1.0.0"))
     assert not _stray_files(vault.cache)
     _same(vault.load("m:1.0.0", device="cuda"), sd)  # warm: from the cache

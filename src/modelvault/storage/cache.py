@@ -27,6 +27,7 @@ read-only cache raises :class:`~modelvault.errors.StoreAccessError`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -51,7 +52,7 @@ from ..errors import (
 from ._io import copy_file_verified, remove_quietly, reserve_space
 from .base import BlobInfo, BlobStore, Progress, blob_relpath, fsync_dir, os_error, temp_path_for
 
-__all__ = ["BlobCache", "CachedStore", "default_cache"]
+__all__ = ["BlobCache", "CachedStore", "default_cache", "wait_for_fills"]
 
 # A temporary download older than this belongs to a process that died.
 _STALE_TEMP_SECONDS = 3600
@@ -370,12 +371,48 @@ class CacheFill:
             self._cache._evict(self._cache.max_bytes, keep={self.digest})
         return True
 
+    def commit_later(self) -> None:
+        """:meth:`commit` on a background thread: the load that verified the bytes need
+        not wait for the disk. The entry appears under its name once durable;
+        :func:`wait_for_fills` (also run at exit) waits for every pending one."""
+        with _fills_lock:
+            _pending_fills.add(self)
+        t = threading.Thread(target=self._commit_and_forget, name="mvault-cache-fill", daemon=True)
+        t.start()
+
+    def _commit_and_forget(self) -> None:
+        try:
+            self.commit()
+        finally:
+            with _fills_lock:
+                _pending_fills.discard(self)
+                _fills_lock.notify_all()
+
     def abort(self) -> None:
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
         remove_quietly(self._tmp)
+
+
+_fills_lock = threading.Condition()
+_pending_fills: set[CacheFill] = set()
+
+
+def wait_for_fills(timeout: float | None = None) -> bool:
+    """Wait until every cache fill committed in the background is in place; False on timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _fills_lock:
+        while _pending_fills:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            _fills_lock.wait(left)
+    return True
+
+
+atexit.register(wait_for_fills)
 
 
 def _unusable(exc: OSError, path: Path) -> StorageError:

@@ -388,7 +388,7 @@ def read_blobs_into(
         raise
     for p in pieces:
         if p.sink is not None:
-            p.sink.commit()
+            p.sink.commit_later()  # verified: made durable and visible off the load's path
 
 
 def _chunks(pieces: Sequence[Piece], chunk: int) -> list[tuple[int, int, int]]:
