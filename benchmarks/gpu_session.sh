@@ -12,7 +12,7 @@
 #   tune   the CUDA reader's ring/chunk sweep (printed only)
 #   load   benchmarks/gpu_load.py (GPU_SIZES, S3_SIZES)
 #   s3     benchmarks/gpu_load.py, the S3 rows alone (S3_SIZES)
-#   torch  benchmarks/torch_load_bench.py and vault_bench.py on cuda
+#   torch  benchmarks/torch_load_bench.py and vault_bench.py on cuda (torchload: the first alone)
 #   verify benchmarks/verify_cost.py --device cuda
 # Logs and JSON go to $OUT; copy the JSON into benchmarks/results/ and run
 # benchmarks/render_readme.py.
@@ -49,6 +49,8 @@ for stage in $STAGES; do
     s3)
         timeout "${S3_TIMEOUT:-200}" python3 benchmarks/gpu_load.py --no-local --s3 --s3-sizes "${S3_SIZES:-2}" \
             --runs "${RUNS:-3}" --out "$OUT/gpu_load_s3.json" 2>&1 | tee "$OUT/gpu_load_s3.log" | tail -20 ;;
+    torchload)
+        timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/torch_load_bench.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/torch_cuda.json" 2>&1 | tee "$OUT/bench-cuda.log" | tail -30 ;;
     torch)
         timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/torch_load_bench.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/torch_cuda.json" 2>&1 | tee "$OUT/bench-cuda.log" | tail -30
         timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/vault_bench.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/vault_cuda.json" 2>&1 | tee "$OUT/bench-vault-cuda.log" | tail -20 ;;

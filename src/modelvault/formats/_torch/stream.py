@@ -67,10 +67,12 @@ MAX_MAPS = 16_384
 #: Ring slots, and reads in flight: 8 x 16 MiB = 128 MiB of host memory.
 #: Several reads at once are what it takes to pull the page cache at full speed.
 RING = 8
-#: The pinned ring of a CUDA load when the device does the hashing: the host's
-#: cores only copy from the page cache then, and it takes about 16 reads in
-#: flight to reach the copy engine's speed (16 x 16 MiB = 256 MiB pinned).
-RING_CUDA = 16
+#: The pinned ring of a CUDA load: with the device hashing, the host's cores
+#: only copy from the page cache, and 12 reads of 8 MiB in flight (96 MiB
+#: pinned) came out fastest of the ring/chunk sweep on an H200 host
+#: (``benchmarks/gpu_load.py --tune``, 8 GB model: 35.9 GB/s; 16 x 16 MiB 34.4).
+RING_CUDA = 12
+CHUNK_CUDA = 8 * 1024 * 1024
 
 
 def stream_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,7 +112,7 @@ def load_tensors(
     source: ContainerSource,
     device: torch.device,
     *,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
     ring: int | None = None,
     mmap: bool = True,
 ) -> dict[str, torch.Tensor]:
@@ -126,6 +128,8 @@ def load_tensors(
     """
     if ring is None:
         ring = RING_CUDA if device.type == "cuda" else RING
+    if chunk is None:
+        chunk = CHUNK_CUDA if device.type == "cuda" else CHUNK
     manifest = source.manifest
     blobs = _tensor_blobs(source)
     repeats = _repeats(manifest)
