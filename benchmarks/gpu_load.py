@@ -509,23 +509,29 @@ def main() -> None:
         return
     rows: list[dict[str, Any]] = []
     memory: list[dict[str, Any]] = []
+    from modelvault.formats._torch import cuda_blake3
+
+    def save(monitor: Monitor) -> dict[str, Any]:
+        # After every size, so a run cut short still leaves what it measured.
+        machine = monitor.record()
+        machine["gpu"] = torch.cuda.get_device_name(0)
+        machine["torch"] = torch.__version__
+        machine["cuda"] = torch.version.cuda
+        reason = cuda_blake3.unavailable_reason(torch.device("cuda:0"))
+        machine["gpu_hashing"] = reason or "on the device"
+        write_report(args.out, "gpu_load", {"rows": rows, "memory": memory}, machine)
+        return machine
+
     with Monitor() as monitor:
         if not args.no_local:
             for size in sizes:
                 local_size(size, args.runs, work, rows, memory)
+                save(monitor)
         if args.s3:
             for size in [float(s) for s in args.s3_sizes.split(",") if s]:
                 s3_size(size, args.runs, work, rows)
-    from modelvault.formats._torch import cuda_blake3
-
-    machine = monitor.record()
-    machine["gpu"] = torch.cuda.get_device_name(0)
-    machine["torch"] = torch.__version__
-    machine["cuda"] = torch.version.cuda
-    machine["gpu_hashing"] = (
-        cuda_blake3.unavailable_reason(torch.device("cuda:0")) or "on the device"
-    )
-    write_report(args.out, "gpu_load", {"rows": rows, "memory": memory}, machine)
+                save(monitor)
+    machine = save(monitor)
     print(describe(machine))
     print(f"wrote {args.out}")
 

@@ -68,11 +68,12 @@ MAX_MAPS = 16_384
 #: Several reads at once are what it takes to pull the page cache at full speed.
 RING = 8
 #: The pinned ring of a CUDA load: with the device hashing, the host's cores
-#: only copy from the page cache, and 12 reads of 8 MiB in flight (96 MiB
-#: pinned) came out fastest of the ring/chunk sweep on an H200 host
-#: (``benchmarks/gpu_load.py --tune``, 8 GB model: 35.9 GB/s; 16 x 16 MiB 34.4).
-RING_CUDA = 12
-CHUNK_CUDA = 8 * 1024 * 1024
+#: only copy from the page cache, and 16 reads of 16 MiB in flight (256 MiB
+#: pinned) come near the best of the ring/chunk sweep on an H200 host
+#: (``benchmarks/gpu_load.py --tune``; the best setting moved between runs by
+#: a few GB/s, 16 x 16 MiB was never far from it).
+RING_CUDA = 16
+CHUNK_CUDA = 16 * 1024 * 1024
 
 
 def stream_options(options: Mapping[str, Any]) -> dict[str, Any]:
