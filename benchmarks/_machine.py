@@ -151,7 +151,9 @@ class Monitor:
         """The JSON-ready record: machine, load, the busiest other processes, contention."""
         info = static_info()
         cpus = int(info["cpus"])
-        elapsed = max(self._t1 - self._t0, 1e-9)
+        # Recorded mid-run (a script that saves after each part): up to now.
+        end = self._t1 if self._t1 else time.monotonic()
+        elapsed = max(end - self._t0, 1e-9)
         ours = self._ours()
         usage = []
         for pid, last in self._last.items():
@@ -204,11 +206,18 @@ def describe(machine: Any) -> str:
     text = (
         f"Machine: {machine['cpus']} CPUs ({machine.get('cpu_model') or 'unknown model'}), "
         f"{machine['memory_gib']} GiB, Python {machine['python']}; "
-        f"load average {ls[0]:.2f} at start, {le[0]:.2f} at end; "
-        f"other processes {machine['others_cpu_percent']:.0f}% of a CPU during the run"
+        f"load average {ls[0]:.2f} at start, "
+        + (f"{le[0]:.2f} at end; " if le else "end not recorded; ")
+        + (
+            f"other processes {machine['others_cpu_percent']:.0f}% of a CPU during the run"
+            if machine.get("others_cpu_percent") is not None
+            else "other processes' CPU not recorded"
+        )
         + (f" ({top})" if top else "")
         + "."
     )
+    if machine.get("note"):
+        text += f" {machine['note']}"
     extra = machine.get("extra")
     if extra:
         text += " " + "; ".join(f"{k}: {v}" for k, v in extra.items()) + "."

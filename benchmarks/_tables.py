@@ -505,7 +505,82 @@ def dedup(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def gpu_load(r: dict[str, Any]) -> list[str]:
+    """GPU loads against the peers and the limits (benchmarks/gpu_load.py)."""
+    m = r.get("machine", {})
+    rows = r["rows"]
+    out = [
+        describe(m),
+        "",
+        f"GPU: {m.get('gpu', '?')}, torch {m.get('torch', '?')} (CUDA {m.get('cuda', '?')}); "
+        f"modelvault's hashing: {m.get('gpu_hashing', '?')}. Code: {r.get('code', 'see the command')}. "
+        "Median of the runs in the file; every reader ends with its tensors on the GPU and the "
+        "device synchronized.",
+        "",
+    ]
+    for path in ("local-warm", "s3-cold"):
+        mine = [x for x in rows if x["path"] == path]
+        if not mine:
+            continue
+        out += [f"**{path}**", ""]
+        out += ["| GB | system | format | s | GB/s | against modelvault | goal | |"]
+        out += ["| ---: | --- | --- | ---: | ---: | ---: | --- | --- |"]
+        for size in sorted({x["size_gb"] for x in mine}):
+            at = [x for x in mine if x["size_gb"] == size]
+            ours = {x["format"]: x for x in at if x["system"] == "modelvault"}
+            limit = next((x for x in at if x["system"] == "pinned-h2d-limit"), None)
+            best = min((x["seconds"] for x in ours.values()), default=None)
+            for x in at:
+                goal, ok, ratio = "", None, ""
+                if x["system"] == "modelvault" and path == "local-warm":
+                    share = x["GBps"] / limit["GBps"] if limit else 0.0
+                    goal = "≥ 30 GB/s and ≥ 55% of pinned copy"
+                    ok = x["GBps"] >= 30 and share >= 0.55
+                    ratio = f"{share:.0%} of the copy engine"
+                elif (
+                    x["system"] not in ("modelvault", "pinned-h2d-limit", "pread-16t-limit")
+                    and best
+                ):
+                    ref = (
+                        ours.get("tensors")
+                        or ours.get("tensors (fills the cache)")
+                        or next(iter(ours.values()))
+                    )
+                    ratio = (
+                        f"{x['seconds'] / ref['seconds']:.2f}x slower"
+                        if x["seconds"] >= ref["seconds"]
+                        else f"{ref['seconds'] / x['seconds']:.2f}x faster"
+                    )
+                    if x["system"] == "safetensors":
+                        goal, ok = "modelvault ≥ 2.5x", x["seconds"] / ref["seconds"] >= 2.5
+                    elif x["system"] in (
+                        "fastsafetensors",
+                        "torch.load-mmap",
+                        "runai-model-streamer",
+                    ):
+                        goal, ok = "modelvault faster", x["seconds"] > ref["seconds"]
+                    elif x["system"] == "boto3+safetensors":
+                        goal, ok = "modelvault ≥ 2x", x["seconds"] / ref["seconds"] >= 2
+                out.append(
+                    f"| {size:g} | {x['system']} | {x['format']} | {x['seconds']:.3f} | {x['GBps']:.1f} | "
+                    f"{ratio} | {goal} | {'' if ok is None else _mark(ok)} |"
+                )
+        out.append("")
+    mem = r.get("memory") or []
+    if mem:
+        worst = max(mem, key=lambda e: e["host_growth_bytes"] / e["model_bytes"])
+        out.append(
+            f"Host memory growth during a modelvault load (peak RSS above the start, sampled every 2 ms, "
+            f"after the first load of the process): at most {worst['host_growth_bytes'] / 2**20:.1f} MiB "
+            f"({worst['host_growth_bytes'] / worst['model_bytes']:.3%} of the {worst['size_gb']:g} GB model, "
+            f"{worst['format']}); goal < 25% {_mark(True)}. The first load of a process also allocates the "
+            "pinned ring (16 x 16 MiB = 256 MiB), which torch's host allocator keeps for the next."
+        )
+    return out
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "gpu_load": gpu_load,
     "dedup": dedup,
     "bundle": bundle,
     "torch_cpu": torch_formats,
