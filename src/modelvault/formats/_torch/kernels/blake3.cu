@@ -122,15 +122,8 @@ MV_FN void mv_chunk(const uint8_t* data, uint64_t len, uint64_t c, int root, uin
             }
 #endif
         } else {
-            // A short last block: bytes past the input are zero (and never read).
-#pragma unroll
-            for (int i = 0; i < 16; i++) {
-                uint32_t w = 0;
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    if ((uint32_t)(4 * i + j) < blen) w |= (uint32_t)data[off + 4 * i + j] << (8 * j);
-                m[i] = w;
-            }
+            for (int i = 0; i < 16; i++) m[i] = 0;
+            for (uint32_t i = 0; i < blen; i++) m[i / 4] |= (uint32_t)data[off + i] << (8 * (i % 4));
         }
         uint32_t flags = (b == 0 ? MV_CHUNK_START : 0u) |
                          (b == nblocks - 1 ? MV_CHUNK_END | (root ? MV_ROOT : 0u) : 0u);
