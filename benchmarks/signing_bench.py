@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,8 +29,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+from _machine import Monitor  # noqa: E402
+from _runs import write_report  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
@@ -79,7 +81,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "signing.json")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="mvault-signbench-") as tmp:
+    with Monitor() as monitor, tempfile.TemporaryDirectory(prefix="mvault-signbench-") as tmp:
         root = Path(tmp)
         os.environ["MVAULT_HOME"] = str(root / "home")
         os.environ.pop("MVAULT_TRUST", None)
@@ -109,9 +111,9 @@ def main() -> None:
         load(True)  # warm the page cache and the imports on both sides
         load(False)
         on, off = [], []
-        for _ in range(args.runs):
-            on.append(load(True))
-            off.append(load(False))
+        for rnd in range(args.runs):  # on, off; off, on; ...: drift reaches both alike
+            for policy in (True, False) if rnd % 2 == 0 else (False, True):
+                (on if policy else off).append(load(policy))
 
         os.environ["MVAULT_TRUST"] = str(trust)
         config.reload()
@@ -128,7 +130,6 @@ def main() -> None:
 
     med_on, med_off = statistics.median(on), statistics.median(off)
     result: dict[str, Any] = {
-        "benchmark": "signing_bench",
         "bytes": size,
         "runs": args.runs,
         "load_with_policy_s": on,
@@ -139,16 +140,9 @@ def main() -> None:
         "check_only_median_s": statistics.median(checks),
         "check_only_pct_of_load": 100.0 * statistics.median(checks) / med_off,
         "target_pct": 2.0,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-            "loadavg": os.getloadavg(),
-        },
+        "torch": torch.__version__,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_report(args.out, "signing", result, monitor.record())
     print(json.dumps({k: result[k] for k in ("bytes", "overhead_pct", "check_only_median_s")}))
 
 
