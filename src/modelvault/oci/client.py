@@ -471,6 +471,19 @@ class RegistryClient:
                 advance(progress, resumed - done)
                 done = resumed
                 continue
+            except ArtifactNotFoundError:
+                # After a broken chunk, the registry may still have been taking in the
+                # cut request's bytes when it told us where the session stood, and then
+                # refuse the next chunk (BLOB_UPLOAD_INVALID): start a new session.
+                if not broken or broken > self.retries:
+                    self._cancel(loc, scope)
+                    raise
+                broken += 1
+                self._cancel(loc, scope)
+                loc = self._start_upload(repo)
+                advance(progress, -done)
+                done = 0
+                continue
             except BaseException:
                 self._cancel(loc, scope)
                 raise

@@ -377,3 +377,14 @@ def test_program_errors_are_modelvault_errors(saved, tmp_path: Path) -> None:
     notzip.write_bytes(b"PK\x03\x04" + bytes(60))
     with pytest.raises(FormatError):
         plugin.pack(notzip)
+
+
+def test_negative_tensor_size_is_refused(program) -> None:
+    from modelvault.formats._torch.graph_check import check_graph
+
+    doc = graph_doc(program)
+    values = doc["graph_module"]["graph"]["tensor_values"]
+    name = next(iter(values))
+    values[name]["sizes"] = [{"as_int": -1}, *values[name]["sizes"][1:]]
+    with pytest.raises(UnsafeGraphError, match="negative size -1"):
+        check_graph(json.dumps(doc).encode())

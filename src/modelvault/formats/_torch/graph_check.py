@@ -431,8 +431,11 @@ def _tensor_meta(graph: dict[str, Any]) -> dict[str, tuple[str | None, list[int 
             continue
         dtype = meta.get("dtype")
         sizes: list[int | None] = []
-        for s in meta.get("sizes") or []:
+        for k, s in enumerate(meta.get("sizes") or []):
             v = s.get("as_int") if isinstance(s, dict) else None
+            if type(v) is int and v < 0:
+                # No tensor has a negative dimension; torch would fail on it far from here.
+                raise _refuse(f"graph.tensor_values[{name!r:.60}].sizes[{k}]", f"negative size {v}")
             sizes.append(v if type(v) is int else None)
         out[name] = (SCALAR_TYPES.get(dtype) if type(dtype) is int else None, sizes)
     return out
