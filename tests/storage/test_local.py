@@ -89,3 +89,30 @@ def test_adopt_of_a_file_elsewhere_copies_and_verifies(tmp_path: Path) -> None:
     assert store.adopt(d, outside, len(data)) is True
     assert store.read_range(d, 0, len(data)) == data
     assert not outside.exists()
+
+
+def test_listing_skips_a_blob_deleted_while_its_directory_is_read(tmp_path: Path) -> None:
+    # Two collectors at once: one deletes a blob the other's listing has already
+    # seen in its directory, before it stats it. The listing goes on without it.
+    from modelvault.digest import digest_bytes
+
+    store = LocalStore(tmp_path)
+    by_prefix: dict[str, list[str]] = {}
+    i = 0
+    while not any(len(v) > 1 for v in by_prefix.values()):
+        data = f"blob {i}".encode()
+        d = digest_bytes(data)
+        store.put_bytes(d, data)
+        by_prefix.setdefault(d.split(":", 1)[1][:2], []).append(d)
+        i += 1
+    pair = next(v for v in by_prefix.values() if len(v) > 1)
+    listing = store.list()
+    seen = []
+    for info in listing:
+        seen.append(info.digest)
+        if info.digest in pair:
+            for other in pair:
+                if other != info.digest:
+                    store.delete(other)
+    every = {d for v in by_prefix.values() for d in v}
+    assert set(seen) <= every and len(seen) == len(every) - 1

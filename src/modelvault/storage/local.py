@@ -232,9 +232,12 @@ class LocalStore(BlobStore):
                         parse_digest(digest)
                     except ValueError:
                         continue  # not a blob (a stray file); never ours to list
-                    if entry.name[:2] != sub.name or not entry.is_file():
-                        continue
-                    st = entry.stat()
+                    try:
+                        if entry.name[:2] != sub.name or not entry.is_file():
+                            continue
+                        st = entry.stat()
+                    except FileNotFoundError:
+                        continue  # deleted since the directory was read (another gc)
                     yield BlobInfo(
                         digest, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc)
                     )
