@@ -55,19 +55,12 @@ sys.path.insert(0, str(HERE.parent))
 
 from _machine import Monitor, describe  # noqa: E402
 from _runs import Case, interleaved, load_report, write_report  # noqa: E402
+from torch_load_bench import _rss  # noqa: E402
 
 DIM = 8192  # each weight is DIM x DIM: 128 MiB in bf16, 256 MiB in fp32
 
 
 # -- memory ----------------------------------------------------------------------------------
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 class PeakRSS:
     """Peak resident memory above the start, sampled every 2 ms on a thread (untimed)."""
 
@@ -287,10 +280,7 @@ def local_size(
     from modelvault import Vault
     from modelvault.storage.local import LocalStore
 
-    tag = str(size_gb).replace(".", "_")
-    root = work / f"local-{tag}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    tag, root = _scratch(work, "local", size_gb)
     model, sd, x = build(size_gb)
     total = nbytes(sd)
     vault = Vault(registry=f"sqlite:///{root / 'registry.db'}", store=LocalStore(root / "store"))
@@ -336,6 +326,15 @@ def local_size(
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _scratch(work: Path, kind: str, size_gb: float) -> tuple[str, Path]:
+    """(tag for model names, an emptied scratch directory) of one size's rows."""
+    tag = str(size_gb).replace(".", "_")
+    root = work / f"{kind}-{tag}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    return tag, root
+
+
 def _row(
     path: str, system: str, fmt: str, size_gb: float, total: int, ts: list[float]
 ) -> dict[str, Any]:
@@ -368,10 +367,7 @@ def s3_size(size_gb: float, runs: int, work: Path, rows: list[dict[str, Any]]) -
     from modelvault.storage import BlobCache
     from modelvault.storage.s3 import S3Store
 
-    tag = str(size_gb).replace(".", "_")
-    root = work / f"s3-{tag}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    tag, root = _scratch(work, "s3", size_gb)
     _model, sd, _x = build(size_gb)
     total = nbytes(sd)
     with SeaweedS3(root / "weed") as server:
