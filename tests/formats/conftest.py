@@ -78,8 +78,17 @@ def assemble(
     manifest_digest: str | None = None,
     extents: list[list[int]] | None = None,
 ) -> bytes:
-    """Bundle bytes laid out by the specification, from parts the caller chooses."""
+    """Bundle bytes laid out by the specification, from parts the caller chooses.
+
+    From minor 2 a manifest given as a dict is deflated (zlib level 9), the
+    preamble flags it (0x2), and the header keeps ``P + P // 256 + 64`` bytes
+    for it, P being its msgpack length (docs/FORMAT.md section 15)."""
     mbytes = manifest if isinstance(manifest, bytes) else packb(manifest)
+    room = len(mbytes)
+    if minor >= 2 and not isinstance(manifest, bytes):
+        room = len(mbytes) + len(mbytes) // 256 + 64
+        mbytes = zlib.compress(mbytes, 9)
+        flags |= 0x2
     mdigest = manifest_digest or digest_bytes(mbytes)
 
     def layout(data_offset: int) -> list[list[int]]:
@@ -89,14 +98,14 @@ def assemble(
             pos = align(pos + len(b))
         return out
 
-    data_offset = align(64 + len(mbytes))
+    data_offset = align(64 + room)
     while True:  # the layout fixed point
         ext = extents if extents is not None else layout(data_offset)
         if isinstance(index, bytes):
             idx = index
         else:
             idx = packb(index if index is not None else {"blobs": ext, "manifest": mdigest})
-        need = align(64 + len(mbytes) + len(idx))
+        need = align(64 + room + len(idx))
         if need == data_offset:
             break
         data_offset = need

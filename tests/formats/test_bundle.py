@@ -263,7 +263,8 @@ def test_preamble_fields(tmp_path: Path) -> None:
     data = path.read_bytes()
     fields = struct.unpack("<8sHHIQQQQI8sI", data[:PREAMBLE_SIZE])
     magic, major, minor, flags, m_len, i_len, data_offset, file_len, _crc, reserved, _ = fields
-    assert (magic, major, minor, flags, reserved) == (b"\x89MVPK\r\n\x1a", 1, 1, 0, bytes(8))
+    # minor 2, flag 0x2: the manifest is deflated
+    assert (magic, major, minor, flags, reserved) == (b"\x89MVPK\r\n\x1a", 1, 2, 2, bytes(8))
     assert data[64 : 64 + m_len] == m.encode()
     assert data_offset == Bundle.open(path).extents[0][0] == 4096
     assert file_len == len(data)

@@ -180,9 +180,9 @@ def test_unknown_major_flags_and_reserved(tmp_path: Path) -> None:
     err = refuse(write(tmp_path / "v.mvpk", assemble(m, [blob], major=2)))
     assert isinstance(err, UnsupportedVersionError)
     assert "upgrade" in (err.hint or "")
-    err = refuse(write(tmp_path / "f.mvpk", assemble(m, [blob], flags=2)))
+    err = refuse(write(tmp_path / "f.mvpk", assemble(m, [blob], flags=4)))
     assert isinstance(err, UnsupportedVersionError)
-    assert "flags 0x2" in str(err) and "upgrade" in (err.hint or "")
+    assert "flags 0x4" in str(err) and "upgrade" in (err.hint or "")
     bad = bytearray(assemble(m, [blob]))
     bad[52] = 1
     err = refuse(write(tmp_path / "r.mvpk", fix_preamble_crc(bad)))
@@ -432,3 +432,31 @@ def test_files_payload_schema(tmp_path: Path, payload: dict[str, Any], match: st
     with pytest.raises(ManifestError, match=match):
         FilesPlugin().load(Bundle.open(path), dest=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_deflated_manifest_flag_and_room_must_agree(tmp_path: Path) -> None:
+    """Format 1.2: the preamble flags a deflated manifest, and the header keeps
+    room for it; every way the two disagree is refused, checksums all fixed up."""
+    blob = b"x" * 10
+    m = manifest_wire([blob_wire("r", blob)], format=[1, 2])
+    good = write(tmp_path / "ok.mvpk", assemble(m, [blob], minor=2))
+    assert Bundle.open(good).manifest.format_version == (1, 2)
+    data = good.read_bytes()
+    assert struct.unpack("<I", data[12:16])[0] == 2  # flags
+
+    no_flag = bytearray(data)
+    no_flag[12:16] = struct.pack("<I", 0)
+    err = refuse(write(tmp_path / "nf.mvpk", fix_preamble_crc(no_flag)))
+    assert isinstance(err, CorruptError) and "flag disagrees" in str(err)
+
+    plain = assemble(packb(m), [blob], minor=2, flags=2)  # plain bytes, flag set
+    err = refuse(write(tmp_path / "pf.mvpk", plain))
+    assert isinstance(err, CorruptError) and "flag disagrees" in str(err)
+
+    # the data moved one page on: lengths still consistent, the room is not
+    moved = bytearray(data)
+    (offset,) = struct.unpack("<Q", data[32:40])
+    moved[32:48] = struct.pack("<QQ", offset + 4096, len(data) + 4096)
+    moved[offset:offset] = bytes(4096)
+    err = refuse(write(tmp_path / "mv.mvpk", fix_preamble_crc(moved)))
+    assert isinstance(err, CorruptError) and "data offset" in str(err) and "disagrees" in str(err)

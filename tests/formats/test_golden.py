@@ -4,7 +4,8 @@
 ``golden/files.mvpk`` (a small tree through the ``files`` plugin) were written
 by format 1.0; ``golden/layout-1.1.mvpk`` and ``golden/files-1.1.mvpk`` by 1.1
 (tensors content-addressed: a blob per large tensor, loose small ones, a range
-shared by identical tensors). If a ``..._is_byte_identical`` test fails, the
+shared by identical tensors); ``golden/layout-1.2.mvpk`` and
+``golden/files-1.2.mvpk`` by 1.2 (the same containers, manifest deflated). If a ``..._is_byte_identical`` test fails, the
 format changed: that must be deliberate (a new minor or major version,
 docs/FORMAT.md updated), and the old files must still read. Regenerate a new
 golden file only for a new format version, never to make this test pass:
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -30,8 +32,10 @@ from .conftest import assemble, packb, small_draft
 
 GOLDEN = Path(__file__).parent / "golden" / "small.mvpk"
 GOLDEN_DIGEST = "blake3:a8b9d829870365bb5732a11f99d006d10953e42790437cf7c0aa5ae166fa7cc8"
-LAYOUT_GOLDEN = Path(__file__).parent / "golden" / "layout-1.1.mvpk"
-LAYOUT_DIGEST = "blake3:c523cebcc4d1ba3bd974ae7fb7783245654f190fe37efc2367c579dc69d84311"
+LAYOUT_GOLDEN_1_1 = Path(__file__).parent / "golden" / "layout-1.1.mvpk"
+LAYOUT_DIGEST_1_1 = "blake3:c523cebcc4d1ba3bd974ae7fb7783245654f190fe37efc2367c579dc69d84311"
+LAYOUT_GOLDEN = Path(__file__).parent / "golden" / "layout-1.2.mvpk"
+LAYOUT_DIGEST = "blake3:77369f5a61ed484aba5f4594cfb050a7882b1df265dbfa7a495090a91b40ebe4"
 #: 64 KiB of a fixed pattern: large enough to stand alone.
 BIG = bytes(range(256)) * 256
 
@@ -63,12 +67,20 @@ def test_writer_is_byte_identical(tmp_path: Path) -> None:
     assert out.read_bytes() == LAYOUT_GOLDEN.read_bytes()
 
 
-def test_committed_layout_golden_reads() -> None:
-    b = Bundle.open(LAYOUT_GOLDEN)
+@pytest.mark.parametrize(
+    ("golden", "version", "digest"),
+    [
+        (LAYOUT_GOLDEN_1_1, (1, 1), LAYOUT_DIGEST_1_1),
+        (LAYOUT_GOLDEN, (1, 2), LAYOUT_DIGEST),
+    ],
+    ids=["1.1", "1.2"],
+)
+def test_committed_layout_golden_reads(golden: Path, version: tuple[int, int], digest: str) -> None:
+    b = Bundle.open(golden)
     b.verify()
     m = b.manifest
-    assert b.digest == m.digest == LAYOUT_DIGEST
-    assert m.format_version == (1, 1)
+    assert b.digest == m.digest == digest
+    assert m.format_version == version
     assert [(r.role, r.size) for r in m.blobs] == [
         ("graph", 1200),
         ("tensors", 24),
@@ -105,7 +117,9 @@ def test_committed_golden_file_reads() -> None:
     assert b.read_blob(1) == b"graph bytes\n" * 100
 
 
-@pytest.mark.parametrize("golden", [GOLDEN, LAYOUT_GOLDEN], ids=["1.0", "1.1"])
+@pytest.mark.parametrize(
+    "golden", [GOLDEN, LAYOUT_GOLDEN_1_1, LAYOUT_GOLDEN], ids=["1.0", "1.1", "1.2"]
+)
 def test_specification_layout_matches_the_writer(golden: Path) -> None:
     """Bytes assembled from docs/FORMAT.md alone equal the golden file."""
     data = golden.read_bytes()
@@ -113,8 +127,9 @@ def test_specification_layout_matches_the_writer(golden: Path) -> None:
     manifest = Manifest.decode(data[64 : 64 + m_len])
     b = Bundle.open(golden)
     blobs = [b.read_blob(i) for i in range(len(manifest.blobs))]
-    assert packb(manifest.to_wire()) == data[64 : 64 + m_len]
     minor = manifest.format_version[1]
+    stored = data[64 : 64 + m_len]
+    assert packb(manifest.to_wire()) == (zlib.decompress(stored) if minor >= 2 else stored)
     assert assemble(manifest.to_wire(), blobs, minor=minor) == data
 
 
@@ -133,6 +148,7 @@ def test_a_1_0_container_written_again_is_the_same_file(tmp_path: Path) -> None:
 
 FILES_GOLDEN = Path(__file__).parent / "golden" / "files.mvpk"
 FILES_GOLDEN_1_1 = Path(__file__).parent / "golden" / "files-1.1.mvpk"
+FILES_GOLDEN_1_2 = Path(__file__).parent / "golden" / "files-1.2.mvpk"
 
 
 def _files_tree(root: Path) -> Path:
@@ -152,11 +168,13 @@ def test_files_container_is_byte_identical(tmp_path: Path) -> None:
     out = tmp_path / "files.mvpk"
     write_bundle(FilesPlugin().pack(_files_tree(tmp_path / "tree")), out)
     if os.environ.get("MVAULT_WRITE_GOLDEN") == "1":
-        FILES_GOLDEN_1_1.write_bytes(out.read_bytes())
-    assert out.read_bytes() == FILES_GOLDEN_1_1.read_bytes()
+        FILES_GOLDEN_1_2.write_bytes(out.read_bytes())
+    assert out.read_bytes() == FILES_GOLDEN_1_2.read_bytes()
 
 
-@pytest.mark.parametrize("golden", [FILES_GOLDEN, FILES_GOLDEN_1_1], ids=["1.0", "1.1"])
+@pytest.mark.parametrize(
+    "golden", [FILES_GOLDEN, FILES_GOLDEN_1_1, FILES_GOLDEN_1_2], ids=["1.0", "1.1", "1.2"]
+)
 def test_committed_files_container_unpacks(golden: Path, tmp_path: Path) -> None:
     b = Bundle.open(golden)
     b.verify()

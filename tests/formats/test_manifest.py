@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from dataclasses import replace
 from typing import Any
 
@@ -52,10 +53,10 @@ def test_decode_of_encode_is_identity() -> None:
 
 
 def test_wire_fields_match_specification() -> None:
-    wire = msgpack.unpackb(sample().encode())
+    wire = msgpack.unpackb(zlib.decompress(sample().encode()))
     assert list(wire) == sorted(wire)
     assert set(wire) == set(manifest_wire())
-    assert wire["format"] == [1, 1]
+    assert wire["format"] == [1, 2]
     assert set(wire["blobs"][0]) == {"digest", "media_type", "role", "size"}
     assert set(wire["tensors"][0]) == {
         "blob",
@@ -378,3 +379,103 @@ def test_manifest_conveniences() -> None:
     assert [i for i, _ in m.blobs_with_role("graph")] == [len(m.blobs) - 1]
     assert m.with_metadata(x=1).metadata["x"] == 1
     assert TensorEntry("t", "uint8", (2, 3), (3, 1), 0, 0, 6).numel == 6
+
+
+# -- deflated manifests (format 1.2) -------------------------------------------
+
+
+def _wire12(**fields: Any) -> dict[str, Any]:
+    return manifest_wire(format=[1, 2], **fields)
+
+
+def test_a_1_2_manifest_is_stored_deflated_and_read_back_with_its_bytes() -> None:
+    m = sample()
+    stored = m.encode()
+    assert manifest_mod.is_deflated(stored) and not manifest_mod.is_deflated(packb(m.to_wire()))
+    assert zlib.decompress(stored) == packb(m.to_wire())
+    assert m.plain_size == len(packb(m.to_wire())) > len(stored)
+    back = Manifest.decode(stored)
+    assert back == m and back.encode() == stored and back.digest == m.digest
+
+
+def test_another_deflater_s_stream_is_read_and_keeps_its_own_digest() -> None:
+    """Another zlib build (zlib-ng, another level) deflates the same msgpack to
+    other bytes: a reader accepts it, and the manifest keeps the digest of the
+    bytes it was read from, not of what this writer would have produced."""
+    m = sample()
+    plain = packb(m.to_wire())
+    other = zlib.compress(plain, 1)
+    assert other != m.encode()
+    back = Manifest.decode(other)
+    assert back == m
+    assert back.encode() == other and back.digest == digest_bytes(other) != m.digest
+
+
+def test_a_1_2_manifest_may_come_plain() -> None:
+    plain = packb(_wire12())
+    m = Manifest.decode(plain)
+    assert m.format_version == (1, 2) and m.encode() == plain
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: zlib.compress(p)[:-7], "truncated"),
+        (lambda p: zlib.compress(p) + b"\x00", "1 bytes after its zlib stream"),
+        (lambda p: zlib.compress(p)[:2] + b"\xff" * 40, "not a valid zlib stream"),
+        (lambda p: zlib.compress(p)[:-4] + b"\x00\x00\x00\x00", "not a valid zlib stream"),
+        (lambda p: zlib.compress(p + b"\x00"), "trailing bytes after its msgpack"),
+        (lambda p: zlib.compress(b"\x78"), "manifest must be a map"),
+    ],
+    ids=["truncated", "trailing-bytes", "garbage", "bad-adler32", "trailing-msgpack", "not-a-map"],
+)
+def test_broken_deflated_manifests_are_refused(make: Any, match: str) -> None:
+    with pytest.raises(ManifestError, match=match):
+        Manifest.decode(make(packb(_wire12())))
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few KiB that inflate to far past the limit: refused once the limit is
+    reached, never inflated in full (the output is capped, not checked after)."""
+    monkeypatch.setattr(manifest_mod, "LIMITS", replace(manifest_mod.LIMITS, manifest_bytes=1 << 20))
+    # a valid map header, then a 64 MiB string of zeros: deflates to about 64 KiB
+    big = b"\x81\xa1x\xdb" + struct.pack(">I", 64 << 20) + bytes(64 << 20)
+    bomb = zlib.compress(big, 9)
+    assert len(bomb) < 1 << 20
+    with pytest.raises(ManifestError, match="inflates past 1048576 bytes"):
+        Manifest.decode(bomb)
+
+
+def test_deflated_manifests_before_1_2_are_refused() -> None:
+    """A 1.1 reader cannot inflate: a deflated 1.0 or 1.1 manifest would be one it
+    calls damaged, so no writer may produce one and no reader accepts one."""
+    for minor in (0, 1):
+        with pytest.raises(ManifestError, match=rf"format 1\.{minor} manifest is deflated"):
+            Manifest.decode(zlib.compress(packb(manifest_wire(format=[1, minor]))))
+
+
+def test_deflated_but_not_canonical_inside_is_refused() -> None:
+    """Checksums consistent, meaning the same, encoding not canonical: refused."""
+    wire = _wire12(metadata={"b": 1, "a": 2})
+    unsorted = msgpack.packb(wire, use_bin_type=True)  # keys in insertion order
+    assert unsorted != packb(wire)
+    with pytest.raises(ManifestError, match="not canonically encoded"):
+        Manifest.decode(zlib.compress(unsorted))
+
+
+def test_a_hostile_manifest_is_refused_the_same_deflated_or_plain() -> None:
+    """The schema check runs on what is inside: deflating changes nothing."""
+    bad = _wire12(tensors=[{"blob": 0, "dtype": "float32", "name": "w", "nbytes": 4,
+                            "offset": 0, "shape": [1], "strides": [1]}])
+    for data in (packb(bad), zlib.compress(packb(bad))):
+        with pytest.raises(ManifestError, match="blob index 0 is out of range"):
+            Manifest.decode(data)
+
+
+def test_the_deflated_manifest_s_first_byte_never_reads_as_msgpack_map() -> None:
+    for cinfo in range(8):
+        cmf = cinfo << 4 | 8
+        for flg in range(256):
+            data = bytes([cmf, flg])
+            if manifest_mod.is_deflated(data):
+                assert data[0] < 0x80  # a msgpack positive fixint, never a map

@@ -19,6 +19,7 @@ from ..errors import CorruptError, InvalidArgumentError
 from .manifest import LIMITS, encode_msgpack
 
 __all__ = [
+    "FLAG_DEFLATED_MANIFEST",
     "FLAG_SIGNATURES",
     "KNOWN_FLAGS",
     "MAX_SIGNATURES",
@@ -31,7 +32,11 @@ __all__ = [
 
 #: Preamble flag: the index carries ``signatures``.
 FLAG_SIGNATURES = 0x1
-KNOWN_FLAGS = FLAG_SIGNATURES
+#: Preamble flag: the manifest is deflated (format 1.2 and later). A 1.1 reader
+#: does not know the flag, so it refuses such a bundle as newer ("upgrade")
+#: instead of calling its manifest damaged msgpack.
+FLAG_DEFLATED_MANIFEST = 0x2
+KNOWN_FLAGS = FLAG_SIGNATURES | FLAG_DEFLATED_MANIFEST
 #: Signatures one bundle may carry (each at most ``LIMITS.string`` bytes).
 MAX_SIGNATURES = 64
 

@@ -46,6 +46,7 @@ from ..errors import (
     UnsupportedVersionError,
 )
 from ._bundle_index import (
+    FLAG_DEFLATED_MANIFEST,
     FLAG_SIGNATURES,
     KNOWN_FLAGS,
     MAX_SIGNATURES,
@@ -64,7 +65,17 @@ from .container import (
     read_blob,
     remove_dirs,
 )
-from .manifest import FORMAT_VERSION, LIMITS, Manifest, align, decode_msgpack, encode_msgpack
+from .manifest import (
+    DEFLATED_FROM,
+    FORMAT_VERSION,
+    LIMITS,
+    Manifest,
+    align,
+    decode_msgpack,
+    deflate_reserve,
+    encode_msgpack,
+    is_deflated,
+)
 
 __all__ = [
     "FLAG_SIGNATURES",
@@ -199,7 +210,11 @@ def write_bundle(
     for b in draft.blobs:
         b.digest = None
     # Size the header with placeholder digests (this also validates every field).
-    manifest_len = len(probe_manifest(draft).encode())
+    # A deflated manifest's length depends on the digests: the header keeps room
+    # for any deflate of it (the msgpack's length does not depend on them).
+    probe = probe_manifest(draft)
+    deflated = probe.format_version >= DEFLATED_FROM
+    manifest_len = deflate_reserve(probe.plain_size) if deflated else len(probe.encode())
     sizes = [b.source.size for b in draft.blobs]
     if ref:
         try:
@@ -239,7 +254,7 @@ def write_bundle(
                 tmp.unlink()
                 return _write_deduplicated(draft, dest, progress, ref, sigs)
             manifest_bytes = manifest.encode()
-            if len(manifest_bytes) != manifest_len:
+            if (len(manifest_bytes) > manifest_len) if deflated else (len(manifest_bytes) != manifest_len):
                 raise AssertionError("manifest length changed after hashing")  # pragma: no cover
             index = encode_index(
                 digest_bytes(manifest_bytes, manifest.digest_algorithm), extents, ref, sigs
@@ -248,13 +263,14 @@ def write_bundle(
             f.seek(0)
             f.write(
                 _preamble(
-                    manifest_len,
+                    len(manifest_bytes),
                     index_len,
                     data_offset,
                     file_len,
                     zlib.crc32(index),
                     manifest.format_version[1],
-                    FLAG_SIGNATURES if sigs else 0,
+                    (FLAG_SIGNATURES if sigs else 0)
+                    | (FLAG_DEFLATED_MANIFEST if is_deflated(manifest_bytes) else 0),
                 )
             )
             f.write(manifest_bytes)
@@ -380,7 +396,11 @@ def _parse_preamble(pre: bytes) -> tuple[int, int, int, int, int, int, int]:
         )
     if not 0 < i_len <= MAX_INDEX:
         raise CorruptError(f"bundle says its index is {i_len} bytes; the limit is {MAX_INDEX}")
-    if data_offset != align(PREAMBLE_SIZE + m_len + i_len) or file_len < data_offset:
+    # A deflated manifest has room kept after it (checked once it is inflated).
+    header = align(PREAMBLE_SIZE + m_len + i_len)
+    if (data_offset < header if flags & FLAG_DEFLATED_MANIFEST else data_offset != header) or (
+        file_len < data_offset
+    ):
         raise CorruptError(
             f"bundle preamble's lengths and offsets disagree (data offset {data_offset}, "
             f"file length {file_len}, header {PREAMBLE_SIZE + m_len + i_len} bytes)"
@@ -420,7 +440,19 @@ def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
         raise CorruptError(
             f"bundle manifest is damaged: it hashes to {actual_digest}, the index says {expected_digest}"
         )
+    if bool(flags & FLAG_DEFLATED_MANIFEST) != is_deflated(manifest_bytes):
+        raise CorruptError(
+            "bundle preamble's deflated-manifest flag disagrees with its manifest bytes"
+        )
     manifest = Manifest.decode(manifest_bytes)
+    if flags & FLAG_DEFLATED_MANIFEST:
+        want = align(PREAMBLE_SIZE + deflate_reserve(manifest.plain_size) + i_len)
+        if data_offset != want:
+            raise CorruptError(
+                f"bundle preamble's data offset {data_offset} disagrees with its header: a "
+                f"{manifest.plain_size}-byte manifest (deflated to {m_len}) and a {i_len}-byte "
+                f"index put the data at {want}"
+            )
     if manifest.format_version[1] != minor:
         raise CorruptError(
             f"bundle preamble says format 1.{minor}, its manifest {manifest.format_version[0]}.{manifest.format_version[1]}"

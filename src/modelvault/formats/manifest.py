@@ -1,5 +1,9 @@
 """The manifest: what a container variant is, encoded with msgpack.
 
+From format 1.2 the stored manifest is that msgpack deflated (a zlib stream):
+per-tensor blob entries made manifests the largest thing a small change
+stores, and they compress about 3.5x.
+
 A manifest's digest is the variant's identity, so its encoding is canonical:
 maps are written with sorted keys, every field is always present, and only
 plain msgpack types are used (nil, bool, int, float, str, bin, array, map; no
@@ -15,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,6 +31,7 @@ from ..errors import ManifestError, UnsupportedVersionError
 
 __all__ = [
     "ALIGNMENT",
+    "DEFLATED_FROM",
     "DTYPE_SIZES",
     "FORMAT_VERSION",
     "LIMITS",
@@ -36,14 +42,23 @@ __all__ = [
     "align",
     "contiguous_strides",
     "decode_msgpack",
+    "deflate_reserve",
     "encode_msgpack",
+    "is_deflated",
 ]
 
 #: (major, minor) of the container format this code writes. A reader accepts
 #: any minor of a major it knows (minor bumps only add optional meaning).
 #: 1.1: tensors are content-addressed (one blob per large tensor, packs of small
 #: ones), and tensors with identical bytes may name the same byte range.
-FORMAT_VERSION = (1, 1)
+#: 1.2: the manifest is stored deflated (a zlib stream of its canonical msgpack).
+FORMAT_VERSION = (1, 2)
+#: The first minor whose manifests are stored deflated; earlier ones are plain msgpack.
+DEFLATED_FROM = (1, 2)
+#: zlib level of the writer. Readers accept any valid zlib stream (another zlib
+#: build may deflate the same bytes differently); what must be canonical is the
+#: msgpack inside, and a decoded manifest keeps the very bytes it was read from.
+DEFLATE_LEVEL = 9
 #: Tensors and bundle blobs start at multiples of this: mmap- and O_DIRECT-friendly.
 ALIGNMENT = 4096
 #: The largest dimension, stride or element count torch can index (int64).
@@ -197,7 +212,27 @@ class Manifest:
         }
 
     def encode(self) -> bytes:
-        """Canonical msgpack bytes. Validates first, so a bad manifest is never written."""
+        """The stored bytes: canonical msgpack, deflated from 1.2. Validates first,
+        so a bad manifest is never written. A manifest read by :meth:`decode`
+        encodes to the very bytes it was read from (so it keeps its digest)."""
+        stored = self.__dict__.get("_stored")
+        if stored is not None:
+            return stored  # type: ignore[no-any-return]
+        data = self._encode_plain()
+        if self.format_version >= DEFLATED_FROM:
+            data = zlib.compress(data, DEFLATE_LEVEL)
+        object.__setattr__(self, "_stored", data)  # frozen: the bytes never change
+        return data
+
+    @property
+    def plain_size(self) -> int:
+        """Length of the canonical msgpack before deflating (what limits apply to)."""
+        size = self.__dict__.get("_plain_size")
+        if size is None:
+            size = len(self._encode_plain())
+        return int(size)
+
+    def _encode_plain(self) -> bytes:
         _validate(self)
         data = encode_msgpack(self.to_wire())
         if len(data) > LIMITS.manifest_bytes:
@@ -205,6 +240,7 @@ class Manifest:
                 f"manifest is {len(data)} bytes; the limit is {LIMITS.manifest_bytes}",
                 hint="keep large data in blobs, not in metadata or payload",
             )
+        object.__setattr__(self, "_plain_size", len(data))
         return data
 
     @property
@@ -216,21 +252,33 @@ class Manifest:
     def decode(cls, data: bytes | bytearray | memoryview) -> Manifest:
         """Parse and validate manifest bytes. Raises a :class:`FormatError` subclass.
 
-        The bytes must be the canonical encoding of what they hold (what
-        :meth:`encode` would write), so one manifest has one digest.
+        The msgpack must be the canonical encoding of what it holds (what
+        :meth:`encode` would write). From 1.2 it may come deflated (what this
+        writer stores) or plain; an earlier manifest is never deflated.
         """
         if len(data) > LIMITS.manifest_bytes:
             raise ManifestError(
                 f"manifest is {len(data)} bytes; the limit is {LIMITS.manifest_bytes}"
             )
-        obj = decode_msgpack(data, what="manifest")
+        raw = bytes(data)
+        deflated = is_deflated(raw)
+        plain = _inflate(raw) if deflated else raw
+        obj = decode_msgpack(plain, what="manifest")
         m = _from_wire(obj)
-        if m.encode() != bytes(data):
+        if deflated and m.format_version < DEFLATED_FROM:
+            v = f"{m.format_version[0]}.{m.format_version[1]}"
+            raise ManifestError(
+                f"a format {v} manifest is deflated; only format 1.2 and later deflate "
+                "(a 1.1 reader could not read it)",
+                hint="docs/FORMAT.md section 15 says which versions deflate",
+            )
+        if m._encode_plain() != plain:
             raise ManifestError(
                 "manifest is not canonically encoded (map keys out of order, a non-minimal "
                 "integer or length, or a 32-bit float)",
                 hint="rewrite it with a conforming writer; docs/FORMAT.md gives the rules",
             )
+        object.__setattr__(m, "_stored", raw)
         return m
 
     # -- conveniences --------------------------------------------------------
@@ -281,6 +329,44 @@ def encode_msgpack(obj: Any) -> bytes:
     except UnicodeEncodeError as exc:
         raise ManifestError(f"a manifest string is not valid Unicode: {exc}") from None
     assert isinstance(out, bytes)
+    return out
+
+
+def deflate_reserve(plain_size: int) -> int:
+    """Room a bundle keeps for a deflated manifest whose msgpack is ``plain_size``
+    bytes: above any deflate stream's worst case (zlib's bound is about
+    ``n + n/3000 + 13``), so the header is laid out before the digests are known."""
+    return plain_size + (plain_size >> 8) + 64
+
+
+def is_deflated(data: bytes | bytearray | memoryview) -> bool:
+    """True when ``data`` starts with a zlib header (RFC 1950: deflate, no preset
+    dictionary, a valid check). A plain manifest starts with a msgpack map
+    (0x80-0x8f, 0xde, 0xdf); every zlib first byte (0x08-0x78) is a msgpack
+    positive integer, which no manifest is, so the two never overlap."""
+    if len(data) < 2:
+        return False
+    cmf, flg = data[0], data[1]
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and not flg & 0x20 and (cmf * 256 + flg) % 31 == 0
+
+
+def _inflate(data: bytes) -> bytes:
+    """Inflate a stored manifest, refusing a stream that is damaged, truncated,
+    followed by other bytes, or that would inflate past the manifest limit."""
+    d = zlib.decompressobj()
+    limit = LIMITS.manifest_bytes
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ManifestError(f"manifest is not a valid zlib stream: {exc}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise ManifestError(
+            f"manifest inflates past {limit} bytes, the limit (it is {len(data)} bytes deflated)"
+        )
+    if not d.eof:
+        raise ManifestError("manifest's zlib stream is truncated")
+    if d.unused_data:
+        raise ManifestError(f"manifest has {len(d.unused_data)} bytes after its zlib stream")
     return out
 
 
