@@ -437,7 +437,9 @@ def test_broken_deflated_manifests_are_refused(make: Any, match: str) -> None:
 def test_a_deflate_bomb_is_refused_without_inflating_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """A few KiB that inflate to far past the limit: refused once the limit is
     reached, never inflated in full (the output is capped, not checked after)."""
-    monkeypatch.setattr(manifest_mod, "LIMITS", replace(manifest_mod.LIMITS, manifest_bytes=1 << 20))
+    monkeypatch.setattr(
+        manifest_mod, "LIMITS", replace(manifest_mod.LIMITS, manifest_bytes=1 << 20)
+    )
     # a valid map header, then a 64 MiB string of zeros: deflates to about 64 KiB
     big = b"\x81\xa1x\xdb" + struct.pack(">I", 64 << 20) + bytes(64 << 20)
     bomb = zlib.compress(big, 9)
@@ -465,8 +467,19 @@ def test_deflated_but_not_canonical_inside_is_refused() -> None:
 
 def test_a_hostile_manifest_is_refused_the_same_deflated_or_plain() -> None:
     """The schema check runs on what is inside: deflating changes nothing."""
-    bad = _wire12(tensors=[{"blob": 0, "dtype": "float32", "name": "w", "nbytes": 4,
-                            "offset": 0, "shape": [1], "strides": [1]}])
+    bad = _wire12(
+        tensors=[
+            {
+                "blob": 0,
+                "dtype": "float32",
+                "name": "w",
+                "nbytes": 4,
+                "offset": 0,
+                "shape": [1],
+                "strides": [1],
+            }
+        ]
+    )
     for data in (packb(bad), zlib.compress(packb(bad))):
         with pytest.raises(ManifestError, match="blob index 0 is out of range"):
             Manifest.decode(data)

@@ -20,7 +20,7 @@ import pytest
 
 from modelvault import Vault, config
 from modelvault.errors import CorruptError, UntrustedError
-from modelvault.formats.bundle import FLAG_SIGNATURES, Bundle, write_bundle
+from modelvault.formats.bundle import FLAG_DEFLATED_MANIFEST, FLAG_SIGNATURES, Bundle, write_bundle
 from modelvault.formats.container import Draft, DraftBlob, FileSource
 from modelvault.formats.files import FilesPlugin
 from modelvault.registry.signatures import SIGNATURE_ROLE
@@ -86,7 +86,7 @@ def test_signatures_travel_in_the_bundle_and_verify_after_import(
     stored = {b.digest for b in variant.blobs if b.role == SIGNATURE_ROLE}
     opened = Bundle.open(bundle)
     assert {d for d, _ in opened.signatures} == stored
-    assert _flags(bundle) == FLAG_SIGNATURES
+    assert _flags(bundle) == FLAG_SIGNATURES | FLAG_DEFLATED_MANIFEST
     r = mvault("inspect", str(bundle), "--json")
     assert r.code == 0, r.err
     (sig,) = json.loads(r.out)["signatures"]
@@ -208,11 +208,12 @@ def test_bundles_without_signatures_still_import(
     plain = tmp_path / "plain.mvpk"
     assert mvault("export", "enc:1.0.0", str(plain)).code == 0
     assert mvault("sign", "enc:1.0.0", "--key", str(k.private)).code == 0
-    # Left out on request, the bundle is byte for byte the unsigned one: flags 0, old layout.
+    # Left out on request, the bundle is byte for byte the unsigned one: no
+    # signatures flag, old layout (0x2 only: its 1.2 manifest is deflated).
     stripped = tmp_path / "stripped.mvpk"
     r = mvault("export", "enc:1.0.0", str(stripped), "--no-signatures", "--json")
     assert r.code == 0 and json.loads(r.out)["signatures"] == 0
-    assert stripped.read_bytes() == plain.read_bytes() and _flags(plain) == 0
+    assert stripped.read_bytes() == plain.read_bytes() and _flags(plain) == FLAG_DEFLATED_MANIFEST
     assert "signatures" not in json.loads(mvault("inspect", str(plain), "--json").out)
 
     elsewhere("site")

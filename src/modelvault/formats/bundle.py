@@ -78,6 +78,7 @@ from .manifest import (
 )
 
 __all__ = [
+    "FLAG_DEFLATED_MANIFEST",
     "FLAG_SIGNATURES",
     "MAGIC",
     "MAX_SIGNATURES",
@@ -254,7 +255,11 @@ def write_bundle(
                 tmp.unlink()
                 return _write_deduplicated(draft, dest, progress, ref, sigs)
             manifest_bytes = manifest.encode()
-            if (len(manifest_bytes) > manifest_len) if deflated else (len(manifest_bytes) != manifest_len):
+            if (
+                (len(manifest_bytes) > manifest_len)
+                if deflated
+                else (len(manifest_bytes) != manifest_len)
+            ):
                 raise AssertionError("manifest length changed after hashing")  # pragma: no cover
             index = encode_index(
                 digest_bytes(manifest_bytes, manifest.digest_algorithm), extents, ref, sigs
@@ -446,12 +451,12 @@ def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
         )
     manifest = Manifest.decode(manifest_bytes)
     if flags & FLAG_DEFLATED_MANIFEST:
-        want = align(PREAMBLE_SIZE + deflate_reserve(manifest.plain_size) + i_len)
-        if data_offset != want:
+        data_at = align(PREAMBLE_SIZE + deflate_reserve(manifest.plain_size) + i_len)
+        if data_offset != data_at:
             raise CorruptError(
                 f"bundle preamble's data offset {data_offset} disagrees with its header: a "
                 f"{manifest.plain_size}-byte manifest (deflated to {m_len}) and a {i_len}-byte "
-                f"index put the data at {want}"
+                f"index put the data at {data_at}"
             )
     if manifest.format_version[1] != minor:
         raise CorruptError(
