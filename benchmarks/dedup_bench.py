@@ -1,11 +1,13 @@
-"""Bytes stored per experiment: tensor-level content addressing (format 1.1) vs one section (1.0).
+"""Bytes stored per experiment: tensor-level content addressing (format 1.1, and 1.2
+with its manifest deflated) vs one section (1.0).
 
 Every experiment pushes real models (built from their libraries' configs, random
 weights) through ``Vault.push`` into a fresh SQLite registry and local store, and
 counts the bytes the store holds afterwards: data blobs, and manifests apart
-(a manifest is one per variant, whatever the layout). Each runs twice on the
-same objects: with the 1.1 layout this code writes, and with the 1.0 layout
-(every tensor of a container in one blob) that it replaced.
+(a manifest is one per variant, whatever the layout). Each runs three times on
+the same objects: with the 1.2 writer this code is (a blob per large tensor,
+the manifest deflated), with the 1.1 one (the same blobs, the manifest plain
+msgpack), and with the 1.0 layout (every tensor of a container in one blob).
 
 Weights are randomised tensor by tensor (``randn * 0.02``), biases and norms
 included: a fresh ``__init__`` sets every bias to 0 and every norm to 1, and
@@ -98,9 +100,27 @@ def _one_section(self: Draft, builder: TensorSectionBuilder, role: str = "tensor
     return index
 
 
+def _plain_manifest(add: Callable[..., int | None]) -> Callable[..., int | None]:
+    """``add`` as it was before 1.2: the same layout, the manifest stored as plain msgpack."""
+
+    def wrapped(self: Draft, builder: TensorSectionBuilder, role: str = "tensors") -> int | None:
+        self.format_version = (1, 1)
+        return add(self, builder, role)
+
+    return wrapped
+
+
+#: The writers compared: this one, and the two it replaced.
+LAYOUTS = {
+    "1.2": _NEW_ADD,  # a blob per large tensor, packs of small ones, manifest deflated
+    "1.1": _plain_manifest(_NEW_ADD),  # the same blobs, manifest plain msgpack
+    "1.0": _plain_manifest(_one_section),  # every tensor in one blob, manifest plain
+}
+
+
 @contextlib.contextmanager
 def layout(name: str) -> Iterator[None]:
-    Draft.add_tensor_section = _one_section if name == "1.0" else _NEW_ADD  # type: ignore[method-assign]
+    Draft.add_tensor_section = LAYOUTS[name]  # type: ignore[method-assign]
     try:
         yield
     finally:
@@ -142,7 +162,7 @@ class Scratch:
 
 def _both(run: Callable[[Scratch], dict[str, Any]]) -> dict[str, Any]:
     out = {}
-    for name in ("1.1", "1.0"):
+    for name in LAYOUTS:
         s = Scratch()
         try:
             with layout(name):
