@@ -521,7 +521,9 @@ def dedup(r: dict[str, Any]) -> list[str]:
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     for what, old, mid, new, goal, ok in rows:
-        out.append(f"| {what} | {old} | {mid} | {new} | {goal} | {'' if ok is None else _mark(ok)} |")
+        out.append(
+            f"| {what} | {old} | {mid} | {new} | {goal} | {'' if ok is None else _mark(ok)} |"
+        )
     return out
 
 

@@ -54,6 +54,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import Monitor
+
 from modelvault import Vault
 from modelvault.formats.container import TENSORS_MEDIA_TYPE, Draft, DraftBlob, TensorSectionBuilder
 
@@ -452,14 +455,9 @@ def main() -> None:
     only = {x for x in args.only.split(",") if x}
     want = lambda name: not only or name in only  # noqa: E731
 
-    results: dict[str, Any] = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-            "torch": torch.__version__,
-        }
-    }
+    monitor = Monitor()
+    monitor.__enter__()
+    results: dict[str, Any] = {"machine": {}}
     if args.out.exists() and only:
         # Keep the other experiments' figures, each with the machine state it ran in.
         old = json.loads(args.out.read_text())
@@ -490,6 +488,12 @@ def main() -> None:
         results[key] = exp_load(gpt2, args.runs, args.device)  # type: ignore[arg-type]
         results[key]["load_average_after"] = os.getloadavg()
     results["published"] = PUBLISHED
+    monitor.__exit__(None, None, None)
+    results["machine"] = {
+        **monitor.record(),
+        "note": "Sizes, not times: the load does not change them.",
+        "extra": {"torch": torch.__version__, "platform": platform.platform()},
+    }
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

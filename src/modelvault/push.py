@@ -22,7 +22,7 @@ removes after a grace period.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "PushResult",
     "Upload",
     "attach_signatures",
+    "attach_variant_signatures",
     "phase",
     "register",
     "upload_bundle",
@@ -174,28 +175,43 @@ def upload_bundle(
 def attach_signatures(
     registry: Registry, store: BlobStore, result: PushResult, upload: Upload
 ) -> PushResult:
-    """Step 4: record the signatures a bundle carried against the variant just registered.
+    """Step 4: record the signatures a bundle carried against the variant just registered."""
+    result.signatures = attach_variant_signatures(
+        registry, store, result.name, result.version, result.digest, upload.signatures
+    )
+    return result
 
-    A lease of its own, as ``mvault sign`` takes: the first one was handed over by
+
+def attach_variant_signatures(
+    registry: Registry,
+    store: BlobStore,
+    name: str,
+    version: str,
+    manifest_digest: str,
+    signatures: Sequence[tuple[str, bytes]],
+) -> int:
+    """Store ``(digest, bundle)`` signatures and record them against one variant of a
+    registered version (from a bundle, an OCI pull); how many were new.
+
+    A lease of its own, as ``mvault sign`` takes: the push's was handed over by
     the registration, and a ``gc`` must not take a signature before its reference.
     """
     from .maintenance import PushLease
     from .signing import claimed_signer
 
-    if not upload.signatures:
-        return result
+    if not signatures:
+        return 0
     added = 0
     with PushLease(registry, store) as lease:
-        lease.protect([d for d, _ in upload.signatures])
-        for digest, data in upload.signatures:
-            if not lease.present(digest):  # a gc took it since step 2: store it again
+        lease.protect([d for d, _ in signatures])
+        for digest, data in signatures:
+            if not lease.present(digest):
                 store.put_bytes(digest, data)
             lease.keep_alive()
             added += registry.attach_signature(
-                result.name, result.version, result.digest, digest, len(data), claimed_signer(data)
+                name, version, manifest_digest, digest, len(data), claimed_signer(data)
             )
-    result.signatures = added
-    return result
+    return added
 
 
 def variant_input(manifest: Manifest) -> Any:

@@ -57,6 +57,7 @@ def run_oci_push(vault: Any, args: argparse.Namespace, ref: str, spec: str) -> i
             f"pushed {spec} to {x.reference} {x.digest}\n"
             f"  {x.variants} variant(s); uploaded {x.blobs_uploaded} blobs, "
             f"{human_size(x.bytes_uploaded)}; {x.blobs_skipped} already there, {x.blobs_mounted} mounted\n"
+            + (f"  {x.signatures} signature(s) as referrers\n" if x.signatures else "")
         )
 
     emit(r, as_json=args.json, human=human)
@@ -86,6 +87,7 @@ def run_oci_import(vault: Any, args: argparse.Namespace, ref: str, as_ref: str |
             f"{what} {x.name}:{x.version} from {x.reference} ({len(x.variants)} variant(s))\n"
             f"  downloaded {x.blobs_downloaded} blobs, {human_size(x.bytes_downloaded)}; "
             f"{x.blobs_skipped} already stored\n"
+            + (f"  {x.signatures} new signature(s) recorded\n" if x.signatures else "")
         )
 
     emit(r, as_json=args.json, human=human)

@@ -353,8 +353,11 @@ class RegistryClient:
                 raise damaged(named, actual, where=f"manifest {repo}:{target} from {self.registry}")
         return data, media_type
 
-    def put_manifest(self, repo: str, target: str, data: bytes, media_type: str) -> None:
-        self.request(
+    def put_manifest(
+        self, repo: str, target: str, data: bytes, media_type: str
+    ) -> http.client.HTTPMessage:
+        """Put a manifest; the response's headers (``OCI-Subject``, ``Location``...)."""
+        resp = self.request(
             "PUT",
             f"/v2/{repo}/manifests/{target}",
             scope=f"repository:{repo}:pull,push",
@@ -362,7 +365,9 @@ class RegistryClient:
             body=data,
             ok=(201, 200),
             what=f"manifest {repo}:{target}",
-        ).read()
+        )
+        resp.read()
+        return resp.headers
 
     # -- blobs: upload ----------------------------------------------------------------
     def blob_size(self, repo: str, digest: str) -> int | None:

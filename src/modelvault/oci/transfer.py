@@ -61,6 +61,7 @@ from .layout import (
     parse_index,
 )
 from .reference import Reference, parse_reference, tag_for_version
+from .referrers import fetch_signatures, push_signatures
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -88,6 +89,8 @@ class OCIPushResult:
     blobs_skipped: int = 0
     blobs_mounted: int = 0
     bytes_uploaded: int = 0
+    #: Signature referrers the variants have from modelvault after the push.
+    signatures: int = 0
 
 
 @dataclass
@@ -103,6 +106,8 @@ class OCIPullResult:
     blobs_downloaded: int = 0
     blobs_skipped: int = 0
     bytes_downloaded: int = 0
+    #: Signature bundles found as referrers and recorded with the version.
+    signatures: int = 0
 
 
 def hash_both(path: Path, offset: int, size: int) -> tuple[str, str]:
@@ -376,11 +381,43 @@ def push_version(
             )
         body, media_type = build_index(plans, kinds, info.model, info.version), INDEX_MEDIA_TYPE
     client.put_manifest(repo, tag, body, media_type)
+    result.signatures = _push_signatures(vault, client, repo, opened, plans, send_data)
     _save_hints(ref.registry, repo, every)
     _save_shas(shas.items())
     result.digest = digest_bytes(body, "sha256")
     result.media_type = media_type
     return result
+
+
+def _push_signatures(
+    vault: Vault,
+    client: RegistryClient,
+    repo: str,
+    opened: Sequence[tuple[Any, Manifest]],
+    plans: Sequence[VariantPlan],
+    send_data: Any,
+) -> int:
+    """Every stored signature of every variant, as referrers of its image manifest
+    (read back from the store and hashed first: a damaged one is not sent)."""
+    from ..signing import claimed_signer, variant_signatures
+
+    count = 0
+    for (variant, m), plan in zip(opened, plans):
+        sigs = variant_signatures(vault.store, variant)
+        if not sigs:
+            continue
+        subject = Descriptor(
+            MANIFEST_MEDIA_TYPE, digest_bytes(plan.body, "sha256"), len(plan.body), {}
+        )
+        count += push_signatures(
+            client,
+            repo,
+            subject,
+            m.digest,
+            [(d, data, claimed_signer(data)) for d, data in sigs],
+            send_data,
+        )
+    return count
 
 
 def _monolithic(client: RegistryClient, repo: str, sha: str) -> str:
@@ -493,7 +530,11 @@ def pull_version(
             validate_name("model", name)
             version = str(SemVer.parse(version))
             manifests = [_native_manifest(client, repo, im) for im in images]
-            from ..push import variant_input
+            # Signatures first: under a trust policy, what they say is checked
+            # before a byte of the weights is downloaded.
+            signatures = [fetch_signatures(client, repo, digest_bytes(b, "sha256")) for b in bodies]
+            _check_policy(name, version, manifests, signatures)
+            from ..push import attach_variant_signatures, variant_input
 
             with PushLease(vault.registry, vault.store) as lease:
                 _pull_native(
@@ -512,6 +553,10 @@ def pull_version(
             if not created:
                 for a in aliases:
                     vault.registry.set_alias(name, a, info.version)
+            for m, sigs in zip(manifests, signatures):
+                result.signatures += attach_variant_signatures(
+                    vault.registry, vault.store, name, info.version, m.digest, sigs
+                )
             result.name, result.version, result.created = name, info.version, created
             result.variants = [m.digest for m in manifests]
         else:
@@ -541,6 +586,28 @@ def pull_version(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _check_policy(
+    name: str,
+    version: str,
+    manifests: Sequence[Manifest],
+    signatures: Sequence[Sequence[tuple[str, bytes]]],
+) -> None:
+    """With a trust policy, a variant that carries signatures imports only when one
+    passes (as a ``.mvpk`` import does); one that carries none imports like any
+    push, and loads under the policy once signed."""
+    from types import SimpleNamespace
+
+    from ..signing import check_trust, current_policy
+
+    policy = current_policy()
+    if policy is None:
+        return
+    info = SimpleNamespace(model=name, version=version, ref=f"{name}:{version}")
+    for m, sigs in zip(manifests, signatures):
+        if sigs:
+            check_trust(policy, info, SimpleNamespace(manifest_digest=m.digest), m, sigs)
 
 
 def _native_manifest(client: RegistryClient, repo: str, im: ImageManifest) -> Manifest:
