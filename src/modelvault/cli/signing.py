@@ -36,10 +36,33 @@ def _key_args(p: argparse.ArgumentParser, flag: str) -> None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("sign", help="sign every variant of a version: NAME@SPEC --key KEY")
+    p = sub.add_parser(
+        "sign", help="sign every variant of a version: NAME@SPEC --key KEY (or --sigstore)"
+    )
     p.add_argument("spec", metavar="NAME[@SPEC]")
-    p.add_argument("--key", required=True, type=Path, help="PEM private key (ECDSA P-256/384)")
+    p.add_argument("--key", type=Path, help="PEM private key (ECDSA P-256/384)")
     _key_args(p, "--key")
+    p.add_argument(
+        "--sigstore",
+        action="store_true",
+        help="Sigstore keyless instead of a key: an OIDC identity, a Fulcio certificate, "
+        "the signature logged in Rekor (needs the network)",
+    )
+    p.add_argument(
+        "--identity-token",
+        metavar="JWT",
+        help="(--sigstore) the OIDC token; default: the ambient CI credential, else a browser flow",
+    )
+    p.add_argument("--oidc-issuer", metavar="URL", help="(--sigstore) another OIDC issuer")
+    p.add_argument(
+        "--sigstore-staging", action="store_true", help="(--sigstore) Sigstore's staging instance"
+    )
+    p.add_argument(
+        "--trust-config",
+        type=Path,
+        metavar="JSON",
+        help="(--sigstore) a Sigstore client trust configuration instead of the public one",
+    )
     add_json(p)
     p.set_defaults(func=run_sign)
 
@@ -110,7 +133,25 @@ def _sign(spec: str, key: Any) -> list[dict[str, Any]]:
 
 
 def run_sign(args: argparse.Namespace) -> int:
-    key = _load_key(args, args.key)
+    keyless_only = (args.identity_token, args.oidc_issuer, args.sigstore_staging, args.trust_config)
+    if args.sigstore:
+        if args.key or args.certificate or args.chain:
+            raise InvalidArgumentError("--sigstore signs without a key: drop --key/--certificate")
+        from ..signing import SigstoreSigner
+
+        if args.trust_config is not None and not args.trust_config.is_file():
+            raise InvalidArgumentError(f"--trust-config {args.trust_config} is not a file")
+        key: Any = SigstoreSigner(
+            args.identity_token, args.sigstore_staging, args.oidc_issuer, args.trust_config
+        )
+    elif args.key is None:
+        raise InvalidArgumentError("sign needs --key KEY or --sigstore")
+    elif any(keyless_only):
+        raise InvalidArgumentError(
+            "--identity-token, --oidc-issuer, --sigstore-staging and --trust-config go with --sigstore"
+        )
+    else:
+        key = _load_key(args, args.key)
     emit(_sign(args.spec, key), as_json=args.json, human=_human_signed)
     return 0
 

@@ -24,7 +24,14 @@ from typing import Any
 from ..digest import digest_bytes, digest_file, verify_bytes
 from ..errors import SignatureError, UntrustedError
 from ..registry.signatures import SIGNATURE_ROLE
-from .oms import SIGNATURE_FILE, Signed, SigningKey, load_signing_key, parse_bundle
+from .oms import (
+    SIGNATURE_FILE,
+    Signed,
+    SigningKey,
+    SigstoreSigner,
+    load_signing_key,
+    parse_bundle,
+)
 from .policy import TrustPolicy, load_policy
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "SignResult",
     "Signed",
     "SigningKey",
+    "SigstoreSigner",
     "TrustPolicy",
     "check_bundle",
     "check_trust",
@@ -89,7 +97,7 @@ def _hash_tree(root: pathlib.Path) -> dict[str, str]:
     return files
 
 
-def sign_version(pipeline: Any, spec: str, key: SigningKey) -> list[SignResult]:
+def sign_version(pipeline: Any, spec: str, key: SigningKey | SigstoreSigner) -> list[SignResult]:
     """Sign every variant of the version ``spec`` names; the key was checked by the caller."""
     from ..formats.registry import get_plugin
     from ..loader import read_manifest
@@ -109,6 +117,8 @@ def sign_version(pipeline: Any, spec: str, key: SigningKey) -> list[SignResult]:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         digest = digest_bytes(bundle)
+        # a keyless signer's identity is the one Fulcio certified, read from the bundle
+        signer = claimed_signer(bundle) if isinstance(key, SigstoreSigner) else key.signer
         from ..maintenance import PushLease
 
         # Leased before the store is asked, like every push: gc cannot take the bundle
@@ -124,18 +134,18 @@ def sign_version(pipeline: Any, spec: str, key: SigningKey) -> list[SignResult]:
                 variant.manifest_digest,
                 digest,
                 len(bundle),
-                key.signer,
+                signer,
             )
         results.append(
             SignResult(
-                info.model, info.version, variant.manifest_digest, digest, key.signer, files, added
+                info.model, info.version, variant.manifest_digest, digest, signer, files, added
             )
         )
     return results
 
 
 def key_sign(
-    key: SigningKey, root: pathlib.Path, files: dict[str, str], c: dict[str, Any]
+    key: SigningKey | SigstoreSigner, root: pathlib.Path, files: dict[str, str], c: dict[str, Any]
 ) -> bytes:
     from .oms import sign_files
 
@@ -201,6 +211,7 @@ def check_trust(
                 data,
                 keys=rule.keys,
                 certificates=rule.certificates,
+                sigstore=rule.sigstore,
                 where=f"signature {digest[:19]}",
             )
             check_claims(signed, info, manifest)
@@ -239,6 +250,14 @@ def claimed_signer(data: bytes) -> str:
         hint = (vm.get("publicKey") or {}).get("hint")
         if hint:
             return f"key:sha256:{hint}"
+        keyless = (vm.get("certificate") or {}).get("rawBytes")
+        if keyless:
+            from cryptography import x509
+
+            from .oms import _identity
+
+            cert = x509.load_der_x509_certificate(base64.b64decode(keyless))
+            return f"sigstore:{_identity(cert)}"
         certs = (vm.get("x509CertificateChain") or {}).get("certificates") or []
         if certs:
             from cryptography import x509

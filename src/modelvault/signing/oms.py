@@ -24,6 +24,14 @@ What is written by hand here, and why:
   verifies the chain at the leaf's ``notBefore`` (there is no timestamp
   authority offline), so a certificate that has expired would pass;
   here a leaf must be valid at verification time.
+
+Sigstore keyless signatures (a Fulcio certificate for an OIDC identity, the
+signature logged in Rekor) go through ``model_signing``'s Sigstore signer and
+verifier unchanged: Sigstore checks the certificate against its trust root,
+the transparency-log entry, and the identity and issuer the policy names.
+Both need the Sigstore trust root (fetched over the network, or a trust
+configuration file) and the signer an OIDC token: they are documented, and
+not exercised by this repository's tests, which run with no network.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ __all__ = [
     "SIGNATURE_FILE",
     "Signed",
     "SigningKey",
+    "SigstoreIdentity",
+    "SigstoreSigner",
     "key_id",
     "load_public_key",
     "load_signing_key",
@@ -150,6 +160,38 @@ def load_signing_key(
 
 
 @dataclass(frozen=True)
+class SigstoreSigner:
+    """Sigstore keyless signing: an OIDC identity instead of a key.
+
+    The token is ``identity_token`` when given, else the ambient credential
+    (GitHub Actions, GCP workload identity...), else Sigstore's browser flow.
+    """
+
+    identity_token: str | None = None
+    staging: bool = False
+    oidc_issuer: str | None = None
+    trust_config: pathlib.Path | None = None
+    keyless = True
+
+    @property
+    def signer(self) -> str:
+        return "sigstore"  # the identity is known once Fulcio has issued the certificate
+
+
+@dataclass(frozen=True)
+class SigstoreIdentity:
+    """A keyless signer a policy allows: the certificate's identity and its OIDC issuer."""
+
+    identity: str
+    issuer: str
+    staging: bool = False
+    trust_config: pathlib.Path | None = None
+
+    def describe(self) -> str:
+        return f"sigstore:{self.identity} ({self.issuer})"
+
+
+@dataclass(frozen=True)
 class Signed:
     """What a verified bundle says: who signed it, and the signed statement."""
 
@@ -173,7 +215,10 @@ class Signed:
 
 
 def sign_files(
-    key: SigningKey, root: pathlib.Path, files: Mapping[str, str], claims: Mapping[str, Any]
+    key: SigningKey | SigstoreSigner,
+    root: pathlib.Path,
+    files: Mapping[str, str],
+    claims: Mapping[str, Any],
 ) -> bytes:
     """An OMS bundle over ``files`` (relative name -> SHA-256 hex) plus ``claims``."""
     sign_ec_key, sign_certificate, _ = _lib()
@@ -199,6 +244,8 @@ def sign_files(
     payload = ms_signing.Payload(ms_manifest.Manifest(root.name, items, serialization))
     # Only strings go in: a protobuf Struct would turn integers into doubles.
     payload.statement.pb.predicate.update({_EXTRA: json.loads(json.dumps(dict(claims)))})
+    if isinstance(key, SigstoreSigner):
+        return _sign_sigstore(key, payload)
     # The signers are built field by field: the key was read (and decrypted) above,
     # and the certificate signer's constructor refuses an empty chain
     # (``load_pem_x509_certificates(b"")``), although a leaf issued by a root the
@@ -212,6 +259,89 @@ def sign_files(
     signer._private_key = key.private_key
     bundle = signer.sign(payload).bundle
     return str(bundle.to_json()).encode("utf-8")
+
+
+def _sign_sigstore(key: SigstoreSigner, payload: Any) -> bytes:
+    try:
+        from model_signing._signing import sign_sigstore
+    except ImportError as exc:
+        raise MissingDependencyError(
+            exc.name or "sigstore", "signing", "Sigstore keyless signing"
+        ) from exc
+    try:
+        signer = sign_sigstore.Signer(
+            identity_token=key.identity_token,
+            use_staging=key.staging,
+            oidc_issuer=key.oidc_issuer,
+            trust_config=key.trust_config,
+        )
+        bundle = signer.sign(payload).bundle
+    except Exception as exc:
+        raise SignatureError(
+            f"Sigstore keyless signing failed: {_first(exc)}",
+            hint="it needs the network (Fulcio, Rekor, the trust root) and an OIDC identity "
+            "token (--identity-token, an ambient CI credential, or the browser flow)",
+        ) from exc
+    return str(bundle.to_json()).encode("utf-8")
+
+
+def _verify_sigstore(data: bytes, allowed: Sequence[SigstoreIdentity], where: str) -> Signed:
+    """A keyless bundle against the identities a policy allows, by Sigstore's own verifier."""
+    errors = []
+    try:
+        from model_signing._signing import sign_sigstore
+        from sigstore import models as sigstore_models
+    except ImportError as exc:
+        raise MissingDependencyError(
+            exc.name or "sigstore", "signing", "Sigstore keyless verification"
+        ) from exc
+    try:
+        bundle = sigstore_models.Bundle.from_json(data)
+    except Exception as exc:
+        raise SignatureError(f"{where}: not a readable Sigstore bundle ({_first(exc)})") from exc
+    identity = _identity(bundle.signing_certificate)
+    for want in allowed:
+        if want.identity != identity:
+            errors.append(f"signed by sigstore:{identity}, not {want.describe()}")
+            continue
+        try:
+            verifier = sign_sigstore.Verifier(
+                identity=want.identity,
+                oidc_issuer=want.issuer,
+                use_staging=want.staging,
+                trust_config=want.trust_config,
+            )
+        except Exception as exc:
+            errors.append(
+                f"the Sigstore trust root could not be had ({_first(exc)}); keyless "
+                "verification needs the network or a trust_config file in the policy"
+            )
+            continue
+        try:
+            payload_type, payload = verifier._verify_signed_content(sign_sigstore.Signature(bundle))
+            statement = json.loads(payload)
+            if payload_type != "application/vnd.in-toto+json":
+                raise ValueError(f"DSSE payload type {payload_type!r} is not in-toto")
+            if statement.get("predicateType") != OMS_PREDICATE:
+                raise ValueError(
+                    f"predicate {statement.get('predicateType')!r} is not {OMS_PREDICATE}"
+                )
+        except Exception as exc:
+            errors.append(f"{want.describe()}: {_first(exc)}")
+            continue
+        return Signed(f"sigstore:{identity}", statement)
+    if not errors:
+        errors.append(f"signed keyless by sigstore:{identity}; no Sigstore identity is allowed")
+    raise SignatureError(f"{where}: {'; '.join(errors)}")
+
+
+def is_keyless(data: bytes) -> bool:
+    """Whether a bundle is a Sigstore keyless one (one Fulcio certificate, v0.3)."""
+    try:
+        vm = json.loads(data)["verificationMaterial"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(vm, dict) and isinstance(vm.get("certificate"), dict)
 
 
 def parse_bundle(data: bytes, where: str) -> Any:
@@ -237,15 +367,19 @@ def verify_bundle(
     *,
     keys: Iterable[Any] = (),
     certificates: Iterable[tuple[Sequence[pathlib.Path], str]] = (),
+    sigstore: Sequence[SigstoreIdentity] = (),
     where: str = "signature",
     now: dt.datetime | None = None,
 ) -> Signed:
-    """Verify a bundle against allowed public keys or (CA chain, identity) pairs.
+    """Verify a bundle against allowed public keys, (CA chain, identity) pairs or
+    Sigstore keyless identities.
 
     Returns what it says when one of them verifies it; SignatureError naming the
     reason otherwise (a mismatch, a malformed envelope, an expired certificate).
     """
     sign_ec_key, sign_certificate, _ = _lib()
+    if is_keyless(data):
+        return _verify_sigstore(data, sigstore, where)
     signature = parse_bundle(data, where)
     vm = signature.bundle.verification_material
     errors: list[str] = []
