@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import VersionExistsError
 from .formats.container import Draft, finalize
 from .formats.registry import get_plugin
 
@@ -235,6 +236,24 @@ def variant_input(manifest: Manifest) -> Any:
     )
 
 
+def _same_content(
+    registry: Registry, store: BlobStore, name: str, version: str, manifest: Manifest
+) -> tuple[Any, bool, Manifest] | None:
+    """The existing version, when one of its variants holds exactly ``manifest``
+    (same canonical msgpack) under another stored encoding; else None."""
+    from .loader import read_manifest
+
+    info = registry.resolve(f"{name}:{version}")
+    for v in info.variants:
+        try:
+            have, _ = read_manifest(store, v.manifest_digest)
+        except Exception:  # unreadable here: not evidence of sameness
+            continue
+        if have.same_content(manifest):
+            return info, False, have
+    return None
+
+
 def register(
     registry: Registry,
     upload: Upload,
@@ -256,15 +275,23 @@ def register(
         if labels:
             registry.set_labels(request.name, version, labels)
     else:
-        info, created = registry.register_version(
-            request.name,
-            version,
-            [vin],
-            aliases=aliases,
-            labels=labels,
-            description=request.description,
-            lease=lease.id,
-        )
+        try:
+            info, created = registry.register_version(
+                request.name,
+                version,
+                [vin],
+                aliases=aliases,
+                labels=labels,
+                description=request.description,
+                lease=lease.id,
+            )
+        except VersionExistsError:
+            # The same content deflated by another zlib build (another machine) is
+            # another digest: the version is unchanged, not in conflict.
+            same = _same_content(registry, lease.store, request.name, version, manifest)
+            if same is None:
+                raise
+            info, created, manifest = same
         version = info.version
     if created or request.variant:
         lease.handed_over()  # the registration deleted the lease in its transaction

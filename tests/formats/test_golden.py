@@ -192,3 +192,26 @@ def test_committed_files_container_unpacks(golden: Path, tmp_path: Path) -> None
     assert os.readlink(out / "link") == "a/x.txt"
     assert (out / "run.sh").stat().st_mode & 0o777 == 0o755
     assert len(b.manifest.blobs) == 2
+
+
+@pytest.mark.parametrize("form", ["deflated-at-level-1", "plain-msgpack"])
+def test_a_1_2_manifest_another_writer_encoded_is_exported_as_its_own_bytes(
+    tmp_path: Path, form: str
+) -> None:
+    """A 1.2 manifest deflated by another zlib build or level, or stored plain (both
+    valid), written again (an export) keeps its very bytes and digest: never
+    deflated again (docs/FORMAT.md section 15, rule 3)."""
+    b = Bundle.open(LAYOUT_GOLDEN)
+    plain = packb(b.manifest.to_wire())
+    stored = zlib.compress(plain, 1) if form.startswith("deflated") else plain
+    assert stored != b.manifest.encode()
+    m = Manifest.decode(stored)
+    d = Draft.from_manifest(m)
+    for i, ref in enumerate(m.blobs):
+        d.add_blob(ref.role, ref.media_type, BytesSource(b.read_blob(i)))
+    out = tmp_path / "again.mvpk"
+    written = write_bundle(d, out)
+    assert written.digest == digest_bytes(stored) == m.digest
+    again = Bundle.open(out)
+    again.verify()
+    assert again.manifest.encode() == stored and again.digest == m.digest

@@ -66,7 +66,8 @@ def _put_blob(reg: RunningRegistry, data: bytes) -> str:
 
 
 def _replace_referrers(reg: RunningRegistry, subject: str, bodies: list[bytes]) -> None:
-    """Write the fallback index by hand, as anyone with push rights could."""
+    """Write the fallback index by hand, as anyone with push rights could (the
+    entries annotated as modelvault's, so a pull takes them as its own)."""
     c = _client(reg)
     entries = []
     for body in bodies:
@@ -77,6 +78,7 @@ def _replace_referrers(reg: RunningRegistry, subject: str, bodies: list[bytes]) 
                 "digest": digest_bytes(body, "sha256"),
                 "size": len(body),
                 "artifactType": SIGNATURE_ARTIFACT_TYPE,
+                "annotations": json.loads(body)["annotations"],
             }
         )
     index = json.dumps({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries})
@@ -205,10 +207,35 @@ def test_a_second_signer_is_merged_into_the_fallback_index(
         "size": len(sbom_body),
         "artifactType": "application/spdx+json",
     }
+    # and a cosign-style bundle referrer: the signature type, not modelvault's
+    cosign_layer = _put_blob(registry, b'{"mediaType": "cosign"}')
+    cosign_body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "artifactType": SIGNATURE_ARTIFACT_TYPE,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": empty,
+                "size": 2,
+            },
+            "layers": [{"mediaType": SIGNATURE_ARTIFACT_TYPE, "digest": cosign_layer, "size": 23}],
+            "subject": _subject(registry, subject).to_json(),
+        }
+    ).encode()
+    _client(registry).put_manifest(
+        REPO, digest_bytes(cosign_body, "sha256"), cosign_body, MANIFEST_MEDIA_TYPE
+    )
+    cosign = {
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "digest": digest_bytes(cosign_body, "sha256"),
+        "size": len(cosign_body),
+        "artifactType": SIGNATURE_ARTIFACT_TYPE,
+    }
     index = {
         "schemaVersion": 2,
         "mediaType": INDEX_MEDIA_TYPE,
-        "manifests": [*_referrers(registry, subject), sbom],
+        "manifests": [*_referrers(registry, subject), sbom, cosign],
     }
     _client(registry).put_manifest(
         REPO, fallback_tag(subject), json.dumps(index).encode(), INDEX_MEDIA_TYPE
@@ -217,11 +244,11 @@ def test_a_second_signer_is_merged_into_the_fallback_index(
     r = mvault("push", registry.url(f"{REPO}:1.0.0"), "enc@1.0.0", "--json")
     assert r.code == 0 and json.loads(r.out)["signatures"] == 2
     listed = _referrers(registry, subject)
-    assert sbom in listed and len(listed) == 3
+    assert sbom in listed and cosign in listed and len(listed) == 4
     signers = {
         e["annotations"]["org.modelvault.signer"]
         for e in listed
-        if e["artifactType"] == SIGNATURE_ARTIFACT_TYPE
+        if e["artifactType"] == SIGNATURE_ARTIFACT_TYPE and "annotations" in e
     }
     assert len(signers) == 2 and all(s.startswith("key:sha256:") for s in signers)
     _elsewhere(tmp_path, monkeypatch, "node")
@@ -331,6 +358,7 @@ def test_hostile_referrers_are_refused_before_anything_is_stored(
             "digest": digest_bytes(body, "sha256"),
             "size": len(body) + 1,
             "artifactType": SIGNATURE_ARTIFACT_TYPE,
+            "annotations": {"org.modelvault.manifest": manifest},
         }
         index = json.dumps(
             {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [entry]}

@@ -108,11 +108,11 @@ def test_a_sigstore_identity_in_the_policy_is_read(tmp_path: Path) -> None:
         _policy(
             tmp_path,
             f'[[trust.sigstore]]\nidentity = "{IDENTITY}"\nissuer = "{ISSUER}"\n'
-            'staging = true\ntrust_config = "trust.json"\n',
+            'trust_config = "trust.json"\n',
         )
     )
     (rule,) = policy.rules
-    assert rule.sigstore == (SigstoreIdentity(IDENTITY, ISSUER, True, tmp_path / "trust.json"),)
+    assert rule.sigstore == (SigstoreIdentity(IDENTITY, ISSUER, False, tmp_path / "trust.json"),)
     assert rule.describe() == f"sigstore:{IDENTITY} ({ISSUER})"
 
 
@@ -132,6 +132,11 @@ def test_a_sigstore_identity_in_the_policy_is_read(tmp_path: Path) -> None:
             "is not a file",
         ),
         ('sigstore = "me"\n', "must be \\[\\[trust.sigstore\\]\\] tables"),
+        (
+            f'[[trust.sigstore]]\nidentity = "a"\nissuer = "{ISSUER}"\nstaging = true\n'
+            'trust_config = "t.json"\n',
+            "exclusive",
+        ),
     ],
     ids=[
         "no-issuer",
@@ -141,6 +146,7 @@ def test_a_sigstore_identity_in_the_policy_is_read(tmp_path: Path) -> None:
         "staging-type",
         "no-config",
         "not-a-table",
+        "staging-and-config",
     ],
 )
 def test_broken_sigstore_tables_are_one_line(tmp_path: Path, body: str, match: str) -> None:

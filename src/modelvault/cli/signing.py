@@ -139,6 +139,8 @@ def run_sign(args: argparse.Namespace) -> int:
             raise InvalidArgumentError("--sigstore signs without a key: drop --key/--certificate")
         from ..signing import SigstoreSigner
 
+        if args.trust_config is not None and args.sigstore_staging:
+            raise InvalidArgumentError("--sigstore-staging and --trust-config are exclusive")
         if args.trust_config is not None and not args.trust_config.is_file():
             raise InvalidArgumentError(f"--trust-config {args.trust_config} is not a file")
         key: Any = SigstoreSigner(

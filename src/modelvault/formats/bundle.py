@@ -40,6 +40,7 @@ from ..digest import (
 from ..errors import (
     CorruptError,
     InvalidArgumentError,
+    ManifestError,
     PayloadMismatchError,
     TruncatedError,
     UnknownFormatError,
@@ -214,8 +215,12 @@ def write_bundle(
     # A deflated manifest's length depends on the digests: the header keeps room
     # for any deflate of it (the msgpack's length does not depend on them).
     probe = probe_manifest(draft)
-    deflated = probe.format_version >= DEFLATED_FROM
-    manifest_len = deflate_reserve(probe.plain_size) if deflated else len(probe.encode())
+    deflated = (
+        is_deflated(draft.stored_manifest)
+        if draft.stored_manifest is not None
+        else probe.format_version >= DEFLATED_FROM
+    )
+    manifest_len = deflate_reserve(probe.plain_size) if deflated else probe.plain_size
     sizes = [b.source.size for b in draft.blobs]
     if ref:
         try:
@@ -255,11 +260,13 @@ def write_bundle(
                 tmp.unlink()
                 return _write_deduplicated(draft, dest, progress, ref, sigs)
             manifest_bytes = manifest.encode()
-            if (
-                (len(manifest_bytes) > manifest_len)
-                if deflated
-                else (len(manifest_bytes) != manifest_len)
-            ):
+            if deflated and len(manifest_bytes) > manifest_len:
+                # only a stored manifest that another writer deflated badly can be
+                raise ManifestError(
+                    f"the stored manifest is deflated into {len(manifest_bytes)} bytes, more "
+                    f"than a bundle keeps for it ({manifest_len}); it cannot be exported as is"
+                )
+            if not deflated and len(manifest_bytes) != manifest_len:
                 raise AssertionError("manifest length changed after hashing")  # pragma: no cover
             index = encode_index(
                 digest_bytes(manifest_bytes, manifest.digest_algorithm), extents, ref, sigs
@@ -451,6 +458,11 @@ def _read_header(f: BinaryIO, actual_size: int | None) -> _Header:
         )
     manifest = Manifest.decode(manifest_bytes)
     if flags & FLAG_DEFLATED_MANIFEST:
+        if m_len > deflate_reserve(manifest.plain_size):
+            raise CorruptError(
+                f"bundle manifest is deflated into {m_len} bytes, more than the "
+                f"{deflate_reserve(manifest.plain_size)} a {manifest.plain_size}-byte manifest may take"
+            )
         data_at = align(PREAMBLE_SIZE + deflate_reserve(manifest.plain_size) + i_len)
         if data_offset != data_at:
             raise CorruptError(

@@ -294,6 +294,10 @@ class Draft:
     #: A new container is written in the current format; a stored one written
     #: again (export) keeps its own version, and so its manifest digest.
     format_version: tuple[int, int] = FORMAT_VERSION
+    #: The stored bytes of the manifest this draft re-writes (export): when the
+    #: finished manifest says the same, it is written as those very bytes, never
+    #: deflated again (another zlib build may have deflated it otherwise).
+    stored_manifest: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_manifest(cls, m: Manifest) -> Draft:
@@ -312,6 +316,7 @@ class Draft:
             dict(m.tensor_aliases),
             m.digest_algorithm,
             m.format_version,
+            m.encode(),
         )
 
     def add_blob(self, role: str, media_type: str, source: BlobSource) -> int:
@@ -382,7 +387,7 @@ def finalize(draft: Draft) -> Manifest:
         for t in draft.tensors
     )
     payload = _remap_payload(draft.payload, remap)
-    return Manifest(
+    m = Manifest(
         plugin=draft.plugin,
         plugin_version=draft.plugin_version,
         blobs=tuple(blobs),
@@ -396,6 +401,9 @@ def finalize(draft: Draft) -> Manifest:
         format_version=draft.format_version,
         digest_algorithm=draft.digest_algorithm,
     )
+    if draft.stored_manifest is not None:
+        m = m.keeping(draft.stored_manifest)
+    return m
 
 
 def _remap_payload(payload: Mapping[str, Any], remap: Mapping[int, int]) -> dict[str, Any]:

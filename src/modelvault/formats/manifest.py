@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 
 from ..digest import DEFAULT_ALGORITHM, digest_bytes, digest_hex_length, parse_digest
-from ..errors import ManifestError, UnsupportedVersionError
+from ..errors import FormatError, ManifestError, UnsupportedVersionError
 
 __all__ = [
     "ALIGNMENT",
@@ -223,6 +223,22 @@ class Manifest:
             data = zlib.compress(data, DEFLATE_LEVEL)
         object.__setattr__(self, "_stored", data)  # frozen: the bytes never change
         return data
+
+    def same_content(self, other: Manifest) -> bool:
+        """Whether two manifests say the same thing, however each is stored."""
+        return (
+            self.format_version == other.format_version
+            and self._encode_plain() == other._encode_plain()
+        )
+
+    def keeping(self, stored: bytes) -> Manifest:
+        """This manifest, encoded as ``stored`` when those bytes hold exactly it
+        (a stored manifest written again keeps its bytes and digest); else itself."""
+        try:
+            old = Manifest.decode(stored)
+        except FormatError:
+            return self
+        return old if old.same_content(self) else self
 
     @property
     def plain_size(self) -> int:

@@ -173,9 +173,10 @@ class _Listed:
     artifact_type: str | None
 
 
-def _list(client: RegistryClient, repo: str, subject_digest: str) -> list[_Listed]:
-    """The referrers of ``subject_digest``: from the API, or else the fallback tag."""
-    what = f"referrers of {repo}@{subject_digest}"
+def _from_api(client: RegistryClient, repo: str, subject_digest: str, what: str) -> bytes | None:
+    """The referrers API's answer, or None where the registry has no such API (a 404,
+    or 400/405/501 from one that routes the path elsewhere, or a page that is not
+    an index)."""
     try:
         resp = client.request(
             "GET",
@@ -184,25 +185,43 @@ def _list(client: RegistryClient, repo: str, subject_digest: str) -> list[_Liste
             headers={"Accept": INDEX_MEDIA_TYPE},
             what=what,
         )
-        data = resp.read(1 << 22)
-        ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip()
-        if ctype not in (INDEX_MEDIA_TYPE, "application/json"):
-            raise ArtifactNotFoundError(what)  # not the API: some other page answered
     except ArtifactNotFoundError:
+        return None
+    except ArtifactError as exc:
+        if any(f" {code} " in str(exc) for code in (400, 405, 501)):
+            return None
+        raise
+    data = resp.read(1 << 22)
+    ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip()
+    return data if ctype in (INDEX_MEDIA_TYPE, "application/json") else None
+
+
+def _list(client: RegistryClient, repo: str, subject_digest: str) -> list[_Listed]:
+    """The signature referrers of ``subject_digest``: from the API, or else the fallback tag."""
+    what = f"referrers of {repo}@{subject_digest}"
+    data = _from_api(client, repo, subject_digest, what)
+    if data is None:
+        tag = fallback_tag(subject_digest)
         try:
-            data, _ = client.get_manifest(repo, fallback_tag(subject_digest), [INDEX_MEDIA_TYPE])
+            data, _ = client.get_manifest(repo, tag, [INDEX_MEDIA_TYPE])
         except ArtifactNotFoundError:
             return []
-        what = f"referrers index {repo}:{fallback_tag(subject_digest)}"
+        what = f"referrers index {repo}:{tag}"
     obj = _json(data, what)
     listed = obj.get("manifests")
     if obj.get("schemaVersion") != 2 or not isinstance(listed, list):
         raise ArtifactError(f"{what} is not an OCI image index")
     out = []
     for i, e in enumerate(listed):
-        d = _descriptor(e, f"{what} entry {i}")
-        kind = e.get("artifactType")
-        out.append(_Listed(d, kind if isinstance(kind, str) else None))
+        # Other tools' referrers (an SBOM, a cosign bundle) are not ours to judge:
+        # only signature entries modelvault wrote (annotated with the variant's
+        # manifest) are parsed, and then checked strictly.
+        if not isinstance(e, dict) or e.get("artifactType") != SIGNATURE_ARTIFACT_TYPE:
+            continue
+        ann = e.get("annotations")
+        if not isinstance(ann, dict) or A_MANIFEST not in ann:
+            continue
+        out.append(_Listed(_descriptor(e, f"{what} entry {i}"), SIGNATURE_ARTIFACT_TYPE))
     return out
 
 

@@ -35,7 +35,13 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ..digest import damaged, digest_bytes
-from ..errors import ArtifactError, ArtifactNotFoundError, InvalidArgumentError, UnsafePathError
+from ..errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    InvalidArgumentError,
+    ModelVaultError,
+    UnsafePathError,
+)
 from ..formats.manifest import Manifest
 from ..maintenance import PushLease
 from ..storage._io import remove_quietly
@@ -381,11 +387,17 @@ def push_version(
             )
         body, media_type = build_index(plans, kinds, info.model, info.version), INDEX_MEDIA_TYPE
     client.put_manifest(repo, tag, body, media_type)
-    result.signatures = _push_signatures(vault, client, repo, opened, plans, send_data)
     _save_hints(ref.registry, repo, every)
     _save_shas(shas.items())
     result.digest = digest_bytes(body, "sha256")
     result.media_type = media_type
+    try:
+        result.signatures = _push_signatures(vault, client, repo, opened, plans, send_data)
+    except ModelVaultError as exc:
+        raise ArtifactError(
+            f"pushed {info.ref} to {result.reference}, but not its signatures: {exc.message}",
+            hint=exc.hint or f"push it again to send them: mvault push {result.reference} {spec}",
+        ) from exc
     return result
 
 

@@ -201,12 +201,17 @@ class Signed:
     @property
     def resources(self) -> dict[str, str]:
         """Signed file names (relative, ``/``-separated) and their SHA-256."""
-        return {str(r["name"]): str(r["digest"]) for r in self.statement["predicate"]["resources"]}
+        try:
+            items = self.statement["predicate"]["resources"]
+            return {str(r["name"]): str(r["digest"]) for r in items}
+        except (KeyError, TypeError) as exc:
+            raise SignatureError(f"the signed statement lists no resources ({exc!r:.80})") from exc
 
     @property
     def claims(self) -> dict[str, Any]:
         """The ``modelvault`` object: name, version, manifest and blob digests."""
-        extra = self.statement["predicate"].get(_EXTRA)
+        predicate = self.statement.get("predicate")
+        extra = predicate.get(_EXTRA) if isinstance(predicate, dict) else None
         if not isinstance(extra, dict):
             raise SignatureError(
                 "the signature is an OMS signature but names no modelvault version"
@@ -290,6 +295,7 @@ def _verify_sigstore(data: bytes, allowed: Sequence[SigstoreIdentity], where: st
     errors = []
     try:
         from model_signing._signing import sign_sigstore
+        from model_signing._signing import signing as ms_signing
         from sigstore import models as sigstore_models
     except ImportError as exc:
         raise MissingDependencyError(
@@ -318,14 +324,20 @@ def _verify_sigstore(data: bytes, allowed: Sequence[SigstoreIdentity], where: st
             )
             continue
         try:
+            # Sigstore's check of the signature, certificate, log entry and identity;
+            # then model_signing's own checks of the statement, as Verifier.verify
+            # makes them (in-toto type, the subject's digest over the resources).
             payload_type, payload = verifier._verify_signed_content(sign_sigstore.Signature(bundle))
-            statement = json.loads(payload)
             if payload_type != "application/vnd.in-toto+json":
                 raise ValueError(f"DSSE payload type {payload_type!r} is not in-toto")
+            statement = json.loads(payload)
+            if statement.get("_type") != "https://in-toto.io/Statement/v1":
+                raise ValueError(f"statement type {statement.get('_type')!r} is not in-toto v1")
             if statement.get("predicateType") != OMS_PREDICATE:
                 raise ValueError(
                     f"predicate {statement.get('predicateType')!r} is not {OMS_PREDICATE}"
                 )
+            ms_signing.dsse_payload_to_manifest(statement)
         except Exception as exc:
             errors.append(f"{want.describe()}: {_first(exc)}")
             continue

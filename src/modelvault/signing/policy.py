@@ -105,6 +105,8 @@ def _sigstore(t: dict[str, Any], base: pathlib.Path, where: str) -> SigstoreIden
     if not isinstance(staging, bool):
         raise SignatureError(f"{where}: sigstore staging must be true or false")
     config = t.get("trust_config")
+    if config is not None and staging:
+        raise SignatureError(f"{where}: sigstore staging and trust_config are exclusive")
     if config is not None:
         if not isinstance(config, str) or not (base / config).is_file():
             raise SignatureError(f"{where}: sigstore trust_config {config!r:.120} is not a file")
