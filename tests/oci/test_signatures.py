@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,8 @@ from modelvault.oci.referrers import (
 from modelvault.oci.transfer import _monolithic
 from modelvault.registry.signatures import SIGNATURE_ROLE
 from tests.signing.conftest import keys, trust  # noqa: F401  (fixtures)
+from tests.signing.test_signing import _oms_verify
+from tests.signing.test_signing import _one_line as _error_line
 
 from .registry import RunningRegistry
 
@@ -85,22 +85,34 @@ def _replace_referrers(reg: RunningRegistry, subject: str, bodies: list[bytes]) 
     c.put_manifest(REPO, fallback_tag(subject), index.encode(), INDEX_MEDIA_TYPE)
 
 
-def _oms_verify(sig: Path, pub: Path, model: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            *(sys.executable, "-m", "model_signing", "verify", "key"),
-            *("--signature", str(sig), "--public_key", str(pub), str(model)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def _error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.startswith("mvault: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+def _foreign_referrer(
+    reg: RunningRegistry, subject: str, artifact_type: str, content: bytes
+) -> dict[str, Any]:
+    """Another tool's referrer of ``subject`` (one layer, no modelvault annotations),
+    pushed to the registry; its descriptor as an index lists it."""
+    layer = _put_blob(reg, content)
+    empty = _put_blob(reg, b"{}")
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "artifactType": artifact_type,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": empty,
+                "size": 2,
+            },
+            "layers": [{"mediaType": artifact_type, "digest": layer, "size": len(content)}],
+            "subject": _subject(reg, subject).to_json(),
+        }
+    ).encode()
+    _client(reg).put_manifest(REPO, digest_bytes(body, "sha256"), body, MANIFEST_MEDIA_TYPE)
+    return {
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "digest": digest_bytes(body, "sha256"),
+        "size": len(body),
+        "artifactType": artifact_type,
+    }
 
 
 def _elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> Path:
@@ -182,56 +194,13 @@ def test_a_second_signer_is_merged_into_the_fallback_index(
     subject, _ = _tagged(registry, "1.0.0")
     # Another tool's referrer in the same index (an SBOM): kept by the merge,
     # left alone by a pull.
-    sbom_doc = _put_blob(registry, b'{"spdxVersion": "SPDX-2.3"}')
-    empty = _put_blob(registry, b"{}")
-    sbom_body = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA_TYPE,
-            "artifactType": "application/spdx+json",
-            "config": {
-                "mediaType": "application/vnd.oci.empty.v1+json",
-                "digest": empty,
-                "size": 2,
-            },
-            "layers": [{"mediaType": "application/spdx+json", "digest": sbom_doc, "size": 27}],
-            "subject": _subject(registry, subject).to_json(),
-        }
-    ).encode()
-    _client(registry).put_manifest(
-        REPO, digest_bytes(sbom_body, "sha256"), sbom_body, MANIFEST_MEDIA_TYPE
+    sbom = _foreign_referrer(
+        registry, subject, "application/spdx+json", b'{"spdxVersion": "SPDX-2.3"}'
     )
-    sbom = {
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "digest": digest_bytes(sbom_body, "sha256"),
-        "size": len(sbom_body),
-        "artifactType": "application/spdx+json",
-    }
     # and a cosign-style bundle referrer: the signature type, not modelvault's
-    cosign_layer = _put_blob(registry, b'{"mediaType": "cosign"}')
-    cosign_body = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA_TYPE,
-            "artifactType": SIGNATURE_ARTIFACT_TYPE,
-            "config": {
-                "mediaType": "application/vnd.oci.empty.v1+json",
-                "digest": empty,
-                "size": 2,
-            },
-            "layers": [{"mediaType": SIGNATURE_ARTIFACT_TYPE, "digest": cosign_layer, "size": 23}],
-            "subject": _subject(registry, subject).to_json(),
-        }
-    ).encode()
-    _client(registry).put_manifest(
-        REPO, digest_bytes(cosign_body, "sha256"), cosign_body, MANIFEST_MEDIA_TYPE
+    cosign = _foreign_referrer(
+        registry, subject, SIGNATURE_ARTIFACT_TYPE, b'{"mediaType": "cosign"}'
     )
-    cosign = {
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "digest": digest_bytes(cosign_body, "sha256"),
-        "size": len(cosign_body),
-        "artifactType": SIGNATURE_ARTIFACT_TYPE,
-    }
     index = {
         "schemaVersion": 2,
         "mediaType": INDEX_MEDIA_TYPE,

@@ -541,6 +541,7 @@ def probe_manifest(draft: Draft) -> Manifest:
     probe = Draft(
         **{
             **draft.__dict__,
+            "stored_manifest": None,  # placeholder digests never match the stored bytes
             "blobs": [
                 # distinct placeholders, so finalize() does not merge them
                 DraftBlob(

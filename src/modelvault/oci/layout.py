@@ -46,6 +46,7 @@ __all__ = [
     "build_index",
     "build_manifest",
     "canonical_json",
+    "index_entries",
     "parse_image_manifest",
     "parse_index",
     "requirement_annotations",
@@ -402,12 +403,18 @@ def parse_image_manifest(data: bytes, what: str) -> ImageManifest:
     return ImageManifest(config, layers, {str(k): str(v) for k, v in ann.items()})
 
 
-def parse_index(data: bytes, what: str) -> tuple[list[Descriptor], dict[str, str]]:
-    """The model manifests an image index lists (others, such as signatures, skipped)."""
+def index_entries(data: bytes, what: str) -> tuple[dict[str, Any], list[Any]]:
+    """An image index as JSON, and its ``manifests`` list; ArtifactError if it is none."""
     obj = _json(data, what)
     entries = obj.get("manifests")
     if obj.get("schemaVersion") != 2 or not isinstance(entries, list):
         raise ArtifactError(f"{what} is not an OCI image index")
+    return obj, entries
+
+
+def parse_index(data: bytes, what: str) -> tuple[list[Descriptor], dict[str, str]]:
+    """The model manifests an image index lists (others, such as signatures, skipped)."""
+    obj, entries = index_entries(data, what)
     out = []
     for i, e in enumerate(entries):
         d = _descriptor(e, f"{what} entry {i}")

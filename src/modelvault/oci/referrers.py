@@ -39,6 +39,7 @@ from .layout import (
     _descriptor,
     _json,
     canonical_json,
+    index_entries,
 )
 
 __all__ = [
@@ -207,10 +208,7 @@ def _list(client: RegistryClient, repo: str, subject_digest: str) -> list[_Liste
         except ArtifactNotFoundError:
             return []
         what = f"referrers index {repo}:{tag}"
-    obj = _json(data, what)
-    listed = obj.get("manifests")
-    if obj.get("schemaVersion") != 2 or not isinstance(listed, list):
-        raise ArtifactError(f"{what} is not an OCI image index")
+    _, listed = index_entries(data, what)
     out = []
     for i, e in enumerate(listed):
         # Other tools' referrers (an SBOM, a cosign bundle) are not ours to judge:

@@ -606,20 +606,15 @@ def _check_policy(
     manifests: Sequence[Manifest],
     signatures: Sequence[Sequence[tuple[str, bytes]]],
 ) -> None:
-    """With a trust policy, a variant that carries signatures imports only when one
-    passes (as a ``.mvpk`` import does); one that carries none imports like any
-    push, and loads under the policy once signed."""
-    from types import SimpleNamespace
-
-    from ..signing import check_trust, current_policy
+    """With a trust policy, each variant's signatures are checked as a ``.mvpk``
+    import checks them (:func:`~modelvault.signing.check_import`)."""
+    from ..signing import check_import, current_policy
 
     policy = current_policy()
     if policy is None:
         return
-    info = SimpleNamespace(model=name, version=version, ref=f"{name}:{version}")
     for m, sigs in zip(manifests, signatures):
-        if sigs:
-            check_trust(policy, info, SimpleNamespace(manifest_digest=m.digest), m, sigs)
+        check_import(policy, name, version, m, sigs)
 
 
 def _native_manifest(client: RegistryClient, repo: str, im: ImageManifest) -> Manifest:

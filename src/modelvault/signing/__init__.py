@@ -42,6 +42,7 @@ __all__ = [
     "SigstoreSigner",
     "TrustPolicy",
     "check_bundle",
+    "check_import",
     "check_trust",
     "claimed_signer",
     "current_policy",
@@ -223,20 +224,29 @@ def check_trust(
     )
 
 
-def check_bundle(policy: TrustPolicy, name: str, version: str, bundle: Any) -> None:
-    """Before a ``.mvpk`` that carries signatures is imported as ``name:version``: one of
-    them must pass ``policy``, as a load of the imported version would check it.
-
-    A bundle that carries none imports like any push (and, like it, loads under the
-    policy only once signed).
-    """
+def check_import(
+    policy: TrustPolicy,
+    name: str,
+    version: str,
+    manifest: Any,
+    signatures: Sequence[tuple[str, bytes]],
+) -> None:
+    """Before a variant that carries ``signatures`` (a ``.mvpk``, an OCI pull) is
+    imported as ``name:version``: one of them must pass ``policy``, as a load of the
+    imported version would check it. One that carries none imports like any push
+    (and, like it, loads under the policy only once signed)."""
     from types import SimpleNamespace
 
-    if not bundle.signatures:
+    if not signatures:
         return
     info = SimpleNamespace(model=name, version=version, ref=f"{name}:{version}")
-    variant = SimpleNamespace(manifest_digest=bundle.digest)
-    check_trust(policy, info, variant, bundle.manifest, bundle.signatures)
+    variant = SimpleNamespace(manifest_digest=manifest.digest)
+    check_trust(policy, info, variant, manifest, signatures)
+
+
+def check_bundle(policy: TrustPolicy, name: str, version: str, bundle: Any) -> None:
+    """:func:`check_import` for the one variant a ``.mvpk`` holds."""
+    check_import(policy, name, version, bundle.manifest, bundle.signatures)
 
 
 def claimed_signer(data: bytes) -> str:

@@ -266,13 +266,20 @@ def sign_files(
     return str(bundle.to_json()).encode("utf-8")
 
 
-def _sign_sigstore(key: SigstoreSigner, payload: Any) -> bytes:
+def _sigstore_lib(purpose: str) -> tuple[Any, Any, Any]:
+    """``model_signing``'s Sigstore signer/verifier module, its signing module, and
+    ``sigstore.models``; MissingDependencyError naming ``purpose`` without them."""
     try:
         from model_signing._signing import sign_sigstore
+        from model_signing._signing import signing as ms_signing
+        from sigstore import models as sigstore_models
     except ImportError as exc:
-        raise MissingDependencyError(
-            exc.name or "sigstore", "signing", "Sigstore keyless signing"
-        ) from exc
+        raise MissingDependencyError(exc.name or "sigstore", "signing", purpose) from exc
+    return sign_sigstore, ms_signing, sigstore_models
+
+
+def _sign_sigstore(key: SigstoreSigner, payload: Any) -> bytes:
+    sign_sigstore, _, _ = _sigstore_lib("Sigstore keyless signing")
     try:
         signer = sign_sigstore.Signer(
             identity_token=key.identity_token,
@@ -293,14 +300,7 @@ def _sign_sigstore(key: SigstoreSigner, payload: Any) -> bytes:
 def _verify_sigstore(data: bytes, allowed: Sequence[SigstoreIdentity], where: str) -> Signed:
     """A keyless bundle against the identities a policy allows, by Sigstore's own verifier."""
     errors = []
-    try:
-        from model_signing._signing import sign_sigstore
-        from model_signing._signing import signing as ms_signing
-        from sigstore import models as sigstore_models
-    except ImportError as exc:
-        raise MissingDependencyError(
-            exc.name or "sigstore", "signing", "Sigstore keyless verification"
-        ) from exc
+    sign_sigstore, ms_signing, sigstore_models = _sigstore_lib("Sigstore keyless verification")
     try:
         bundle = sigstore_models.Bundle.from_json(data)
     except Exception as exc:
