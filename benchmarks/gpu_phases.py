@@ -145,7 +145,9 @@ def main() -> None:
                             row["phases"][phase].append(sum(ts))
             for name, row in per.items():
                 med = statistics.median(row["seconds"])
-                phases = {p: round(statistics.median(ts) * 1e3, 2) for p, ts in row["phases"].items()}
+                phases = {
+                    p: round(statistics.median(ts) * 1e3, 2) for p, ts in row["phases"].items()
+                }
                 row["median_s"] = med
                 row["GBps"] = total / med / 1e9
                 row["phase_ms"] = phases
