@@ -73,7 +73,11 @@ def test_exported_program_onto_cuda(case: Case, device: str, tmp_path: Path) -> 
     # traced aten.view then fails); where torch's own move fails, ours must fail alike.
     pt2 = tmp_path / "m.pt2"
     torch.export.save(ep, str(pt2))
-    torch_module = move_to_device_pass(torch.export.load(str(pt2)), "cuda:0").module()
+    moved = move_to_device_pass(torch.export.load(str(pt2)), "cuda:0")
+    # The load rewrites the graph's devices itself (while the weights stream): the
+    # same nodes, arguments and value devices as torch's pass gives.
+    assert _graph_text(loaded) == _graph_text(moved)
+    torch_module = moved.module()
     try:
         reference = torch_module(*_to(probe, "cuda"))
     except RuntimeError as exc:
@@ -86,6 +90,21 @@ def test_exported_program_onto_cuda(case: Case, device: str, tmp_path: Path) -> 
     # Bit-identical to torch's own way onto the GPU; equal to the CPU original within float tolerance.
     assert outputs_equal(reference, out)
     assert _close(cpu_out, out)
+
+
+def _graph_text(ep: torch.export.ExportedProgram) -> list[str]:
+    """Every (sub)graph's nodes and arguments, and the devices of each node's value."""
+    out = []
+    for m in ep.graph_module.modules():
+        if isinstance(m, torch.fx.GraphModule):
+            out.append(str(m.graph))
+            for node in m.graph.nodes:
+                vals = torch.utils._pytree.tree_leaves(node.meta.get("val"))
+                out.append(
+                    f"{node.name}: "
+                    + ",".join(str(v.device) for v in vals if isinstance(v, torch.Tensor))
+                )
+    return out
 
 
 @pytest.mark.parametrize("weights", ["section", "archive"])

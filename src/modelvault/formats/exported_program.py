@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.export.passes
+import torch.utils._pytree
 
 from ..errors import FormatError, PayloadMismatchError, UnknownFormatError
 from ._torch import _export_private as private
@@ -238,17 +238,19 @@ class ExportedProgramPlugin(FormatPlugin):
         payload = _check_payload(source)
         # Weights stream (verified) on a worker while the graph is parsed and checked here.
         loading = BackgroundLoad(source, dev, **stream_options(options))
+        built_on = str(source.manifest.target.get("built_on", "cpu"))
         try:
             graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
             ep = self._skeleton(source, payload, graph)
+            if dev.type != "cpu" or not built_on.startswith("cpu"):
+                # The graph's devices are rewritten while the weights still stream.
+                retarget_graph(ep, dev)
         except BaseException:
             loading.discard()
             raise
         tensors = loading.result()
         try:
-            return _attach(
-                ep, payload, tensors, dev, str(source.manifest.target.get("built_on", "cpu"))
-            )
+            return _attach(ep, payload, tensors, dev)
         except BaseException as exc:
             del ep, tensors
             release(exc, dev)
@@ -389,20 +391,53 @@ def _attach(
     payload: dict[str, Any],
     tensors: dict[str, torch.Tensor],
     dev: torch.device,
-    built_on: str,
 ) -> torch.export.ExportedProgram:
-    """Put the loaded weights in place of the placeholders; fix the graph's devices."""
+    """Put the loaded weights (already on ``dev``) in place of the placeholders."""
     sd = ep.state_dict
     for k, info in payload["state_dict"].items():
         t = tensors[_SD + k]
         sd[k] = torch.nn.Parameter(t, bool(info["requires_grad"])) if info["parameter"] else t
     for k in payload["constants"]:
         ep.constants[k] = tensors[_CONST + k]
-    if dev.type != "cpu" or not built_on.startswith("cpu"):
-        # Rewrites device arguments and metadata in the graph; the weights are
-        # already on ``dev``, so their ``.to`` is a no-op.
-        ep = torch.export.passes.move_to_device_pass(ep, str(dev))
+    if ep.example_inputs is not None:
+        args, kwargs = ep.example_inputs
+        ep._example_inputs = torch.utils._pytree.tree_map_only(
+            torch.Tensor, lambda t: t.to(dev), (args, kwargs)
+        )
     return ep
+
+
+def retarget_graph(ep: torch.export.ExportedProgram, dev: torch.device) -> None:
+    """The graph half of ``torch.export.passes.move_to_device_pass(ep, dev)``, in place.
+
+    Device arguments burnt into the graph (``device=`` keywords, ``aten.to.device``)
+    and every node's ``meta["val"]`` move to ``dev``; then torch's verifier runs,
+    as the pass ends. The weights are left alone: at load they are still
+    meta-device placeholders, and :func:`_attach` puts the tensors read onto
+    ``dev`` in their place. Doing this half while the weights stream takes it
+    off the load's critical path. ``tests/formats/torch`` compares the result
+    with torch's own pass.
+    """
+    target = str(dev)
+    to_device = torch.ops.aten.to.device
+
+    def move(v: Any) -> Any:
+        return v.to(target) if isinstance(v, torch.Tensor) else v
+
+    for m in ep.graph_module.modules():
+        if not isinstance(m, torch.fx.GraphModule):
+            continue
+        for node in m.graph.nodes:
+            if "device" in node.kwargs:
+                kwargs = dict(node.kwargs)
+                kwargs["device"] = target
+                node.kwargs = kwargs
+            if node.op == "call_function" and node.target is to_device:
+                args = list(node.args)
+                args[1] = target
+                node.args = tuple(args)
+            node.meta["val"] = torch.utils._pytree.tree_map(move, node.meta.get("val"))
+    ep.validate()  # type: ignore[no-untyped-call]
 
 
 def _check_payload(source: ContainerSource) -> dict[str, Any]:

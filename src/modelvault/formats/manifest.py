@@ -251,12 +251,7 @@ class Manifest:
     def _encode_plain(self) -> bytes:
         _validate(self)
         data = encode_msgpack(self.to_wire())
-        if len(data) > LIMITS.manifest_bytes:
-            raise ManifestError(
-                f"manifest is {len(data)} bytes; the limit is {LIMITS.manifest_bytes}",
-                hint="keep large data in blobs, not in metadata or payload",
-            )
-        object.__setattr__(self, "_plain_size", len(data))
+        _check_plain(self, len(data), validated=True)
         return data
 
     @property
@@ -288,12 +283,17 @@ class Manifest:
                 "(a 1.1 reader could not read it)",
                 hint="docs/FORMAT.md section 15 says which versions deflate",
             )
-        if m._encode_plain() != plain:
+        key = digest_bytes(plain)
+        if key in _CANONICAL:
+            _check_plain(m, len(plain))  # the same checks, less re-encoding known bytes
+        elif m._encode_plain() != plain:
             raise ManifestError(
                 "manifest is not canonically encoded (map keys out of order, a non-minimal "
                 "integer or length, or a 32-bit float)",
                 hint="rewrite it with a conforming writer; docs/FORMAT.md gives the rules",
             )
+        else:
+            _remember_canonical(key)
         object.__setattr__(m, "_stored", raw)
         return m
 
@@ -485,6 +485,32 @@ _TOP = {
     "tensor_aliases",
     "tensors",
 }
+
+
+#: BLAKE3 digests of plain manifest bytes this process found canonical (encode
+#: gives back the very bytes). Canonical form is a property of the bytes alone,
+#: so a manifest read again (every load reads its variant's manifest) skips the
+#: re-encoding; validation and the size limit still run on every decode.
+_CANONICAL: dict[str, None] = {}
+_CANONICAL_MAX = 1024
+
+
+def _remember_canonical(key: str) -> None:
+    if len(_CANONICAL) >= _CANONICAL_MAX:
+        _CANONICAL.pop(next(iter(_CANONICAL)), None)
+    _CANONICAL[key] = None
+
+
+def _check_plain(m: Manifest, size: int, *, validated: bool = False) -> None:
+    """The checks :meth:`Manifest._encode_plain` makes of ``size`` plain bytes of ``m``."""
+    if not validated:
+        _validate(m)
+    if size > LIMITS.manifest_bytes:
+        raise ManifestError(
+            f"manifest is {size} bytes; the limit is {LIMITS.manifest_bytes}",
+            hint="keep large data in blobs, not in metadata or payload",
+        )
+    object.__setattr__(m, "_plain_size", size)
 
 
 def _from_wire(obj: Any) -> Manifest:

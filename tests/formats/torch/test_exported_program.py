@@ -244,3 +244,40 @@ def test_unbounded_dynamic_dimension_has_no_max(tmp_path: Path) -> None:
     (sym,) = m.signature["dims"]
     assert m.signature["dims"][sym]["max"] is None
     assert m.signature["inputs"][0]["shape"] == [sym, 4]
+
+
+def _graph_devices(ep: torch.export.ExportedProgram) -> list[tuple[str, object, object]]:
+    """Every node's code-relevant device facts: kwargs, args, and the devices of its meta value."""
+    out = []
+    for m in ep.graph_module.modules():
+        if not isinstance(m, torch.fx.GraphModule):
+            continue
+        for node in m.graph.nodes:
+            vals = torch.utils._pytree.tree_leaves(node.meta.get("val"))
+            devices = tuple(str(v.device) for v in vals if isinstance(v, torch.Tensor))
+            out.append((node.name, node.kwargs.get("device"), devices))
+    return out
+
+
+def _graph_text(ep: torch.export.ExportedProgram) -> list[str]:
+    """Every (sub)graph's nodes with their arguments (a GraphModule's ``code`` is
+    the text of its last recompile, which neither rewrite triggers)."""
+    return [str(m.graph) for m in ep.graph_module.modules() if isinstance(m, torch.fx.GraphModule)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_graph_retarget_matches_torchs_move_to_device_pass(case: Case, tmp_path: Path) -> None:
+    """The load's graph rewrite (done while weights stream) is torch's pass, less the weights."""
+    from torch.export.passes import move_to_device_pass
+
+    from modelvault.formats.exported_program import retarget_graph
+
+    pt2 = tmp_path / "m.pt2"
+    torch.export.save(export(case), str(pt2))
+    theirs = move_to_device_pass(torch.export.load(str(pt2)), "meta")
+    ours = torch.export.load(str(pt2))
+    retarget_graph(ours, torch.device("meta"))
+    assert _graph_text(ours) == _graph_text(theirs)
+    assert _graph_devices(ours) == _graph_devices(theirs)
+    assert any(d for _n, _k, d in _graph_devices(ours))
+    assert all(set(d) <= {"meta"} for _n, _k, d in _graph_devices(ours))

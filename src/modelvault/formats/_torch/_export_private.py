@@ -16,8 +16,11 @@ parameter or buffer of a loaded ScriptModule with another tensor object
 (``setattr`` on the Python wrapper refuses to re-bind a parameter).
 
 Everything else the plugins do goes through public API
-(``ExportedProgram.state_dict``/``constants``/``graph_signature``,
-``torch.export.passes.move_to_device_pass``). Tests in
+(``ExportedProgram.state_dict``/``constants``/``graph_signature``, fx node
+``args``/``kwargs``/``meta``), save for ``ExportedProgram._example_inputs``:
+``exported_program.retarget_graph`` is the graph half of
+``torch.export.passes.move_to_device_pass`` and sets the example inputs as that
+pass does. Tests in
 ``tests/formats/torch/test_export_private.py`` pin the behaviour relied on.
 """
 

@@ -30,7 +30,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -453,21 +453,46 @@ def _pipeline(
     """Run ``read(j)`` for up to ``ring`` chunks ahead on a thread pool and
     ``consume(j, n)`` in order on this thread. Returns the bytes read."""
     total = 0
-    with ThreadPoolExecutor(max_workers=max(1, ring), thread_name_prefix="mvault-read") as pool:
-        pending: deque[Future[int]] = deque()
+    own = ring > _POOL_SIZE
+    pool = ThreadPoolExecutor(ring, thread_name_prefix="mvault-read") if own else _reader_pool()
+    pending: deque[Future[int]] = deque()
+    try:
         for j in range(min(ring, n_chunks)):
             pending.append(pool.submit(read, j))
-        try:
-            for j in range(n_chunks):
-                n = pending.popleft().result()
-                consume(j, n)
-                total += n
-                if j + ring < n_chunks:
-                    pending.append(pool.submit(read, j + ring))
-        finally:
-            for f in pending:
-                f.cancel()
+        for j in range(n_chunks):
+            n = pending.popleft().result()
+            consume(j, n)
+            total += n
+            if j + ring < n_chunks:
+                pending.append(pool.submit(read, j + ring))
+    finally:
+        for f in pending:
+            f.cancel()
+        # Reads already running write into the caller's buffers and use its file
+        # descriptors: none may outlive this call.
+        wait([f for f in pending if not f.cancelled()])
+        if own:
+            pool.shutdown(wait=True)
     return total
+
+
+#: Reader threads kept for the process's loads (a load reads with up to ``ring``
+#: of them): starting 16 threads per load cost about a millisecond of every
+#: warm GPU load. A larger ``ring`` gets a pool of its own for that call.
+_POOL_SIZE = 32
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    """The process's reader pool, made again in a forked child (whose threads are gone)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="mvault-read")
+            _pool_pid = os.getpid()
+        return _pool
 
 
 def _stream_cpu(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int, ring: int) -> None:
