@@ -304,8 +304,8 @@ def oci(r: dict[str, Any]) -> list[str]:
     lines += [
         "| operation | modelvault | oras | modelvault vs oras |",
         "| --- | --- | --- | ---: |",
-        f"| push (`push_oci`: sha256 and BLAKE3 of every blob, the BLAKE3 checked, computed "
-        f"beside the upload above 64 MiB; vs `oras push`: sha256, then one `PUT`) | {cell('mv_push')} | {cell('oras_push')} "
+        f"| push (`push_oci`: sha256 and BLAKE3 of every blob first, the BLAKE3 checked, "
+        f"then HEAD and the upload; vs `oras push`: sha256, then one `PUT`) | {cell('mv_push')} | {cell('oras_push')} "
         f"| {r['push_vs_oras']:.2f}x |",
         f"| pull (`pull_oci`: parallel ranged GETs, sha256 and BLAKE3 checked, fsync, "
         f"registered; vs `oras pull` + fsync, unchecked) | {cell('mv_pull')} "

@@ -11,10 +11,11 @@ to the vault's blob files (same inodes, so the same page-cache state). Every
 round starts two CNCF distribution registries (``docker-registry``) on
 loopback with empty storage, one per side, so neither finds a blob there.
 
-- push, modelvault: ``vault.push_oci`` (BLAKE3 checked and sha256 computed
-  while the bytes are sent, chunked upload above 64 MiB, parallel across
-  blobs, the ModelPack manifest written); no sha256 hints from earlier runs
-  (a fresh cache directory every round);
+- push, modelvault: ``vault.push_oci`` (sha256 and BLAKE3 of each blob in one
+  read, the BLAKE3 checked, then ``HEAD`` and the upload: chunked above 64
+  MiB, parallel across blobs, the ModelPack manifest written); no sha256
+  hints from earlier runs (a fresh cache directory every round), so this is
+  the path of a blob never hashed on this machine;
 - push, oras: ``OrasClient.push`` of the same two files (sha256 of each file,
   then one monolithic ``PUT`` each, the manifest written);
 - pull, modelvault: ``vault.pull_oci`` into an empty vault (parallel ranged

@@ -429,8 +429,7 @@ class RegistryClient:
         chunk: int | None = None,
         tap: Callable[[int, bytes], None] | None = None,
         seal: Callable[[], str] | None = None,
-        give_up: Callable[[], bool] | None = None,
-    ) -> str | None:
+    ) -> str:
         """Upload ``size`` bytes of ``path`` from ``offset`` as a blob; returns its digest.
 
         A blob of at most ``chunk`` bytes whose ``digest`` is known goes in one
@@ -439,9 +438,6 @@ class RegistryClient:
         from the file (a block again after a resume); ``seal()``, called
         before the closing ``PUT``, returns the digest when ``digest`` is
         None, and may raise to abandon the upload (the session is deleted).
-        ``give_up()``, asked after every chunk, returns True when the blob
-        need not be sent after all (the registry turned out to have it): the
-        session is deleted and None returned.
         """
         chunk = chunk or CHUNK
         scope = f"repository:{repo}:pull,push"
@@ -495,14 +491,6 @@ class RegistryClient:
             loc = self._location(resp)
             advance(progress, n)
             done = range_end(resp, done + n)
-            try:
-                stop = give_up is not None and done < size and give_up()
-            except BaseException:
-                self._cancel(loc, scope)
-                raise
-            if stop:
-                self._cancel(loc, scope)
-                return None
         try:
             if seal is not None:
                 sealed = seal()

@@ -2,14 +2,14 @@
 
 push: resolve the version; open each variant through the load pipeline (its
 manifest verified against the registry's digest); then, in parallel, largest
-first, each blob once: a small one is hashed (BLAKE3, checked against the
-manifest, and sha256, the name OCI gives it, in one read), skipped when the
-repository has it (``HEAD``), mounted when another repository of the registry
-holds it, else sent in one ``PUT``; a large one whose sha256 is remembered
-from an earlier push or pull is asked for first and, if it must be sent,
-hashed while it is sent (:class:`HashingTap`); a large one never hashed here
-is hashed beside its upload, which is abandoned if the registry turns out to
-have it. The BLAKE3 is checked before an upload is completed.
+first, each blob once, and no byte of a blob the repository already has: one
+never hashed here is hashed first (BLAKE3, checked against the manifest, and
+sha256, the name OCI gives it, in one read), skipped when the repository has
+it (``HEAD``), mounted when another repository of the registry holds it, else
+sent (one ``PUT`` up to 64 MiB, ``PATCH`` chunks above); one whose sha256 is
+remembered from an earlier push or pull is asked for before it is read and,
+if it must be sent, hashed while it is sent (:class:`HashingTap`), the BLAKE3
+checked before the upload is completed.
 The manifests go last, the tag last of all.
 
 pull: fetch the manifest (or index) the tag names, check its sha256, refuse
@@ -262,65 +262,45 @@ def push_version(
     def send_file(b3: str) -> tuple[str, int]:
         path, offset, size = files[b3]
         sha = known.get(b3)
-        if sha is None and size <= CHUNK:  # small: hash first, then ask, then one PUT
+        if sha is None:
+            # Never hashed here: both digests first (one read, the BLAKE3
+            # checked), then the registry is asked, and only a blob it lacks is
+            # sent, so a blob the repository holds (pushed from another machine)
+            # costs a read here and not a byte on the wire.
             sha, got = hash_both(path, offset, size)
             if got != b3:  # the store's copy is damaged
                 raise damaged(b3, got, where=str(path))
             if outcome := present(sha):
                 shas[b3] = sha
                 return outcome, 0
+            # The registry checks the sha256 at the closing PUT: bytes changed
+            # since the hash are refused there.
             client.upload_blob(repo, sha, path, offset, size, progress=progress)
             shas[b3] = sha
             return "uploaded", size
-        if sha is not None:
-            # Remembered from an earlier push or pull: ask first; if it must be
-            # sent, hash it as it is read for sending (one pass), the BLAKE3
-            # checked before the upload is completed.
-            if outcome := present(sha):
-                shas[b3] = sha
-                return outcome, 0
-            tap = HashingTap(offset, size)
-            try:
-                shas[b3] = str(
-                    client.upload_blob(
-                        repo,
-                        None,
-                        path,
-                        offset,
-                        size,
-                        progress=progress,
-                        tap=tap,
-                        seal=lambda: tap.seal(b3, str(path)),
-                    )
+        # Remembered from an earlier push or pull: ask first; if it must be
+        # sent, hash it as it is read for sending (one pass), the BLAKE3
+        # checked before the upload is completed (a remembered sha256 is a
+        # hint, so the one sent is the one computed now).
+        if outcome := present(sha):
+            shas[b3] = sha
+            return outcome, 0
+        tap = HashingTap(offset, size)
+        try:
+            shas[b3] = str(
+                client.upload_blob(
+                    repo,
+                    None,
+                    path,
+                    offset,
+                    size,
+                    progress=progress,
+                    tap=tap,
+                    seal=lambda: tap.seal(b3, str(path)),
                 )
-            finally:
-                tap.close()
-            return "uploaded", size
-        # Large and never hashed here: the hash runs beside the upload, and the
-        # moment it is known the registry is asked; a blob it has already is
-        # abandoned then (the session deleted) instead of sent to the end.
-        hashed = hash_pool.submit(hash_both, path, offset, size)
-        asked: list[str | None] = []
-
-        def digests() -> str:
-            sha, got = hashed.result()
-            if got != b3:  # the store's copy is damaged: the upload is abandoned
-                raise damaged(b3, got, where=str(path))
-            return sha
-
-        def give_up() -> bool:
-            if not hashed.done():
-                return False
-            if not asked:
-                asked.append(present(digests()))
-            return asked[0] is not None
-
-        sent = client.upload_blob(
-            repo, None, path, offset, size, progress=progress, seal=digests, give_up=give_up
-        )
-        shas[b3] = digests()
-        if sent is None:
-            return str(asked[0]), 0
+            )
+        finally:
+            tap.close()
         return "uploaded", size
 
     def send_data(sha: str, data: bytes) -> tuple[str, int]:
@@ -349,10 +329,7 @@ def push_version(
 
     if progress is not None:
         progress.start(sum(s for _, _, s in files.values()), f"push {repo}:{tag}")
-    with (
-        ThreadPoolExecutor(max_workers=workers) as pool,
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="oci-push-hash") as hash_pool,
-    ):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         # the largest first, so that the longest upload is not the last to start
         order = sorted(files, key=lambda d: -files[d][2])
         count(list(pool.map(send_file, order)))
