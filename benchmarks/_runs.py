@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -57,6 +58,32 @@ def run_round(cases: Sequence[Case], rnd: int) -> dict[str, float]:
         del out
         times[case.name] = elapsed
     return times
+
+
+def same_disk_state(directory: Path, source: Path) -> Callable[[], None]:
+    """A ``before`` for a timed durable write into ``directory``: every such write
+    starts from the same state of the filesystem.
+
+    It copies ``source`` into a file of ``directory``, fsyncs it, deletes it and
+    syncs, so as many blocks as the write will need were freed moments ago. On a
+    thin-provisioned virtual disk (the 2-core dev machine's) a write + fsync into
+    blocks freed moments ago runs 2-3x faster than into fresh ones
+    (``benchmarks/disk_state.py``, ``results/disk_state.json``), so without this
+    the case that ran right after another case's file was deleted got the fast
+    disk, and a case always in the middle of a round never did.
+    """
+
+    def prepare() -> None:
+        ballast = directory / ".ballast"
+        with open(source, "rb") as src, open(ballast, "wb") as dst:
+            while block := src.read(16 << 20):
+                dst.write(block)
+            dst.flush()
+            os.fsync(dst.fileno())
+        ballast.unlink()
+        os.sync()
+
+    return prepare
 
 
 def interleaved(cases: Sequence[Case], runs: int, warmup: int = 0) -> dict[str, list[float]]:

@@ -320,10 +320,12 @@ def oci(r: dict[str, Any]) -> list[str]:
         runs = r["seconds"]
         lines += [
             "",
-            f"The disk probe before the rounds (write + fsync) gave {disk:.0f} MB/s, at which "
-            f"the {r['size_bytes'] / 2**30:.0f} GiB would take {disk_s:.1f} s, longer than a "
-            "pull's median: this disk's speed changed during the run, so the pulls, which "
-            "both end durable, were timed on a disk of varying speed (modelvault's rounds: "
+            f"The disk probe before the rounds (write + fsync into fresh blocks) gave {disk:.0f} "
+            f"MB/s, at which the {r['size_bytes'] / 2**30:.0f} GiB would take {disk_s:.1f} s, "
+            "longer than a pull's median: the pulls ran faster than the probe (each pull "
+            "starts from the same disk state, blocks of its size freed just before, which "
+            "this disk writes faster), so the probe's figure bounds neither (modelvault's "
+            "rounds: "
             + ", ".join(f"{t:.2f}" for t in runs["mv_pull"])
             + " s; oras's: "
             + ", ".join(f"{t:.2f}" for t in runs["oras_pull"])

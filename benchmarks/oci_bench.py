@@ -28,6 +28,12 @@ loopback with empty storage, one per side, so neither finds a blob there.
   download (``modelvault.oci.download.FOLLOW = False``) instead of following
   the bytes as they land.
 
+Each pull starts from the same disk state: outside the timing, a copy of the
+weights is written, fsynced and deleted in the round's directory
+(``_runs.same_disk_state``), because a write into blocks freed moments ago is
+faster on a thin-provisioned disk, and the pull right after another pull's
+files were deleted would otherwise get that.
+
 Peers alternate within a round, the order reversed every other round, after
 ``--warmup`` unmeasured rounds; the medians of the per-round ratios are
 reported. Targets: push >= 1x oras, pull >= 2x oras.
@@ -49,7 +55,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "benchmarks")]
 
 from _machine import Monitor  # noqa: E402
-from _runs import Case, fsync_tree, median, paired_ratio, run_round, write_report  # noqa: E402
+from _runs import (  # noqa: E402
+    Case,
+    fsync_tree,
+    median,
+    paired_ratio,
+    run_round,
+    same_disk_state,
+    write_report,
+)
 from _tables import render  # noqa: E402
 
 MiB = 1024 * 1024
@@ -124,6 +138,8 @@ def one_round(
             mv_ref = f"oci://{reg_mv.host}/bench/model:1.0.0"
             oras_ref = f"{reg_o.host}/bench/model:1.0.0"
             out = r / "oras-out"
+            # Every durable pull starts on the same disk state (see _runs.same_disk_state).
+            settle = same_disk_state(r, oras_dir / "weights.bin")
 
             def oras_push() -> Any:
                 cwd = os.getcwd()
@@ -134,7 +150,7 @@ def one_round(
                     os.chdir(cwd)
 
             def new_vault() -> None:
-                os.sync()
+                settle()
                 v = Vault(registry=f"sqlite:///{r / 'dst.db'}", store=f"file://{r / 'dst-store'}")
                 v.registry.list_models()  # the empty catalogue created before the timing
                 dst["v"] = v
@@ -172,7 +188,7 @@ def one_round(
                     before=new_vault,
                     after=check_mv,
                 ),
-                Case("oras_pull", oras_pull, before=os.sync, after=check_oras),
+                Case("oras_pull", oras_pull, before=settle, after=check_oras),
                 # For reference: the same pull hashing after the download, not as it lands.
                 Case("mv_pull_hash_after", mv_pull_hash_after, before=new_vault, after=check_mv),
             ]

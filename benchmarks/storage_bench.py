@@ -11,7 +11,9 @@ run by run (the order reversed every other run):
   durability modelvault gives), against ``S3Store.get_file`` (digest
   verified, file fsynced, renamed into place); boto3 without the fsync is a
   reference row. Every download goes to a path that does not exist (removed
-  outside the timing), for every peer;
+  outside the timing), for every peer, and starts from the same state of the
+  disk (``_runs.same_disk_state``: as many blocks as it will write freed just
+  before, outside the timing);
 - the second push of the same blob (dedup: no blob bytes sent);
 - a pull into a warm cache (S3 GET bytes counted through a botocore event
   hook: must be 0).
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from _machine import Monitor  # noqa: E402
-from _runs import Case, median, run_round, write_report  # noqa: E402
+from _runs import Case, median, run_round, same_disk_state, write_report  # noqa: E402
 from _tables import render  # noqa: E402
 from tests.storage.seaweed import SeaweedS3  # noqa: E402
 
@@ -154,6 +156,7 @@ def main() -> None:
             # Let the server allocate its volumes before anything is timed.
             client.upload_file(str(src), BUCKET, "warmup", Config=tc)
             client.delete_object(Bucket=BUCKET, Key="warmup")
+            settle = same_disk_state(work, src)
             for run in range(args.warmup + args.runs):
                 key = f"peer/run{run}"
                 store = S3Store(
@@ -162,8 +165,8 @@ def main() -> None:
                 peer_out, mv_out = work / "peer.out", work / "mv.out"
 
                 def gone(path: Path) -> Any:
-                    # A new file for every download, so none pays for freeing an old one.
-                    return lambda: (path.unlink(missing_ok=True), os.sync())
+                    # A new file for every download, each written on the same disk state.
+                    return lambda: (path.unlink(missing_ok=True), settle())
 
                 pushes = [
                     Case(
