@@ -60,24 +60,26 @@ def run_round(cases: Sequence[Case], rnd: int) -> dict[str, float]:
     return times
 
 
-def same_disk_state(directory: Path, source: Path) -> Callable[[], None]:
-    """A ``before`` for a timed durable write into ``directory``: every such write
-    starts from the same state of the filesystem.
+def same_disk_state(directory: Path, size: int) -> Callable[[], None]:
+    """A ``before`` for a timed durable write of up to ``size`` bytes into
+    ``directory``: every such write starts from the same state of the filesystem.
 
-    It copies ``source`` into a file of ``directory``, fsyncs it, deletes it and
-    syncs, so as many blocks as the write will need were freed moments ago. On a
-    thin-provisioned virtual disk (the 2-core dev machine's) a write + fsync into
-    blocks freed moments ago runs 2-3x faster than into fresh ones
+    It writes ``size`` bytes (random, 16 MiB at a time) into a file of
+    ``directory``, fsyncs it, deletes it and syncs, so as many blocks as the
+    write will need were freed moments ago. The 2-core dev machine's disk writes
+    into blocks freed moments ago several times faster than into fresh ones
     (``benchmarks/disk_state.py``, ``results/disk_state.json``), so without this
-    the case that ran right after another case's file was deleted got the fast
-    disk, and a case always in the middle of a round never did.
+    the case that ran right after another case's files were deleted got the
+    fast disk, and a case always in the middle of a round never did.
     """
+    block = os.urandom(16 << 20)
 
     def prepare() -> None:
         ballast = directory / ".ballast"
-        with open(source, "rb") as src, open(ballast, "wb") as dst:
-            while block := src.read(16 << 20):
-                dst.write(block)
+        with open(ballast, "wb") as dst:
+            left = size
+            while left > 0:
+                left -= dst.write(block[: min(left, len(block))])
             dst.flush()
             os.fsync(dst.fileno())
         ballast.unlink()

@@ -46,7 +46,14 @@ sys.path.insert(0, str(HERE.parent / "src"))
 RESULTS = HERE / "results" / "bundle.json"
 
 from _machine import Monitor  # noqa: E402
-from _runs import Case, interleaved, median, paired_ratio, write_report  # noqa: E402
+from _runs import (  # noqa: E402
+    Case,
+    interleaved,
+    median,
+    paired_ratio,
+    same_disk_state,
+    write_report,
+)
 from _tables import render  # noqa: E402
 
 
@@ -181,11 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         draft.add_tensor_section(builder)
         write_bundle(draft, bundle_path)
 
+    settle = same_disk_state(work, size)
+
     def clear(path: Path) -> None:
         # Both writers get a new file: replacing a 1 GiB file first frees its
         # blocks, which on a filesystem mounted with `discard` costs seconds.
+        # Then both start from the same disk state (_runs.same_disk_state).
         path.unlink(missing_ok=True)
-        os.sync()
+        settle()
 
     monitor = Monitor()
     times: dict[str, list[float]] = {}

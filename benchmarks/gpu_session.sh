@@ -44,7 +44,7 @@ export PYTHONUNBUFFERED=1
 for stage in $STAGES; do
     case $stage in
     tests)
-        timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -rs -p no:cacheprovider -o addopts="" \
+        timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -rsx -p no:cacheprovider -o addopts="" \
             tests/gpu tests/formats/torch tests/storage/test_stream_load.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -30 ;;
     tune)
         timeout "${TUNE_TIMEOUT:-120}" python3 benchmarks/gpu_load.py --tune --sizes "${TUNE_GB:-2}" 2>&1 | tee "$OUT/tune.log" | tail -40 ;;

@@ -28,8 +28,8 @@ loopback with empty storage, one per side, so neither finds a blob there.
   download (``modelvault.oci.download.FOLLOW = False``) instead of following
   the bytes as they land.
 
-Each pull starts from the same disk state: outside the timing, a copy of the
-weights is written, fsynced and deleted in the round's directory
+Each pull starts from the same disk state: outside the timing, as many bytes
+as the weights are written, fsynced and deleted in the round's directory
 (``_runs.same_disk_state``), because a write into blocks freed moments ago is
 faster on a thin-provisioned disk, and the pull right after another pull's
 files were deleted would otherwise get that.
@@ -139,7 +139,7 @@ def one_round(
             oras_ref = f"{reg_o.host}/bench/model:1.0.0"
             out = r / "oras-out"
             # Every durable pull starts on the same disk state (see _runs.same_disk_state).
-            settle = same_disk_state(r, oras_dir / "weights.bin")
+            settle = same_disk_state(r, size)
 
             def oras_push() -> Any:
                 cwd = os.getcwd()

@@ -156,7 +156,7 @@ def main() -> None:
             # Let the server allocate its volumes before anything is timed.
             client.upload_file(str(src), BUCKET, "warmup", Config=tc)
             client.delete_object(Bucket=BUCKET, Key="warmup")
-            settle = same_disk_state(work, src)
+            settle = same_disk_state(work, size)
             for run in range(args.warmup + args.runs):
                 key = f"peer/run{run}"
                 store = S3Store(

@@ -46,7 +46,15 @@ RESULTS = HERE / "results"
 WIDTH = 4096
 
 from _machine import Monitor  # noqa: E402
-from _runs import Case, interleaved, median, resident, run_round, write_report  # noqa: E402
+from _runs import (  # noqa: E402
+    Case,
+    interleaved,
+    median,
+    resident,
+    run_round,
+    same_disk_state,
+    write_report,
+)
 from _tables import render  # noqa: E402
 
 
@@ -168,6 +176,9 @@ def main() -> int:
         ref = model(x)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     work = Path(tempfile.mkdtemp(prefix="vault-bench-"))
+    # Every push starts from the same disk state (MLflow writes the model twice:
+    # a temporary copy, then the artifact store), see _runs.same_disk_state.
+    settle = same_disk_state(work, 2 * size)
     weights, inputs = work / "weights.safetensors", work / "inputs.safetensors"
     safetensors.torch.save_file(model.state_dict(), str(weights))
     safetensors.torch.save_file({"x": x}, str(inputs))
@@ -194,7 +205,7 @@ def main() -> int:
         vault.registry  # noqa: B018  database created and migrated outside the timing,
         vault.store  # noqa: B018  as MLflow's create_experiment does on its side
         homes[i], vaults[i] = home, vault
-        os.sync()
+        settle()
 
     def mv_push() -> None:
         i = rnd["mv_push"]
@@ -247,8 +258,13 @@ def main() -> int:
                 return lambda _out: ml_parts.setdefault(key, []).append(dict(wk.last))
 
             push_cases += [
-                Case("mlflow_push", ml_push("inferred"), after=keep("mlflow_push")),
-                Case("mlflow_push_pinned", ml_push("pinned"), after=keep("mlflow_push_pinned")),
+                Case("mlflow_push", ml_push("inferred"), before=settle, after=keep("mlflow_push")),
+                Case(
+                    "mlflow_push_pinned",
+                    ml_push("pinned"),
+                    before=settle,
+                    after=keep("mlflow_push_pinned"),
+                ),
             ]
             load_cases += [Case("mlflow_load", ml_load, after=keep("mlflow_load"))]
         # Pushes of all peers, then loads of all peers, every round: a load

@@ -275,9 +275,8 @@ class StoreSource:
         """Make every blob local in parallel (a streaming source leaves its tensor blobs to the reader)."""
         skip = {t.blob for t in self._manifest.tensors} if self.stream else set()
         todo = [i for i in range(len(self._manifest.blobs)) if i not in skip]
-        local = not todo or self.store.local_path(self._manifest.blobs[todo[0]].digest) is not None
-        if local or len(todo) == 1:
-            for i in todo:  # a local store has nothing to fetch: a stat each, no thread pool
+        if self.store.holds_files or len(todo) <= 1:
+            for i in todo:  # nothing to fetch from a local store: a stat each, no thread pool
                 self.locate(i)
             return
         with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:

@@ -212,3 +212,52 @@ def test_cached_store_over_local_reads_in_place(tmp_path: Path) -> None:
     store.put_bytes(d, data)
     assert store.local_path(d) == remote.local_path(d)
     assert store.cache.ls() == []
+
+
+class InFlightStore(MemoryStore):
+    """A real in-memory store whose downloads are slow and counted while in flight."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.in_flight = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def get_file(self, digest, dest, *, progress=None, verify=True):  # type: ignore[no-untyped-def]
+        with self._lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            time.sleep(self.delay)
+            super().get_file(digest, dest, progress=progress, verify=verify)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+def test_holds_files_names_the_stores_read_in_place(tmp_path: Path) -> None:
+    assert LocalStore(tmp_path / "local").holds_files
+    assert not MemoryStore().holds_files
+    cache = BlobCache(tmp_path / "cache", 1 << 20)
+    assert CachedStore(LocalStore(tmp_path / "l2"), cache).holds_files
+    assert not CachedStore(MemoryStore(), cache).holds_files
+
+
+def test_a_cached_remote_variant_is_fetched_in_parallel(tmp_path: Path) -> None:
+    # A CachedStore's local_path fetches the blob: the loader must not take it
+    # for a local store and fetch a variant's blobs one after another.
+    torch = pytest.importorskip("torch")
+    from modelvault import Vault
+
+    remote = InFlightStore(delay=0.0)
+    registry = f"sqlite:///{tmp_path / 'registry.db'}"
+    sd = {f"w{i}": torch.full((64,), float(i)) for i in range(6)}
+    Vault(registry=registry, store=CachedStore(remote, BlobCache(tmp_path / "c1", 1 << 30))).push(
+        sd, "m:1.0.0"
+    )
+    remote.delay = 0.2
+    fresh = CachedStore(remote, BlobCache(tmp_path / "c2", 1 << 30))
+    got = Vault(registry=registry, store=fresh).load("m:1.0.0")
+    assert all(torch.equal(got[k], v) for k, v in sd.items())
+    assert remote.most > 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import threading
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -493,12 +494,14 @@ _TOP = {
 #: re-encoding; validation and the size limit still run on every decode.
 _CANONICAL: dict[str, None] = {}
 _CANONICAL_MAX = 1024
+_CANONICAL_LOCK = threading.Lock()
 
 
 def _remember_canonical(key: str) -> None:
-    if len(_CANONICAL) >= _CANONICAL_MAX:
-        _CANONICAL.pop(next(iter(_CANONICAL)), None)
-    _CANONICAL[key] = None
+    with _CANONICAL_LOCK:  # decodes run on many threads; eviction iterates the dict
+        if len(_CANONICAL) >= _CANONICAL_MAX:
+            _CANONICAL.pop(next(iter(_CANONICAL)), None)
+        _CANONICAL[key] = None
 
 
 def _check_plain(m: Manifest, size: int, *, validated: bool = False) -> None:

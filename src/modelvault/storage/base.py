@@ -185,6 +185,10 @@ class BlobStore(ABC):
     """
 
     url: str
+    #: True when every blob is a file on this machine that :meth:`local_path`
+    #: returns without fetching anything (a local directory): a loader then
+    #: locates blobs inline instead of on a thread pool.
+    holds_files: bool = False
 
     # ---- primitives -----------------------------------------------------
 

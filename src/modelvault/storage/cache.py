@@ -469,6 +469,11 @@ class CachedStore(BlobStore):
     ) -> bool:
         return self.remote.put_file(digest, path, offset=offset, length=length, progress=progress)
 
+    @property
+    def holds_files(self) -> bool:  # type: ignore[override]
+        # local_path fills the cache from the remote: a fetch, unless the remote holds files
+        return self.remote.holds_files
+
     def local_path(self, digest: str) -> Path | None:
         direct = self.remote.local_path(digest)
         if direct is not None:

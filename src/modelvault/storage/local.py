@@ -75,6 +75,8 @@ class LocalStore(BlobStore):
             raise os_error(exc, str(path), "reading") from exc
         return BlobInfo(digest, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
 
+    holds_files = True
+
     def local_path(self, digest: str) -> Path | None:
         path = self._path(digest)
         return path if path.is_file() else None

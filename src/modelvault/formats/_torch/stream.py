@@ -485,6 +485,16 @@ _pool_pid = 0
 _pool_lock = threading.Lock()
 
 
+def _forget_pool_in_child() -> None:
+    # A fork copies neither the pool's threads nor a lock another thread held.
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _reader_pool() -> ThreadPoolExecutor:
     """The process's reader pool, made again in a forked child (whose threads are gone)."""
     global _pool, _pool_pid
