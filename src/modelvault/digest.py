@@ -26,6 +26,7 @@ __all__ = [
     "CHUNK",
     "DEFAULT_ALGORITHM",
     "Hasher",
+    "beside_io_threads",
     "damaged",
     "digest_bytes",
     "digest_file",
@@ -93,6 +94,18 @@ class _Sha256:
 
 
 _FACTORIES: dict[str, Callable[[int | None], Hasher]] = {"blake3": _Blake3, "sha256": _Sha256}
+
+
+def beside_io_threads() -> int:
+    """Threads for a hash that runs beside the caller's own reading or sending:
+    every core this process may use but one, which the I/O keeps (at least one),
+    so the hash does not take the core the reads need.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def new_hasher(algorithm: str = DEFAULT_ALGORITHM, *, threads: int | None = None) -> Hasher:
@@ -242,7 +255,7 @@ def read_verified_into(
         into = into.cast("B") if into.format != "B" or into.ndim != 1 else into
         if into.readonly or into.nbytes < size:
             raise InvalidArgumentError(f"into must be a writable buffer of at least {size} bytes")
-    h = new_hasher(algo)
+    h = new_hasher(algo, threads=beside_io_threads())  # the reads run beside it
 
     def eat(view: memoryview) -> None:
         h.update(view)
@@ -276,7 +289,7 @@ def damaged(expected: str, actual: str, where: str = "") -> IntegrityError:
 
 def digest_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM) -> str:
     """The digest string of a whole file, read and hashed in overlapping chunks."""
-    h = new_hasher(algorithm)
+    h = new_hasher(algorithm, threads=beside_io_threads())
     p = Path(path)
     with p.open("rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size

@@ -45,7 +45,7 @@ import botocore.exceptions as bexc
 from botocore.config import Config
 
 from ..config import settings
-from ..digest import new_hasher, parse_digest
+from ..digest import beside_io_threads, new_hasher, parse_digest
 from ..errors import (
     BlobNotFoundError,
     InvalidArgumentError,
@@ -327,7 +327,7 @@ class S3Store(BlobStore):
         self, digest: str, parts: Iterator[bytes], size: int, progress: Progress | None
     ) -> bool:
         algo, _ = parse_digest(digest)
-        hasher = new_hasher(algo)
+        hasher = new_hasher(algo, threads=beside_io_threads())  # beside the upload threads
         key = self.key(digest)
         given = f"the bytes given for {self.where(digest)}"
         if progress is not None:
