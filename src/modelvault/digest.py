@@ -112,7 +112,8 @@ def new_hasher(algorithm: str = DEFAULT_ALGORITHM, *, threads: int | None = None
     """A running hash for ``algorithm`` (``blake3`` or ``sha256``).
 
     ``threads=None`` lets BLAKE3 use every core for each large update; a caller
-    that overlaps hashing with its own I/O passes ``threads=1`` so the hash does
+    that overlaps hashing with its own I/O passes :func:`beside_io_threads` (or
+    ``threads=1`` where another thread of its own hashes too) so the hash does
     not take the core the I/O runs on.
     """
     try:

@@ -252,7 +252,7 @@ class Manifest:
     def _encode_plain(self) -> bytes:
         _validate(self)
         data = encode_msgpack(self.to_wire())
-        _check_plain(self, len(data), validated=True)
+        _check_size(self, len(data))
         return data
 
     @property
@@ -286,7 +286,8 @@ class Manifest:
             )
         key = digest_bytes(plain)
         if key in _CANONICAL:
-            _check_plain(m, len(plain))  # the same checks, less re-encoding known bytes
+            _validate(m)  # the checks _encode_plain makes, less the re-encoding
+            _check_size(m, len(plain))
         elif m._encode_plain() != plain:
             raise ManifestError(
                 "manifest is not canonically encoded (map keys out of order, a non-minimal "
@@ -504,10 +505,8 @@ def _remember_canonical(key: str) -> None:
         _CANONICAL[key] = None
 
 
-def _check_plain(m: Manifest, size: int, *, validated: bool = False) -> None:
-    """The checks :meth:`Manifest._encode_plain` makes of ``size`` plain bytes of ``m``."""
-    if not validated:
-        _validate(m)
+def _check_size(m: Manifest, size: int) -> None:
+    """Refuse ``size`` plain bytes of ``m`` over the limit; record the size otherwise."""
     if size > LIMITS.manifest_bytes:
         raise ManifestError(
             f"manifest is {size} bytes; the limit is {LIMITS.manifest_bytes}",

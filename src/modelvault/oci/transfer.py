@@ -261,30 +261,30 @@ def push_version(
 
     def send_file(b3: str) -> tuple[str, int]:
         path, offset, size = files[b3]
-        sha = known.get(b3)
-        if sha is None:
+        remembered = known.get(b3)
+        if remembered is None:
             # Never hashed here: both digests first (one read, the BLAKE3
-            # checked), then the registry is asked, and only a blob it lacks is
-            # sent, so a blob the repository holds (pushed from another machine)
-            # costs a read here and not a byte on the wire.
+            # checked), so the registry is asked before any byte is sent and a
+            # blob it holds (pushed from another machine) costs a read here and
+            # not a byte on the wire.
             sha, got = hash_both(path, offset, size)
             if got != b3:  # the store's copy is damaged
                 raise damaged(b3, got, where=str(path))
-            if outcome := present(sha):
-                shas[b3] = sha
-                return outcome, 0
+        else:
+            sha = remembered
+        if outcome := present(sha):
+            shas[b3] = sha
+            return outcome, 0
+        if remembered is None:
             # The registry checks the sha256 at the closing PUT: bytes changed
             # since the hash are refused there.
             client.upload_blob(repo, sha, path, offset, size, progress=progress)
             shas[b3] = sha
             return "uploaded", size
-        # Remembered from an earlier push or pull: ask first; if it must be
-        # sent, hash it as it is read for sending (one pass), the BLAKE3
-        # checked before the upload is completed (a remembered sha256 is a
-        # hint, so the one sent is the one computed now).
-        if outcome := present(sha):
-            shas[b3] = sha
-            return outcome, 0
+        # Remembered from an earlier push or pull, and the registry lacks it: hash
+        # it as it is read for sending (one pass), the BLAKE3 checked before the
+        # upload is completed (a remembered sha256 is a hint, so the one sent is
+        # the one computed now).
         tap = HashingTap(offset, size)
         try:
             shas[b3] = str(

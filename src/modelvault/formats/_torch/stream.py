@@ -481,7 +481,6 @@ def _pipeline(
 #: warm GPU load. A larger ``ring`` gets a pool of its own for that call.
 _POOL_SIZE = 32
 _pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
 _pool_lock = threading.Lock()
 
 
@@ -496,12 +495,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def _reader_pool() -> ThreadPoolExecutor:
-    """The process's reader pool, made again in a forked child (whose threads are gone)."""
-    global _pool, _pool_pid
+    """The process's reader pool (a forked child makes its own, see above)."""
+    global _pool
     with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
+        if _pool is None:
             _pool = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="mvault-read")
-            _pool_pid = os.getpid()
         return _pool
 
 
