@@ -449,13 +449,16 @@ def tune(size_gb: float, work: Path) -> None:
     warm(work / "tune")
     dev = torch.device("cuda")
     print(f"h2d limit {total / h2d_limit(total) / 1e9:.1f} GB/s", flush=True)
-    for hash_on_gpu in ("1", "0"):
+    from modelvault.formats._torch import stream
+
+    for hash_on_gpu, unordered in (("1", True), ("1", False), ("0", False)):
         os.environ["MVAULT_GPU_HASH"] = hash_on_gpu
+        stream.UNORDERED = unordered
         from modelvault.formats._torch import cuda_blake3
 
         cuda_blake3._loaded.clear()
         for chunk_mib in (4, 8, 16) if hash_on_gpu == "1" else (8,):
-            for ring in (6, 8, 12, 16, 24) if hash_on_gpu == "1" else (8, 16):
+            for ring in (8, 16, 24, 32) if hash_on_gpu == "1" else (8, 16):
                 ts = []
                 for _ in range(3):
                     t0 = time.perf_counter()
@@ -465,9 +468,11 @@ def tune(size_gb: float, work: Path) -> None:
                     del out
                     _free(None)
                 s = statistics.median(ts)
-                print(f"gpu_hash={hash_on_gpu} chunk={chunk_mib:>2} MiB ring={ring:>2}: "
+                order = "unordered" if unordered else "in-order"
+                print(f"gpu_hash={hash_on_gpu} {order:9s} chunk={chunk_mib:>2} MiB ring={ring:>2}: "
                       f"{s:.3f} s {total / s / 1e9:6.1f} GB/s", flush=True)  # fmt: skip
     os.environ.pop("MVAULT_GPU_HASH", None)
+    stream.UNORDERED = True
     shutil.rmtree(work / "tune", ignore_errors=True)
 
 
@@ -501,7 +506,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     sizes = [float(s) for s in args.sizes.split(",") if s]
     if args.tune:
-        tune(sizes[0], work)
+        for size in sizes:
+            tune(size, work)
         return
     rows: list[dict[str, Any]] = []
     memory: list[dict[str, Any]] = []

@@ -88,6 +88,9 @@ def main() -> None:
     ap.add_argument("--size-gb", type=float, default=2)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--intervals", default="0.005,0.001,0.0002")
+    ap.add_argument(
+        "--orders", default="unordered,in-order", help="the CUDA ring's orders to compare"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -123,8 +126,14 @@ def main() -> None:
     report: dict[str, Any] = {"size_gb": args.size_gb, "bytes": total, "intervals": {}}
     monitor = Monitor()
     with monitor:
-        for interval in [float(v) for v in args.intervals.split(",")]:
+        from modelvault.formats._torch import stream
+
+        combos = [
+            (order, float(v)) for order in args.orders.split(",") for v in args.intervals.split(",")
+        ]
+        for order, interval in combos:
             per: dict[str, Any] = {}
+            stream.UNORDERED = order == "unordered"
             with switch_interval(interval):
                 for rnd in range(args.runs + 1):
                     order = list(loads) if rnd % 2 == 0 else list(reversed(loads))
@@ -152,12 +161,13 @@ def main() -> None:
                 row["GBps"] = total / med / 1e9
                 row["phase_ms"] = phases
                 print(
-                    f"interval {interval * 1e3:.2f} ms  {name:16s} {med * 1e3:7.1f} ms "
+                    f"{order:9s} interval {interval * 1e3:.2f} ms  {name:16s} {med * 1e3:7.1f} ms "
                     f"{row['GBps']:5.1f} GB/s  phases(ms) {phases}",
                     flush=True,
                 )
                 row["phases"] = dict(row["phases"])
-            report["intervals"][str(interval)] = per
+            report["intervals"][f"{order} {interval}"] = per
+        stream.UNORDERED = True
         for name, fn in loads.items():
             fn()
             torch.cuda.synchronize()

@@ -138,3 +138,66 @@ def test_ring_settings_with_device_hashing(tmp_path: Path) -> None:
         out = load_tensors(source, torch.device("cuda:0"), chunk=chunk, ring=ring)
         for k, v in sd.items():
             assert torch.equal(out[k].cpu(), v), (chunk, ring, k)
+
+
+@pytest.mark.parametrize("unordered", [True, False], ids=["unordered", "in-order"])
+@pytest.mark.parametrize(
+    ("chunk", "ring"), [(4096, 1), (4096, 2), (4096 * 5, 3), (64 * KIB, 33), (4096 * 3, 70)]
+)
+def test_both_ring_orders_land_every_byte(
+    unordered: bool, chunk: int, ring: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Many blobs of odd sizes, many chunks each: the same tensors whichever order the reads finish."""
+    monkeypatch.setattr(stream, "UNORDERED", unordered)
+    torch.manual_seed(11)
+    sd = {f"t{i}": torch.randn(7_000 + 4_097 * i) for i in range(12)}
+    sd["empty"] = torch.empty(0)
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    out = load_tensors(source, torch.device("cuda:0"), chunk=chunk, ring=ring)
+    for k, v in sd.items():
+        assert torch.equal(out[k].cpu(), v), (k, chunk, ring)
+
+
+@pytest.mark.parametrize("unordered", [True, False], ids=["unordered", "in-order"])
+def test_a_blob_truncated_mid_file_is_refused_and_frees_the_device(
+    unordered: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(stream, "UNORDERED", unordered)
+    dev = torch.device("cuda:0")
+    sd = {"a": torch.randn(3 * MIB), "b": torch.randn(1000)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    loc = source.locate(0)
+    size = source.manifest.blobs[0].size
+    os.truncate(loc.path, loc.offset + size // 2 + 5)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated(dev)
+    with pytest.raises(IntegrityError, match="truncated") as err:
+        load_tensors(source, dev, chunk=256 * KIB, ring=8)
+    assert source.manifest.blobs[0].digest in str(err.value)
+    assert f"{size // 2 + 5} of {size} bytes" in str(err.value)
+    assert torch.cuda.memory_allocated(dev) == before
+
+
+def test_a_read_that_fails_stops_the_other_readers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An error in one reader thread ends the load with that error, nothing left on the device."""
+    dev = torch.device("cuda:0")
+    sd = {f"t{i}": torch.randn(MIB) for i in range(6)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    real = stream._read_piece
+    calls = []
+
+    def failing(files, k, p, view, start):  # type: ignore[no-untyped-def]
+        calls.append(k)
+        if len(calls) == 9:
+            raise OSError(5, "Input/output error")
+        return real(files, k, p, view, start)
+
+    monkeypatch.setattr(stream, "_read_piece", failing)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated(dev)
+    with pytest.raises(OSError, match="Input/output error"):
+        load_tensors(source, dev, chunk=256 * KIB, ring=8)
+    assert torch.cuda.memory_allocated(dev) == before
+    assert len(calls) < 6 * 16, "the other readers went on after the failure"

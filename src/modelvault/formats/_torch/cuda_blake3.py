@@ -86,6 +86,48 @@ class _Kernels:
         )
         return fn
 
+    # -- the copy side of a load: asynchronous copies and events, without the GIL -----------
+    # ctypes releases the GIL for every call below, so reader threads that copy their
+    # own chunks do not queue behind a main thread rebuilding a graph.
+    def make_current(self) -> None:
+        """Make the device's primary context current on the calling thread."""
+        self.drv.check(self.drv.lib.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+
+    def event(self) -> ctypes.c_void_p:
+        ev = ctypes.c_void_p()
+        # CU_EVENT_DISABLE_TIMING: these events only order work.
+        self.drv.check(
+            self.drv.lib.cuEventCreate(ctypes.byref(ev), ctypes.c_uint(2)), "cuEventCreate"
+        )
+        return ev
+
+    def destroy(self, ev: ctypes.c_void_p) -> None:
+        self.drv.lib.cuEventDestroy_v2(ev)
+
+    def record(self, ev: ctypes.c_void_p, stream: int) -> None:
+        self.drv.check(self.drv.lib.cuEventRecord(ev, ctypes.c_void_p(stream)), "cuEventRecord")
+
+    def wait(self, ev: ctypes.c_void_p) -> None:
+        self.drv.check(self.drv.lib.cuEventSynchronize(ev), "cuEventSynchronize")
+
+    def stream_wait(self, stream: int, ev: ctypes.c_void_p) -> None:
+        self.drv.check(
+            self.drv.lib.cuStreamWaitEvent(ctypes.c_void_p(stream), ev, ctypes.c_uint(0)),
+            "cuStreamWaitEvent",
+        )
+
+    def copy_to_device(self, dst: int, src: int, n: int, stream: int) -> None:
+        """Queue a copy of ``n`` bytes of pinned host memory at ``src`` to device address ``dst``."""
+        self.drv.check(
+            self.drv.lib.cuMemcpyHtoDAsync_v2(
+                ctypes.c_uint64(dst),
+                ctypes.c_void_p(src),
+                ctypes.c_size_t(n),
+                ctypes.c_void_p(stream),
+            ),
+            "cuMemcpyHtoDAsync",
+        )
+
     def launch(self, fn: ctypes.c_void_p, grid: int, block: int, stream: Any, *args: Any) -> None:
         params = (ctypes.c_void_p * len(args))(
             *[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args]
@@ -144,6 +186,8 @@ class DeviceBlake3:
 
     def __init__(self, k: _Kernels, device: torch.device, sizes: list[int]) -> None:
         self._k = k
+        #: The loaded kernels and their driver calls (copies and events use them too).
+        self.kernels = k
         self._sizes = sizes
         self._first: list[int] = []
         pos = 0

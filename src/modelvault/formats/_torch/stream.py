@@ -24,6 +24,7 @@ any failure the device memory is dropped before the error propagates.
 
 from __future__ import annotations
 
+import itertools
 import mmap as _mmap
 import os
 import threading
@@ -592,7 +593,12 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
             hashing.hash(piece, dest[p.dest : p.dest + p.size], hash_stream)
 
     try:
-        _pipeline(len(plan), ring, read, consume)
+        if hashing is not None and UNORDERED and all(p.on_device for p in pieces):
+            _stream_unordered(
+                pieces, dest, plan, files, slots, slot_views, stream, hashing, hash_stream
+            )
+        else:
+            _pipeline(len(plan), ring, read, consume)
     finally:
         files.close_all()
         if stream is not None:
@@ -605,6 +611,104 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
     if stream is not None:
         # Later work on the default stream must see the copied bytes.
         torch.cuda.current_stream(device).wait_stream(stream)
+
+
+#: A CUDA load whose every piece the device hashes reads and copies its chunks in
+#: whatever order the reads finish (:func:`_stream_unordered`); False keeps the
+#: in-order ring (``benchmarks/gpu_load.py --tune`` compares the two).
+UNORDERED = True
+
+
+def _stream_unordered(
+    pieces: Sequence[Piece],
+    dest: torch.Tensor,
+    plan: Sequence[tuple[int, int, int]],
+    files: _Files,
+    slots: Sequence[torch.Tensor],
+    views: Sequence[memoryview],
+    stream: Any,
+    hashing: Any,
+    hash_stream: Any,
+) -> None:
+    """The ring for pieces the device hashes: no thread waits for another's chunk.
+
+    Nothing needs the bytes in order when the device hashes each piece once it
+    has landed, so every reader thread owns two of the pinned slots and, for
+    each chunk it takes (in file order, from a shared counter), waits for its
+    slot's previous copy, reads into it and queues the copy itself, through the
+    driver (ctypes: the GIL is released for every call, so a main thread
+    rebuilding a graph does not hold the copies up). The thread that lands a
+    piece's last chunk records an event after it on the copy stream (every
+    other chunk of the piece was queued there before its count went down) and
+    queues the piece's hash behind that event. A read that fails stops the
+    others; the caller synchronizes the copy stream before the slots go.
+    """
+    k = hashing.kernels
+    copy_stream = int(stream.cuda_stream)
+    hash_handle = int(hash_stream.cuda_stream)
+    base = int(dest.data_ptr())
+    ptrs = [int(s.data_ptr()) for s in slots]
+    per = 2 if len(slots) >= 2 else 1
+    workers = max(1, len(slots) // per)
+    left = [0] * len(pieces)
+    for piece, _start, _want in plan:
+        left[piece] += 1
+    events = [k.event() for _ in slots]
+    used = [False] * len(slots)
+    marks: list[Any] = []
+    lock = threading.Lock()
+    counter = itertools.count()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def work(w: int) -> None:
+        k.make_current()
+        turn = 0
+        try:
+            while not stop.is_set():
+                j = next(counter)
+                if j >= len(plan):
+                    return
+                slot = w * per + turn
+                turn = (turn + 1) % per
+                if used[slot]:
+                    k.wait(events[slot])  # its previous copy must be done before it is overwritten
+                piece, start, want = plan[j]
+                p = pieces[piece]
+                n = _read_piece(files, piece, p, views[slot][:want], start)
+                if n:
+                    k.copy_to_device(base + p.dest + start, ptrs[slot], n, copy_stream)
+                    k.record(events[slot], copy_stream)
+                    used[slot] = True
+                with lock:
+                    p.got += n
+                    p.short = p.short or n < want
+                    left[piece] -= 1
+                    last = left[piece] == 0
+                    if last and not p.short and p.got == p.size:
+                        mark = k.event()
+                        marks.append(mark)
+                        k.record(mark, copy_stream)
+                        k.stream_wait(hash_handle, mark)
+                        hashing.hash(piece, dest[p.dest : p.dest + p.size], hash_stream)
+                if last:
+                    files.done(piece)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    own = workers > _POOL_SIZE
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="mvault-read") if own else _reader_pool()
+    try:
+        wait([pool.submit(work, w) for w in range(workers)])
+    finally:
+        if own:
+            pool.shutdown(wait=True)
+        stream.synchronize()  # no copy may still read a slot, nor an event be in use
+        for ev in events + marks:
+            k.destroy(ev)
+    if errors:
+        raise errors[0]
 
 
 def _device_hashing(pieces: Sequence[Piece], device: torch.device) -> Any:
