@@ -544,10 +544,16 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
     hashing = _device_hashing(pieces, device) if cuda else None
     hash_stream = torch.cuda.Stream(device) if hashing is not None else None  # type: ignore[no-untyped-call]
     largest = max((p.size for p in pieces), default=0)
+    unordered = hashing is not None and UNORDERED and all(p.on_device for p in pieces)
+    if unordered:
+        # ``ring`` reader threads, each with two slots of half a chunk: the same pinned
+        # memory as the in-order ring, a read in flight on every thread.
+        chunk = max(4096, chunk // 2 // 4096 * 4096)
     chunk = min(chunk, max(largest, 1))
     plan = _chunks(pieces, chunk)
     ring = max(1, min(ring, len(plan)))
-    slots = [torch.empty(chunk, dtype=torch.uint8, pin_memory=cuda) for _ in range(ring)]
+    n_slots = 2 * ring if unordered else ring
+    slots = [torch.empty(chunk, dtype=torch.uint8, pin_memory=cuda) for _ in range(n_slots)]
     slot_views = [memoryview(s.numpy()) for s in slots]  # type: ignore[arg-type]
     events: list[Any] = [None] * ring
     stream = torch.cuda.Stream(device) if cuda else None  # type: ignore[no-untyped-call]
@@ -593,7 +599,7 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
             hashing.hash(piece, dest[p.dest : p.dest + p.size], hash_stream)
 
     try:
-        if hashing is not None and UNORDERED and all(p.on_device for p in pieces):
+        if unordered:
             _stream_unordered(
                 pieces, dest, plan, files, slots, slot_views, stream, hashing, hash_stream
             )
@@ -648,8 +654,12 @@ def _stream_unordered(
     hash_handle = int(hash_stream.cuda_stream)
     base = int(dest.data_ptr())
     ptrs = [int(s.data_ptr()) for s in slots]
-    per = 2 if len(slots) >= 2 else 1
-    workers = max(1, len(slots) // per)
+    per = 2
+    workers = len(slots) // per
+    # A pool thread drops its task (and so this closure) only after the future says it is
+    # done: the threads reach the buffer and the hasher through ``held``, emptied on the
+    # way out, so a failed load frees the device as it returns.
+    held: list[Any] = [dest, hashing]
     left = [0] * len(pieces)
     for piece, _start, _want in plan:
         left[piece] += 1
@@ -690,7 +700,9 @@ def _stream_unordered(
                         marks.append(mark)
                         k.record(mark, copy_stream)
                         k.stream_wait(hash_handle, mark)
-                        hashing.hash(piece, dest[p.dest : p.dest + p.size], hash_stream)
+                        buf, hasher = held
+                        hasher.hash(piece, buf[p.dest : p.dest + p.size], hash_stream)
+                        del buf, hasher
                 if last:
                     files.done(piece)
         except BaseException as exc:
@@ -707,6 +719,7 @@ def _stream_unordered(
         stream.synchronize()  # no copy may still read a slot, nor an event be in use
         for ev in events + marks:
             k.destroy(ev)
+        held.clear()
     if errors:
         raise errors[0]
 
