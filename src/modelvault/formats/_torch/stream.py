@@ -13,10 +13,14 @@ CUDA: one device buffer for all of a container's tensor blobs (format 1.1
 stores a blob per large tensor) is allocated after checking free memory; the
 files stream through a small ring of pinned host buffers in one pass across
 blobs. Reader threads fill ring slots with ``preadv`` (never an mmap: page
-faults inside a ``cudaMemcpy`` serialize the copy), the main thread hashes each
-chunk in order into its blob's hasher (BLAKE3 releases the GIL and uses every
-core) and queues an asynchronous copy on a side stream; an event per slot says
-when it may be refilled. Host memory in use is the ring, not the model.
+faults inside a ``cudaMemcpy`` serialize the copy). Where the device hashes
+every blob (BLAKE3, :mod:`.cuda_blake3`), order does not matter: each reader
+thread owns two slots and queues its own copies through the driver, and a
+blob's hash is queued behind its last chunk (:func:`_stream_unordered`).
+Otherwise the loading thread hashes each chunk in order into its blob's hasher
+(BLAKE3 releases the GIL and uses every core) and queues an asynchronous copy
+on a side stream; an event per slot says when it may be refilled. Host memory
+in use is the ring, not the model.
 
 No tensor is handed out before the digest of its whole blob checked out; on
 any failure the device memory is dropped before the error propagates.
