@@ -128,6 +128,8 @@ def main() -> None:
     with monitor:
         from modelvault.formats._torch import stream
 
+        stream.SWITCH_INTERVAL = None  # the sweep sets the interval itself
+
         combos = [
             (order, float(v)) for order in args.orders.split(",") for v in args.intervals.split(",")
         ]
