@@ -17,35 +17,36 @@ def _interval():  # type: ignore[no-untyped-def]
     old = sys.getswitchinterval()
     sys.setswitchinterval(0.005)
     yield
+    assert stream._switch_depth == 0, "a test left a load entered"
     sys.setswitchinterval(old)
 
 
 def test_lowered_for_the_load_and_restored_after_the_last_of_several() -> None:
     stream._prompt_switching(True)
-    assert sys.getswitchinterval() == pytest.approx(stream.SWITCH_INTERVAL)
+    assert sys.getswitchinterval() == pytest.approx(stream.SWITCH_INTERVAL, rel=0.05)
     stream._prompt_switching(True)  # a second load beside the first
     stream._prompt_switching(False)
-    assert sys.getswitchinterval() == pytest.approx(stream.SWITCH_INTERVAL), (
+    assert sys.getswitchinterval() == pytest.approx(stream.SWITCH_INTERVAL, rel=0.05), (
         "the other load runs on"
     )
     stream._prompt_switching(False)
-    assert sys.getswitchinterval() == pytest.approx(0.005)
+    assert sys.getswitchinterval() == pytest.approx(0.005, rel=0.05)
     stream._prompt_switching(False)  # one leave too many changes nothing
-    assert sys.getswitchinterval() == pytest.approx(0.005)
+    assert sys.getswitchinterval() == pytest.approx(0.005, rel=0.05)
 
 
 def test_an_interval_already_shorter_is_kept() -> None:
     sys.setswitchinterval(0.0001)
     stream._prompt_switching(True)
-    assert sys.getswitchinterval() == pytest.approx(0.0001)
+    assert sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)
     stream._prompt_switching(False)
-    assert sys.getswitchinterval() == pytest.approx(0.0001)
+    assert sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)
 
 
 def test_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stream, "SWITCH_INTERVAL", None)
     stream._prompt_switching(True)
-    assert sys.getswitchinterval() == pytest.approx(0.005)
+    assert sys.getswitchinterval() == pytest.approx(0.005, rel=0.05)
     stream._prompt_switching(False)
 
 
@@ -62,7 +63,7 @@ def test_loads_on_many_threads_restore_it() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert sys.getswitchinterval() == pytest.approx(0.005)
+    assert sys.getswitchinterval() == pytest.approx(0.005, rel=0.05)
     assert stream._switch_depth == 0
 
 
@@ -86,4 +87,4 @@ def test_a_cpu_background_load_leaves_it_alone(tmp_path) -> None:  # type: ignor
     finally:
         stream.load_tensors = real  # type: ignore[assignment]
     assert torch.equal(out["a"], torch.arange(10))
-    assert seen == [pytest.approx(0.005)]
+    assert seen == [pytest.approx(0.005, rel=0.05)]
