@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
-import platform
 import sys
 from typing import Any
 
@@ -36,9 +34,11 @@ def register(sub: Any) -> None:
 
 
 def _version(dist: str) -> str | None:
+    from importlib import metadata  # here, not at import: every command's start-up pays for it
+
     try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
         return None
 
 
@@ -104,6 +104,8 @@ def _tensorrt() -> dict[str, Any]:
 
 
 def collect(offline: bool = False) -> dict[str, Any]:
+    import platform
+
     from .._version import __version__
     from ..config import settings
 
