@@ -11,7 +11,6 @@ import importlib
 import importlib.util
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +98,8 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
+    from importlib import metadata  # on first use: it costs start-up tens of milliseconds
+
     for ep in metadata.entry_points(group="modelvault.formats"):
         if ep.name not in _BUILTIN and ep.name not in _extra:
             _extra[ep.name] = PluginSpec(ep.name, ep.value)

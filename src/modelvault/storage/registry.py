@@ -10,7 +10,6 @@ A store class provides ``from_url(url) -> BlobStore``.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import InvalidArgumentError, MissingDependencyError, PluginNotFoundError
@@ -46,6 +45,8 @@ def store_class(scheme: str) -> type[BlobStore]:
                 ) from exc
             raise
         return cls  # type: ignore[no-any-return]
+    from importlib.metadata import entry_points  # only for a scheme not built in
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == scheme:
             return ep.load()  # type: ignore[no-any-return]
