@@ -128,14 +128,10 @@ def main() -> None:
     with monitor:
         from modelvault.formats._torch import stream
 
-        stream.SWITCH_INTERVAL = None  # the sweep sets the interval itself
-
-        combos = [
-            (order, float(v)) for order in args.orders.split(",") for v in args.intervals.split(",")
-        ]
-        for order, interval in combos:
+        combos = [(o, float(v)) for o in args.orders.split(",") for v in args.intervals.split(",")]
+        for ring_order, interval in combos:
             per: dict[str, Any] = {}
-            stream.UNORDERED = order == "unordered"
+            stream.UNORDERED = ring_order == "unordered"
             with switch_interval(interval):
                 for rnd in range(args.runs + 1):
                     order = list(loads) if rnd % 2 == 0 else list(reversed(loads))
@@ -163,12 +159,12 @@ def main() -> None:
                 row["GBps"] = total / med / 1e9
                 row["phase_ms"] = phases
                 print(
-                    f"{order:9s} interval {interval * 1e3:.2f} ms  {name:16s} {med * 1e3:7.1f} ms "
+                    f"{ring_order:9s} interval {interval * 1e3:.2f} ms  {name:16s} {med * 1e3:7.1f} ms "
                     f"{row['GBps']:5.1f} GB/s  phases(ms) {phases}",
                     flush=True,
                 )
                 row["phases"] = dict(row["phases"])
-            report["intervals"][f"{order} {interval}"] = per
+            report["intervals"][f"{ring_order} {interval}"] = per
         stream.UNORDERED = True
         for name, fn in loads.items():
             fn()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import itertools
 import mmap as _mmap
 import os
-import sys
 import threading
 import traceback
 from collections import deque
@@ -202,34 +201,6 @@ def release(exc: BaseException, device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-#: While a load streams beside Python work on the loading thread (an ExportedProgram's
-#: graph is rebuilt while its weights stream), every reader thread that needs the GIL
-#: back waits up to one switch interval for it: 5 ms by default, the time a 16 MiB read
-#: takes. During such a load the interval is lowered to this (None: left alone) and
-#: restored when the last such load ends (``benchmarks/gpu_phases.py`` measures it).
-SWITCH_INTERVAL: float | None = 0.0005
-_switch_lock = threading.Lock()
-_switch_depth = 0
-_switch_saved = 0.0
-
-
-def _prompt_switching(on: bool) -> None:
-    """Enter (``on``) or leave a load during which the GIL changes hands promptly."""
-    global _switch_depth, _switch_saved
-    if SWITCH_INTERVAL is None:
-        return
-    with _switch_lock:
-        if on:
-            if _switch_depth == 0:
-                _switch_saved = sys.getswitchinterval()
-                sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
-            _switch_depth += 1
-        elif _switch_depth:
-            _switch_depth -= 1
-            if _switch_depth == 0:
-                sys.setswitchinterval(_switch_saved)
-
-
 class BackgroundLoad:
     """:func:`load_tensors` on a worker thread, so it overlaps rebuilding the graph.
 
@@ -242,26 +213,13 @@ class BackgroundLoad:
     def __init__(self, source: ContainerSource, device: torch.device, **options: Any) -> None:
         self._device = device
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvault-load")
-        self._prompt = device.type == "cuda"
-        if self._prompt:
-            _prompt_switching(True)
-        try:
-            self._future = self._pool.submit(load_tensors, source, device, **options)
-        except BaseException:
-            self._done()
-            raise
-
-    def _done(self) -> None:
-        if self._prompt:
-            self._prompt = False
-            _prompt_switching(False)
+        self._future = self._pool.submit(load_tensors, source, device, **options)
 
     def result(self) -> dict[str, torch.Tensor]:
         try:
             return self._future.result()
         finally:
             self._pool.shutdown(wait=True)
-            self._done()
 
     def discard(self) -> None:
         try:
@@ -270,7 +228,6 @@ class BackgroundLoad:
             traceback.clear_frames(exc.__traceback__)
         finally:
             self._pool.shutdown(wait=True)
-            self._done()
             del self._future  # it holds the tensors (or the error) until dropped
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
