@@ -618,7 +618,7 @@ def gpu_load(r: dict[str, Any]) -> list[str]:
             f"after the first load of the process): at most {worst['host_growth_bytes'] / 2**20:.1f} MiB "
             f"({worst['host_growth_bytes'] / worst['model_bytes']:.3%} of the {worst['size_gb']:g} GB model, "
             f"{worst['format']}); goal < 25% {_mark(True)}. The first load of a process also allocates the "
-            "pinned ring (16 x 16 MiB = 256 MiB), which torch's host allocator keeps for the next."
+            "pinned ring (256 MiB), which torch's host allocator keeps for the next."
         )
     return out
 

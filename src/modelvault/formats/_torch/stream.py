@@ -73,10 +73,11 @@ MAX_MAPS = 16_384
 #: Several reads at once are what it takes to pull the page cache at full speed.
 RING = 8
 #: The pinned ring of a CUDA load: with the device hashing, the host's cores
-#: only copy from the page cache, and 16 reads of 16 MiB in flight (256 MiB
-#: pinned) come near the best of the ring/chunk sweep on an H200 host
+#: only copy from the page cache, and 16 reads in flight with 256 MiB pinned
+#: come near the best of the ring/chunk sweep on an H200 host
 #: (``benchmarks/gpu_load.py --tune``; the best setting moved between runs by
-#: a few GB/s, 16 x 16 MiB was never far from it).
+#: a few GB/s). In-order: 16 slots of 16 MiB; unordered (the device hashes every
+#: blob): 16 reader threads with two 8 MiB slots each.
 RING_CUDA = 16
 CHUNK_CUDA = 16 * 1024 * 1024
 
