@@ -201,3 +201,24 @@ def test_a_read_that_fails_stops_the_other_readers(
         load_tensors(source, dev, chunk=256 * KIB, ring=8)
     assert torch.cuda.memory_allocated(dev) == before
     assert len(calls) < 6 * 16, "the other readers went on after the failure"
+
+
+def test_an_empty_blob_keeps_the_load_unordered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An empty tensor alone gets an empty blob; the other blobs still stream in any order."""
+    used = []
+    real = stream._stream_unordered
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        used.append(True)
+        return real(*a, **k)
+
+    monkeypatch.setattr(stream, "_stream_unordered", spy)
+    sd = {"a": torch.randn(3 * MIB), "e": torch.empty(0)}
+    source = write(TensorsPlugin().pack(sd), tmp_path)
+    assert 0 in [b.size for b in source.manifest.blobs]
+    out = load_tensors(source, torch.device("cuda:0"), chunk=256 * KIB, ring=4)
+    assert used == [True]
+    assert torch.equal(out["a"].cpu(), sd["a"]) and out["e"].numel() == 0
+    assert out["e"].device.type == "cuda"

@@ -549,7 +549,8 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
     hashing = _device_hashing(pieces, device) if cuda else None
     hash_stream = torch.cuda.Stream(device) if hashing is not None else None  # type: ignore[no-untyped-call]
     largest = max((p.size for p in pieces), default=0)
-    unordered = hashing is not None and UNORDERED and all(p.on_device for p in pieces)
+    # An empty blob has nothing to read; the host's hasher gives its digest.
+    unordered = hashing is not None and UNORDERED and all(p.on_device or not p.size for p in pieces)
     if unordered:
         # ``ring`` reader threads, each with two slots of half a chunk: the same pinned
         # memory as the in-order ring, a read in flight on every thread.
