@@ -641,7 +641,28 @@ def signing(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def startup(r: dict[str, Any]) -> list[str]:
+    out = _header(
+        r,
+        "Median wall time of a fresh interpreter per command, then its costliest imports (`-X importtime`, cumulative).",
+    )
+    out += [
+        f"A bare `python -c pass` takes {r['bare_python_s'] * 1e3:.0f} ms here.",
+        "",
+        "| command | ms | costliest imports (ms) | goal | |",
+        "| --- | ---: | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        imports = ", ".join(f"{name} {sec * 1e3:.0f}" for name, sec in row["imports"])
+        out.append(
+            f"| `{row['command']}` | {row['seconds'] * 1e3:.0f} | {imports} | "
+            f"< {row['goal_s'] * 1e3:.0f} ms | {_mark(row['met'])} |"
+        )
+    return out
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "startup": startup,
     "signing": signing,
     "gpu_load": gpu_load,
     "dedup": dedup,

@@ -44,7 +44,7 @@ def _imported(
             name = line.rsplit("|", 1)[1].strip()
             if name and name != "imported package":
                 mods.add(name.split(".", 1)[0])
-                if name.startswith("importlib."):
+                if name.startswith(("importlib.", "modelvault.oci.")):
                     mods.add(name)  # the standard library's slow corners, by full name
     return mods, proc
 
@@ -78,6 +78,10 @@ def test_everyday_commands_import_nothing_heavy(args: list[str], home: tuple[Pat
     assert "modelvault" in mods
     heavy = sorted(m for m in HEAVY if m in mods)
     assert heavy == [], f"`mvault {' '.join(args)}` imported {heavy}"
+    oci = sorted(
+        m for m in mods if m.startswith("modelvault.oci.") and m != "modelvault.oci.reference"
+    )
+    assert oci == [], f"`mvault {' '.join(args)}` loaded the OCI client: {oci}"
 
 
 def test_help_imports_no_database_driver(home: tuple[Path, Path]) -> None:

@@ -10,8 +10,24 @@ back, :mod:`.transfer` moves versions between a vault and a registry.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .reference import Reference, is_oci_reference, parse_reference
-from .transfer import OCIPullResult, OCIPushResult, pull_version, push_version
+
+if TYPE_CHECKING:
+    from .transfer import OCIPullResult, OCIPushResult, pull_version, push_version
+
+_TRANSFER = ("OCIPullResult", "OCIPushResult", "pull_version", "push_version")
+
+
+def __getattr__(name: str) -> Any:
+    # The transfer machinery (HTTP client, layouts) loads on first use: every push
+    # asks is_oci_reference, and a push of a plain file should not pay for the client.
+    if name in _TRANSFER:
+        from . import transfer
+
+        return getattr(transfer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "OCIPullResult",
