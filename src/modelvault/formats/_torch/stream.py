@@ -563,6 +563,10 @@ def stream_through_ring(pieces: Sequence[Piece], dest: torch.Tensor, chunk: int,
     slot_views = [memoryview(s.numpy()) for s in slots]  # type: ignore[arg-type]
     events: list[Any] = [None] * ring
     stream = torch.cuda.Stream(device) if cuda else None  # type: ignore[no-untyped-call]
+    if stream is not None:
+        # ``dest`` was allocated on the current stream, whose earlier kernels may still use
+        # the memory the caching allocator just handed out again: copies start after them.
+        stream.wait_stream(torch.cuda.current_stream(device))
     files = _Files(pieces)
 
     def read(j: int) -> int:
@@ -669,33 +673,36 @@ def _stream_unordered(
     left = [0] * len(pieces)
     for piece, _start, _want in plan:
         left[piece] += 1
-    events = [k.event() for _ in slots]
-    used = [False] * len(slots)
-    marks: list[Any] = []
     lock = threading.Lock()
     counter = itertools.count()
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def work(w: int) -> None:
-        k.make_current()
-        turn = 0
+        # Every event is made by the thread that uses it, with the device's context
+        # current there: the calling thread's current device may be another one.
+        mine: list[Any] = []
         try:
+            k.make_current()
+            events = [k.event() for _ in range(per)]
+            mine += events
+            used = [False] * per
+            turn = 0
             while not stop.is_set():
                 j = next(counter)
                 if j >= len(plan):
                     return
-                slot = w * per + turn
-                turn = (turn + 1) % per
-                if used[slot]:
-                    k.wait(events[slot])  # its previous copy must be done before it is overwritten
+                slot, ev = w * per + turn, events[turn]
+                if used[turn]:
+                    k.wait(ev)  # the slot's previous copy must be done before it is overwritten
                 piece, start, want = plan[j]
                 p = pieces[piece]
                 n = _read_piece(files, piece, p, views[slot][:want], start)
                 if n:
                     k.copy_to_device(base + p.dest + start, ptrs[slot], n, copy_stream)
-                    k.record(events[slot], copy_stream)
-                    used[slot] = True
+                    k.record(ev, copy_stream)
+                    used[turn] = True
+                turn = (turn + 1) % per
                 with lock:
                     p.got += n
                     p.short = p.short or n < want
@@ -703,7 +710,7 @@ def _stream_unordered(
                     last = left[piece] == 0
                     if last and not p.short and p.got == p.size:
                         mark = k.event()
-                        marks.append(mark)
+                        mine.append(mark)
                         k.record(mark, copy_stream)
                         k.stream_wait(hash_handle, mark)
                         buf, hasher = held
@@ -714,17 +721,27 @@ def _stream_unordered(
         except BaseException as exc:
             errors.append(exc)
             stop.set()
+        finally:
+            # Destroying an event whose work is queued is allowed: the driver releases it
+            # once the work is done.
+            for ev in mine:
+                k.destroy(ev)
 
     own = workers > _POOL_SIZE
     pool = ThreadPoolExecutor(workers, thread_name_prefix="mvault-read") if own else _reader_pool()
+    futures: list[Future[None]] = []
     try:
-        wait([pool.submit(work, w) for w in range(workers)])
+        for w in range(workers):
+            futures.append(pool.submit(work, w))
+        wait(futures)
     finally:
+        # Also when this thread itself was interrupted: no worker may still read into a
+        # slot or through a descriptor once this returns.
+        stop.set()
+        wait(futures)
         if own:
             pool.shutdown(wait=True)
-        stream.synchronize()  # no copy may still read a slot, nor an event be in use
-        for ev in events + marks:
-            k.destroy(ev)
+        stream.synchronize()  # no copy may still read a slot
         held.clear()
     if errors:
         raise errors[0]
