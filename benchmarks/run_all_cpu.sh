@@ -45,4 +45,5 @@ run benchmarks/vault_bench.py --size-gb 0.5 --runs 5 --mlflow-python "$MLFLOW_PY
 run benchmarks/storage_bench.py --size-mib 1024 --runs 5 --weed-dir /dev/shm/mvb-weed
 run benchmarks/registry_bench.py --mlflow-python "$MLFLOW_PYTHON"
 run benchmarks/oci_bench.py --size-mb 1024 --runs 5
+run benchmarks/startup.py --runs 7
 "$PY" benchmarks/render_readme.py
