@@ -185,8 +185,7 @@ class DeviceBlake3:
     """
 
     def __init__(self, k: _Kernels, device: torch.device, sizes: list[int]) -> None:
-        self._k = k
-        #: The loaded kernels and their driver calls (copies and events use them too).
+        #: The loaded kernels and their driver calls (a load's copies and events use them too).
         self.kernels = k
         self._sizes = sizes
         self._first: list[int] = []
@@ -207,8 +206,8 @@ class DeviceBlake3:
             )
         n = _blocks(size)
         nodes = self._nodes.data_ptr() + self._first[k] * 32
-        self._k.launch(
-            self._k.chunks, n, _BLOCK_CHUNKS, stream,
+        self.kernels.launch(
+            self.kernels.chunks, n, _BLOCK_CHUNKS, stream,
             ctypes.c_uint64(data.data_ptr()), ctypes.c_uint64(size), ctypes.c_uint64(nodes),
             ctypes.c_int(1 if n == 1 else 0),
         )  # fmt: skip
@@ -224,8 +223,8 @@ class DeviceBlake3:
                     dtype=torch.int64,
                 ).to(self._device, non_blocking=False)
                 out = torch.empty(len(multi) * 8, dtype=torch.int32, device=self._device)
-                self._k.launch(
-                    self._k.reduce, len(multi), _REDUCE_THREADS, stream,
+                self.kernels.launch(
+                    self.kernels.reduce, len(multi), _REDUCE_THREADS, stream,
                     ctypes.c_uint64(self._nodes.data_ptr()), ctypes.c_uint64(self._scratch.data_ptr()),
                     ctypes.c_uint64(table[0].data_ptr()), ctypes.c_uint64(table[1].data_ptr()),
                     ctypes.c_uint64(out.data_ptr()),

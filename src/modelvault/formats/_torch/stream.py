@@ -459,8 +459,7 @@ def _pipeline(
     """Run ``read(j)`` for up to ``ring`` chunks ahead on a thread pool and
     ``consume(j, n)`` in order on this thread. Returns the bytes read."""
     total = 0
-    own = ring > _POOL_SIZE
-    pool = ThreadPoolExecutor(ring, thread_name_prefix="mvault-read") if own else _reader_pool()
+    pool, own = _readers(ring)
     pending: deque[Future[int]] = deque()
     try:
         for j in range(min(ring, n_chunks)):
@@ -498,6 +497,14 @@ def _forget_pool_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def _readers(n: int) -> tuple[ThreadPoolExecutor, bool]:
+    """A pool for ``n`` reader threads, and whether it is the caller's own to shut down:
+    the process's pool, or a new one where ``n`` is more than it holds."""
+    if n > _POOL_SIZE:
+        return ThreadPoolExecutor(n, thread_name_prefix="mvault-read"), True
+    return _reader_pool(), False
 
 
 def _reader_pool() -> ThreadPoolExecutor:
@@ -727,8 +734,7 @@ def _stream_unordered(
             for ev in mine:
                 k.destroy(ev)
 
-    own = workers > _POOL_SIZE
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="mvault-read") if own else _reader_pool()
+    pool, own = _readers(workers)
     futures: list[Future[None]] = []
     try:
         for w in range(workers):
