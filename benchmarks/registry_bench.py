@@ -53,8 +53,8 @@ from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.dialects import postgresql
 
 from modelvault.registry import Registry, upgrade
+from modelvault.registry.checks import encode_cursor
 from modelvault.registry.db import normalize_url
-from modelvault.registry.reads import encode_cursor
 from modelvault.registry.schema import Alias, Blob, Label, Model, Variant, VariantBlob, Version
 from modelvault.registry.semver import SemVer
 

@@ -325,6 +325,10 @@ class RegistryError(ModelVaultError):
     """The registry database failed or refused an operation."""
 
 
+class LeaseLapsedError(RegistryError):
+    """A push's lease on its blobs expired before its version was registered."""
+
+
 class RegistryUnavailableError(RegistryError, ConnectionError):
     """The registry database cannot be reached."""
 

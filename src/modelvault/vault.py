@@ -17,27 +17,20 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ConflictError, InvalidArgumentError, UnknownFormatError
-from .formats.container import Draft
-from .formats.registry import detect, get_plugin
-from .loader import Choice, LoadPipeline, LoadRequest, StoreSource, choose_variant, read_manifest
-from .maintenance import PushLease
-from .push import (
-    PushRequest,
-    PushResult,
-    attach_signatures,
-    phase,
-    register,
-    upload_bundle,
-    upload_draft,
-)
 
 if TYPE_CHECKING:
+    from .formats.container import Draft
     from .formats.manifest import Manifest
+    from .loader import Choice, LoadPipeline, StoreSource
+    from .push import PushResult
     from .registry import Registry
     from .storage.base import BlobStore
+
+# The formats, the load pipeline and the push are imported by the methods that use
+# them: `mvault ls`, `show` and `alias` start without them (tests/cli/test_startup.py).
 
 __all__ = [
     "PushResult",
@@ -94,12 +87,22 @@ class Vault:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            from .registry import Registry
-
             arg = self._registry_arg
-            self._registry = (
-                arg if isinstance(arg, Registry) else Registry(arg, read_only=self.read_only)
-            )
+            if arg is not None and not isinstance(arg, str):
+                self._registry = arg
+            else:
+                # The embedded SQLite file at the head schema: the everyday calls run on
+                # the standard library's sqlite3 (registry/lite.py), the rest on a full
+                # Registry it opens when asked.
+                from .registry.lite import LiteRegistry
+
+                lite = LiteRegistry.open(arg, read_only=self.read_only)
+                if lite is not None:
+                    self._registry = cast("Registry", lite)
+                else:
+                    from .registry import Registry
+
+                    self._registry = Registry(arg, read_only=self.read_only)
         return self._registry
 
     @property
@@ -139,6 +142,8 @@ class Vault:
     # -- push ----------------------------------------------------------------
     def pack(self, obj: Any, *, format: str | None = None, **options: Any) -> Draft:
         """Turn an object or a path into a draft container, detecting its format."""
+        from .formats.registry import detect, get_plugin
+
         plugin = get_plugin(format) if format else detect(obj)
         if isinstance(obj, str):
             obj = Path(obj)
@@ -166,6 +171,15 @@ class Vault:
         again is a no-op; different content under an existing version raises
         :class:`~modelvault.errors.VersionExistsError`.
         """
+        from .maintenance import PushLease
+        from .push import (
+            PushRequest,
+            attach_signatures,
+            phase,
+            register,
+            upload_bundle,
+            upload_draft,
+        )
         from .registry import SemVer, validate_name
 
         name, version = _split_ref(name, version)
@@ -219,6 +233,8 @@ class Vault:
 
     def show(self, spec: str) -> dict[str, Any]:
         """A version with its variants, aliases, labels and each variant's manifest summary."""
+        from .loader import read_manifest
+
         info = self.resolve(spec)
         out = _asdict(info)
         for v in out.get("variants", []):
@@ -248,6 +264,8 @@ class Vault:
     def pipeline(self) -> LoadPipeline:
         """The load pipeline over this vault's registry, store and cache."""
         if self._pipeline is None:
+            from .loader import LoadPipeline
+
             self._pipeline = LoadPipeline(
                 self.registry, self.store, lambda: self.cache, push=self.push
             )
@@ -260,6 +278,8 @@ class Vault:
         self, spec: str, device: str = "cpu", *, variant: str | None = None
     ) -> tuple[Any, Choice]:
         """The version a spec names and the variant the loader would pick for ``device``."""
+        from .loader import choose_variant
+
         info = self.pipeline.resolve(spec)  # the pipeline remembers it for the trust check
         return info, choose_variant(info.variants, device, want=variant)
 
@@ -278,6 +298,8 @@ class Vault:
         Every byte handed to the format plugin is hashed in this process against
         the digest the registry recorded (see :mod:`modelvault.loader`).
         """
+        from .loader import LoadRequest
+
         return self.pipeline.load(
             LoadRequest(spec, device, variant, build_missing, dict(compile_settings or {}), options)
         )
@@ -317,7 +339,7 @@ class Vault:
         for readers older than signed bundles: ``docs/FORMAT.md``).
         """
         from .formats.bundle import Bundle, write_bundle
-        from .formats.container import DraftBlob, FileSource
+        from .formats.container import Draft, DraftBlob, FileSource
         from .signing import variant_signatures
 
         info, choice = (
@@ -354,6 +376,8 @@ class Vault:
         return self.pipeline.deserialize(choice.variant, write, info=info)
 
     def _any_variant(self, spec: str) -> tuple[Any, Choice]:
+        from .loader import Choice, choose_variant
+
         info = self.pipeline.resolve(spec)
         try:
             return info, choose_variant(info.variants, "cpu")
@@ -478,3 +502,11 @@ def module_show(spec: str) -> dict[str, Any]:
 
 def module_list(name: str | None = None, **kw: Any) -> builtins.list[Any]:
     return default_vault().list(name, **kw)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PushResult":  # a public name of this module, imported when asked for
+        from .push import PushResult
+
+        return PushResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

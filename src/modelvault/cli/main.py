@@ -11,7 +11,6 @@ import argparse
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 from .._version import __version__
@@ -30,6 +29,41 @@ _COMMAND_MODULES = (
     "modelvault.cli.completion",
 )
 
+#: The modules that define (or add options to) each command: a command line that
+#: names one builds only its parser, not all of them (start-up; tests/cli/test_main.py
+#: holds this equal to what the modules register).
+_MODELS = ("modelvault.cli.models", "modelvault.cli.signing")
+COMMANDS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("alias", "export", "gc", "import", "ls", "mv", "pull", "push", "rm", "show", "verify"),
+        _MODELS,
+    ),
+    "sign": _MODELS,
+    "inspect": ("modelvault.cli.bundles",),
+    "db": ("modelvault.cli.db",),
+    "cache": ("modelvault.cli.cache",),
+    "doctor": ("modelvault.cli.doctor",),
+    "quickstart": ("modelvault.cli.quickstart",),
+    "diff": ("modelvault.cli.history",),
+    "label": ("modelvault.cli.history",),
+    "log": ("modelvault.cli.history",),
+    "completion": ("modelvault.cli.completion",),
+}
+_VALUED = ("--registry", "--store")  # the global options that take a value
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command word of a command line (after the global options), or None."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED:
+            skip = True
+        elif arg == "--" or not arg.startswith("-"):
+            return None if arg == "--" else arg
+    return None
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -38,7 +72,11 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``mvault`` parser: every command's, or, when ``argv`` names a known command,
+    only the parsers of the modules that define it."""
+    command = command_of(argv) if argv is not None else None
+    modules = COMMANDS.get(command, _COMMAND_MODULES) if command is not None else _COMMAND_MODULES
     parser = _Parser(
         prog="mvault",
         description="modelvault: push, pull and load verifiable model versions.",
@@ -58,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or with MVAULT_NO_PROGRESS=1)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in _COMMAND_MODULES:
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -88,8 +126,9 @@ def _quiet_frameworks() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mvault``; returns the exit code."""
     _quiet_frameworks()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words)
+    args = parser.parse_args(words)
     if args.registry:
         os.environ["MVAULT_REGISTRY"] = args.registry
     if args.store:
@@ -120,6 +159,8 @@ def report(exc: BaseException) -> int:
     except Exception:
         debug = os.environ.get("MVAULT_DEBUG", "") not in ("", "0")
     if debug:
+        import traceback
+
         traceback.print_exc()
     message = str(exc) or type(exc).__name__
     from ..errors import ModelVaultError

@@ -123,9 +123,19 @@ def _missing(spec: PluginSpec) -> str | None:
     return None
 
 
+def _spec(name: str) -> PluginSpec | None:
+    """The plugin named ``name``: a built-in one without reading entry points (they never
+    replace a built-in), any other after reading them."""
+    spec = _extra.get(name) or _BUILTIN.get(name)
+    if spec is None and not _entry_points_loaded:
+        _load_entry_points()
+        spec = _extra.get(name)
+    return spec
+
+
 def available(name: str) -> bool:
     """True when the plugin's dependencies are importable (does not import them)."""
-    spec = known_plugins().get(name)
+    spec = _spec(name)
     return spec is not None and _missing(spec) is None
 
 
@@ -133,11 +143,10 @@ def get_plugin(name: str) -> FormatPlugin:
     """The plugin instance for ``name``, imported on first use."""
     if name in _instances:
         return _instances[name]
-    table = known_plugins()
-    spec = table.get(name)
+    spec = _spec(name)
     if spec is None:
         raise PluginNotFoundError(
-            f"no format plugin named {name!r}; known: {', '.join(table)}",
+            f"no format plugin named {name!r}; known: {', '.join(known_plugins())}",
             hint="install the package that provides it, or check the spelling",
         )
     missing = _missing(spec)

@@ -12,14 +12,16 @@ functions taking a session: :mod:`.reads`, :mod:`.writes`, :mod:`.aliases`,
 :mod:`.blobs` (leases and gc decisions). :mod:`.db` owns engines, retries,
 the schema check and migrations; :mod:`._sqlite` the SQLite file (opened
 read-only by ``Registry(read_only=True)``, never created by a read);
-:mod:`.schema` the tables.
+:mod:`.schema` the tables. :mod:`.lite` runs the everyday commands' calls on
+the embedded SQLite file with the standard library alone (no SQLAlchemy
+import) and hands the rest to a :class:`Registry`.
 """
 
 from __future__ import annotations
 
-from .api import Registry
-from .blobs import LeaseLapsedError
-from .db import current, upgrade
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LeaseLapsedError
 from .results import (
     AliasChange,
     AliasInfo,
@@ -34,6 +36,10 @@ from .results import (
 )
 from .semver import SemVer
 from .specs import Spec, parse_ref, parse_spec, validate_name
+
+if TYPE_CHECKING:
+    from .api import Registry
+    from .db import current, upgrade
 
 __all__ = [
     "AliasChange",
@@ -56,3 +62,18 @@ __all__ = [
     "upgrade",
     "validate_name",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Registry, upgrade and current import SQLAlchemy: only when asked for (PEP 562), so
+    # a command on the lite registry (lite.py) or one that only needs the result types
+    # does not pay for it.
+    if name == "Registry":
+        from .api import Registry
+
+        return Registry
+    if name in ("current", "upgrade"):
+        from . import db
+
+        return getattr(db, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

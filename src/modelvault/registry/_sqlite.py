@@ -15,20 +15,76 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-from sqlalchemy.engine import URL
 
 from .. import config
 from ..errors import RegistryNotFoundError, RegistryReadOnlyError
 
+if TYPE_CHECKING:  # this module is also the lite registry's: no SQLAlchemy at import
+    from sqlalchemy.engine import URL
+
 __all__ = [
+    "DRIFT_QUERY",
+    "HEAD_REVISION",
+    "SQLITE_BUSY_MS",
+    "TABLE_COLUMNS",
     "missing",
     "read_only",
     "read_only_url",
     "sqlite_file",
     "why_not_writable",
 ]
+
+#: The newest schema revision this modelvault knows (``migrations/versions``).
+HEAD_REVISION = "0002"
+#: How long a connection waits for another writer's lock.
+SQLITE_BUSY_MS = 30_000
+#: Every table of :mod:`.schema` at :data:`HEAD_REVISION` with its columns, for the lite
+#: registry's schema check (the tests hold it equal to the ORM's tables).
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "models": ("id", "name", "name_key", "description", "created_at", "created_by"),
+    "versions": (
+        "id",
+        "model_id",
+        "version",
+        "major",
+        "minor",
+        "patch",
+        "prerelease",
+        "prerelease_sort",
+        "build",
+        "is_prerelease",
+        "description",
+        "created_at",
+        "created_by",
+    ),
+    "variants": (
+        "id",
+        "version_id",
+        "manifest_digest",
+        "format",
+        "kind",
+        "requirements",
+        "size",
+        "created_at",
+        "created_by",
+    ),
+    "blobs": ("digest", "size", "media_type", "first_seen"),
+    "variant_blobs": ("variant_id", "blob_digest", "role"),
+    "aliases": ("id", "model_id", "name", "version_id", "updated_at", "updated_by"),
+    "alias_history": ("id", "model_id", "alias", "version", "previous", "action", "at", "by"),
+    "labels": ("version_id", "key", "value"),
+    "events": ("id", "at", "user", "kind", "model", "version", "alias", "details"),
+    "blob_leases": ("lease_id", "blob_digest", "expires_at"),
+    "blob_deletions": ("blob_digest", "gc_id", "decided_at", "deadline"),
+    "registry_locks": ("name",),
+}
+#: Tables, columns, and whether an insert that does not name a column fails, in one query.
+DRIFT_QUERY = (
+    'SELECT m.name, p.name, p."notnull" AND p.dflt_value IS NULL AND NOT p.pk '
+    "FROM sqlite_master AS m JOIN pragma_table_info(m.name) AS p WHERE m.type = 'table'"
+)
 
 _READ_HINT = (
     "read commands (ls, show, pull, log, diff, verify) still work here; to change the "

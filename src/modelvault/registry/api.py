@@ -435,7 +435,7 @@ class Registry:
             filters.append(Model.created_at >= when)
         limit = checks.check_limit(limit)
         if cursor is not None:
-            filters.append(Model.name > reads.decode_cursor("models", cursor, [str])[0])
+            filters.append(Model.name > checks.decode_cursor("models", cursor, [str])[0])
         return self._tx(lambda s: reads.list_models(s, filters, limit), write=False)
 
     def list_versions(
@@ -454,9 +454,9 @@ class Registry:
         validate_name("model", name)
         limit = checks.check_limit(limit)
         when = checks.check_since(since)
-        key = reads.label_filters(label)
+        key = checks.label_filters(label)
         after = (
-            reads.decode_cursor("versions", cursor, [int, int, int, str])
+            checks.decode_cursor("versions", cursor, [int, int, int, str])
             if cursor is not None
             else None
         )

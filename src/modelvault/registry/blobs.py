@@ -24,12 +24,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from sqlalchemy import Table, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from ..errors import RegistryError
+from ..errors import LeaseLapsedError, RegistryError
 from .schema import Blob, BlobDeletion, BlobLease, RegistryLock, VariantBlob
 from .writes import add_event, insert_ignore
 
 __all__ = [
-    "LeaseLapsedError",
     "blob_digests",
     "db_now",
     "decide_deletions",
@@ -48,10 +47,6 @@ __all__ = [
 
 LOCK_NAME = "blobs"
 _CHUNK = 500  # digests per IN list
-
-
-class LeaseLapsedError(RegistryError):
-    """A push's lease on its blobs expired before its version was registered."""
 
 
 def _table(model: type[object]) -> Table:

@@ -6,10 +6,12 @@ naming the argument and the rule it broke.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import InvalidArgumentError
 from .results import VariantInput
@@ -22,11 +24,15 @@ __all__ = [
     "check_label_filter",
     "check_labels",
     "check_limit",
+    "check_prefix",
     "check_since",
     "check_size",
     "check_user",
     "check_variant",
     "check_word",
+    "decode_cursor",
+    "encode_cursor",
+    "label_filters",
     "utcnow",
 ]
 
@@ -159,3 +165,56 @@ def check_variant(v: object) -> VariantInput:
             "'manifest', or garbage collection could remove it"
         )
     return v
+
+
+def label_filters(label: str | Sequence[str] | None) -> list[tuple[str, str | None]]:
+    """One label filter or several (ANDed), each checked: ``[(key, value or None)]``."""
+    if label is None:
+        return []
+    if isinstance(label, str):
+        return [check_label_filter(label)]
+    if not isinstance(label, Sequence) or len(label) > 64:
+        return [check_label_filter(label)]  # refused there with the usual message
+    return [check_label_filter(x) for x in label]
+
+
+def check_prefix(prefix: object) -> str | None:
+    """A model-name prefix filter: at most 128 printable characters."""
+    if prefix is None:
+        return None
+    if not isinstance(prefix, str) or len(prefix) > 128 or not prefix.isprintable():
+        raise InvalidArgumentError(
+            f"name prefix {prefix!r:.60} must be at most 128 printable characters"
+        )
+    return prefix
+
+
+# --- cursors -------------------------------------------------------------------
+
+
+def encode_cursor(kind: str, values: list[Any]) -> str:
+    """An opaque keyset cursor for the listing ``kind``."""
+    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: object, types: Sequence[type]) -> list[Any]:
+    """Decode an opaque cursor from :func:`encode_cursor`; anything else is refused."""
+    bad = InvalidArgumentError(f"cursor {cursor!r:.60} is not a cursor this listing returned")
+    if not isinstance(cursor, str) or len(cursor) > 1024:
+        raise bad
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        raise bad from None
+    if not isinstance(data, list) or len(data) != len(types) + 1 or data[0] != kind:
+        raise bad
+    values = data[1:]
+    for val, typ in zip(values, types):
+        if not isinstance(val, typ) or isinstance(val, bool):
+            raise bad
+        if isinstance(val, int) and not 0 <= val < 2**63:
+            raise bad
+        if isinstance(val, str) and len(val) > 256:
+            raise bad
+    return values

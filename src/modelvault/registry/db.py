@@ -42,6 +42,7 @@ from ..errors import (
     SchemaDriftError,
 )
 from . import _sqlite
+from ._sqlite import HEAD_REVISION, SQLITE_BUSY_MS
 from .drift import schema_drift
 
 __all__ = [
@@ -70,7 +71,6 @@ _DRIVER_MODULES = {
     "mariadbconnector": ("mariadb", "mysql"),
 }
 MAX_ATTEMPTS = 8
-SQLITE_BUSY_MS = 30_000
 _MIGRATION_LOCK = 7_353_817_101  # arbitrary, fixed: the advisory lock id for upgrades
 
 
@@ -333,7 +333,6 @@ def _script() -> Any:
 #: up-to-date registry (every read command) then costs one SELECT, not Alembic's
 #: import and its revision scripts. ``tests/registry/test_migrations.py`` checks
 #: it against Alembic's own head, so a new migration cannot leave it behind.
-HEAD_REVISION = "0002"
 
 
 def head_revision() -> str:

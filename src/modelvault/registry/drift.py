@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
+from ._sqlite import DRIFT_QUERY
 from .schema import Base
 
 __all__ = ["schema_drift"]
 
 _QUERIES = {
-    "sqlite": (
-        'SELECT m.name, p.name, p."notnull" AND p.dflt_value IS NULL AND NOT p.pk '
-        "FROM sqlite_master AS m JOIN pragma_table_info(m.name) AS p WHERE m.type = 'table'"
-    ),
+    "sqlite": DRIFT_QUERY,
     "postgresql": (
         "SELECT table_name, column_name, is_nullable = 'NO' AND column_default IS NULL "
         "FROM information_schema.columns WHERE table_schema = current_schema()"

@@ -14,10 +14,8 @@ they only read attributes (``id``, ``name``, ``version``...).
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import difflib
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -27,12 +25,12 @@ from sqlalchemy.orm import Session
 
 from ..errors import (
     AliasNotFoundError,
-    InvalidArgumentError,
     InvalidSpecError,
     ModelNotFoundError,
     VersionNotFoundError,
 )
-from .checks import check_label_filter
+from . import checks
+from .checks import check_prefix
 from .results import BlobRef, EventInfo, ModelInfo, Page, VariantInfo, VersionInfo
 from .schema import Alias, Blob, Event, Label, Model, Variant, VariantBlob, Version
 from .semver import RELEASE_KEY, SemVer
@@ -313,44 +311,11 @@ def label_exists(owner_id: Any, key: str, value: str | None) -> Any:
     return select(Label.version_id).where(cond).exists()
 
 
-# --- cursors -------------------------------------------------------------------
-
-
-def encode_cursor(kind: str, values: list[Any]) -> str:
-    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(kind: str, cursor: object, types: Sequence[type]) -> list[Any]:
-    """Decode an opaque cursor from :func:`encode_cursor`; anything else is refused."""
-    bad = InvalidArgumentError(f"cursor {cursor!r:.60} is not a cursor this listing returned")
-    if not isinstance(cursor, str) or len(cursor) > 1024:
-        raise bad
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, TypeError):
-        raise bad from None
-    if not isinstance(data, list) or len(data) != len(types) + 1 or data[0] != kind:
-        raise bad
-    values = data[1:]
-    for val, typ in zip(values, types):
-        if not isinstance(val, typ) or isinstance(val, bool):
-            raise bad
-        if isinstance(val, int) and not 0 <= val < 2**63:
-            raise bad
-        if isinstance(val, str) and len(val) > 256:
-            raise bad
-    return values
-
-
 def model_name_filter(prefix: str | None) -> Any:
-    if prefix is None:
+    checked = check_prefix(prefix)
+    if checked is None:
         return None
-    if not isinstance(prefix, str) or len(prefix) > 128 or not prefix.isprintable():
-        raise InvalidArgumentError(
-            f"name prefix {prefix!r:.60} must be at most 128 printable characters"
-        )
-    return Model.name.startswith(prefix, autoescape=True)
+    return Model.name.startswith(checked, autoescape=True)
 
 
 def alias_filter(alias: str | None) -> Any:
@@ -362,7 +327,7 @@ def alias_filter(alias: str | None) -> Any:
 
 def models_label_filter(label: str | Sequence[str] | None) -> Any:
     """Models with a version carrying every label filter given (``key`` or ``key=value``)."""
-    wanted = label_filters(label)
+    wanted = checks.label_filters(label)
     if not wanted:
         return None
     return (
@@ -370,17 +335,6 @@ def models_label_filter(label: str | Sequence[str] | None) -> Any:
         .where(Version.model_id == Model.id, *[label_exists(Version.id, k, v) for k, v in wanted])
         .exists()
     )
-
-
-def label_filters(label: str | Sequence[str] | None) -> list[tuple[str, str | None]]:
-    """One filter or several (ANDed), each checked."""
-    if label is None:
-        return []
-    if isinstance(label, str):
-        return [check_label_filter(label)]
-    if not isinstance(label, Sequence) or len(label) > 64:
-        return [check_label_filter(label)]  # refused there with the usual message
-    return [check_label_filter(x) for x in label]
 
 
 def model_summaries(
@@ -441,7 +395,7 @@ def list_models(session: Session, filters: list[Any], limit: int) -> Page[ModelI
     )
     more = len(rows) > limit
     rows = rows[:limit]
-    nxt = encode_cursor("models", [rows[-1].name]) if more else None
+    nxt = checks.encode_cursor("models", [rows[-1].name]) if more else None
     return Page(model_infos(session, rows) if rows else [], nxt)
 
 
@@ -476,7 +430,7 @@ def list_versions(
     rows = rows[:limit]
     last = rows[-1] if rows else None
     nxt = (
-        encode_cursor("versions", [last.major, last.minor, last.patch, last.prerelease_sort])
+        checks.encode_cursor("versions", [last.major, last.minor, last.patch, last.prerelease_sort])
         if more and last is not None
         else None
     )
