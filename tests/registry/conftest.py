@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from sqlalchemy import create_engine, delete, text
@@ -20,6 +21,7 @@ from sqlalchemy.engine import make_url
 from modelvault import config
 from modelvault.registry import Registry, upgrade
 from modelvault.registry.db import normalize_url
+from modelvault.registry.lite import LiteRegistry
 from modelvault.registry.schema import Base
 
 SERVERS = {
@@ -32,6 +34,9 @@ SERVERS = {
 }
 KINDS = [
     pytest.param("sqlite", id="sqlite"),
+    # The same SQLite file through registry/lite.py (the standard library's sqlite3, the
+    # full Registry for what it does not do): every test that uses `reg` runs on it too.
+    pytest.param("lite", id="lite"),
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
     pytest.param("mariadb", id="mariadb", marks=pytest.mark.mysql),
 ]
@@ -97,10 +102,24 @@ def db_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The lite kind is for tests of the registry's calls (`reg`); a test that opens its
+    own Registry on the URL would only run the sqlite kind again, and one that hooks into
+    the SQLAlchemy engine (`sa_engine`) tests what the lite path does not use."""
+    keep = [
+        item
+        for item in items
+        if "[lite" not in item.nodeid
+        or not item.nodeid.startswith("tests/registry/")
+        or ("reg" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("sa_engine"))
+    ]
+    items[:] = keep
+
+
 @pytest.fixture
 def db_url(db_kind: str, server_databases: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """An empty, upgraded registry database of the parametrized kind."""
-    if db_kind == "sqlite":
+    if db_kind in ("sqlite", "lite"):
         url = f"sqlite:///{tmp_path / 'registry.db'}"
         upgrade(url)
         yield url
@@ -119,8 +138,13 @@ def db_url(db_kind: str, server_databases: dict[str, str], tmp_path: Path) -> It
 
 
 @pytest.fixture
-def reg(db_url: str) -> Iterator[Registry]:
-    r = Registry(db_url)
+def reg(db_url: str, db_kind: str) -> Iterator[Registry]:
+    if db_kind == "lite":
+        lite = LiteRegistry.open(db_url)
+        assert lite is not None, "the lite registry refused an upgraded SQLite file"
+        r = cast(Registry, lite)
+    else:
+        r = Registry(db_url)
     yield r
     r.close()
 
@@ -128,7 +152,7 @@ def reg(db_url: str) -> Iterator[Registry]:
 @pytest.fixture
 def fresh_db(db_kind: str, tmp_path: Path) -> Iterator[str]:
     """A brand-new, EMPTY database (no tables) of the parametrized kind, dropped afterwards."""
-    if db_kind == "sqlite":
+    if db_kind in ("sqlite", "lite"):
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
     url = create_database(db_kind)

@@ -116,6 +116,7 @@ def _backend_id(dbapi_conn: Any, kind: str) -> int:
     return int(row[0])
 
 
+@pytest.mark.sa_engine
 def test_connection_killed_mid_transaction(reg: Registry, db_url: str, db_kind: str) -> None:
     reg.register_version("m", "1.0.0", [variant("before")])
     admin = create_engine(normalize_url(db_url), isolation_level="AUTOCOMMIT")

@@ -15,6 +15,7 @@ from modelvault.registry import db as regdb
 from modelvault.registry.schema import Model
 
 
+@pytest.mark.sa_engine
 def test_deadlock_is_retried(reg: Registry, db_kind: str) -> None:
     """Two writers lock two rows in opposite orders: the database picks a victim, the helper retries it."""
     reg.create_model("a")

@@ -30,7 +30,7 @@ _COMMAND_MODULES = (
 )
 
 #: The modules that define (or add options to) each command: a command line that
-#: names one builds only its parser, not all of them (start-up; tests/cli/test_main.py
+#: names one builds only its parser, not all of them (start-up; tests/cli/test_startup.py
 #: holds this equal to what the modules register).
 _MODELS = ("modelvault.cli.models", "modelvault.cli.signing")
 COMMANDS: dict[str, tuple[str, ...]] = {

@@ -565,13 +565,13 @@ class Registry:
         naming the digests a ``gc`` had already decided to delete (wait for those)."""
         wanted = sorted({checks.check_digest(d, "blob digest") for d in digests})
         lease_id = secrets.token_hex(16)
-        ttl = _seconds(ttl_seconds)
+        ttl = checks.check_seconds(ttl_seconds)
         doomed = self._tx(lambda s: blobs.take(s, lease_id, wanted, ttl))
         return lease_id, doomed
 
     def renew_lease(self, lease_id: str, *, ttl_seconds: float) -> bool:
         """Extend a lease to now + ``ttl_seconds``; False when it had lapsed already."""
-        ttl = _seconds(ttl_seconds)
+        ttl = checks.check_seconds(ttl_seconds)
         return self._tx(lambda s: blobs.renew(s, lease_id, ttl))
 
     def release_lease(self, lease_id: str) -> None:
@@ -597,7 +597,7 @@ class Registry:
         ``(gc_id, digests, deadline)``; see :func:`.blobs.decide_deletions`."""
         wanted = sorted({checks.check_digest(d, "blob digest") for d in candidates})
         gc_id = secrets.token_hex(16)
-        window = _seconds(window_seconds)
+        window = checks.check_seconds(window_seconds)
         decided, deadline = self._tx(lambda s: blobs.decide_deletions(s, gc_id, wanted, window))
         return gc_id, decided, deadline
 
@@ -614,9 +614,3 @@ class Registry:
     def sweep_deletions(self) -> int:
         """Drop the decisions of ``gc`` runs past their deadline; returns how many."""
         return self._tx(blobs.sweep)
-
-
-def _seconds(value: float) -> dt.timedelta:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
-        raise InvalidArgumentError(f"a duration of {value!r:.40} seconds must be > 0")
-    return dt.timedelta(seconds=value)

@@ -25,6 +25,7 @@ __all__ = [
     "check_labels",
     "check_limit",
     "check_prefix",
+    "check_seconds",
     "check_since",
     "check_size",
     "check_user",
@@ -218,3 +219,10 @@ def decode_cursor(kind: str, cursor: object, types: Sequence[type]) -> list[Any]
         if isinstance(val, str) and len(val) > 256:
             raise bad
     return values
+
+
+def check_seconds(value: object) -> dt.timedelta:
+    """A duration in seconds (a lease's, a gc window's): above 0, below 10**7."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
+        raise InvalidArgumentError(f"a duration of {value!r:.40} seconds must be > 0")
+    return dt.timedelta(seconds=value)

@@ -522,7 +522,7 @@ class LiteRegistry:
     ) -> tuple[str, dict[str, dt.datetime]]:
         wanted = sorted({checks.check_digest(d, "blob digest") for d in digests})
         lease_id = os.urandom(16).hex()  # as secrets.token_hex(16)
-        ttl = _seconds(ttl_seconds)
+        ttl = checks.check_seconds(ttl_seconds)
 
         def write(c: Conn) -> dict[str, dt.datetime]:
             _guard(c)
@@ -539,7 +539,7 @@ class LiteRegistry:
 
     @_or_full
     def renew_lease(self, lease_id: str, *, ttl_seconds: float) -> bool:
-        ttl = _seconds(ttl_seconds)
+        ttl = checks.check_seconds(ttl_seconds)
 
         def write(c: Conn) -> bool:
             _guard(c)
@@ -666,12 +666,6 @@ class LiteRegistry:
             raise VariantExistsError(f"{name}:{sv} already has variant {v.manifest_digest}")
 
         return self._write_with_conflicts(write, conflict)
-
-
-def _seconds(value: float) -> dt.timedelta:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
-        raise InvalidArgumentError(f"{value!r:.40} must be a number of seconds above 0")
-    return dt.timedelta(seconds=value)
 
 
 # --- reads (as :mod:`.reads`) -----------------------------------------------------------

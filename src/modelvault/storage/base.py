@@ -24,7 +24,6 @@ import contextlib
 import errno
 import os
 import threading
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -161,7 +160,7 @@ def os_error(exc: OSError, where: str, doing: str) -> StorageError:
 
 def temp_path_for(dest: Path) -> Path:
     """A unique temporary name next to ``dest`` (same directory, so the rename is atomic)."""
-    return dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
+    return dest.with_name(f".{dest.name}.{os.urandom(6).hex()}.part")
 
 
 def fsync_dir(path: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -109,7 +108,7 @@ class LocalStore(BlobStore):
                 digest,
                 where=f"the bytes given for {final}",
                 progress=progress,
-                temp=tmp_dir / f"{final.name}.{uuid.uuid4().hex[:12]}",
+                temp=tmp_dir / f"{final.name}.{os.urandom(6).hex()}",
             )
         finally:
             if progress is not None:
