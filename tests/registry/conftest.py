@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from modelvault import config
 from modelvault.registry import Registry, upgrade
+from modelvault.registry import lite as lite_module
 from modelvault.registry.db import normalize_url
 from modelvault.registry.lite import LiteRegistry
 from modelvault.registry.schema import Base
@@ -138,8 +139,11 @@ def db_url(db_kind: str, server_databases: dict[str, str], tmp_path: Path) -> It
 
 
 @pytest.fixture
-def reg(db_url: str, db_kind: str) -> Iterator[Registry]:
+def reg(db_url: str, db_kind: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
     if db_kind == "lite":
+        # an SQLite error in the lite path fails the test rather than being answered by
+        # the full registry, which would hide it
+        monkeypatch.setattr(lite_module, "STRICT", True)
         lite = LiteRegistry.open(db_url)
         assert lite is not None, "the lite registry refused an upgraded SQLite file"
         r = cast(Registry, lite)

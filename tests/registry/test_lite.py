@@ -488,3 +488,82 @@ def test_the_cast_is_honest_every_public_registry_method_is_reachable(tmp_path: 
     for name in public:
         assert getattr(lite, name) is not None, name
     lite.close()
+
+
+def test_times_before_the_year_1000_compare_as_the_full_registry_stores_them(
+    tmp_path: Path,
+) -> None:
+    url = _new(tmp_path, "r.db")
+    full = Registry(url)
+    full.register_version("m", "1.0.0", [variant("a")])
+    lite = _lite(url)
+    for year in (1, 300, 999, 1000):
+        since = dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc)
+        assert [m.name for m in lite.list_models(since=since).items] == ["m"], year
+        assert [m.name for m in full.list_models(since=since).items] == ["m"], year
+        assert len(lite.list_versions("m", since=since).items) == 1, year
+    lite.close()
+    full.close()
+
+
+def test_after_close_calls_go_to_the_full_registry_as_before(tmp_path: Path) -> None:
+    url = _new(tmp_path, "r.db")
+    lite = _lite(url)
+    lite.register_version("m", "1.0.0", [variant("a")])
+    lite.close()
+    assert lite.resolve("m").version == "1.0.0"  # a closed full registry reconnects too
+    lite.set_alias("m", "prod", "1.0.0")
+    assert lite.resolve("m@prod").version == "1.0.0"
+    lite.close()
+
+
+def test_it_keeps_to_the_file_it_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative URL, or MVAULT_REGISTRY, may name another file later: the calls it hands
+    to the full registry still go to this one."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    upgrade("sqlite:///r.db")
+    lite = _lite("sqlite:///r.db")
+    lite.register_version("m", "1.0.0", [variant("a")])
+    monkeypatch.chdir(tmp_path / "b")
+    assert [e.kind for e in lite.events("m")][-1] == "model.create"  # the full registry's
+    assert not (tmp_path / "b" / "r.db").exists()
+    lite.close()
+    assert LiteRegistry.open("sqlite:///~/r.db") is None  # the engine does not expand ~
+
+
+def test_after_an_sqlite_error_every_call_is_the_full_registrys(tmp_path: Path) -> None:
+    url = _new(tmp_path, "r.db")
+    lite = _lite(url)
+    lite.register_version("m", "1.0.0", [variant("a")])
+    conn = sqlite3.connect(tmp_path / "r.db")
+    conn.execute("ALTER TABLE aliases RENAME TO aliases_gone")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaDriftError):
+        lite.resolve("m@prod")
+    conn = sqlite3.connect(tmp_path / "r.db")
+    conn.execute("ALTER TABLE aliases_gone RENAME TO aliases")
+    conn.commit()
+    conn.close()
+    assert lite.resolve("m").version == "1.0.0"  # answered by the full registry now
+    assert lite._conn is None
+    lite.close()
+
+
+def test_strict_mode_fails_instead_of_falling_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelvault.registry import lite as lite_module
+
+    url = _new(tmp_path, "r.db")
+    lite = _lite(url)
+    conn = sqlite3.connect(tmp_path / "r.db")
+    conn.execute("DROP TABLE labels")
+    conn.commit()
+    conn.close()
+    monkeypatch.setattr(lite_module, "STRICT", True)
+    with pytest.raises(ModelVaultError, match="lite registry: no such table: labels"):
+        lite.list_models(label="k")
+    lite.close()

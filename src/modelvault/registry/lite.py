@@ -95,6 +95,11 @@ class _Unsure(Exception):
     """An SQLite error the full registry should see: the call is re-run there."""
 
 
+#: Tests set this: an SQLite error in the lite path then fails the call instead of
+#: being answered by the full registry, so a fallback cannot hide a lite bug.
+STRICT = False
+
+
 # --- values as SQLAlchemy stores them on SQLite ---------------------------------------
 
 
@@ -102,7 +107,12 @@ def _ts(value: dt.datetime) -> str:
     """A time as the schema's UTCDateTime stores it on SQLite: naive UTC, microseconds."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=_UTC)
-    return value.astimezone(_UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    v = value.astimezone(_UTC)
+    # SQLAlchemy's SQLite DATETIME format: a four-digit year even before 1000 (%Y is not)
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+    )
 
 
 def _dt(raw: Any) -> dt.datetime:
@@ -142,8 +152,8 @@ def _plain_sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
     db = url[len("sqlite:///") :]
-    if not db or db == ":memory:" or db.startswith("file:") or any(c in db for c in "?%#"):
-        return None
+    if not db or db == ":memory:" or db.startswith(("file:", "~")) or any(c in db for c in "?%#"):
+        return None  # ("~": SQLAlchemy's engine does not expand it, so leave it to that path)
     return Path(db).expanduser().absolute()
 
 
@@ -173,29 +183,29 @@ def _connect(path: Path, read_only: bool) -> Conn | None:
         wal = path.with_name(path.name + "-wal")
         if not os.access(path.parent, os.W_OK | os.X_OK) and not wal.exists():
             query += "&immutable=1"
-        conn = sqlite3.connect(
-            f"file:{quote(str(path))}?{query}",
-            uri=True,
-            isolation_level=None,
-            timeout=busy / 1000,
-            check_same_thread=False,
-        )
-        conn.execute(f"PRAGMA busy_timeout = {busy}")
-        conn.execute("PRAGMA query_only = ON")
+        target, uri = f"file:{quote(str(path))}?{query}", True
     else:
-        conn = sqlite3.connect(
-            str(path), isolation_level=None, timeout=busy / 1000, check_same_thread=False
-        )
+        target, uri = str(path), False
+    conn = sqlite3.connect(
+        target, uri=uri, isolation_level=None, timeout=busy / 1000, check_same_thread=False
+    )
+    try:
         conn.execute(f"PRAGMA busy_timeout = {busy}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.close()  # the full registry switches it, with its retries
+        if read_only:
+            conn.execute("PRAGMA query_only = ON")
+        else:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.close()  # the full registry switches it, with its retries
+                return None
+        conn.row_factory = sqlite3.Row
+        if not _schema_is_head(conn):
+            conn.close()
             return None
-    conn.row_factory = sqlite3.Row
-    if not _schema_is_head(conn):
+    except BaseException:
         conn.close()
-        return None
+        raise
     return conn
 
 
@@ -206,7 +216,9 @@ def _or_full(method: Callable[..., T]) -> Callable[..., T]:
     def call(self: LiteRegistry, *args: Any, **kwargs: Any) -> T:
         try:
             return method(self, *args, **kwargs)
-        except _Unsure:
+        except _Unsure as exc:
+            if STRICT:
+                raise RegistryError(f"lite registry: {exc}") from exc.__cause__
             full = getattr(self.full, method.__name__)
             return full(*args, **kwargs)  # type: ignore[no-any-return]
 
@@ -225,7 +237,7 @@ class LiteRegistry:
     def __init__(self, url: str | None, path: Path, conn: Conn, reason: str | None) -> None:
         self._url_arg = url
         self._path = path
-        self._conn = conn
+        self._conn: Conn | None = conn
         self._lock = threading.RLock()
         self._full: Registry | None = None
         #: Why changes are refused (None: this registry takes them), as the full one's.
@@ -259,7 +271,11 @@ class LiteRegistry:
         if self._full is None:
             from .api import Registry
 
-            self._full = Registry(self._url_arg, read_only=self._opened_read_only)
+            # The file this registry opened (a relative URL, or MVAULT_REGISTRY, could
+            # name another by now); it was at the head revision, so nothing to upgrade.
+            self._full = Registry(
+                f"sqlite:///{self._path}", read_only=self._opened_read_only, auto_upgrade=False
+            )
         return self._full
 
     def __getattr__(self, name: str) -> Any:
@@ -279,8 +295,11 @@ class LiteRegistry:
             raise _sqlite.read_only(self._path, self.read_only_reason)
 
     def close(self) -> None:
+        """Close the connection; a later call is the full registry's (which reconnects)."""
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
         if self._full is not None:
             self._full.close()
 
@@ -298,17 +317,34 @@ class LiteRegistry:
             self.check_writable()
         with self._lock:
             conn = self._conn
+            if conn is None:
+                raise _Unsure("the lite connection is closed")
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 out = fn(conn)
                 conn.execute("COMMIT")
                 return out
             except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._drop()
+                    raise _Unsure(str(exc)) from exc
                 if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                    # From here on every call is the full registry's: it retries, waits
+                    # and explains, and this connection may be in any state.
+                    self._drop()
                     raise _Unsure(str(exc)) from exc
                 raise
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing a broken connection
+                pass
 
     def _tx(self, fn: Callable[[Conn], T], *, write: bool = False) -> T:
         try:
