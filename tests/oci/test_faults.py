@@ -198,6 +198,16 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
     return 256 * 1024
 
 
+def _flip_byte(path: Path, offset: int) -> None:
+    """Damage one byte for certain (writing a fixed byte over random data leaves it
+    unchanged one time in 256)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(1)
+        f.seek(offset)
+        f.write(bytes([old[0] ^ 0xFF]))
+
+
 @pytest.fixture
 def big_model(vault: Vault, tmp_path: Path) -> bytes:
     d = tmp_path / "big"
@@ -432,9 +442,7 @@ def test_push_of_a_damaged_store_copy_is_abandoned(
     path = vault.store.local_path(digest_bytes(big_model))
     assert path is not None
     path.chmod(0o644)
-    with open(path, "r+b") as f:
-        f.seek(len(big_model) - 10)
-        f.write(b"X")
+    _flip_byte(path, len(big_model) - 10)
     with pytest.raises(errors.IntegrityError) as info:
         vault.push_oci("big@1.0.0", registry.url("big"))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
@@ -519,8 +527,7 @@ def test_remembered_large_blob_whose_store_copy_is_damaged(
     path = vault.store.local_path(digest_bytes(big_model))
     assert path is not None
     path.chmod(0o644)
-    with open(path, "r+b") as f:
-        f.write(b"X")
+    _flip_byte(path, 0)
     with pytest.raises(errors.IntegrityError) as info:
         vault.push_oci("big@1.0.0", registry.url("big:2"))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
