@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from ..errors import AliasNotFoundError
-from . import reads
+from . import answers, reads
 from .checks import utcnow
 from .results import AliasChange, AliasInfo
 from .schema import Alias, AliasHistory, Version
@@ -84,8 +83,7 @@ def remove_alias(s: Session, name: str, alias: str, who: str) -> AliasInfo:
     ).one_or_none()
     if found is None:
         known = sorted(s.scalars(select(Alias.name).where(Alias.model_id == model.id)))
-        have = f"its aliases: {', '.join(known)}" if known else "it has no aliases"
-        raise AliasNotFoundError(f"model {name!r} has no alias {alias!r}; {have}")
+        raise answers.alias_not_found(name, alias, known)
     row, version_text = found
     s.execute(delete(Alias).where(Alias.id == row.id))
     now = utcnow()

@@ -37,7 +37,6 @@ from .. import config
 from ..errors import (
     ConfigError,
     ConflictError,
-    InvalidArgumentError,
     ModelExistsError,
     RegistryError,
     VariantExistsError,
@@ -240,27 +239,13 @@ class Registry:
 
         ``lease`` (from :meth:`take_lease`) hands a push's hold on its blobs
         over to the new references in the same transaction; a lease that has
-        lapsed raises :class:`~.blobs.LeaseLapsedError` and registers nothing.
+        lapsed raises :class:`~modelvault.errors.LeaseLapsedError` and registers nothing.
         """
-        validate_name("model", name)
-        sv = SemVer.parse(version)
-        if isinstance(variants, (str, bytes)) or not isinstance(variants, Sequence) or not variants:
-            raise InvalidArgumentError(
-                "register_version needs at least one variant (a sequence of VariantInput)"
-            )
-        checked = [checks.check_variant(v) for v in variants]
-        digests = [v.manifest_digest for v in checked]
-        if len(set(digests)) != len(digests):
-            raise InvalidArgumentError(
-                "the same manifest digest is listed twice among the variants"
-            )
-        if isinstance(aliases, str):
-            raise InvalidArgumentError("aliases must be a sequence of alias names, not one string")
-        alias_names = [validate_name("alias", a) for a in aliases]
-        label_map = checks.check_labels(labels or {})
-        description = checks.check_description(description)
+        sv, checked, alias_names, label_map, description = checks.check_registration(
+            name, version, variants, aliases, labels, description
+        )
         who = self._user(user)
-        wanted = set(digests)
+        wanted = {v.manifest_digest for v in checked}
         blob_digests = {b[0] for v in checked for b in v.blobs}
         self._tx(lambda s: writes.ensure_model(s, name, None, who))
 

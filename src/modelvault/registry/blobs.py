@@ -24,7 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from sqlalchemy import Table, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from ..errors import LeaseLapsedError, RegistryError
+from ..errors import RegistryError
+from . import answers
 from .schema import Blob, BlobDeletion, BlobLease, RegistryLock, VariantBlob
 from .writes import add_event, insert_ignore
 
@@ -173,11 +174,7 @@ def hand_over(session: Session, lease_id: str, digests: Iterable[str]) -> None:
         )
     lapsed = sorted(wanted - alive)
     if lapsed:
-        raise LeaseLapsedError(
-            f"the push's hold on {len(lapsed)} blob(s) (first: {lapsed[0]}) lapsed before its "
-            "version was registered, so gc may have deleted them; nothing was registered",
-            hint="push again: blobs still in the store are not uploaded twice",
-        )
+        raise answers.lease_lapsed(lapsed)
     release(session, lease_id)
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from .results import VariantInput
-from .specs import validate_label
+from .semver import SemVer
+from .specs import validate_label, validate_name
 
 __all__ = [
     "MAX_PAGE",
@@ -25,6 +26,7 @@ __all__ = [
     "check_labels",
     "check_limit",
     "check_prefix",
+    "check_registration",
     "check_seconds",
     "check_since",
     "check_size",
@@ -226,3 +228,29 @@ def check_seconds(value: object) -> dt.timedelta:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
         raise InvalidArgumentError(f"a duration of {value!r:.40} seconds must be > 0")
     return dt.timedelta(seconds=value)
+
+
+def check_registration(
+    name: str,
+    version: str,
+    variants: Sequence[VariantInput],
+    aliases: Sequence[str],
+    labels: Mapping[str, str] | None,
+    description: str | None,
+) -> tuple[SemVer, list[VariantInput], list[str], dict[str, str], str | None]:
+    """The arguments of ``register_version``, each checked, before anything is written:
+    ``(semver, variants, alias names, labels, description)``."""
+    validate_name("model", name)
+    sv = SemVer.parse(version)
+    if isinstance(variants, (str, bytes)) or not isinstance(variants, Sequence) or not variants:
+        raise InvalidArgumentError(
+            "register_version needs at least one variant (a sequence of VariantInput)"
+        )
+    checked = [check_variant(v) for v in variants]
+    digests = [v.manifest_digest for v in checked]
+    if len(set(digests)) != len(digests):
+        raise InvalidArgumentError("the same manifest digest is listed twice among the variants")
+    if isinstance(aliases, str):
+        raise InvalidArgumentError("aliases must be a sequence of alias names, not one string")
+    alias_names = [validate_name("alias", a) for a in aliases]
+    return sv, checked, alias_names, check_labels(labels or {}), check_description(description)

@@ -43,19 +43,15 @@ from urllib.parse import quote
 
 from .. import config
 from ..errors import (
-    AliasNotFoundError,
     ConflictError,
-    InvalidArgumentError,
     InvalidSpecError,
-    LeaseLapsedError,
     ModelExistsError,
-    ModelNotFoundError,
     RegistryError,
     VariantExistsError,
     VersionExistsError,
     VersionNotFoundError,
 )
-from . import _sqlite, checks
+from . import _sqlite, answers, checks
 from .results import AliasInfo, BlobRef, ModelInfo, Page, VariantInfo, VariantInput, VersionInfo
 from .semver import RELEASE_KEY, SemVer
 from .specs import (
@@ -630,25 +626,11 @@ class LiteRegistry:
         user: str | None = None,
         lease: str | None = None,
     ) -> tuple[VersionInfo, bool]:
-        validate_name("model", name)
-        sv = SemVer.parse(version)
-        if isinstance(variants, (str, bytes)) or not isinstance(variants, Sequence) or not variants:
-            raise InvalidArgumentError(
-                "register_version needs at least one variant (a sequence of VariantInput)"
-            )
-        checked = [checks.check_variant(v) for v in variants]
-        digests = [v.manifest_digest for v in checked]
-        if len(set(digests)) != len(digests):
-            raise InvalidArgumentError(
-                "the same manifest digest is listed twice among the variants"
-            )
-        if isinstance(aliases, str):
-            raise InvalidArgumentError("aliases must be a sequence of alias names, not one string")
-        alias_names = [validate_name("alias", a) for a in aliases]
-        label_map = checks.check_labels(labels or {})
-        description = checks.check_description(description)
+        sv, checked, alias_names, label_map, description = checks.check_registration(
+            name, version, variants, aliases, labels, description
+        )
         who = self._user(user)
-        wanted = set(digests)
+        wanted = {v.manifest_digest for v in checked}
         blob_digests = {b[0] for v in checked for b in v.blobs}
         self._tx(lambda c: _ensure_model(c, name, None, who), write=True)
 
@@ -713,19 +695,11 @@ def _find_model(c: Conn, name: str) -> Row:
         return model
     other = c.execute("SELECT name FROM models WHERE name_key = ?", (name.lower(),)).fetchone()
     if other is not None:
-        raise ModelNotFoundError(
-            f"no model named {name!r}; did you mean {other[0]!r}? (names are unique ignoring "
-            "case, but a lookup needs the exact name)",
-            hint="list models with: mvault ls",
-        )
-    import difflib
-
+        raise answers.model_not_found(name, other[0], [])
     like = c.execute(
         "SELECT name FROM models WHERE name LIKE ? ESCAPE '/' LIMIT 500", (_like_prefix(name[:1]),)
     )
-    close = difflib.get_close_matches(name, [r[0] for r in like], n=3)
-    also = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ModelNotFoundError(f"no model named {name!r}{also}", hint="list models with: mvault ls")
+    raise answers.model_not_found(name, None, [r[0] for r in like])
 
 
 def _by_semver(c: Conn, model: Row, v: SemVer) -> Row | None:
@@ -752,15 +726,7 @@ def _not_found(c: Conn, model: Row, spec: str) -> VersionNotFoundError:
             (model["id"],),
         )
     ]
-    name = model["name"]
-    what = f"highest versions: {', '.join(have)}" if have else "it has no versions yet"
-    if spec == "latest" and have:
-        what = f"'latest' is the highest release and skips pre-releases; {what}"
-        return VersionNotFoundError(
-            f"model {name!r} has no version matching {spec!r}; {what}",
-            hint=f"name the version (e.g. {name}@{have[0]}), or point an alias at it",
-        )
-    return VersionNotFoundError(f"model {name!r} has no version matching {spec!r}; {what}")
+    return answers.version_not_found(model["name"], spec, have)
 
 
 def _resolve_row(c: Conn, model: Row, spec: Spec) -> Row:
@@ -787,8 +753,7 @@ def _resolve_row(c: Conn, model: Row, spec: Spec) -> Row:
                     "SELECT name FROM aliases WHERE model_id = ? ORDER BY name", (mid,)
                 )
             ]
-            have = f"its aliases: {', '.join(known)}" if known else "it has no aliases"
-            raise AliasNotFoundError(f"model {model['name']!r} has no alias {spec.alias!r}; {have}")
+            raise answers.alias_not_found(model["name"], spec.alias, known)
     elif isinstance(spec, DigestSpec):
         row = c.execute(
             f"SELECT {', '.join('v.' + x for x in _VCOLS.split(', '))} FROM versions AS v "
@@ -1186,8 +1151,7 @@ def _remove_alias(c: Conn, name: str, alias: str, who: str) -> AliasInfo:
                 "SELECT name FROM aliases WHERE model_id = ? ORDER BY name", (model["id"],)
             )
         ]
-        have = f"its aliases: {', '.join(known)}" if known else "it has no aliases"
-        raise AliasNotFoundError(f"model {name!r} has no alias {alias!r}; {have}")
+        raise answers.alias_not_found(name, alias, known)
     alias_id, version_text = found
     c.execute("DELETE FROM aliases WHERE id = ?", (alias_id,))
     now = checks.utcnow()
@@ -1239,9 +1203,5 @@ def _hand_over(c: Conn, lease_id: str, digests: Iterable[str]) -> None:
         )
     lapsed = sorted(wanted - alive)
     if lapsed:
-        raise LeaseLapsedError(
-            f"the push's hold on {len(lapsed)} blob(s) (first: {lapsed[0]}) lapsed before its "
-            "version was registered, so gc may have deleted them; nothing was registered",
-            hint="push again: blobs still in the store are not uploaded twice",
-        )
+        raise answers.lease_lapsed(lapsed)
     c.execute("DELETE FROM blob_leases WHERE lease_id = ?", (lease_id,))

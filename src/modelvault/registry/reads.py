@@ -15,7 +15,6 @@ they only read attributes (``id``, ``name``, ``version``...).
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -24,12 +23,10 @@ from sqlalchemy import and_, bindparam, func, literal, select, tuple_, union_all
 from sqlalchemy.orm import Session
 
 from ..errors import (
-    AliasNotFoundError,
     InvalidSpecError,
-    ModelNotFoundError,
     VersionNotFoundError,
 )
-from . import checks
+from . import answers, checks
 from .checks import check_prefix
 from .results import BlobRef, EventInfo, ModelInfo, Page, VariantInfo, VersionInfo
 from .schema import Alias, Blob, Event, Label, Model, Variant, VariantBlob, Version
@@ -145,18 +142,16 @@ def find_model(session: Session, name: str) -> Record:
     if model is not None:
         return model
     other = session.scalars(select(Model.name).where(Model.name_key == name.lower())).first()
-    if other is not None:
-        raise ModelNotFoundError(
-            f"no model named {name!r}; did you mean {other!r}? (names are unique ignoring case, "
-            "but a lookup needs the exact name)",
-            hint="list models with: mvault ls",
+    like: list[str] = []
+    if other is None:
+        like = list(
+            session.scalars(
+                select(Model.name)
+                .where(Model.name.startswith(name[:1], autoescape=True))
+                .limit(500)
+            )
         )
-    like = session.scalars(
-        select(Model.name).where(Model.name.startswith(name[:1], autoescape=True)).limit(500)
-    )
-    close = difflib.get_close_matches(name, list(like), n=3)
-    also = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ModelNotFoundError(f"no model named {name!r}{also}", hint="list models with: mvault ls")
+    raise answers.model_not_found(name, other, like)
 
 
 def highest_versions(session: Session, model: Record, n: int = 5) -> list[str]:
@@ -183,15 +178,7 @@ def exact(session: Session, model: Record, sv: SemVer) -> Record:
 
 
 def not_found(session: Session, model: Record, spec: str) -> VersionNotFoundError:
-    have = highest_versions(session, model)
-    what = f"highest versions: {', '.join(have)}" if have else "it has no versions yet"
-    if spec == "latest" and have:
-        what = f"'latest' is the highest release and skips pre-releases; {what}"
-        return VersionNotFoundError(
-            f"model {model.name!r} has no version matching {spec!r}; {what}",
-            hint=f"name the version (e.g. {model.name}@{have[0]}), or point an alias at it",
-        )
-    return VersionNotFoundError(f"model {model.name!r} has no version matching {spec!r}; {what}")
+    return answers.version_not_found(model.name, spec, highest_versions(session, model))
 
 
 def resolve_row(session: Session, model: Record, spec: Spec) -> Record:
@@ -205,8 +192,7 @@ def resolve_row(session: Session, model: Record, spec: Spec) -> Record:
         row = conn.execute(_BY_ALIAS, {"mid": model.id, "alias": spec.alias}).first()
         if row is None:
             known = list(conn.execute(_ALIAS_NAMES, {"mid": model.id}).scalars())
-            have = f"its aliases: {', '.join(known)}" if known else "it has no aliases"
-            raise AliasNotFoundError(f"model {model.name!r} has no alias {spec.alias!r}; {have}")
+            raise answers.alias_not_found(model.name, spec.alias, known)
     elif isinstance(spec, DigestSpec):
         row = conn.execute(_BY_DIGEST, {"mid": model.id, "digest": spec.digest}).first()
     elif isinstance(spec, RangeSpec):
