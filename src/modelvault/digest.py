@@ -9,7 +9,6 @@ Any other algorithm name is refused with :class:`UnsupportedDigestError`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -81,6 +80,8 @@ class _Sha256:
     algorithm = "sha256"
 
     def __init__(self, threads: int | None = None) -> None:
+        import hashlib  # here: loading OpenSSL costs start-up, and BLAKE3 is the default
+
         self._h = hashlib.sha256()  # sequential by design; ``threads`` does not apply
 
     def update(self, data: bytes | bytearray | memoryview) -> None:

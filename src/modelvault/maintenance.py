@@ -66,7 +66,6 @@ leaves deletion rows that pushes and the next ``gc`` drop after the deadline.
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -195,6 +194,8 @@ def verify(vault: Vault, spec: str | None = None, *, progress: Any = None) -> di
                 if actual != digest:
                     raise damaged(digest, actual, str(local))
             else:
+                import tempfile
+
                 with tempfile.TemporaryDirectory() as tmp:
                     store.get_file(digest, Path(tmp) / "blob", progress=progress, verify=True)
         except IntegrityError as exc:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -615,7 +614,7 @@ def create_temp(directory: Path, prefix: str) -> tuple[int, Path]:
     (0666 less the umask), so the file keeps it after the rename into place.
     """
     for _ in range(100):
-        path = Path(directory) / f"{prefix}{secrets.token_hex(8)}.tmp"
+        path = Path(directory) / f"{prefix}{os.urandom(8).hex()}.tmp"
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
         except FileExistsError:

@@ -14,7 +14,6 @@ import os
 import posixpath
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +178,8 @@ class FilesPlugin(FormatPlugin):
     ) -> Path:
         """Unpack into ``dest`` (a new path) or a fresh temporary directory; returns the path."""
         if dest is None:
+            import tempfile  # here: its import (with random) costs a plain push start-up
+
             dest = Path(tempfile.mkdtemp(prefix="mvault-files-")) / "content"
         return self.export_native(source, Path(dest))
 
@@ -197,6 +198,8 @@ class FilesPlugin(FormatPlugin):
             raise FileExistsError(f"{dest} already exists; choose a new path")
         created = make_parents(dest.parent)
         try:
+            import tempfile
+
             staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         except BaseException:
             remove_dirs(created)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._entry_points import may_declare
 from ..errors import MissingDependencyError, PluginNotFoundError, UnknownFormatError
 from .base import FormatPlugin
 from .sniff import SAFETENSORS, TORCH_ARCHIVE, sniff
@@ -82,6 +83,8 @@ _BUILTIN: dict[str, PluginSpec] = {
         PluginSpec("files", "modelvault.formats.files:FilesPlugin", priority=90, packs=()),
     )
 }
+#: The entry-point group third-party format plugins are declared in.
+ENTRY_POINT_GROUP = "modelvault.formats"
 _extra: dict[str, PluginSpec] = {}
 _instances: dict[str, FormatPlugin] = {}
 _entry_points_loaded = False
@@ -98,9 +101,11 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
+    if not may_declare(ENTRY_POINT_GROUP):
+        return  # no distribution declares one: importlib.metadata (tens of ms) is not needed
     from importlib import metadata  # on first use: it costs start-up tens of milliseconds
 
-    for ep in metadata.entry_points(group="modelvault.formats"):
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in _BUILTIN and ep.name not in _extra:
             _extra[ep.name] = PluginSpec(ep.name, ep.value)
 

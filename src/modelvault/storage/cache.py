@@ -33,7 +33,6 @@ import errno
 import fcntl
 import os
 import shutil
-import tempfile
 import threading
 import time
 import weakref
@@ -187,6 +186,8 @@ class BlobCache:
         """The blob, verified, in a temporary directory of this cache object's own."""
         with self._private_lock:
             if self._private is None:
+                import tempfile  # only here: it costs every command start-up
+
                 self._private = Path(tempfile.mkdtemp(prefix="mvault-blobs-"))
                 weakref.finalize(self, shutil.rmtree, self._private, True)
         path = self._private / digest.replace(":", "-")
