@@ -179,3 +179,50 @@ def test_a_driver_error_on_a_reader_thread_fails_the_load(tmp_path: Path) -> Non
         _run(s)
     assert drv.live == set()
     assert s["hashing"].calls == []
+
+
+class _FakeLib:
+    """A driver whose event query answers from a script."""
+
+    def __init__(self, query_rc: int, sync_rc: int = 0) -> None:
+        self.query_rc, self.sync_rc = query_rc, sync_rc
+        self.calls: list[str] = []
+
+    def cuEventQuery(self, ev: object) -> int:
+        self.calls.append("query")
+        return self.query_rc
+
+    def cuEventSynchronize(self, ev: object) -> int:
+        self.calls.append("synchronize")
+        return self.sync_rc
+
+    def cuGetErrorString(self, rc: int, out: object) -> int:
+        return 0
+
+
+def _kernels_over(lib: _FakeLib) -> Any:
+    from modelvault.formats._torch import cuda_blake3
+
+    drv = object.__new__(cuda_blake3._Driver)
+    drv.lib = drv.quick = lib  # type: ignore[assignment]
+    k = object.__new__(cuda_blake3._Kernels)
+    k.drv = drv
+    return k
+
+
+def test_a_wait_blocks_only_for_work_still_queued() -> None:
+    from modelvault.formats._torch import cuda_blake3
+
+    done = _FakeLib(query_rc=0)
+    _kernels_over(done).wait(object())
+    assert done.calls == ["query"]  # done already: no blocking call, the GIL never let go
+    queued = _FakeLib(query_rc=cuda_blake3._NOT_READY)
+    _kernels_over(queued).wait(object())
+    assert queued.calls == ["query", "synchronize"]
+    failed = _FakeLib(query_rc=700)  # an illegal address: a query that fails is an error
+    with pytest.raises(RuntimeError, match="CUDA driver error 700"):
+        _kernels_over(failed).wait(object())
+    assert failed.calls == ["query"]
+    late = _FakeLib(query_rc=cuda_blake3._NOT_READY, sync_rc=719)
+    with pytest.raises(RuntimeError, match="CUDA driver error 719"):
+        _kernels_over(late).wait(object())
