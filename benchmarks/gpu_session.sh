@@ -15,7 +15,8 @@
 #   s3     benchmarks/gpu_load.py, the S3 rows alone (S3_SIZES)
 #   torch  benchmarks/torch_load_bench.py and vault_bench.py on cuda (torchload: the first alone)
 #   verify benchmarks/verify_cost.py --device cuda
-#   phases benchmarks/gpu_phases.py: where a warm load's time goes (printed, JSON)
+#   phases benchmarks/gpu_phases.py: where a warm load's time goes (printed, JSON);
+#          PHASES_ARGS adds its options (e.g. "--orders unordered --gil hold,release")
 #   oci    benchmarks/oci_bench.py: push/pull against oras on this machine's disk
 # Logs and JSON go to $OUT; copy the JSON into benchmarks/results/ and run
 # benchmarks/render_readme.py.
@@ -63,7 +64,7 @@ for stage in $STAGES; do
     verify)
         timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/verify_cost.py --device cuda --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/verify_cost_cuda.json" 2>&1 | tee "$OUT/verify-cuda.log" | tail -20 ;;
     phases)
-        timeout "${PHASES_TIMEOUT:-240}" python3 benchmarks/gpu_phases.py --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" --out "$OUT/gpu_phases.json" 2>&1 | tee "$OUT/gpu_phases.log" | tail -80 ;;
+        timeout "${PHASES_TIMEOUT:-240}" python3 benchmarks/gpu_phases.py --size-gb "${SIZE_GB:-2}" --runs "${RUNS:-5}" ${PHASES_ARGS:-} --out "$OUT/gpu_phases.json" 2>&1 | tee "$OUT/gpu_phases.log" | tail -80 ;;
     oci)
         timeout "${OCI_TIMEOUT:-300}" python3 benchmarks/oci_bench.py --size-mb "${OCI_MB:-1024}" --runs "${RUNS:-5}" --out "$OUT/oci_gpu_machine.json" 2>&1 | tee "$OUT/oci.log" | tail -20 ;;
     esac
