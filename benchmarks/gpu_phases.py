@@ -1,14 +1,12 @@
-"""Where a warm GPU load spends its time: phases of one load, the GIL's switch interval,
-and whether the ring's quick driver calls keep the GIL.
+"""Where a warm GPU load spends its time: phases of one load, and the GIL's switch interval.
 
     python benchmarks/gpu_phases.py --size-gb 2 --runs 5 --out /tmp/phases.json   # on the GPU machine
 
 A diagnostic, not a comparison with peers: the same models as
 ``benchmarks/gpu_load.py`` (one size), pushed as an ExportedProgram, a
 TorchScript module and a state dict into one local store, read from the page
-cache. For each setting (ring order, ``sys.setswitchinterval`` value in
-``--intervals``, and ``--gil``: the ring's quick driver calls holding the GIL or
-releasing it), every round running every setting, it times the three loads (``.module()`` inside the ExportedProgram's timing, as there),
+cache. For each ``sys.setswitchinterval`` value in ``--intervals`` it times the
+three loads (``.module()`` inside the ExportedProgram's timing, as there),
 interleaved, and splits each load into phases by wrapping the pipeline's
 stages with timers: resolve, open (manifest + trust), the weight stream
 (``load_tensors``, on its worker thread for an ExportedProgram), the graph
@@ -93,11 +91,6 @@ def main() -> None:
     ap.add_argument(
         "--orders", default="unordered,in-order", help="the CUDA ring's orders to compare"
     )
-    ap.add_argument(
-        "--gil",
-        default="hold",
-        help="hold,release: whether the ring's quick driver calls keep the GIL (cuda_blake3.HOLD_GIL)",
-    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -133,25 +126,14 @@ def main() -> None:
     report: dict[str, Any] = {"size_gb": args.size_gb, "bytes": total, "intervals": {}}
     monitor = Monitor()
     with monitor:
-        from modelvault.formats._torch import cuda_blake3, stream
+        from modelvault.formats._torch import stream
 
-        combos = [
-            (o, float(v), g)
-            for o in args.orders.split(",")
-            for v in args.intervals.split(",")
-            for g in args.gil.split(",")
-        ]
-        per_combo: dict[tuple[str, float, str], dict[str, Any]] = {c: {} for c in combos}
-        # Every round runs every setting, in an order reversed each round, so that a
-        # drift of the host over the run touches all settings alike.
-        for rnd in range(args.runs + 1):
-            settings = combos if rnd % 2 == 0 else list(reversed(combos))
-            for combo in settings:
-                ring_order, interval, gil = combo
-                stream.UNORDERED = ring_order == "unordered"
-                cuda_blake3.HOLD_GIL = gil == "hold"
-                per = per_combo[combo]
-                with switch_interval(interval):
+        combos = [(o, float(v)) for o in args.orders.split(",") for v in args.intervals.split(",")]
+        for ring_order, interval in combos:
+            per: dict[str, Any] = {}
+            stream.UNORDERED = ring_order == "unordered"
+            with switch_interval(interval):
+                for rnd in range(args.runs + 1):
                     order = list(loads) if rnd % 2 == 0 else list(reversed(loads))
                     for name in order:
                         PHASES.clear()
@@ -168,9 +150,6 @@ def main() -> None:
                         row["seconds"].append(elapsed)
                         for phase, ts in PHASES.items():
                             row["phases"][phase].append(sum(ts))
-        for combo in combos:
-            ring_order, interval, gil = combo
-            per = per_combo[combo]
             for name, row in per.items():
                 med = statistics.median(row["seconds"])
                 phases = {
@@ -180,13 +159,12 @@ def main() -> None:
                 row["GBps"] = total / med / 1e9
                 row["phase_ms"] = phases
                 print(
-                    f"{ring_order:9s} interval {interval * 1e3:.2f} ms gil {gil:7s} {name:16s} "
-                    f"{med * 1e3:7.1f} ms {row['GBps']:5.1f} GB/s  phases(ms) {phases}",
+                    f"{ring_order:9s} interval {interval * 1e3:.2f} ms  {name:16s} {med * 1e3:7.1f} ms "
+                    f"{row['GBps']:5.1f} GB/s  phases(ms) {phases}",
                     flush=True,
                 )
                 row["phases"] = dict(row["phases"])
-            report["intervals"][f"{ring_order} {interval} gil={gil}"] = per
-        cuda_blake3.HOLD_GIL = True
+            report["intervals"][f"{ring_order} {interval}"] = per
         stream.UNORDERED = True
         for name, fn in loads.items():
             fn()

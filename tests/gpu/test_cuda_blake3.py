@@ -140,23 +140,15 @@ def test_ring_settings_with_device_hashing(tmp_path: Path) -> None:
             assert torch.equal(out[k].cpu(), v), (chunk, ring, k)
 
 
-@pytest.mark.parametrize("hold_gil", [True, False], ids=["gil-held", "gil-released"])
 @pytest.mark.parametrize("unordered", [True, False], ids=["unordered", "in-order"])
 @pytest.mark.parametrize(
     ("chunk", "ring"), [(4096, 1), (4096, 2), (4096 * 5, 3), (64 * KIB, 33), (4096 * 3, 70)]
 )
 def test_both_ring_orders_land_every_byte(
-    unordered: bool,
-    hold_gil: bool,
-    chunk: int,
-    ring: int,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    unordered: bool, chunk: int, ring: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Many blobs of odd sizes, many chunks each: the same tensors whichever order the reads
-    finish, with the ring's quick driver calls keeping the GIL or letting it go."""
+    """Many blobs of odd sizes, many chunks each: the same tensors whichever order the reads finish."""
     monkeypatch.setattr(stream, "UNORDERED", unordered)
-    monkeypatch.setattr(cuda_blake3, "HOLD_GIL", hold_gil)
     torch.manual_seed(11)
     sd = {f"t{i}": torch.randn(7_000 + 4_097 * i) for i in range(12)}
     sd["empty"] = torch.empty(0)
@@ -164,28 +156,6 @@ def test_both_ring_orders_land_every_byte(
     out = load_tensors(source, torch.device("cuda:0"), chunk=chunk, ring=ring)
     for k, v in sd.items():
         assert torch.equal(out[k].cpu(), v), (k, chunk, ring)
-
-
-def test_waiting_for_an_event_that_has_not_fired_blocks_until_it_has() -> None:
-    """``wait`` asks first without letting the GIL go; work still queued is waited for."""
-    dev = torch.device("cuda:0")
-    k = cuda_blake3.kernels(dev)
-    assert k is not None
-    s = torch.cuda.Stream(dev)
-    a = torch.randn(4096, 4096, device=dev)
-    s.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(s):
-        for _ in range(40):
-            a = a @ a / 4096  # tens of milliseconds of queued work
-    ev = k.event()
-    try:
-        k.record(ev, int(s.cuda_stream))
-        assert k.drv.fast().cuEventQuery(ev) == cuda_blake3._NOT_READY
-        k.wait(ev)
-        assert k.drv.fast().cuEventQuery(ev) == 0
-        assert s.query()
-    finally:
-        k.destroy(ev)
 
 
 @pytest.mark.parametrize("unordered", [True, False], ids=["unordered", "in-order"])

@@ -37,29 +37,10 @@ _loaded: dict[int, _Kernels | None] = {}
 _reason: dict[int, str] = {}
 
 
-#: Whether the driver calls that return at once (queue a copy, record an event,
-#: launch a kernel) keep the GIL (True) or release it like every other ctypes call.
-#: A call that releases the GIL must take it back afterwards, and while a main
-#: thread runs Python (an ExportedProgram's graph being rebuilt) that waits up to
-#: the interpreter's switch interval (5 ms): four such waits per chunk held the
-#: reader threads up. Only the calls that can block (waiting for an event) let it
-#: go. ``benchmarks/gpu_phases.py --gil`` compares the two in one run.
-HOLD_GIL = True
-
-#: CUDA_ERROR_NOT_READY: cuEventQuery's answer for work still queued.
-_NOT_READY = 600
-
-
 class _Driver:
     def __init__(self) -> None:
         self.lib = ctypes.CDLL("libcuda.so.1")
         self.lib.cuGetErrorString.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
-        #: The same library, its functions called with the GIL held (ctypes.PyDLL).
-        self.quick = ctypes.PyDLL("libcuda.so.1")
-
-    def fast(self) -> Any:
-        """The library for a call that returns at once: see :data:`HOLD_GIL`."""
-        return self.quick if HOLD_GIL else self.lib
 
     def check(self, rc: int, what: str) -> None:
         if rc:
@@ -105,46 +86,40 @@ class _Kernels:
         )
         return fn
 
-    # -- the copy side of a load: asynchronous copies and events -------------------------
-    # Reader threads call these for every chunk they copy. The calls that return at
-    # once keep the GIL (HOLD_GIL), so a reader never waits for a main thread rebuilding
-    # a graph to hand it back; only a wait for an event that has not fired lets it go.
+    # -- the copy side of a load: asynchronous copies and events, without the GIL -----------
+    # ctypes releases the GIL for every call below, so reader threads that copy their
+    # own chunks do not queue behind a main thread rebuilding a graph.
     def make_current(self) -> None:
         """Make the device's primary context current on the calling thread."""
-        self.drv.check(self.drv.fast().cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+        self.drv.check(self.drv.lib.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
 
     def event(self) -> ctypes.c_void_p:
         ev = ctypes.c_void_p()
         # CU_EVENT_DISABLE_TIMING: these events only order work.
         self.drv.check(
-            self.drv.fast().cuEventCreate(ctypes.byref(ev), ctypes.c_uint(2)), "cuEventCreate"
+            self.drv.lib.cuEventCreate(ctypes.byref(ev), ctypes.c_uint(2)), "cuEventCreate"
         )
         return ev
 
     def destroy(self, ev: ctypes.c_void_p) -> None:
-        self.drv.fast().cuEventDestroy_v2(ev)
+        self.drv.lib.cuEventDestroy_v2(ev)
 
     def record(self, ev: ctypes.c_void_p, stream: int) -> None:
-        self.drv.check(self.drv.fast().cuEventRecord(ev, ctypes.c_void_p(stream)), "cuEventRecord")
+        self.drv.check(self.drv.lib.cuEventRecord(ev, ctypes.c_void_p(stream)), "cuEventRecord")
 
     def wait(self, ev: ctypes.c_void_p) -> None:
-        """Return once the work before ``ev`` is done: asked first without letting the GIL
-        go (it usually is done), waited for with the GIL released only when it is not."""
-        rc = self.drv.fast().cuEventQuery(ev)
-        if rc == _NOT_READY:
-            rc = self.drv.lib.cuEventSynchronize(ev)
-        self.drv.check(rc, "cuEventSynchronize")
+        self.drv.check(self.drv.lib.cuEventSynchronize(ev), "cuEventSynchronize")
 
     def stream_wait(self, stream: int, ev: ctypes.c_void_p) -> None:
         self.drv.check(
-            self.drv.fast().cuStreamWaitEvent(ctypes.c_void_p(stream), ev, ctypes.c_uint(0)),
+            self.drv.lib.cuStreamWaitEvent(ctypes.c_void_p(stream), ev, ctypes.c_uint(0)),
             "cuStreamWaitEvent",
         )
 
     def copy_to_device(self, dst: int, src: int, n: int, stream: int) -> None:
         """Queue a copy of ``n`` bytes of pinned host memory at ``src`` to device address ``dst``."""
         self.drv.check(
-            self.drv.fast().cuMemcpyHtoDAsync_v2(
+            self.drv.lib.cuMemcpyHtoDAsync_v2(
                 ctypes.c_uint64(dst),
                 ctypes.c_void_p(src),
                 ctypes.c_size_t(n),
@@ -157,7 +132,7 @@ class _Kernels:
         params = (ctypes.c_void_p * len(args))(
             *[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args]
         )
-        lib = self.drv.fast()
+        lib = self.drv.lib
         # The context must be current on the launching thread (a load may run on a worker).
         self.drv.check(lib.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
         rc = lib.cuLaunchKernel(
