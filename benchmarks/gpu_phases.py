@@ -1,12 +1,15 @@
-"""Where a warm GPU load spends its time: phases of one load, and the GIL's switch interval.
+"""Where a warm GPU load spends its time: phases of one load, the GIL's switch interval,
+and whether an ExportedProgram's graph is rebuilt beside its weight stream.
 
     python benchmarks/gpu_phases.py --size-gb 2 --runs 5 --out /tmp/phases.json   # on the GPU machine
 
 A diagnostic, not a comparison with peers: the same models as
 ``benchmarks/gpu_load.py`` (one size), pushed as an ExportedProgram, a
 TorchScript module and a state dict into one local store, read from the page
-cache. For each ``sys.setswitchinterval`` value in ``--intervals`` it times the
-three loads (``.module()`` inside the ExportedProgram's timing, as there),
+cache. For each setting (ring order, ``sys.setswitchinterval`` value in
+``--intervals``, and ``--overlap``: the ExportedProgram's graph rebuilt while its
+weights stream, or after them, or before them), every round running every
+setting in turn, it times the three loads (``.module()`` inside the ExportedProgram's timing, as there),
 interleaved, and splits each load into phases by wrapping the pipeline's
 stages with timers: resolve, open (manifest + trust), the weight stream
 (``load_tensors``, on its worker thread for an ExportedProgram), the graph
@@ -73,6 +76,37 @@ def instrument() -> None:
     _timed(epmod, "_attach", "attach")
 
 
+def _weights_first(cls: Any) -> Any:
+    """The weight stream waited for as soon as it starts: nothing runs beside it."""
+
+    class WeightsFirst(cls):  # type: ignore[misc,valid-type]
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, **k)
+            self._done = super().result()
+
+        def result(self) -> Any:
+            return self._done
+
+    return WeightsFirst
+
+
+def _graph_first(cls: Any) -> Any:
+    """The weight stream started only when its result is asked for: after the graph."""
+
+    class GraphFirst:
+        def __init__(self, *a: Any, **k: Any) -> None:
+            self._args = (a, k)
+
+        def result(self) -> Any:
+            a, k = self._args
+            return cls(*a, **k).result()
+
+        def discard(self) -> None:
+            pass
+
+    return GraphFirst
+
+
 @contextmanager
 def switch_interval(seconds: float) -> Iterator[None]:
     old = sys.getswitchinterval()
@@ -90,6 +124,12 @@ def main() -> None:
     ap.add_argument("--intervals", default="0.005,0.001,0.0002")
     ap.add_argument(
         "--orders", default="unordered,in-order", help="the CUDA ring's orders to compare"
+    )
+    ap.add_argument(
+        "--overlap",
+        default="overlapped",
+        help="overlapped,weights-first,graph-first: whether an ExportedProgram's graph is "
+        "rebuilt while its weights stream (the library's way) or before or after them",
     )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -126,15 +166,35 @@ def main() -> None:
     report: dict[str, Any] = {"size_gb": args.size_gb, "bytes": total, "intervals": {}}
     monitor = Monitor()
     with monitor:
+        from modelvault.formats import exported_program as epmod
         from modelvault.formats._torch import stream
 
-        combos = [(o, float(v)) for o in args.orders.split(",") for v in args.intervals.split(",")]
-        for ring_order, interval in combos:
-            per: dict[str, Any] = {}
-            stream.UNORDERED = ring_order == "unordered"
-            with switch_interval(interval):
-                for rnd in range(args.runs + 1):
+        overlapped = epmod.BackgroundLoad
+        ways = {
+            "overlapped": overlapped,
+            "weights-first": _weights_first(overlapped),
+            "graph-first": _graph_first(overlapped),
+        }
+        combos = [
+            (o, float(v), w)
+            for o in args.orders.split(",")
+            for v in args.intervals.split(",")
+            for w in args.overlap.split(",")
+        ]
+        per_combo: dict[tuple[str, float, str], dict[str, Any]] = {c: {} for c in combos}
+        # Every round runs every setting, in an order reversed each round, so that a
+        # drift of the host over the run touches all settings alike.
+        for rnd in range(args.runs + 1):
+            settings = combos if rnd % 2 == 0 else list(reversed(combos))
+            for combo in settings:
+                ring_order, interval, way = combo
+                stream.UNORDERED = ring_order == "unordered"
+                epmod.BackgroundLoad = ways[way]  # type: ignore[misc]
+                per = per_combo[combo]
+                with switch_interval(interval):
                     order = list(loads) if rnd % 2 == 0 else list(reversed(loads))
+                    if way != "overlapped":
+                        order = ["ExportedProgram"]  # the others have no graph to move
                     for name in order:
                         PHASES.clear()
                         gc.collect()
@@ -150,6 +210,10 @@ def main() -> None:
                         row["seconds"].append(elapsed)
                         for phase, ts in PHASES.items():
                             row["phases"][phase].append(sum(ts))
+        epmod.BackgroundLoad = overlapped  # type: ignore[misc]
+        for combo in combos:
+            ring_order, interval, way = combo
+            per = per_combo[combo]
             for name, row in per.items():
                 med = statistics.median(row["seconds"])
                 phases = {
@@ -159,12 +223,12 @@ def main() -> None:
                 row["GBps"] = total / med / 1e9
                 row["phase_ms"] = phases
                 print(
-                    f"{ring_order:9s} interval {interval * 1e3:.2f} ms  {name:16s} {med * 1e3:7.1f} ms "
-                    f"{row['GBps']:5.1f} GB/s  phases(ms) {phases}",
+                    f"{ring_order:9s} interval {interval * 1e3:.2f} ms {way:13s} {name:16s} "
+                    f"{med * 1e3:7.1f} ms {row['GBps']:5.1f} GB/s  phases(ms) {phases}",
                     flush=True,
                 )
                 row["phases"] = dict(row["phases"])
-            report["intervals"][f"{ring_order} {interval}"] = per
+            report["intervals"][f"{ring_order} {interval} {way}"] = per
         stream.UNORDERED = True
         for name, fn in loads.items():
             fn()
