@@ -222,3 +222,50 @@ def test_an_empty_blob_keeps_the_load_unordered(
     assert used == [True]
     assert torch.equal(out["a"].cpu(), sd["a"]) and out["e"].numel() == 0
     assert out["e"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["graph-first", "overlapped"])
+def test_an_exported_program_onto_the_gpu_builds_its_graph_before_its_weights_stream(
+    overlap: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The default (graph first) starts the stream only once the graph is checked, so a
+    graph refused never streams a byte; both orders give the same module."""
+    from modelvault.formats import exported_program as epmod
+
+    monkeypatch.setattr(epmod, "OVERLAP_ON_DEVICE", overlap)
+    events: list[str] = []
+    real_bg, real_skeleton = epmod.BackgroundLoad, epmod.ExportedProgramPlugin._skeleton
+
+    class Spy(real_bg):  # type: ignore[misc,valid-type]
+        def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
+            events.append("stream")
+            super().__init__(*a, **k)
+
+    def skeleton(self, *a, **k):  # type: ignore[no-untyped-def]
+        events.append("graph")
+        return real_skeleton(self, *a, **k)
+
+    monkeypatch.setattr(epmod, "BackgroundLoad", Spy)
+    monkeypatch.setattr(epmod.ExportedProgramPlugin, "_skeleton", skeleton)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    x = torch.randn(4, 64)
+    source = write(epmod.ExportedProgramPlugin().pack(torch.export.export(model, (x,))), tmp_path)
+    ep = epmod.ExportedProgramPlugin().load(source, device="cuda")
+    assert events == (["stream", "graph"] if overlap else ["graph", "stream"])
+    out = ep.module()(x.cuda())
+    assert torch.allclose(out.cpu(), model(x), atol=1e-5)
+
+    events.clear()
+
+    def refused(self, *a, **k):  # type: ignore[no-untyped-def]
+        events.append("graph")
+        raise ValueError("a graph refused")
+
+    monkeypatch.setattr(epmod.ExportedProgramPlugin, "_skeleton", refused)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    with pytest.raises(ValueError, match="a graph refused"):
+        epmod.ExportedProgramPlugin().load(source, device="cuda")
+    assert events == (["stream", "graph"] if overlap else ["graph"])
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
