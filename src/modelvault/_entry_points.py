@@ -39,8 +39,12 @@ def may_declare(group: str, path: Iterable[str] | None = None) -> bool:
             return True
         path = sys.path
     for entry in path:
-        root = entry or "."
+        if not isinstance(entry, (str, os.PathLike)):
+            return True  # bytes and the like: the standard library decides (it raises on them)
         try:
+            root = os.fspath(entry) or "."
+            if not isinstance(root, str):
+                return True
             if not os.path.isdir(root):
                 if os.path.exists(root):
                     return True  # a zip (or another file) importlib.metadata would open
@@ -49,7 +53,7 @@ def may_declare(group: str, path: Iterable[str] | None = None) -> bool:
                 return True  # an unpacked egg: its metadata is laid out otherwise
             with os.scandir(root) as children:
                 metas = [c.path for c in children if c.name.lower().endswith(_META_SUFFIXES)]
-        except OSError:
+        except (OSError, ValueError):
             return True
         for meta in metas:
             if _declares(os.path.join(meta, "entry_points.txt"), group):

@@ -257,3 +257,36 @@ def test_a_plugin_installed_by_pip_packs_its_files_and_a_plain_push_skips_packag
     shown = _run_cli(["show", "todo@1.0.1", "--json"], home, work, site)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert '"notes"' in shown.stdout
+
+
+def test_path_like_and_bytes_entries_on_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sys.path may hold pathlib paths (the standard library reads them) or bytes (it raises)."""
+    _dist(tmp_path, "pathy", "[modelvault.formats]\nn = a:b\n")
+    assert _stdlib_finds([tmp_path])  # type: ignore[list-item]
+    assert may_declare(GROUP, [tmp_path])  # type: ignore[list-item]
+    assert may_declare(GROUP, [os.fsencode(tmp_path)])  # type: ignore[list-item]
+    monkeypatch.setattr(sys, "path", [tmp_path, *sys.path])
+    assert may_declare(GROUP)
+
+
+def test_a_plugin_on_a_pathlib_entry_is_found_by_the_plugin_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelvault.formats import registry
+
+    # The import system skips entries that are not str; importlib.metadata reads them.
+    code, meta = tmp_path / "code", tmp_path / "meta"
+    code.mkdir()
+    (code / "notes_plugin.py").write_text(PLUGIN_SRC)
+    _dist(meta, "notes_plugin", "[modelvault.formats]\nnotes = notes_plugin:NotesPlugin\n")
+    monkeypatch.setattr(sys, "path", [meta, str(code), *sys.path])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_extra", {})
+    monkeypatch.setattr(registry, "_instances", {})
+    try:
+        assert "notes" in registry.known_plugins()
+        assert registry.get_plugin("notes").name == "notes"
+    finally:
+        sys.modules.pop("notes_plugin", None)

@@ -248,9 +248,10 @@ class ExportedProgramPlugin(FormatPlugin):
         # and checked here: hashing a mapped blob runs in C, beside the parse. Onto a
         # GPU the stream's reader threads and the parse contend for the interpreter, so
         # the graph goes first and the weights stream after it (see OVERLAP_ON_DEVICE).
-        overlap = dev.type == "cpu" or OVERLAP_ON_DEVICE
-        loading = BackgroundLoad(source, dev, **stream_options(options)) if overlap else None
+        opts = stream_options(options)  # bad options are refused before any work
         built_on = str(source.manifest.target.get("built_on", "cpu"))
+        overlap = dev.type == "cpu" or OVERLAP_ON_DEVICE
+        loading = BackgroundLoad(source, dev, **opts) if overlap else None
         try:
             graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
             ep = self._skeleton(source, payload, graph)
@@ -261,7 +262,7 @@ class ExportedProgramPlugin(FormatPlugin):
                 loading.discard()
             raise
         if loading is None:
-            loading = BackgroundLoad(source, dev, **stream_options(options))
+            loading = BackgroundLoad(source, dev, **opts)
         tensors = loading.result()
         try:
             return _attach(ep, payload, tensors, dev)
@@ -428,8 +429,8 @@ def retarget_graph(ep: torch.export.ExportedProgram, dev: torch.device) -> None:
     and every node's ``meta["val"]`` move to ``dev``; then torch's verifier runs,
     as the pass ends. The weights are left alone: at load they are still
     meta-device placeholders, and :func:`_attach` puts the tensors read onto
-    ``dev`` in their place. Doing this half while the weights stream takes it
-    off the load's critical path. ``tests/formats/torch`` compares the result
+    ``dev`` in their place. Onto a GPU it runs before the weights stream (see
+    :data:`OVERLAP_ON_DEVICE`), on the graph alone. ``tests/formats/torch`` compares the result
     with torch's own pass.
     """
     target = str(dev)

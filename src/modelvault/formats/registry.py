@@ -100,14 +100,14 @@ def _load_entry_points() -> None:
     global _entry_points_loaded
     if _entry_points_loaded:
         return
-    _entry_points_loaded = True
-    if not may_declare(ENTRY_POINT_GROUP):
-        return  # no distribution declares one: importlib.metadata (tens of ms) is not needed
-    from importlib import metadata  # on first use: it costs start-up tens of milliseconds
+    if may_declare(ENTRY_POINT_GROUP):
+        from importlib import metadata  # only then: it costs start-up tens of milliseconds
 
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _BUILTIN and ep.name not in _extra:
-            _extra[ep.name] = PluginSpec(ep.name, ep.value)
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name not in _BUILTIN and ep.name not in _extra:
+                _extra[ep.name] = PluginSpec(ep.name, ep.value)
+    # Set once the lookup succeeded: a failed one is tried again by the next caller.
+    _entry_points_loaded = True
 
 
 def known_plugins() -> dict[str, PluginSpec]:
