@@ -77,10 +77,8 @@ def _declares(txt: str, group: str) -> bool:
     try:
         with open(txt, "rb") as f:
             raw = f.read()
-    except FileNotFoundError:
-        return False
-    except NotADirectoryError:
-        return False  # an egg-info that is a file (PKG-INFO): it holds no entry points
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # no such file, or an egg-info that is a file (PKG-INFO): no entry points
     except OSError:
         return True
     if group.encode() not in raw:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from modelvault.cli import main
+from tests.cli.importtime import run_importtime
 
 #: Never needed by listing, showing, aliasing, or pushing a plain file.
 HEAVY = ("torch", "numpy", "safetensors", "boto3", "botocore", "torch_tensorrt", "tensorrt")
@@ -28,38 +27,13 @@ STDLIB_SLOW = ("importlib.metadata", "email", "platform")
 DATABASE = ("sqlalchemy", "alembic", "psycopg", "pymysql", "sqlite3")
 
 
-def _imported(
-    args: list[str], home: Path, cwd: Path
-) -> tuple[set[str], subprocess.CompletedProcess[str]]:
-    env = {**os.environ, "MVAULT_HOME": str(home), "MVAULT_NO_PROGRESS": "1"}
-    for var in ("MVAULT_REGISTRY", "MVAULT_STORE", "MVAULT_CACHE_DIR"):
-        env.pop(var, None)
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "modelvault.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-    )
-    mods = set()
-    for line in proc.stderr.splitlines():
-        if line.startswith("import time:") and "|" in line:
-            name = line.rsplit("|", 1)[1].strip()
-            if name and name != "imported package":
-                mods.add(name.split(".", 1)[0])
-                if name.startswith(("importlib.", "modelvault.oci.")):
-                    mods.add(name)  # the standard library's slow corners, by full name
-    return mods, proc
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("startup")
     (root / "notes.txt").write_text("three\n")
     (root / "weights.bin").write_bytes(os.urandom(4096))
     home = root / "home"
-    _, proc = _imported(["push", "base:1.0.0", "notes.txt"], home, root)
+    _, proc = run_importtime(["push", "base:1.0.0", "notes.txt"], home, root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return home, root
 
@@ -77,7 +51,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     ids=lambda a: " ".join(a),
 )
 def test_everyday_commands_import_nothing_heavy(args: list[str], home: tuple[Path, Path]) -> None:
-    mods, proc = _imported(args, *home)
+    mods, proc = run_importtime(args, *home)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "modelvault" in mods
     heavy = sorted(m for m in HEAVY if m in mods)
@@ -99,7 +73,7 @@ def test_everyday_commands_import_nothing_heavy(args: list[str], home: tuple[Pat
 
 def test_help_imports_no_database_driver(home: tuple[Path, Path]) -> None:
     for args in (["--help"], ["push", "--help"], ["ls", "--help"]):
-        mods, proc = _imported(args, *home)
+        mods, proc = run_importtime(args, *home)
         assert proc.returncode == 0, proc.stderr[-2000:]
         found = sorted(m for m in HEAVY + DATABASE + STDLIB_SLOW if m in mods)
         assert found == [], f"`mvault {' '.join(args)}` imported {found}"
@@ -111,11 +85,11 @@ def test_a_torch_archive_name_does_not_fall_back_to_bytes(home: tuple[Path, Path
     (root / "model.pt2").write_bytes(os.urandom(2048))
     (root / "model.safetensors").write_bytes(os.urandom(2048))
     for name in ("model.pt2", "model.safetensors"):
-        _, proc = _imported(["push", "bad:1.0.0", name], *home)
+        _, proc = run_importtime(["push", "bad:1.0.0", name], *home)
         assert proc.returncode == 5, proc.stderr[-2000:]
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mvault:")]
         assert len(lines) == 1 and "truncated or corrupt" in lines[0], proc.stderr[-2000:]
-    _, proc = _imported(["push", "bad:1.0.0", "model.pt2", "--format", "files"], *home)
+    _, proc = run_importtime(["push", "bad:1.0.0", "model.pt2", "--format", "files"], *home)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -124,7 +98,7 @@ def test_reading_an_up_to_date_registry_does_not_import_alembic(
     args: list[str], home: tuple[Path, Path]
 ) -> None:
     # The schema check compares alembic_version with the known head in one SELECT.
-    mods, proc = _imported(args, *home)
+    mods, proc = run_importtime(args, *home)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "alembic" not in mods, f"`mvault {' '.join(args)}` imported alembic"
 
@@ -170,6 +144,6 @@ def test_the_command_word_skips_global_options(argv: list[str], expected: str | 
 
 
 def test_an_unknown_command_still_lists_every_command(home: tuple[Path, Path]) -> None:
-    _, proc = _imported(["lss"], *home)
+    _, proc = run_importtime(["lss"], *home)
     assert proc.returncode == 2
     assert "invalid choice: 'lss'" in proc.stderr and "quickstart" in proc.stderr

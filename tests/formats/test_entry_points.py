@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelvault._entry_points import may_declare
+from tests.cli.importtime import run_importtime
 
 GROUP = "modelvault.formats"
 
@@ -179,24 +180,6 @@ def test_random_entry_point_files_never_hide_an_entry_point(
     assert may_declare(GROUP, [str(root)]) or not stdlib
 
 
-def _run_cli(
-    args: list[str], home: Path, cwd: Path, extra_path: Path | None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MVAULT_HOME": str(home), "MVAULT_NO_PROGRESS": "1"}
-    for var in ("MVAULT_REGISTRY", "MVAULT_STORE", "MVAULT_CACHE_DIR"):
-        env.pop(var, None)
-    if extra_path is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "modelvault.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-    )
-
-
 @pytest.mark.slow
 def test_a_plugin_installed_by_pip_packs_its_files_and_a_plain_push_skips_package_metadata(
     tmp_path: Path,
@@ -240,21 +223,17 @@ def test_a_plugin_installed_by_pip_packs_its_files_and_a_plain_push_skips_packag
     (work / "todo.notes").write_text("buy milk\n")
     home = tmp_path / "home"
 
-    first = _run_cli(["push", "first:1.0.0", "todo.notes"], home, work, None)  # creates the home
+    _, first = run_importtime(["push", "first:1.0.0", "todo.notes"], home, work)  # creates the home
     assert first.returncode == 0, first.stderr[-2000:]
-    plain = _run_cli(["push", "todo:1.0.0", "todo.notes"], home, work, None)
+    mods, plain = run_importtime(["push", "todo:1.0.0", "todo.notes"], home, work)
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert "(files)" in plain.stdout
-    assert "importlib.metadata" not in {
-        ln.rsplit("|", 1)[1].strip()
-        for ln in plain.stderr.splitlines()
-        if ln.startswith("import time:")
-    }
+    assert "importlib.metadata" not in mods
 
-    with_plugin = _run_cli(["push", "todo:1.0.1", "todo.notes"], home, work, site)
+    _, with_plugin = run_importtime(["push", "todo:1.0.1", "todo.notes"], home, work, site)
     assert with_plugin.returncode == 0, with_plugin.stderr[-2000:]
     assert "(notes)" in with_plugin.stdout
-    shown = _run_cli(["show", "todo@1.0.1", "--json"], home, work, site)
+    _, shown = run_importtime(["show", "todo@1.0.1", "--json"], home, work, site)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert '"notes"' in shown.stdout
 
