@@ -9,9 +9,8 @@ TorchScript module and a state dict into one local store, read from the page
 cache. For each setting (ring order, ``sys.setswitchinterval`` value in
 ``--intervals``, and ``--overlap``: the ExportedProgram's graph rebuilt before
 its weights stream onto the GPU, as the library does, or beside the stream, or
-after it), every round running every
-setting in turn, it times the three loads (``.module()`` inside the ExportedProgram's timing, as there),
-interleaved, and splits each load into phases by wrapping the pipeline's
+after it), every round running every setting in turn, it times the three loads
+(``.module()`` inside the ExportedProgram's timing, as there), interleaved, and splits each load into phases by wrapping the pipeline's
 stages with timers: resolve, open (manifest + trust), the weight stream
 (``load_tensors``, on its worker thread for an ExportedProgram), the graph
 (``_skeleton``: parse and check), attach (``_attach``: weights in place, the

@@ -16,7 +16,7 @@
 #   torch  benchmarks/torch_load_bench.py and vault_bench.py on cuda (torchload: the first alone)
 #   verify benchmarks/verify_cost.py --device cuda
 #   phases benchmarks/gpu_phases.py: where a warm load's time goes (printed, JSON);
-#          PHASES_ARGS adds its options (e.g. "--orders unordered --gil hold,release")
+#          PHASES_ARGS adds its options (e.g. "--orders unordered --overlap graph-first,overlapped")
 #   oci    benchmarks/oci_bench.py: push/pull against oras on this machine's disk
 # Logs and JSON go to $OUT; copy the JSON into benchmarks/results/ and run
 # benchmarks/render_readme.py.
