@@ -29,6 +29,7 @@ import cProfile
 import gc
 import io
 import json
+import os
 import pstats
 import statistics
 import sys
@@ -72,6 +73,8 @@ def instrument() -> None:
     _timed(loader.LoadPipeline, "open", "open")
     _timed(stream, "load_tensors", "weights")
     _timed(stream, "stream_through_ring", "ring")
+    _timed(stream.CudaLoad, "__init__", "start")
+    _timed(stream.CudaLoad, "_finish", "stream wait")
     _timed(epmod.ExportedProgramPlugin, "_skeleton", "graph")
     _timed(epmod, "_attach", "attach")
 
@@ -110,9 +113,10 @@ def main() -> None:
     )
     ap.add_argument(
         "--overlap",
-        default="graph-first",
-        help="graph-first,overlapped,weights-first: whether an ExportedProgram's graph is "
-        "rebuilt before its weights stream onto the GPU (the library's way), beside it or after it",
+        default="detached,graph-first",
+        help="detached,graph-first,overlapped,weights-first: the weights streamed by the reader "
+        "process beside the graph (the library's way); or in-process, an ExportedProgram's graph "
+        "rebuilt before the stream (the library's way without a reader process), beside it or after it",
     )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -153,11 +157,12 @@ def main() -> None:
         from modelvault.formats._torch import stream
 
         background = epmod.BackgroundLoad
-        # (overlap onto the device, the BackgroundLoad used)
+        # (the reader process used, overlap onto the device, the BackgroundLoad used)
         ways = {
-            "graph-first": (False, background),  # the library's default
-            "overlapped": (True, background),
-            "weights-first": (True, _weights_first(background)),
+            "detached": (True, False, background),  # the library's default
+            "graph-first": (False, False, background),  # the default without a reader process
+            "overlapped": (False, True, background),
+            "weights-first": (False, True, _weights_first(background)),
         }
         combos = [
             (o, float(v), w)
@@ -173,11 +178,12 @@ def main() -> None:
             for combo in settings:
                 ring_order, interval, way = combo
                 stream.UNORDERED = ring_order == "unordered"
-                epmod.OVERLAP_ON_DEVICE, epmod.BackgroundLoad = ways[way]  # type: ignore[misc]
+                use_reader, epmod.OVERLAP_ON_DEVICE, epmod.BackgroundLoad = ways[way]  # type: ignore[misc]
+                os.environ["MVAULT_DETACHED"] = "1" if use_reader else "0"
                 per = per_combo[combo]
                 with switch_interval(interval):
                     order = list(loads) if rnd % 2 == 0 else list(reversed(loads))
-                    if way != "graph-first":
+                    if way not in ("graph-first", "detached"):
                         order = ["ExportedProgram"]  # the others have no graph to move
                     for name in order:
                         PHASES.clear()
@@ -195,6 +201,7 @@ def main() -> None:
                         for phase, ts in PHASES.items():
                             row["phases"][phase].append(sum(ts))
         epmod.OVERLAP_ON_DEVICE, epmod.BackgroundLoad = False, background  # type: ignore[misc]
+        os.environ.pop("MVAULT_DETACHED", None)
         for combo in combos:
             ring_order, interval, way = combo
             per = per_combo[combo]

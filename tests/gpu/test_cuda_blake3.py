@@ -224,34 +224,52 @@ def test_an_empty_blob_keeps_the_load_unordered(
     assert out["e"].device.type == "cuda"
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["graph-first", "overlapped"])
-def test_an_exported_program_onto_the_gpu_builds_its_graph_before_its_weights_stream(
-    overlap: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize("way", ["detached", "graph-first", "overlapped"])
+def test_an_exported_program_streams_beside_its_graph_only_where_nothing_contends(
+    way: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The default (graph first) starts the stream only once the graph is checked, so a
-    graph refused never streams a byte; both orders give the same module."""
+    """Through the reader process the bytes move before the graph is parsed; in process, by
+    default, only once the graph is checked, so a graph refused never streams a byte. Every
+    way gives the same module, and a refused graph leaves nothing on the device."""
     from modelvault.formats import exported_program as epmod
+    from modelvault.formats._torch import detached
 
-    monkeypatch.setattr(epmod, "OVERLAP_ON_DEVICE", overlap)
+    monkeypatch.setenv("MVAULT_DETACHED", "1" if way == "detached" else "0")
+    monkeypatch.setattr(epmod, "OVERLAP_ON_DEVICE", way == "overlapped")
     events: list[str] = []
-    real_bg, real_skeleton = epmod.BackgroundLoad, epmod.ExportedProgramPlugin._skeleton
+    real_init, real_ring = stream.CudaLoad.__init__, stream.stream_through_ring
+    real_job, real_skeleton = detached.DetachedJob.start, epmod.ExportedProgramPlugin._skeleton
 
-    class Spy(real_bg):  # type: ignore[misc,valid-type]
-        def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
-            events.append("stream")
-            super().__init__(*a, **k)
+    def init(self, *a, **k):  # type: ignore[no-untyped-def]
+        events.append("begin")
+        real_init(self, *a, **k)
+
+    def ring(*a, **k):  # type: ignore[no-untyped-def]
+        events.append("bytes")
+        return real_ring(*a, **k)
+
+    def job(self, *a, **k):  # type: ignore[no-untyped-def]
+        events.append("bytes")
+        return real_job(self, *a, **k)
 
     def skeleton(self, *a, **k):  # type: ignore[no-untyped-def]
         events.append("graph")
         return real_skeleton(self, *a, **k)
 
-    monkeypatch.setattr(epmod, "BackgroundLoad", Spy)
+    monkeypatch.setattr(stream.CudaLoad, "__init__", init)
+    monkeypatch.setattr(stream, "stream_through_ring", ring)
+    monkeypatch.setattr(detached.DetachedJob, "start", job)
     monkeypatch.setattr(epmod.ExportedProgramPlugin, "_skeleton", skeleton)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
     x = torch.randn(4, 64)
     source = write(epmod.ExportedProgramPlugin().pack(torch.export.export(model, (x,))), tmp_path)
     ep = epmod.ExportedProgramPlugin().load(source, device="cuda")
-    assert events == (["stream", "graph"] if overlap else ["graph", "stream"])
+    if way == "overlapped":  # a worker thread streams: either may start first
+        assert events[0] == "begin" and sorted(events[1:]) == ["bytes", "graph"]
+    else:
+        assert events == (
+            ["begin", "bytes", "graph"] if way == "detached" else ["begin", "graph", "bytes"]
+        )
     out = ep.module()(x.cuda())
     assert torch.allclose(out.cpu(), model(x), atol=1e-5)
 
@@ -266,6 +284,9 @@ def test_an_exported_program_onto_the_gpu_builds_its_graph_before_its_weights_st
     before = torch.cuda.memory_allocated()
     with pytest.raises(ValueError, match="a graph refused"):
         epmod.ExportedProgramPlugin().load(source, device="cuda")
-    assert events == (["stream", "graph"] if overlap else ["graph"])
+    if way == "graph-first":
+        assert events == ["begin", "graph"]
+    else:
+        assert events[0] == "begin" and "graph" in events
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == before

@@ -99,11 +99,14 @@ def _dims(ep: torch.export.ExportedProgram) -> dict[str, dict[str, int | None]]:
     }
 
 
-#: Whether a load onto a GPU rebuilds the graph while the weights stream (True) or
-#: first (False, the default). Measured on an H200 (benchmarks/gpu_phases.py
-#: --overlap, results/gpu_phases_overlap_692df4d.json, 2 GB, 7 rounds interleaved):
-#: the graph first 79.9 ms, beside the stream 84.6 ms, after it 82.5 ms; beside the
-#: stream the parse took 15.2 ms instead of 9.7 and the stream 66 ms instead of 54.
+#: Whether a load onto a GPU whose weights stream in this process (no reader
+#: process, see ``_torch/detached.py``) rebuilds the graph beside the stream (True)
+#: or first (False, the default). The in-process ring's threads and the parse
+#: contend for the GIL. Measured on an H200 (benchmarks/gpu_phases.py --overlap,
+#: results/gpu_phases_overlap_692df4d.json, 2 GB, 7 rounds interleaved): the graph
+#: first 79.9 ms, beside the stream 84.6 ms, after it 82.5 ms; beside the stream
+#: the parse took 15.2 ms instead of 9.7 and the stream 66 ms instead of 54. A
+#: stream through the reader process always runs beside the graph: it needs no GIL.
 OVERLAP_ON_DEVICE = False
 
 
@@ -244,25 +247,24 @@ class ExportedProgramPlugin(FormatPlugin):
         """The ExportedProgram with its weights on ``device``; call ``.module()`` to run it."""
         dev = resolve_device(device)
         payload = _check_payload(source)
-        # On the CPU the weights stream (verified) on a worker while the graph is parsed
-        # and checked here: hashing a mapped blob runs in C, beside the parse. Onto a
-        # GPU the stream's reader threads and the parse contend for the interpreter, so
-        # the graph goes first and the weights stream after it (see OVERLAP_ON_DEVICE).
+        # The weights stream (verified) while the graph is parsed and checked here: on
+        # the CPU on a worker (hashing a mapped blob runs in C, beside the parse); onto
+        # a GPU through the reader process, which needs no GIL. Where a GPU load must
+        # stream in this process, its reader threads and the parse would contend for
+        # the GIL, so the graph goes first and the weights stream in result()
+        # (see OVERLAP_ON_DEVICE).
         opts = stream_options(options)  # bad options are refused before any work
         built_on = str(source.manifest.target.get("built_on", "cpu"))
         overlap = dev.type == "cpu" or OVERLAP_ON_DEVICE
-        loading = BackgroundLoad(source, dev, **opts) if overlap else None
+        loading = BackgroundLoad(source, dev, background=overlap, **opts)
         try:
             graph = read_blob(source, payload["graph"]["blob"], max_size=_MAX_GRAPH)  # verified
             ep = self._skeleton(source, payload, graph)
             if dev.type != "cpu" or not built_on.startswith("cpu"):
                 retarget_graph(ep, dev)
         except BaseException:
-            if loading is not None:
-                loading.discard()
+            loading.discard()
             raise
-        if loading is None:
-            loading = BackgroundLoad(source, dev, **opts)
         tensors = loading.result()
         try:
             return _attach(ep, payload, tensors, dev)

@@ -128,6 +128,52 @@ class _Kernels:
             "cuMemcpyHtoDAsync",
         )
 
+    # -- the detached stream (see .detached): shared pinned memory and stream memory ops ----
+    def host_register(self, ptr: int, size: int, flags: int) -> None:
+        """Pin and register ``size`` bytes of host memory at ``ptr`` with the driver."""
+        self.drv.check(
+            self.drv.lib.cuMemHostRegister_v2(
+                ctypes.c_void_p(ptr), ctypes.c_size_t(size), ctypes.c_uint(flags)
+            ),
+            "cuMemHostRegister",
+        )
+
+    def host_unregister(self, ptr: int) -> None:
+        self.drv.check(
+            self.drv.lib.cuMemHostUnregister(ctypes.c_void_p(ptr)), "cuMemHostUnregister"
+        )
+
+    def host_device_pointer(self, ptr: int) -> int:
+        """The device address of registered host memory at ``ptr``."""
+        out = ctypes.c_uint64()
+        self.drv.check(
+            self.drv.lib.cuMemHostGetDevicePointer_v2(
+                ctypes.byref(out), ctypes.c_void_p(ptr), ctypes.c_uint(0)
+            ),
+            "cuMemHostGetDevicePointer",
+        )
+        return int(out.value)
+
+    def wait_value32(self, stream: int, addr: int, value: int, flags: int) -> None:
+        """Queue on ``stream`` a wait until the 32-bit word at device address ``addr`` reaches ``value``."""
+        self.drv.check(
+            self.drv.lib.cuStreamWaitValue32_v2(
+                ctypes.c_void_p(stream), ctypes.c_uint64(addr), ctypes.c_uint32(value),
+                ctypes.c_uint(flags),
+            ),
+            "cuStreamWaitValue32",
+        )  # fmt: skip
+
+    def write_value32(self, stream: int, addr: int, value: int, flags: int) -> None:
+        """Queue on ``stream`` a write of ``value`` to the 32-bit word at device address ``addr``."""
+        self.drv.check(
+            self.drv.lib.cuStreamWriteValue32_v2(
+                ctypes.c_void_p(stream), ctypes.c_uint64(addr), ctypes.c_uint32(value),
+                ctypes.c_uint(flags),
+            ),
+            "cuStreamWriteValue32",
+        )  # fmt: skip
+
     def launch(self, fn: ctypes.c_void_p, grid: int, block: int, stream: Any, *args: Any) -> None:
         params = (ctypes.c_void_p * len(args))(
             *[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args]

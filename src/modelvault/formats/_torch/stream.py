@@ -137,6 +137,8 @@ def load_tensors(
         ring = RING_CUDA if device.type == "cuda" else RING
     if chunk is None:
         chunk = CHUNK_CUDA if device.type == "cuda" else CHUNK
+    if device.type == "cuda":
+        return CudaLoad(source, device, chunk=chunk, ring=ring, background=False).result()
     manifest = source.manifest
     blobs = _tensor_blobs(source)
     repeats = _repeats(manifest)
@@ -203,26 +205,62 @@ def release(exc: BaseException, device: torch.device) -> None:
 
 
 class BackgroundLoad:
-    """:func:`load_tensors` on a worker thread, so it overlaps rebuilding the graph.
+    """A load of every tensor begun now, so it overlaps rebuilding the graph.
 
-    Reading, hashing and copying release the GIL; the caller meanwhile parses
-    and checks the program. Call :meth:`result` for the tensors, or
-    :meth:`discard` on the error path: it waits for the worker and drops
-    whatever it loaded, so nothing stays on the device.
+    On the CPU, :func:`load_tensors` runs on a worker thread (reading and
+    hashing release the GIL) while the caller parses and checks the program.
+    Onto a GPU it is a :class:`CudaLoad`: where the reader process streams
+    the blobs (:mod:`.detached`) the bytes are moving when this returns and no
+    thread of this process works for them; otherwise the in-process ring runs on
+    a worker thread, or, with ``background=False``, inside :meth:`result`
+    (its threads and a graph rebuilt beside them would contend for the GIL).
+    Call :meth:`result` for the tensors, or :meth:`discard` on the error path:
+    it waits for the load and drops whatever it loaded, so nothing stays on the
+    device.
     """
 
-    def __init__(self, source: ContainerSource, device: torch.device, **options: Any) -> None:
+    def __init__(
+        self,
+        source: ContainerSource,
+        device: torch.device,
+        *,
+        background: bool = True,
+        **options: Any,
+    ) -> None:
         self._device = device
+        self._cuda: CudaLoad | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        if device.type == "cuda":
+            self._cuda = CudaLoad(
+                source,
+                device,
+                chunk=options.get("chunk"),
+                ring=options.get("ring"),
+                background=background,
+            )
+            return
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvault-load")
         self._future = self._pool.submit(load_tensors, source, device, **options)
 
+    @property
+    def detached(self) -> bool:
+        """Whether the weights stream through the reader process (nothing here holds them up)."""
+        return self._cuda is not None and self._cuda.job is not None
+
     def result(self) -> dict[str, torch.Tensor]:
+        if self._cuda is not None:
+            return self._cuda.result()
+        assert self._pool is not None
         try:
             return self._future.result()
         finally:
             self._pool.shutdown(wait=True)
 
     def discard(self) -> None:
+        if self._cuda is not None:
+            self._cuda.discard()
+            return
+        assert self._pool is not None
         try:
             self._future.result()
         except BaseException as exc:  # the caller is already raising the error that matters
@@ -230,8 +268,143 @@ class BackgroundLoad:
         finally:
             self._pool.shutdown(wait=True)
             del self._future  # it holds the tensors (or the error) until dropped
-            if self._device.type == "cuda":
-                torch.cuda.empty_cache()
+
+
+class CudaLoad:
+    """Every tensor of a container onto a CUDA device: begun in ``__init__``, ended by :meth:`result`.
+
+    ``__init__`` checks free memory (:class:`DeviceOutOfMemoryError` before
+    anything is allocated), allocates the one device buffer and works out where
+    each blob comes from. Where every blob is a local file the device hashes
+    (BLAKE3) and no ring was asked for (``chunk``/``ring``), the stream is
+    handed to the reader process (:func:`.detached.start`) and ``__init__``
+    returns with the bytes moving. Otherwise the in-process ring
+    (:func:`stream_through_ring`) runs on a worker thread (``background``) or
+    in :meth:`result`. A reader process lost mid-load costs a second pass, in
+    process. :meth:`result` checks every blob's digest before a tensor is made.
+    """
+
+    def __init__(
+        self,
+        source: ContainerSource,
+        device: torch.device,
+        *,
+        chunk: int | None = None,
+        ring: int | None = None,
+        background: bool = False,
+    ) -> None:
+        from . import detached
+
+        self.source = source
+        self.device = device
+        self.job: Any = None
+        self._chunk = CHUNK_CUDA if chunk is None else chunk
+        self._ring = RING_CUDA if ring is None else ring
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future[None] | None = None
+        manifest = source.manifest
+        self.blobs = _tensor_blobs(source)
+        self.repeats = _repeats(manifest)
+        self.placed, total = _place(manifest, self.blobs)
+        check_free_memory(device, total + sum(e.nbytes for e in self.repeats), what="the weights")
+        self.pieces: list[Piece] = []
+        self.buf: torch.Tensor | None = _allocate(device, total)
+        try:
+            self.pieces = _pieces(source, self.blobs, self.placed)
+            if chunk is None and ring is None and detached.wanted() and UNORDERED:
+                local = all(p.reader is None for p in self.pieces)
+                hashing = _device_hashing(self.pieces, device) if local else None
+                if hashing is not None and all(p.on_device or not p.size for p in self.pieces):
+                    hash_stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+                    self.job = detached.start(self.pieces, self.buf, hashing, hash_stream)
+            if self.job is None and background:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvault-load")
+                self._future = self._pool.submit(self._stream)
+        except BaseException as exc:
+            self._drop(exc)
+            raise
+
+    def _stream(self) -> None:
+        """The in-process ring over every piece (again, after a lost reader process)."""
+        assert self.buf is not None
+        for p in self.pieces:
+            p.got, p.short, p.digest, p.on_device = 0, False, None, False
+        stream_through_ring(self.pieces, self.buf, self._chunk, self._ring)
+
+    def _finish(self) -> None:
+        from . import detached
+
+        if self.job is not None:
+            job, self.job = self.job, None
+            try:
+                job.finish()
+                return
+            except detached.HelperLost:
+                pass  # streamed again below, in this process
+        if self._future is not None:
+            future, self._future = self._future, None
+            try:
+                future.result()
+            finally:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
+            return
+        self._stream()
+
+    def result(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        try:
+            self._finish()
+            _check_pieces(self.source, self.blobs, self.pieces)
+            manifest = self.source.manifest
+            buf = self.buf
+            assert buf is not None
+            for i in self.blobs:
+                at = self.placed[i]
+                out.update(views_from_buffer(manifest, i, buf[at : at + manifest.blobs[i].size]))
+            for e in self.repeats:  # the same bytes as another tensor, but not the same tensor
+                out[e.name] = out[e.name].clone()
+        except BaseException as exc:
+            out.clear()
+            self._drop(exc)
+            raise
+        _commit_fills(self.pieces)
+        self.buf = None
+        for alias, target in self.source.manifest.tensor_aliases.items():
+            out[alias] = out[target]
+        return out
+
+    def discard(self) -> None:
+        """Stop the load, wait for whatever still writes into the buffer, and free it."""
+        if self.job is not None:
+            self.job.cancel()
+        try:
+            self._finish()
+        except BaseException as exc:  # the caller is already raising the error that matters
+            traceback.clear_frames(exc.__traceback__)
+        finally:
+            self._drop(None)
+
+    def _drop(self, exc: BaseException | None) -> None:
+        if self.job is not None:  # an error before finish(): stop the reader and the device
+            job, self.job = self.job, None
+            job.cancel()
+            try:
+                job.finish()
+            except BaseException as err:
+                traceback.clear_frames(err.__traceback__)
+        if self._future is not None:
+            future, self._future = self._future, None
+            wait([future])
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        _abort_fills(self.pieces)
+        self.buf = None
+        if exc is not None:
+            release(exc, self.device)
+        else:
+            torch.cuda.empty_cache()
 
 
 def _allocate(device: torch.device, size: int) -> torch.Tensor:
@@ -350,7 +523,25 @@ def read_blobs_into(
     CPU or CUDA; one pass over all of them, each blob verified against its digest.
     """
     placed, _total = _place(source.manifest, indexes)
-    pieces = []
+    pieces: list[Piece] = []
+    try:
+        pieces = _pieces(source, indexes, placed)
+        if dest.device.type == "cuda":
+            stream_through_ring(pieces, dest, chunk, ring)
+        else:
+            _stream_cpu(pieces, dest, chunk, ring)
+        _check_pieces(source, indexes, pieces)
+    except BaseException:
+        _abort_fills(pieces)
+        raise
+    _commit_fills(pieces)
+
+
+def _pieces(
+    source: ContainerSource, indexes: Sequence[int], placed: Mapping[int, int]
+) -> list[Piece]:
+    """A :class:`Piece` per blob: where its bytes are (a file, or a remote reader) and go."""
+    pieces: list[Piece] = []
     remote = getattr(source, "remote", None)  # a store source may stream remote blobs
     try:
         for i in indexes:
@@ -381,22 +572,30 @@ def read_blobs_into(
                     where=str(loc.path),
                 )
             pieces.append(piece)
-        if dest.device.type == "cuda":
-            stream_through_ring(pieces, dest, chunk, ring)
-        else:
-            _stream_cpu(pieces, dest, chunk, ring)
-        for i, p in zip(indexes, pieces):
-            ref = source.manifest.blobs[i]
-            if p.got != ref.size:
-                raise _integrity(ref, p.where, str(p.got), truncated=True)
-            actual = p.digest if p.on_device else p.hasher.digest_str()
-            if actual != ref.digest:
-                raise _integrity(ref, p.where, str(actual), truncated=False)
     except BaseException:
-        for p in pieces:
-            if p.sink is not None:
-                p.sink.abort()  # nothing unverified reaches the cache
+        _abort_fills(pieces)
         raise
+    return pieces
+
+
+def _check_pieces(source: ContainerSource, indexes: Sequence[int], pieces: Sequence[Piece]) -> None:
+    """Every piece read whole and matching its digest, or :class:`IntegrityError`."""
+    for i, p in zip(indexes, pieces):
+        ref = source.manifest.blobs[i]
+        if p.got != ref.size:
+            raise _integrity(ref, p.where, str(p.got), truncated=True)
+        actual = p.digest if p.on_device else p.hasher.digest_str()
+        if actual != ref.digest:
+            raise _integrity(ref, p.where, str(actual), truncated=False)
+
+
+def _abort_fills(pieces: Sequence[Piece]) -> None:
+    for p in pieces:
+        if p.sink is not None:
+            p.sink.abort()  # nothing unverified reaches the cache
+
+
+def _commit_fills(pieces: Sequence[Piece]) -> None:
     for p in pieces:
         if p.sink is not None:
             p.sink.commit_later()  # verified: made durable and visible off the load's path
