@@ -7,12 +7,15 @@ A diagnostic, not a comparison with peers: the same models as
 ``benchmarks/gpu_load.py`` (one size), pushed as an ExportedProgram, a
 TorchScript module and a state dict into one local store, read from the page
 cache. For each setting (ring order, ``sys.setswitchinterval`` value in
-``--intervals``, and ``--overlap``: the ExportedProgram's graph rebuilt before
-its weights stream onto the GPU, as the library does, or beside the stream, or
-after it), every round running every setting in turn, it times the three loads
+``--intervals``, and ``--overlap``: the weights streamed by the reader process
+beside the graph, as the library does (``detached``), or in-process with the
+ExportedProgram's graph rebuilt before the stream (``graph-first``, the library
+without a reader process), beside it or after it), every round running every
+setting in turn, it times the three loads
 (``.module()`` inside the ExportedProgram's timing, as there), interleaved, and splits each load into phases by wrapping the pipeline's
 stages with timers: resolve, open (manifest + trust), the weight stream
-(``load_tensors``, on its worker thread for an ExportedProgram), the graph
+(``load_tensors``; ``start``, the load begun and queued, and ``stream wait``,
+the wait for it, where an ExportedProgram or TorchScript streams beside its graph), the graph
 (``_skeleton``: parse and check), attach (``_attach``: weights in place, the
 device pass), and ``.module()``. Then one load of each under cProfile (the
 main thread only) prints the top of its profile.

@@ -166,7 +166,10 @@ class _Ring:
         line = self.proc.stdout.readline()  # blocks without the GIL
         if not line:
             raise HelperLost(f"the reader process ended (exit status {self.proc.poll()})")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = line[:80]
         if not isinstance(reply, dict) or reply.get("job") != job_id:
             raise HelperLost(f"the reader process answered job {reply!r:.80}, not {job_id}")
         return reply
