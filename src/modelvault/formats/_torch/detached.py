@@ -37,6 +37,7 @@ use the in-process ring.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import itertools
@@ -99,6 +100,23 @@ def _forget_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _close_readers() -> None:
+    """At exit: end each reader process (end of its input) rather than leave it to the pipe."""
+    for ring in list(_rings.values()):
+        proc = ring.proc if ring is not None else None
+        if proc is None or proc.poll() is not None:
+            continue
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+
+
+atexit.register(_close_readers)
 
 
 class _Ring:
