@@ -431,8 +431,9 @@ def retarget_graph(ep: torch.export.ExportedProgram, dev: torch.device) -> None:
     and every node's ``meta["val"]`` move to ``dev``; then torch's verifier runs,
     as the pass ends. The weights are left alone: at load they are still
     meta-device placeholders, and :func:`_attach` puts the tensors read onto
-    ``dev`` in their place. Onto a GPU it runs before the weights stream (see
-    :data:`OVERLAP_ON_DEVICE`), on the graph alone. ``tests/formats/torch`` compares the result
+    ``dev`` in their place. Onto a GPU it runs on the graph alone, beside the
+    weight stream (through the reader process) or before it (in process, see
+    :data:`OVERLAP_ON_DEVICE`). ``tests/formats/torch`` compares the result
     with torch's own pass.
     """
     target = str(dev)
