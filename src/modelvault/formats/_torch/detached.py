@@ -44,6 +44,8 @@ import itertools
 import json
 import mmap
 import os
+import platform
+import select
 import subprocess
 import sys
 import threading
@@ -94,6 +96,19 @@ def _forget_in_child() -> None:
     # A forked child shares the reader's pipes and the registered memory with its parent:
     # it must use neither, and makes its own ring if it loads onto a GPU.
     global _lock
+    for ring in _rings.values():
+        if ring is None:
+            continue
+        proc, ring.proc = ring.proc, None  # the parent's reader: never to be killed from here
+        for f in (proc.stdin, proc.stdout) if proc is not None else ():
+            with contextlib.suppress(OSError, ValueError):
+                if f is not None:
+                    f.close()  # this process's copy of the pipe; the parent keeps its own
+        with contextlib.suppress(OSError):
+            if ring.fd >= 0:
+                os.close(ring.fd)
+        ring.fd = -1
+        ring.registered = False  # the registration is the parent's
     _rings.clear()
     _lock = threading.Lock()
 
@@ -120,37 +135,49 @@ atexit.register(_close_readers)
 
 
 class _Ring:
-    """The shared pinned ring of one device and its reader process; one job at a time."""
+    """The shared pinned ring of one device and its reader process; one job at a time.
+
+    Everything below runs with :attr:`busy` held, save :meth:`close` at exit.
+    """
 
     def __init__(self, k: Any, slots: int = SLOTS, chunk: int = CHUNK) -> None:
         self.k = k
         self.slots = slots
         self.chunk = chunk
         self.size = rr.FLAGS_BYTES + slots * chunk
-        self.fd = os.memfd_create("modelvault-ring", os.MFD_CLOEXEC)
         self.busy = threading.Lock()
         self.jobs = itertools.count(1)
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The reader may still be in an unanswered job: replace it before the next one.
+        self.stale = False
+        #: Loads in a row whose reader was lost (past :data:`_MAX_LOSSES`, the ring goes).
+        self.losses = 0
+        self.registered = False
+        self.mm: mmap.mmap | None = None
+        self.fd = os.memfd_create("modelvault-ring", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, self.size)
             self.mm = mmap.mmap(
                 self.fd, self.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
             )
-            self._anchor = ctypes.c_char.from_buffer(self.mm)  # holds the mapping's address
+            self._anchor: Any = ctypes.c_char.from_buffer(self.mm)  # holds the mapping's address
             self.base = ctypes.addressof(self._anchor)
             k.make_current()
             k.host_register(self.base, self.size, _PORTABLE | _DEVICEMAP)
+            self.registered = True
             self.dptr = k.host_device_pointer(self.base)
             self.flags = memoryview(self.mm)[: rr.FLAGS_BYTES].cast("I")
             self._spawn()
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
 
     def _spawn(self) -> None:
         script = Path(rr.__file__)
         if not sys.executable or not script.is_file():
             raise OSError("no interpreter or reader script to start a reader process with")
+        # Its own session: a Ctrl-C at the terminal interrupts the load, not the reader
+        # (which ends at end of input, or when this process is gone).
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", str(script), str(self.fd), str(self.size),
              str(self.slots), str(self.chunk), str(os.getpid())],
@@ -158,32 +185,50 @@ class _Ring:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             pass_fds=(self.fd,),
+            start_new_session=True,
         )  # fmt: skip
+        self.stale = False
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def replace_reader(self) -> None:
-        """Kill the reader (it may still be in a job) and start a fresh one."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            for f in (self.proc.stdin, self.proc.stdout):
-                if f is not None:
+    def ready_reader(self) -> None:
+        """A reader process in no job: the one there, or a new one."""
+        if self.stale or not self.alive():
+            self.stop_reader()
+            self._spawn()
+
+    def stop_reader(self) -> None:
+        """Kill the reader and wait for it: after this, nothing but this process writes the words."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
                     f.close()
-        self.proc = None
-        self._spawn()
 
     def send(self, job: dict[str, Any]) -> None:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(job).encode() + b"\n")
         self.proc.stdin.flush()
 
-    def receive(self, job_id: int) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks without the GIL
+    def receive(self, job_id: int, streams: Sequence[Any]) -> dict[str, Any]:
+        """The reader's reply to ``job_id``; meanwhile, every :data:`_LOOK_S`, the copy
+        streams are asked for errors (a device that failed frees no slot, so the reader
+        would never answer)."""
+        proc = self.proc
+        assert proc is not None and proc.stdout is not None
+        fd = proc.stdout.fileno()
+        while not select.select([fd], [], [], _LOOK_S)[0]:
+            for copies in streams:
+                copies.query()  # raises the device's error, if it has one
+        line = proc.stdout.readline()
         if not line:
-            raise HelperLost(f"the reader process ended (exit status {self.proc.poll()})")
+            raise HelperLost(f"the reader process ended (exit status {proc.poll()})")
         try:
             reply = json.loads(line)
         except ValueError:
@@ -199,26 +244,66 @@ class _Ring:
         """The device address of flag word ``index``."""
         return int(self.dptr) + 4 * index
 
+    def close(self) -> None:
+        """Stop the reader, unregister and unmap the ring (a ring given up, or at exit)."""
+        self.stop_reader()
+        if self.registered:
+            self.registered = False
+            with contextlib.suppress(Exception):
+                self.k.make_current()
+                self.k.host_unregister(self.base)
+        if self.mm is not None:
+            with contextlib.suppress(Exception):
+                if hasattr(self, "flags"):
+                    self.flags.release()
+                del self._anchor
+                self.mm.close()
+            self.mm = None
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+#: Seconds between looks at the copy streams while the reader's reply is awaited.
+_LOOK_S = 0.5
+#: Loads in a row that lose their reader before a device gives the reader process up.
+_MAX_LOSSES = 3
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
 
 def _ring(device: torch.device, k: Any) -> _Ring | None:
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
     with _lock:
         if index in _rings:
-            ring = _rings[index]
-            if ring is not None and not ring.alive() and not ring.busy.locked():
-                try:
-                    ring.replace_reader()
-                except OSError as exc:
-                    _reasons[index] = f"the reader process could not be restarted: {exc}"
-                    _rings[index] = ring = None
-            return ring
-        try:
-            ring = _Ring(k)
-        except (OSError, RuntimeError, AttributeError, ValueError) as exc:
-            _reasons[index] = str(exc)
+            return _rings[index]
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            # The reader raises a slot's ready word right after its read: on x86 stores
+            # stay in order, so the bytes are visible first; elsewhere they may not be.
             ring = None
+            _reasons[index] = (
+                f"the reader process needs an x86-64 host (this is {platform.machine()})"
+            )
+        else:
+            try:
+                ring = _Ring(k)
+            except (OSError, RuntimeError, AttributeError, ValueError) as exc:
+                _reasons[index] = f"{type(exc).__name__}: {exc}"[:300]
+                ring = None
         _rings[index] = ring
         return ring
+
+
+def _give_up(index: int, ring: _Ring, why: str) -> None:
+    """This device streams in-process from now on (the ring's lock is held by the caller)."""
+    with _lock:
+        if _rings.get(index) is ring:
+            _rings[index] = None
+        _reasons[index] = why[:300]
+    ring.close()
 
 
 class DetachedJob:
@@ -240,6 +325,7 @@ class DetachedJob:
         self.id = next(ring.jobs)
         self.events: list[Any] = []
         self.streams: list[Any] = []
+        self.sent = False
         self.answered = False
         self.done = False
 
@@ -247,19 +333,18 @@ class DetachedJob:
         ring, k = self.ring, self.ring.k
         device = self.dest.device
         chunk = ring.chunk
-        sizes = [p.size for p in self.pieces]
-        plan = rr.plan(sizes, chunk)
+        plan = rr.plan([p.size for p in self.pieces], chunk)
         ring.flags[:] = memoryview(bytes(rr.FLAGS_BYTES)).cast("I")  # every word back to 0
-        ring.send(
-            {
-                "job": self.id,
-                "pieces": [[str(p.path), p.offset, p.size] for p in self.pieces],
-                "chunk": chunk,
-                "threads": THREADS,
-            }
-        )
+        job = {
+            "job": self.id,
+            "pieces": [[str(p.path), p.offset, p.size] for p in self.pieces],
+            "chunk": chunk,
+            "threads": THREADS,
+        }
+        ring.send(job)
+        self.sent = True
         # From here the reader fills slots; the device must see every chunk queued, or
-        # the reader waits for a free word no copy will write (finish() stops it).
+        # the reader waits for a free word no copy will write (an error stops it).
         current = torch.cuda.current_stream(device)
         n_streams = max(1, min(STREAMS, ring.slots))
         for _ in range(n_streams):
@@ -278,6 +363,7 @@ class DetachedJob:
                 marks.setdefault(j, []).append(piece)
         waits: list[list[Any]] = [[] for _ in self.pieces]
         wait_value, write_value, copy = k.wait_value32, k.write_value32, k.copy_to_device
+        hash_handle = int(self.hash_stream.cuda_stream)
         for j, (piece, start, n) in enumerate(plan):
             s = j % ring.slots
             gen = j // ring.slots + 1
@@ -293,31 +379,46 @@ class DetachedJob:
                 if len(waits[q]) == len(last_on[q]):
                     p = self.pieces[q]
                     for e in waits[q]:
-                        k.stream_wait(int(self.hash_stream.cuda_stream), e)
+                        k.stream_wait(hash_handle, e)
                     self.hashing.hash(q, self.dest[p.dest : p.dest + p.size], self.hash_stream)
 
     def cancel(self) -> None:
         """Ask the reader to stop (it answers once its reads in flight are done)."""
         self.ring.flags[rr.CANCEL] = self.id
 
+    def _abandon(self) -> None:
+        """Stop the reader for good, then release every queued wait and let the device drain.
+
+        Only once the reader is dead is the release final: a reader thread mid-read
+        would otherwise lower a ready word again after it.
+        """
+        ring = self.ring
+        self.cancel()
+        ring.stop_reader()
+        ring.stale = True
+        rr.release(ring.flags, ring.slots)
+        for copies in self.streams:
+            copies.synchronize()
+
     def finish(self) -> None:
         """Wait for the reader and the device; set each piece's ``got``, ``short`` and ``digest``.
 
-        Raises the reader's ``OSError``, or :class:`HelperLost` (the caller streams again).
+        Raises the reader's ``OSError``, the device's error, or :class:`HelperLost`
+        (the caller streams again).
         """
         ring = self.ring
         try:
+            if not self.sent:
+                self._abandon()
+                raise HelperLost("the job never reached the reader process")
             try:
-                reply = ring.receive(self.id)
+                reply = ring.receive(self.id, self.streams)
                 self.answered = True
             except BaseException:
-                # Whatever happened to the reader, no copy may wait for ever: release the
-                # device from here (the reader, if alive, is replaced before the next job).
-                rr.release(ring.flags, ring.slots)
+                self._abandon()
                 raise
-            finally:
-                for copies in self.streams:
-                    copies.synchronize()
+            for copies in self.streams:
+                copies.synchronize()
             error = reply.get("error")
             got = reply.get("got") or []
             for i, p in enumerate(self.pieces):
@@ -339,17 +440,20 @@ class DetachedJob:
             self.close()
 
     def close(self) -> None:
+        """Let go of the ring (never raises: a reader left mid-job is replaced at the next start)."""
         if self.done:
             return
         self.done = True
         try:
-            if self.hash_stream is not None:
-                self.hash_stream.synchronize()
-            for ev in self.events:
-                self.ring.k.destroy(ev)
-            self.events.clear()
             if not self.answered:
-                self.ring.replace_reader()  # it may still be in this job: never reuse it
+                self.ring.stale = True
+            with contextlib.suppress(Exception):
+                if self.hash_stream is not None:
+                    self.hash_stream.synchronize()
+            for ev in self.events:
+                with contextlib.suppress(Exception):
+                    self.ring.k.destroy(ev)
+            self.events.clear()
         finally:
             self.ring.busy.release()
 
@@ -364,26 +468,49 @@ def start(
     """
     if not wanted() or hashing is None:
         return None
+    index = _index(dest.device)
     ring = _ring(dest.device, hashing.kernels)
     if ring is None or not ring.busy.acquire(blocking=False):
         return None
+    if _rings.get(index) is not ring:  # given up by another load meanwhile
+        ring.busy.release()
+        return None
+    if ring.losses >= _MAX_LOSSES:
+        _give_up(index, ring, f"the reader process was lost by {ring.losses} loads in a row")
+        ring.busy.release()
+        return None
+    try:
+        ring.ready_reader()
+    except OSError as exc:
+        _give_up(index, ring, f"the reader process could not be started: {exc}")
+        ring.busy.release()
+        return None
     job = DetachedJob(ring, pieces, dest, hashing, hash_stream)
     try:
-        if not ring.alive():
-            ring.replace_reader()
         job.start()
     except BaseException as exc:
-        job.cancel()
-        with contextlib.suppress(Exception):  # the error that matters is the one being raised
-            job.finish()
-        job.close()
-        if isinstance(exc, (OSError, RuntimeError)):
-            # The driver refused a call (no stream memory operations, say) or the reader
-            # could not start: this device streams in-process from now on.
-            index = dest.device.index if dest.device.index is not None else 0
-            with _lock:
-                _rings[index] = None
-                _reasons[index] = f"{type(exc).__name__}: {exc}"[:300]
+        try:
+            job._abandon()
+        finally:
+            job.close()
+        if isinstance(exc, RuntimeError):
+            # The driver refused a call (no stream memory operations, say): this device
+            # streams in-process from now on.
+            with ring.busy:
+                _give_up(index, ring, f"{type(exc).__name__}: {exc}")
+            return None
+        if isinstance(exc, OSError):  # the reader was gone before it got the job
+            ring.losses += 1
             return None
         raise
     return job
+
+
+def lost(job: DetachedJob) -> None:
+    """Count a load whose reader was lost (a run of them gives the ring up)."""
+    job.ring.losses += 1
+
+
+def kept(job: DetachedJob) -> None:
+    """A load the reader served: the run of losses ends."""
+    job.ring.losses = 0

@@ -331,16 +331,22 @@ class CudaLoad:
             p.got, p.short, p.digest, p.on_device = 0, False, None, False
         stream_through_ring(self.pieces, self.buf, self._chunk, self._ring)
 
-    def _finish(self) -> None:
+    def _finish(self, *, stream: bool = True) -> None:
+        """Wait for the load begun; with ``stream`` (not on the way to a discard), stream
+        the bytes here where nothing streams them yet, or where the reader was lost."""
         from . import detached
 
         if self.job is not None:
             job, self.job = self.job, None
             try:
                 job.finish()
+                detached.kept(job)
                 return
             except detached.HelperLost:
-                pass  # streamed again below, in this process
+                detached.lost(job)
+                if not stream:
+                    return
+                # streamed again below, in this process
         if self._future is not None:
             future, self._future = self._future, None
             try:
@@ -349,7 +355,8 @@ class CudaLoad:
                 if self._pool is not None:
                     self._pool.shutdown(wait=True)
             return
-        self._stream()
+        if stream:
+            self._stream()
 
     def result(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -379,7 +386,7 @@ class CudaLoad:
         if self.job is not None:
             self.job.cancel()
         try:
-            self._finish()
+            self._finish(stream=False)
         except BaseException as exc:  # the caller is already raising the error that matters
             traceback.clear_frames(exc.__traceback__)
         finally:
