@@ -33,6 +33,11 @@ MIB = 1024 * 1024
 DEV = "cuda:0"
 
 
+@pytest.fixture(autouse=True)
+def _detached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MVAULT_DETACHED", "1")  # whatever the default; tests that compare set "0"
+
+
 def _same(out: dict, sd: dict) -> None:
     assert set(sd) <= set(out)
     for k, v in sd.items():

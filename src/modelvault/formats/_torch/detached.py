@@ -82,9 +82,17 @@ class HelperLost(RuntimeError):
     """The reader process died or answered out of turn: the load must be streamed again."""
 
 
+#: Whether CUDA loads use the reader process unless ``MVAULT_DETACHED`` says otherwise
+#: (``1`` on, ``0`` off).
+DEFAULT_ON = False
+
+
 def wanted() -> bool:
-    """Whether CUDA loads may use the reader process (``MVAULT_DETACHED=0`` turns it off)."""
-    return os.environ.get("MVAULT_DETACHED", "1") != "0"
+    """Whether CUDA loads may use the reader process (``MVAULT_DETACHED``, else :data:`DEFAULT_ON`)."""
+    value = os.environ.get("MVAULT_DETACHED")
+    if value is None:
+        return DEFAULT_ON
+    return value != "0"
 
 
 def unavailable_reason(index: int) -> str | None:
