@@ -144,7 +144,9 @@ class BlobStoreConformance:
         assert not store.exists(d)
         big_d, big_data = blob(self.big)
         src = tmp_path / "bad"
-        src.write_bytes(big_data[:-1] + bytes([big_data[-1] ^ 0xFF]))  # always a different last byte
+        src.write_bytes(
+            big_data[:-1] + bytes([big_data[-1] ^ 0xFF])
+        )  # always a different last byte
         with pytest.raises(IntegrityError, match=big_d):
             store.put_file(big_d, src)
         assert not store.exists(big_d)
