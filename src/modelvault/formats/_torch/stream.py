@@ -133,12 +133,13 @@ def load_tensors(
     Raises :class:`DeviceOutOfMemoryError` before allocating when the weights
     do not fit, :class:`IntegrityError` when bytes do not match their digest.
     """
-    if ring is None:
-        ring = RING_CUDA if device.type == "cuda" else RING
-    if chunk is None:
-        chunk = CHUNK_CUDA if device.type == "cuda" else CHUNK
     if device.type == "cuda":
+        # chunk/ring as given: only a load that asks for no ring may use the reader process.
         return CudaLoad(source, device, chunk=chunk, ring=ring, background=False).result()
+    if ring is None:
+        ring = RING
+    if chunk is None:
+        chunk = CHUNK
     manifest = source.manifest
     blobs = _tensor_blobs(source)
     repeats = _repeats(manifest)
