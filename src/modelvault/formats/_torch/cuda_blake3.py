@@ -156,23 +156,23 @@ class _Kernels:
 
     def wait_value32(self, stream: int, addr: int, value: int, flags: int) -> None:
         """Queue on ``stream`` a wait until the 32-bit word at device address ``addr`` reaches ``value``."""
-        self.drv.check(
-            self.drv.lib.cuStreamWaitValue32_v2(
-                ctypes.c_void_p(stream), ctypes.c_uint64(addr), ctypes.c_uint32(value),
-                ctypes.c_uint(flags),
-            ),
-            "cuStreamWaitValue32",
-        )  # fmt: skip
+        self._value32("cuStreamWaitValue32", stream, addr, value, flags)
 
     def write_value32(self, stream: int, addr: int, value: int, flags: int) -> None:
         """Queue on ``stream`` a write of ``value`` to the 32-bit word at device address ``addr``."""
+        self._value32("cuStreamWriteValue32", stream, addr, value, flags)
+
+    def _value32(self, name: str, stream: int, addr: int, value: int, flags: int) -> None:
+        fn = getattr(self.drv.lib, name + "_v2")
         self.drv.check(
-            self.drv.lib.cuStreamWriteValue32_v2(
-                ctypes.c_void_p(stream), ctypes.c_uint64(addr), ctypes.c_uint32(value),
+            fn(
+                ctypes.c_void_p(stream),
+                ctypes.c_uint64(addr),
+                ctypes.c_uint32(value),
                 ctypes.c_uint(flags),
             ),
-            "cuStreamWriteValue32",
-        )  # fmt: skip
+            name,
+        )
 
     def launch(self, fn: ctypes.c_void_p, grid: int, block: int, stream: Any, *args: Any) -> None:
         params = (ctypes.c_void_p * len(args))(

@@ -422,7 +422,9 @@ class DetachedJob:
             try:
                 reply = ring.receive(self.id, self.streams)
                 self.answered = True
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, HelperLost):
+                    ring.losses += 1
                 self._abandon()
                 raise
             for copies in self.streams:
@@ -436,6 +438,7 @@ class DetachedJob:
                 errno_, message, filename = [*list(error), None, None, None][:3]
                 if errno_:
                     raise OSError(int(errno_), str(message), filename)
+                ring.losses += 1
                 raise HelperLost(f"the reader process failed: {str(message)[:300]}")
             self.hash_stream.synchronize()
             for p, digest in zip(self.pieces, self.hashing.digests(self.hash_stream)):
@@ -444,6 +447,7 @@ class DetachedJob:
             current = torch.cuda.current_stream(self.dest.device)
             for copies in self.streams:
                 current.wait_stream(copies)
+            ring.losses = 0  # a load the reader served ends a run of losses
         finally:
             self.close()
 
@@ -512,13 +516,3 @@ def start(
             return None
         raise
     return job
-
-
-def lost(job: DetachedJob) -> None:
-    """Count a load whose reader was lost (a run of them gives the ring up)."""
-    job.ring.losses += 1
-
-
-def kept(job: DetachedJob) -> None:
-    """A load the reader served: the run of losses ends."""
-    job.ring.losses = 0

@@ -341,10 +341,8 @@ class CudaLoad:
             job, self.job = self.job, None
             try:
                 job.finish()
-                detached.kept(job)
                 return
             except detached.HelperLost:
-                detached.lost(job)
                 if not stream:
                     return
                 # streamed again below, in this process
@@ -610,12 +608,11 @@ def _commit_fills(pieces: Sequence[Piece]) -> None:
 
 
 def _chunks(pieces: Sequence[Piece], chunk: int) -> list[tuple[int, int, int]]:
-    """``(piece, start, length)`` of every read: no read spans two blobs."""
-    out = []
-    for k, p in enumerate(pieces):
-        for start in range(0, p.size, chunk):
-            out.append((k, start, min(chunk, p.size - start)))
-    return out
+    """``(piece, start, length)`` of every read: no read spans two blobs (the reader
+    process's plan, :func:`.ring_reader.plan`, so both rings read alike)."""
+    from .ring_reader import plan
+
+    return plan([p.size for p in pieces], chunk)
 
 
 class _Files:
