@@ -116,8 +116,14 @@ def test_host_hashing_when_turned_off(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert cuda_blake3.unavailable_reason(torch.device("cuda:0")) == "MVAULT_GPU_HASH=0"
 
 
+@pytest.mark.parametrize("reader", ["1", "0"], ids=["reader-process", "in-process"])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
-def test_a_damaged_byte_is_refused_by_the_device_hash(where: str, tmp_path: Path) -> None:
+def test_a_damaged_byte_is_refused_by_the_device_hash(
+    where: str, reader: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Through the reader process (``_torch/detached.py``) or the in-process ring: refused,
+    nothing left on the device, and the next load lands."""
+    monkeypatch.setenv("MVAULT_DETACHED", reader)
     dev = torch.device("cuda:0")
     sd = {"a": torch.randn(6 * MIB // 4 + 5), "b": torch.randn(1000)}
     source = write(TensorsPlugin().pack(sd), tmp_path)
@@ -128,6 +134,9 @@ def test_a_damaged_byte_is_refused_by_the_device_hash(where: str, tmp_path: Path
     with pytest.raises(IntegrityError, match="damaged"):
         load_tensors(source, dev)
     assert torch.cuda.memory_allocated(dev) == before
+    sd2 = {"x": torch.randn(MIB)}
+    out = load_tensors(write(TensorsPlugin().pack(sd2), tmp_path / "next"), dev)
+    assert torch.equal(out["x"].cpu(), sd2["x"])
 
 
 def test_ring_settings_with_device_hashing(tmp_path: Path) -> None:
