@@ -20,7 +20,7 @@ from modelvault.errors import DeviceOutOfMemoryError, IntegrityError  # noqa: E4
 from modelvault.formats._torch import detached  # noqa: E402
 from modelvault.formats._torch.stream import BackgroundLoad, CudaLoad, load_tensors  # noqa: E402
 from modelvault.formats.tensors import TensorsPlugin  # noqa: E402
-from tests.formats.torch.helpers import corrupt_blob, write  # noqa: E402
+from tests.formats.torch.helpers import write  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
